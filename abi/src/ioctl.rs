@@ -1,0 +1,124 @@
+//! The `/dev/microv` interface between the `microv` CLI and the Linux driver.
+
+use crate::c_struct;
+use crate::exits::EXIT_KINDS_MAX;
+use crate::launch::{FaultRecord, Segment, MAX_CPUS, MAX_SEGMENTS};
+
+/// Path of the driver's device node.
+pub const DEVICE_PATH: &str = "/dev/microv";
+
+const IOC_TYPE: u64 = b'M' as u64;
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64 & 0x3fff) << 16) | (IOC_TYPE << 8) | nr
+}
+
+c_struct! {
+    /// A flattened hypervisor image handed to the driver: `size` bytes at
+    /// `user_addr` are the image's memory from its link address `base`
+    /// (bss included, zero-filled).
+    pub struct ImageArg as "mv_image_arg" {
+        pub user_addr: u64,
+        pub size: u64,
+        pub base: u64,
+        pub entry: u64,
+        pub segment_count: u64,
+        pub segments: [Segment; MAX_SEGMENTS],
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_START`: start MicroV beneath Linux on every online CPU.
+    pub struct StartArgs as "mv_start_args" {
+        pub kernel: ImageArg,
+        pub extension: ImageArg,
+        pub pool_size: u64,
+        /// [`crate::launch::boot_flags`].
+        pub flags: u64,
+        /// Out: a [`crate::StartError`] when the ioctl fails, else 0.
+        pub error_code: u32,
+        /// Out: the OS CPU number that failed, or `u32::MAX` when not CPU-specific.
+        pub error_cpu: u32,
+        /// Out: extra detail for `error_code`.
+        pub error_detail: u64,
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_STOP`: return every CPU to native and free the pool.
+    pub struct StopArgs as "mv_stop_args" {
+        pub error_code: u32,
+        pub error_cpu: u32,
+        pub error_detail: u64,
+    }
+}
+
+/// [`HvStatus::state`] values.
+pub mod hv_state {
+    pub const STOPPED: u32 = 0;
+    pub const RUNNING: u32 = 1;
+    /// Stopped on its own after a fault; `last_fault` says why.
+    pub const FAILED: u32 = 2;
+}
+
+/// [`CpuStatus::state`] values.
+pub mod cpu_state {
+    pub const NATIVE: u32 = 0;
+    pub const RUNNING: u32 = 1;
+    pub const FAILED: u32 = 2;
+}
+
+c_struct! {
+    /// One CPU in [`HvStatus`].
+    pub struct CpuStatus as "mv_cpu_status" {
+        pub os_cpu: u32,
+        pub state: u32,
+        /// Exit counts indexed by [`crate::ExitKind`].
+        pub exits: [u64; EXIT_KINDS_MAX],
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_STATUS`: what `microv status` prints.
+    pub struct HvStatus as "mv_status" {
+        pub state: u32,
+        /// A [`crate::launch::StartMode`] value, 0 when stopped.
+        pub start_mode: u32,
+        pub abi_version: u64,
+        pub capabilities: u64,
+        pub cpu_count: u32,
+        pub chunk_count: u32,
+        pub pool_bytes: u64,
+        pub pool_free_bytes: u64,
+        /// Physical address of the pool's first chunk (its first byte is the
+        /// microkernel's image header) — for tests that check the root VM
+        /// cannot read hypervisor memory.
+        pub pool_first_pa: u64,
+        /// Nanoseconds since MicroV started (0 when stopped).
+        pub uptime_ns: u64,
+        pub last_error_code: u32,
+        pub last_error_cpu: u32,
+        pub last_fault: FaultRecord,
+        pub cpus: [CpuStatus; MAX_CPUS],
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_LOG`: copy the hypervisor's log ring to `user_addr`.
+    pub struct LogArgs as "mv_log_args" {
+        pub user_addr: u64,
+        pub size: u64,
+        /// Out: bytes copied.
+        pub copied: u64,
+        /// Out: bytes lost to ring wrap-around since start.
+        pub lost: u64,
+    }
+}
+
+/// ioctl request numbers.
+pub const IOC_START: u64 = iowr(1, core::mem::size_of::<StartArgs>());
+pub const IOC_STOP: u64 = iowr(2, core::mem::size_of::<StopArgs>());
+pub const IOC_STATUS: u64 = iowr(3, core::mem::size_of::<HvStatus>());
+pub const IOC_LOG: u64 = iowr(4, core::mem::size_of::<LogArgs>());
+
+// The ioctl size field has 14 bits.
+const _: () = assert!(core::mem::size_of::<HvStatus>() < (1 << 14));

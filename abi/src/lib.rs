@@ -1,0 +1,24 @@
+//! MicroV's ABI: the single source of truth for the hypercall interface and
+//! every layout shared between the hypervisor, its loaders and its tools.
+//!
+//! Nothing here is `unsafe`; everything is plain data and pure functions, so
+//! the same definitions build into the ring-0 microkernel, the ring-3
+//! extension, the Linux driver's generated header and the CLI.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+pub mod cdecl;
+pub mod errors;
+pub mod exits;
+pub mod header;
+pub mod hypercall;
+pub mod ioctl;
+pub mod launch;
+
+pub use errors::StartError;
+pub use exits::{ExitKind, EXIT_KINDS_MAX};
+pub use hypercall::{Decoded, Hypercall, Status};
