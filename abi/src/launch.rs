@@ -311,3 +311,54 @@ c_struct! {
         pub lost: u64,
     }
 }
+
+impl BootInfo {
+    /// Pool offset of physical address `pa`, if the pool holds it.
+    pub fn pool_offset(&self, pa: u64) -> Option<u64> {
+        let count = (self.chunk_count as usize).min(MAX_CHUNKS);
+        self.chunks.iter().take(count).enumerate().find_map(|(i, &base)| {
+            (pa >= base && pa - base < CHUNK_SIZE).then(|| i as u64 * CHUNK_SIZE + (pa - base))
+        })
+    }
+
+    /// Physical address of pool offset `offset`.
+    pub fn pool_pa(&self, offset: u64) -> Option<u64> {
+        let chunk = usize::try_from(offset / CHUNK_SIZE).ok()?;
+        if chunk >= (self.chunk_count as usize).min(MAX_CHUNKS) {
+            return None;
+        }
+        self.chunks.get(chunk).map(|base| base + offset % CHUNK_SIZE)
+    }
+
+    /// Pool size in bytes.
+    pub fn pool_size(&self) -> u64 {
+        u64::from(self.chunk_count.min(MAX_CHUNKS as u32)) * CHUNK_SIZE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_addresses_translate_both_ways() {
+        let mut bi = BootInfo::zeroed();
+        bi.chunk_count = 2;
+        bi.chunks[0] = 0x4000_0000;
+        bi.chunks[1] = 0x1_0020_0000;
+        assert_eq!(bi.pool_offset(0x4000_1234), Some(0x1234));
+        assert_eq!(bi.pool_offset(0x1_0020_0008), Some(CHUNK_SIZE + 8));
+        assert_eq!(bi.pool_offset(0x4020_0000), None);
+        assert_eq!(bi.pool_pa(CHUNK_SIZE + 8), Some(0x1_0020_0008));
+        assert_eq!(bi.pool_pa(2 * CHUNK_SIZE), None);
+        assert_eq!(bi.pool_size(), 2 * CHUNK_SIZE);
+        bi.chunk_count = u32::MAX;
+        assert_eq!(bi.pool_size(), MAX_CHUNKS as u64 * CHUNK_SIZE);
+    }
+
+    #[test]
+    fn fnv_matches_reference_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

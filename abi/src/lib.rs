@@ -18,6 +18,7 @@ pub mod header;
 pub mod hypercall;
 pub mod ioctl;
 pub mod launch;
+pub mod syscall;
 
 pub use errors::StartError;
 pub use exits::{ExitKind, EXIT_KINDS_MAX};

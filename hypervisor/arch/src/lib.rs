@@ -1,1 +1,17 @@
+//! x86 definitions shared by MicroV's microkernel and extension.
+//!
+//! Pure data and pure functions, except [`instr`], whose small `unsafe`
+//! wrappers around privileged instructions are used only by the images.
 #![cfg_attr(not(test), no_std)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+pub mod cpuid;
+pub mod descriptor;
+pub mod instr;
+pub mod mapper;
+pub mod msr;
+pub mod paging;
+pub mod svm;

@@ -1,0 +1,128 @@
+//! The microkernel's syscall interface: how the extension (host ring 3)
+//! asks the microkernel (host ring 0) for what only ring 0 can do, and how
+//! the microkernel hands events to the extension. `docs/syscalls.md`
+//! describes each call.
+//!
+//! A syscall is the `syscall` instruction with the number in RAX and
+//! arguments in RDI, RSI, RDX, R10. On return RAX holds a [`SysStatus`],
+//! RDX and R8 hold results; RCX and R11 are clobbered (by the instruction),
+//! every other register is preserved. Calls marked "does not return" end
+//! the extension's current event: the next thing the extension sees is a
+//! new upcall on a fresh stack.
+//!
+//! Upcalls enter the extension's entry point on the CPU's extension stack
+//! with RDI = [`Upcall`], RSI = CPU index, RDX and R8 = arguments.
+
+macro_rules! numbered {
+    ($(#[$m:meta])* $name:ident { $( $(#[$vm:meta])* $variant:ident = $value:literal ),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u64)]
+        pub enum $name { $( $(#[$vm])* $variant = $value, )* }
+        impl $name {
+            /// All values in numbering order.
+            pub const ALL: &'static [$name] = &[$( $name::$variant, )*];
+            /// Reads a raw value.
+            pub const fn from_u64(v: u64) -> Option<Self> {
+                match v { $( $value => Some($name::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+numbered! {
+    /// Syscall numbers (RAX).
+    Syscall {
+        /// Append RSI bytes at RDI (extension memory) to the hypervisor log.
+        LogWrite = 0,
+        /// Allocate RDI zeroed, physically contiguous pages (at most 64)
+        /// from the pool and map them into the extension. RDX = virtual
+        /// address, R8 = physical address.
+        MemAlloc = 1,
+        /// Pool usage: RDX = total pages, R8 = free pages.
+        MemStats = 2,
+        /// Create a vCPU state (VMCB, register page, FPU area). RDX = its id;
+        /// its pages appear at [`vs_layout::vmcb`] and [`vs_layout::gprs`].
+        VsCreate = 3,
+        /// Run vCPU state RDI on this CPU. Does not return: the exit arrives
+        /// as an [`Upcall::Exit`].
+        VsRun = 4,
+        /// Put vCPU state RDI (a root vCPU) back onto the real CPU and leave
+        /// this CPU. Does not return.
+        VsPromote = 5,
+        /// The extension cannot go on: MicroV stops on this CPU, reporting
+        /// [`crate::StartError`] RDI with detail RSI. Does not return.
+        Fail = 6,
+    }
+}
+
+numbered! {
+    /// What a syscall returns in RAX.
+    SysStatus {
+        Success = 0,
+        /// No such syscall.
+        UnknownSyscall = 1,
+        /// An argument is out of range (bad id, size, or address).
+        InvalidArgument = 2,
+        /// The pool has no room.
+        OutOfMemory = 3,
+    }
+}
+
+numbered! {
+    /// Why the microkernel entered the extension (RDI at entry).
+    Upcall {
+        /// First entry on a CPU. RDX = root vCPU state id for this CPU,
+        /// R8 = number of CPUs.
+        Bootstrap = 0,
+        /// The vCPU state RDX exited; its VMCB and registers say why.
+        Exit = 1,
+    }
+}
+
+/// Where a vCPU state's pages appear in the extension.
+pub mod vs_layout {
+    /// Base of the window holding every vCPU state's VMCB and register page.
+    pub const WINDOW: u64 = 0x0000_2000_0000_0000;
+    /// Bytes per vCPU state in the window: VMCB page, register page.
+    pub const STRIDE: u64 = 2 * 4096;
+    /// Most vCPU states.
+    pub const MAX_VS: u64 = 256;
+    /// Extension address of the VMCB of state `id`.
+    pub const fn vmcb(id: u64) -> u64 {
+        WINDOW + id * STRIDE
+    }
+    /// Extension address of the saved general-purpose registers of state `id`
+    /// (16 × u64 in x86 register-number order; RAX and RSP live in the VMCB).
+    pub const fn gprs(id: u64) -> u64 {
+        WINDOW + id * STRIDE + 4096
+    }
+}
+
+/// Read-only copy of the [`crate::launch::BootInfo`] mapped into the extension.
+pub const EXTENSION_BOOT_INFO: u64 = 0x0000_0000_3fff_e000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip() {
+        for &s in Syscall::ALL {
+            assert_eq!(Syscall::from_u64(s as u64), Some(s));
+        }
+        for &s in SysStatus::ALL {
+            assert_eq!(SysStatus::from_u64(s as u64), Some(s));
+        }
+        for &u in Upcall::ALL {
+            assert_eq!(Upcall::from_u64(u as u64), Some(u));
+        }
+        assert_eq!(Syscall::from_u64(99), None);
+    }
+
+    #[test]
+    fn vs_window_fits_below_the_stacks() {
+        assert!(vs_layout::gprs(vs_layout::MAX_VS) < crate::launch::EXTENSION_STACKS);
+        assert!(EXTENSION_BOOT_INFO + 8192 <= crate::launch::EXTENSION_BASE);
+    }
+}

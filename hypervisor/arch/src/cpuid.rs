@@ -1,0 +1,37 @@
+//! CPUID leaves and bits MicroV reads or changes.
+
+/// Leaf 1 ECX: running under a hypervisor.
+pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: XSAVE supported.
+pub const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+/// Leaf 1 ECX: OS enabled XSAVE (mirrors CR4.OSXSAVE).
+pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// Leaf 0x8000_0001 ECX: SVM.
+pub const EXT1_ECX_SVM: u32 = 1 << 2;
+/// Leaf 0x8000_0001 EDX: 1 GiB pages.
+pub const EXT1_EDX_PAGE1GB: u32 = 1 << 26;
+/// Leaf 0x8000_000A: SVM revision and features.
+pub const LEAF_SVM_FEATURES: u32 = 0x8000_000A;
+/// Leaf 0x8000_000A EDX: nested paging.
+pub const SVM_EDX_NP: u32 = 1 << 0;
+/// Leaf 0x8000_0008: address sizes (EAX 7:0 physical bits).
+pub const LEAF_ADDRESS_SIZES: u32 = 0x8000_0008;
+/// First hypervisor leaf; MicroV answers it with its signature.
+pub const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+/// Highest hypervisor leaf MicroV serves.
+pub const LEAF_HYPERVISOR_MAX: u32 = 0x4000_0001;
+/// Signature returned in EBX, ECX, EDX of leaf 0x4000_0000: "MicroVMicroV".
+pub const MICROV_SIGNATURE: [u32; 3] = [
+    u32::from_le_bytes(*b"Micr"),
+    u32::from_le_bytes(*b"oVMi"),
+    u32::from_le_bytes(*b"croV"),
+];
+
+/// Result registers of one CPUID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidResult {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}

@@ -1,0 +1,141 @@
+//! Thin wrappers around the x86 instructions MicroV's images execute.
+//!
+//! Each privileged wrapper is `unsafe`: the caller must run at the privilege
+//! level the instruction needs and must know that the effect (changing CR3,
+//! loading a VMCB, …) is sound at that point. None of this code runs in host
+//! unit tests.
+
+use core::arch::asm;
+
+use crate::cpuid::CpuidResult;
+
+/// CPUID (usable at any privilege level).
+pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+}
+
+/// Reads an MSR.
+///
+/// # Safety
+/// Ring 0 only; the MSR must exist (else #GP).
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees ring 0 and an existing MSR.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Writes an MSR.
+///
+/// # Safety
+/// Ring 0 only; the MSR must exist and the value must be valid for it, and
+/// the caller must own the effect.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller guarantees ring 0 and a valid MSR/value.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags))
+    };
+}
+
+macro_rules! control_register {
+    ($read:ident, $write:ident, $reg:literal) => {
+        /// Reads the control register.
+        ///
+        /// # Safety
+        /// Ring 0 only.
+        pub unsafe fn $read() -> u64 {
+            let v: u64;
+            // SAFETY: the caller guarantees ring 0.
+            unsafe { asm!(concat!("mov {}, ", $reg), out(reg) v, options(nomem, nostack, preserves_flags)) };
+            v
+        }
+        /// Writes the control register.
+        ///
+        /// # Safety
+        /// Ring 0 only; the new value must keep the running code mapped and valid.
+        pub unsafe fn $write(v: u64) {
+            // SAFETY: the caller guarantees ring 0 and a valid value.
+            unsafe { asm!(concat!("mov ", $reg, ", {}"), in(reg) v, options(nostack, preserves_flags)) };
+        }
+    };
+}
+control_register!(read_cr0, write_cr0, "cr0");
+control_register!(read_cr2, write_cr2, "cr2");
+control_register!(read_cr3, write_cr3, "cr3");
+control_register!(read_cr4, write_cr4, "cr4");
+
+/// Reads XCR0.
+///
+/// # Safety
+/// CR4.OSXSAVE must be set.
+pub unsafe fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees CR4.OSXSAVE.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC has no side effects; CR4.TSD is never set by MicroV.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Saves FS, GS, TR, LDTR and the syscall MSRs into the VMCB at `vmcb_pa`.
+///
+/// # Safety
+/// EFER.SVME set, ring 0, `vmcb_pa` a page MicroV owns.
+pub unsafe fn vmsave(vmcb_pa: u64) {
+    // SAFETY: see the function's contract.
+    unsafe { asm!("vmsave rax", in("rax") vmcb_pa, options(nostack, preserves_flags)) };
+}
+
+/// Loads FS, GS, TR, LDTR and the syscall MSRs from the VMCB at `vmcb_pa`.
+///
+/// # Safety
+/// EFER.SVME set, ring 0, `vmcb_pa` a valid VMCB; the loaded state replaces
+/// the CPU's (for example its TSS).
+pub unsafe fn vmload(vmcb_pa: u64) {
+    // SAFETY: see the function's contract.
+    unsafe { asm!("vmload rax", in("rax") vmcb_pa, options(nostack, preserves_flags)) };
+}
+
+/// Clears the global interrupt flag: interrupts, NMIs and SMIs are held.
+///
+/// # Safety
+/// EFER.SVME set, ring 0.
+pub unsafe fn clgi() {
+    // SAFETY: see the function's contract.
+    unsafe { asm!("clgi", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Sets the global interrupt flag.
+///
+/// # Safety
+/// EFER.SVME set, ring 0; the CPU must be ready to take held events.
+pub unsafe fn stgi() {
+    // SAFETY: see the function's contract.
+    unsafe { asm!("stgi", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Writes one byte to an I/O port.
+///
+/// # Safety
+/// Ring 0 (or IOPL); the port write must be harmless.
+pub unsafe fn outb(port: u16, value: u8) {
+    // SAFETY: see the function's contract.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Halts until the next interrupt (forever with interrupts and GIF off).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: HLT with interrupts masked only stops this CPU; used when
+        // nothing safer is left to do.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}

@@ -1,0 +1,177 @@
+//! Building 4-level page tables over any memory: MicroV's own tables (in the
+//! microkernel) and nested page tables (in the extension) use the same code,
+//! unit-tested here against fake memory.
+
+use crate::paging::{self, ADDRESS_MASK, ENTRIES, HUGE, PRESENT};
+
+/// Where page tables live.
+pub trait TableMemory {
+    /// The table page at physical address `pa`, if this memory holds it.
+    fn table(&mut self, pa: u64) -> Option<&mut [u64; ENTRIES]>;
+    /// A new zeroed table page; its physical address.
+    fn alloc_table(&mut self) -> Option<u64>;
+}
+
+/// Why a mapping could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// No page for a new table.
+    OutOfMemory,
+    /// Something is already mapped there.
+    AlreadyMapped,
+    /// An entry points outside the table memory.
+    BadTable,
+    /// An address is not aligned to the page size, or the level is not 1–3.
+    Misaligned,
+}
+
+/// Maps one page of level `level` (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) at `va` to
+/// `pa` with `leaf_flags` (PRESENT, and HUGE for levels 2–3, are added).
+/// Tables created on the way get `table_flags` (PRESENT is added).
+pub fn map(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    va: u64,
+    pa: u64,
+    level: u32,
+    leaf_flags: u64,
+    table_flags: u64,
+) -> Result<(), MapError> {
+    if !(1..=3).contains(&level) {
+        return Err(MapError::Misaligned);
+    }
+    let size = paging::span(level);
+    if va % size != 0 || pa % size != 0 || pa & !ADDRESS_MASK != 0 {
+        return Err(MapError::Misaligned);
+    }
+    let mut table_pa = root_pa;
+    let mut current = 4;
+    while current > level {
+        let index = paging::index(va, current);
+        let entry = {
+            let table = mem.table(table_pa).ok_or(MapError::BadTable)?;
+            *table.get(index).ok_or(MapError::BadTable)?
+        };
+        table_pa = if entry & PRESENT == 0 {
+            let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+            let table = mem.table(table_pa).ok_or(MapError::BadTable)?;
+            let slot = table.get_mut(index).ok_or(MapError::BadTable)?;
+            *slot = new | table_flags | PRESENT;
+            new
+        } else if entry & HUGE != 0 {
+            return Err(MapError::AlreadyMapped);
+        } else {
+            entry & ADDRESS_MASK
+        };
+        current -= 1;
+    }
+    let table = mem.table(table_pa).ok_or(MapError::BadTable)?;
+    let slot = table.get_mut(paging::index(va, level)).ok_or(MapError::BadTable)?;
+    if *slot & PRESENT != 0 {
+        return Err(MapError::AlreadyMapped);
+    }
+    let huge = if level > 1 { HUGE } else { 0 };
+    *slot = pa | leaf_flags | huge | PRESENT;
+    Ok(())
+}
+
+/// Walks the tables for `va`: the physical address it maps to and the leaf
+/// entry's flags, or `None` if it is not mapped.
+pub fn translate(mem: &mut dyn TableMemory, root_pa: u64, va: u64) -> Option<(u64, u64)> {
+    let mut table_pa = root_pa;
+    let mut level = 4;
+    loop {
+        let entry = *mem.table(table_pa)?.get(paging::index(va, level))?;
+        if entry & PRESENT == 0 {
+            return None;
+        }
+        if level == 1 || entry & HUGE != 0 {
+            let span = paging::span(level);
+            let base = entry & ADDRESS_MASK & !(span - 1);
+            return Some((base + (va & (span - 1)), entry & !ADDRESS_MASK));
+        }
+        table_pa = entry & ADDRESS_MASK;
+        level -= 1;
+    }
+}
+
+/// Test double: page tables in a map from physical address to page.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Fake physical memory for page tables, with an allocation budget.
+    pub struct FakeTables {
+        pub pages: BTreeMap<u64, Box<[u64; ENTRIES]>>,
+        pub next: u64,
+        pub budget: usize,
+    }
+
+    impl FakeTables {
+        pub fn new(budget: usize) -> (Self, u64) {
+            let mut t = FakeTables { pages: BTreeMap::new(), next: 0x10_0000, budget: budget + 1 };
+            let root = t.alloc_table().unwrap();
+            (t, root)
+        }
+    }
+
+    impl TableMemory for FakeTables {
+        fn table(&mut self, pa: u64) -> Option<&mut [u64; ENTRIES]> {
+            self.pages.get_mut(&pa).map(|b| &mut **b)
+        }
+        fn alloc_table(&mut self) -> Option<u64> {
+            if self.budget == 0 {
+                return None;
+            }
+            self.budget -= 1;
+            let pa = self.next;
+            self.next += 0x1000;
+            self.pages.insert(pa, Box::new([0; ENTRIES]));
+            Some(pa)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeTables;
+    use super::*;
+    use crate::paging::{NO_EXECUTE, USER, WRITABLE};
+
+    #[test]
+    fn maps_and_translates_every_size() {
+        let (mut m, root) = FakeTables::new(16);
+        map(&mut m, root, 0xffff_8000_0000_3000, 0x5000, 1, WRITABLE, WRITABLE).unwrap();
+        map(&mut m, root, 0x4000_0000, 0x20_0000, 2, USER, WRITABLE | USER).unwrap();
+        map(&mut m, root, 0x80_0000_0000, 0x4000_0000, 3, NO_EXECUTE, WRITABLE).unwrap();
+        assert_eq!(translate(&mut m, root, 0xffff_8000_0000_3abc), Some((0x5abc, WRITABLE | PRESENT)));
+        assert_eq!(translate(&mut m, root, 0x4001_2345).map(|t| t.0), Some(0x21_2345));
+        let (pa, flags) = translate(&mut m, root, 0x80_1234_5678).unwrap();
+        assert_eq!(pa, 0x5234_5678);
+        assert_eq!(flags & (NO_EXECUTE | HUGE), NO_EXECUTE | HUGE);
+        assert_eq!(translate(&mut m, root, 0x1000), None);
+    }
+
+    #[test]
+    fn refuses_overlaps_and_misalignment() {
+        let (mut m, root) = FakeTables::new(16);
+        map(&mut m, root, 0x20_0000, 0x20_0000, 2, 0, 0).unwrap();
+        assert_eq!(map(&mut m, root, 0x20_0000, 0x40_0000, 2, 0, 0), Err(MapError::AlreadyMapped));
+        assert_eq!(map(&mut m, root, 0x20_1000, 0x1000, 1, 0, 0), Err(MapError::AlreadyMapped));
+        assert_eq!(map(&mut m, root, 0x1000, 0x1800, 1, 0, 0), Err(MapError::Misaligned));
+        assert_eq!(map(&mut m, root, 0x1000, 0x1000, 4, 0, 0), Err(MapError::Misaligned));
+        assert_eq!(map(&mut m, root, 0x1000, 1 << 52, 1, 0, 0), Err(MapError::Misaligned));
+    }
+
+    #[test]
+    fn reports_exhaustion_and_broken_tables() {
+        let (mut m, root) = FakeTables::new(2);
+        assert_eq!(map(&mut m, root, 0x1000, 0x1000, 1, 0, 0), Err(MapError::OutOfMemory));
+        let (mut m, root) = FakeTables::new(4);
+        m.table(root).unwrap()[0] = 0xdead_0000 | PRESENT;
+        assert_eq!(map(&mut m, root, 0x1000, 0x1000, 1, 0, 0), Err(MapError::BadTable));
+        assert_eq!(translate(&mut m, root, 0x1000), None);
+        assert_eq!(map(&mut m, 0x42_0000, 0x1000, 0x1000, 1, 0, 0), Err(MapError::BadTable));
+    }
+}

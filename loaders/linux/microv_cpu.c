@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Per-CPU work: capture the CPU's state, enter the microkernel, and later
+ * ask MicroV to leave this CPU. Each function runs on its CPU through
+ * work_on_cpu(): process context, so kernel_fpu_begin() is allowed, which
+ * lets the hypervisor clobber vector registers.
+ */
+#include <linux/kernel.h>
+#include <asm/asm.h>
+#include <asm/desc.h>
+#include <asm/fpu/api.h>
+#include <asm/fpu/xcr.h>
+#include <asm/msr.h>
+#include <asm/processor.h>
+#include <asm/special_insns.h>
+#include <asm/cpufeature.h>
+#include "microv.h"
+
+#define MSR_VM_CR_NUM 0xc0010114
+#define VM_CR_SVMDIS (1ULL << 4)
+
+/*
+ * A hypercall. Without MicroV beneath us `vmmcall` raises #UD; the exception
+ * table entry turns that into a return with RAX unchanged, which
+ * mv_hypercall_failed_natively() recognises.
+ */
+u64 mv_hypercall(u64 call, u64 *r10, u64 *r11, u64 *r12, u64 *r13)
+{
+	register u64 a10 asm("r10") = *r10;
+	register u64 a11 asm("r11") = *r11;
+	register u64 a12 asm("r12") = *r12;
+	register u64 a13 asm("r13") = *r13;
+	u64 rax = call;
+
+	asm volatile("1: vmmcall\n2:\n" _ASM_EXTABLE(1b, 2b)
+		     : "+a"(rax), "+r"(a10), "+r"(a11), "+r"(a12), "+r"(a13)
+		     :
+		     : "memory");
+	*r10 = a10;
+	*r11 = a11;
+	*r12 = a12;
+	*r13 = a13;
+	return rax;
+}
+
+bool mv_hypercall_failed_natively(u64 call, u64 status)
+{
+	return status == call;
+}
+
+/* Checks this CPU can run MicroV; returns 0 or an MV_ERR_* code. */
+int mv_cpu_check_svm(u64 *detail)
+{
+	u64 vm_cr, efer;
+
+	if (!boot_cpu_has(X86_FEATURE_SVM) || cpuid_eax(0x80000000) < 0x8000000a ||
+	    !(cpuid_edx(0x8000000a) & 1))
+		return MV_ERR_SVM_UNSUPPORTED;
+	rdmsrl(MSR_VM_CR_NUM, vm_cr);
+	if (vm_cr & VM_CR_SVMDIS)
+		return MV_ERR_SVM_DISABLED;
+	rdmsrl(MSR_EFER, efer);
+	if (efer & EFER_SVME)
+		return MV_ERR_SVM_IN_USE;
+	if (__read_cr4() & X86_CR4_LA57) {
+		*detail = __read_cr4();
+		return MV_ERR_UNSUPPORTED_CPU_STATE;
+	}
+	return 0;
+}
+
+static u64 descriptor(const struct desc_ptr *gdt, u16 sel)
+{
+	if (!(sel & ~7) || (sel & 4) || (sel | 7) > gdt->size)
+		return 0;
+	return *(const u64 *)(gdt->address + (sel & ~7));
+}
+
+static void capture(struct mv_captured_state *s)
+{
+	struct desc_ptr gdt, idt;
+	unsigned long dr7;
+	u16 sel;
+
+	s->cr0 = read_cr0();
+	s->cr3 = __read_cr3();
+	s->cr4 = __read_cr4();
+	rdmsrl(MSR_EFER, s->efer);
+	rdmsrl(MSR_IA32_CR_PAT, s->pat);
+	asm volatile("mov %%db7, %0" : "=r"(dr7));
+	s->dr7 = dr7;
+	s->xcr0 = (s->cr4 & X86_CR4_OSXSAVE) ? xgetbv(0) : 0;
+	native_store_gdt(&gdt);
+	store_idt(&idt);
+	s->gdtr.limit = gdt.size;
+	s->gdtr.base = gdt.address;
+	s->idtr.limit = idt.size;
+	s->idtr.base = idt.address;
+	savesegment(cs, sel); s->cs = sel;
+	savesegment(ss, sel); s->ss = sel;
+	savesegment(ds, sel); s->ds = sel;
+	savesegment(es, sel); s->es = sel;
+	savesegment(fs, sel); s->fs = sel;
+	savesegment(gs, sel); s->gs = sel;
+	asm volatile("str %0" : "=r"(sel)); s->tr = sel;
+	asm volatile("sldt %0" : "=r"(sel)); s->ldtr = sel;
+	s->cs_desc = descriptor(&gdt, s->cs);
+	s->ss_desc = descriptor(&gdt, s->ss);
+	s->ds_desc = descriptor(&gdt, s->ds);
+	s->es_desc = descriptor(&gdt, s->es);
+}
+
+long mv_cpu_start(void *p)
+{
+	struct mv_cpu_arg *arg = p;
+	struct mv_cpu_landing *l = arg->inst->landing[arg->index];
+	unsigned long flags;
+	u64 status;
+	int err;
+
+	err = mv_cpu_check_svm(&arg->detail);
+	if (err)
+		return err;
+
+	kernel_fpu_begin();
+	local_irq_save(flags);
+	capture(&l->captured);
+	l->status = 0;
+	l->detail = 0;
+	status = microv_enter(l);
+	local_irq_restore(flags);
+	kernel_fpu_end();
+
+	arg->detail = l->detail;
+	return status;
+}
+
+long mv_cpu_stop(void *p)
+{
+	struct mv_cpu_arg *arg = p;
+	struct mv_cpu_landing *l = arg->inst->landing[arg->index];
+	u64 r10 = arg->inst->handle, r11 = 0, r12 = 0, r13 = 0, status;
+	unsigned long flags;
+
+	kernel_fpu_begin();
+	local_irq_save(flags);
+	status = mv_hypercall(MV_HC_HV_STOP_PP, &r10, &r11, &r12, &r13);
+	local_irq_restore(flags);
+	kernel_fpu_end();
+
+	/*
+	 * The microkernel clears `running` when it hands the CPU back. (EFER
+	 * cannot tell: MicroV hides EFER.SVME from the root.) A #UD return means
+	 * MicroV had already left this CPU, which is fine too.
+	 */
+	if (READ_ONCE(l->running)) {
+		arg->detail = status;
+		return MV_ERR_UNRESPONSIVE;
+	}
+	return 0;
+}

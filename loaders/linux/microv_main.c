@@ -1,0 +1,501 @@
+// SPDX-License-Identifier: MIT
+/*
+ * MicroV's Linux driver: /dev/microv.
+ *
+ * START loads the hypervisor images into a pool of memory and enters the
+ * microkernel on every online CPU (late launch); STOP asks MicroV to leave
+ * every CPU and frees the pool; STATUS and LOG report. All policy lives in
+ * the hypervisor and the `microv` CLI: this driver only allocates, copies,
+ * maps, and calls.
+ */
+#include <linux/module.h>
+#include <linux/miscdevice.h>
+#include <linux/fs.h>
+#include <linux/uaccess.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+#include <linux/cpu.h>
+#include <linux/workqueue.h>
+#include <linux/mutex.h>
+#include <linux/timekeeping.h>
+#include "microv.h"
+
+#define PTE_W	(1ULL << 1)
+#define PTE_NX	(1ULL << 63)
+#define LOG_ORDER 2 /* 16 KiB shared log ring */
+
+static DEFINE_MUTEX(mv_lock);
+static struct mv_instance *mv_inst;	/* non-NULL while MicroV runs */
+static u32 mv_state = MV_HV_STOPPED;
+static u64 mv_start_ns;
+static u32 mv_last_error, mv_last_error_cpu = U32_MAX;
+static struct mv_fault_record mv_last_fault;
+
+static void free_instance(struct mv_instance *inst)
+{
+	unsigned int i;
+
+	mv_pool_free(&inst->pool);
+	for (i = 0; i < MV_MAX_CPUS; i++)
+		if (inst->landing[i])
+			free_page((unsigned long)inst->landing[i]);
+	if (inst->log)
+		free_pages((unsigned long)inst->log, LOG_ORDER);
+	kfree(inst);
+}
+
+static bool image_ok(const struct mv_image_arg *img, u64 base, u64 max)
+{
+	u64 i;
+
+	if (!img->size || img->size % PAGE_SIZE || img->size > max || img->base != base ||
+	    img->entry < base || img->entry >= base + img->size ||
+	    img->segment_count > MV_MAX_SEGMENTS)
+		return false;
+	for (i = 0; i < img->segment_count; i++) {
+		const struct mv_segment *s = &img->segments[i];
+
+		if (s->offset % PAGE_SIZE || s->size % PAGE_SIZE || s->offset > img->size ||
+		    s->size > img->size - s->offset)
+			return false;
+	}
+	return true;
+}
+
+static int load_image(struct mv_instance *inst, const struct mv_image_arg *img, u64 magic,
+		      struct mv_loaded_image *out)
+{
+	struct mv_image_header *hdr;
+	u64 off = mv_pool_reserve(&inst->pool, img->size);
+
+	if (off == ~0ULL)
+		return MV_ERR_POOL_TOO_SMALL;
+	if (mv_pool_copy_from_user(&inst->pool, off, u64_to_user_ptr(img->user_addr), img->size))
+		return MV_ERR_BAD_REQUEST;
+	hdr = mv_pool_ptr(&inst->pool, off);
+	if (hdr->magic != magic || hdr->launch_version != MV_LAUNCH_VERSION ||
+	    hdr->image_size != img->size)
+		return MV_ERR_BAD_IMAGE;
+	out->pool_offset = off;
+	out->size = img->size;
+	out->base = img->base;
+	out->entry = img->entry;
+	out->segment_count = img->segment_count;
+	memcpy(out->segments, img->segments, sizeof(out->segments));
+	return 0;
+}
+
+/* Lays out the pool, copies the images and builds the boot page tables. */
+static int prepare(struct mv_instance *inst, struct mv_start_args *a)
+{
+	struct mv_boot_info *bi;
+	u64 stacks, i, tramp = (u64)microv_tramp_start;
+	u64 tramp_size = PAGE_ALIGN((u64)microv_tramp_end - tramp);
+	int err;
+
+	err = load_image(inst, &a->kernel, MV_KERNEL_IMAGE_MAGIC, &(struct mv_loaded_image){});
+	if (err)
+		return err;
+	inst->boot_info_offset = mv_pool_reserve(&inst->pool, 2 * PAGE_SIZE);
+	stacks = mv_pool_reserve(&inst->pool, MV_KERNEL_STACK_SIZE * inst->cpu_count);
+	if (inst->boot_info_offset == ~0ULL || stacks == ~0ULL)
+		return MV_ERR_POOL_TOO_SMALL;
+	bi = mv_pool_ptr(&inst->pool, inst->boot_info_offset);
+	bi->kernel.pool_offset = 0;
+	bi->kernel.size = a->kernel.size;
+	bi->kernel.base = a->kernel.base;
+	bi->kernel.entry = a->kernel.entry;
+	bi->kernel.segment_count = a->kernel.segment_count;
+	memcpy(bi->kernel.segments, a->kernel.segments, sizeof(bi->kernel.segments));
+	err = load_image(inst, &a->extension, MV_EXTENSION_IMAGE_MAGIC, &bi->extension);
+	if (err)
+		return err;
+
+	/* The pool, linearly; the trampoline, landing pages and log at their Linux addresses. */
+	for (i = 0; i < inst->pool.chunk_count; i++)
+		if (mv_boot_map(&inst->pool, MV_POOL_VA + i * MV_CHUNK_SIZE,
+				page_to_phys(inst->pool.chunks[i]), MV_CHUNK_SIZE, PTE_W))
+			return MV_ERR_POOL_TOO_SMALL;
+	for (i = 0; i < tramp_size; i += PAGE_SIZE)
+		if (mv_boot_map(&inst->pool, tramp + i,
+				page_to_phys(vmalloc_to_page((void *)(tramp + i))), PAGE_SIZE, 0))
+			return MV_ERR_POOL_TOO_SMALL;
+	for (i = 0; i < inst->cpu_count; i++)
+		if (mv_boot_map(&inst->pool, (u64)inst->landing[i], virt_to_phys(inst->landing[i]),
+				PAGE_SIZE, PTE_W | PTE_NX))
+			return MV_ERR_POOL_TOO_SMALL;
+	if (mv_boot_map(&inst->pool, (u64)inst->log, virt_to_phys(inst->log), inst->log_size,
+			PTE_W | PTE_NX))
+		return MV_ERR_POOL_TOO_SMALL;
+
+	bi->magic = MV_BOOT_INFO_MAGIC;
+	bi->launch_version = MV_LAUNCH_VERSION;
+	bi->start_mode = MV_START_MODE_LATE_LAUNCH;
+	bi->cpu_count = inst->cpu_count;
+	bi->chunk_count = inst->pool.chunk_count;
+	for (i = 0; i < inst->pool.chunk_count; i++)
+		bi->chunks[i] = page_to_phys(inst->pool.chunks[i]);
+	bi->log = (u64)inst->log;
+	bi->log_size = inst->log_size;
+	bi->flags = a->flags;
+	/* Everything the boot tables need is reserved; the rest is the microkernel's. */
+	bi->free_offset = inst->pool.used;
+	if (bi->free_offset + MV_CHUNK_SIZE > (u64)inst->pool.chunk_count * MV_CHUNK_SIZE)
+		return MV_ERR_POOL_TOO_SMALL;
+
+	for (i = 0; i < inst->cpu_count; i++) {
+		struct mv_cpu_landing *l = inst->landing[i];
+
+		bi->landing[i] = (u64)l;
+		l->magic = MV_LANDING_MAGIC;
+		l->launch_version = MV_LAUNCH_VERSION;
+		l->os_cpu = inst->os_cpu[i];
+		l->index = i;
+		l->boot_info = MV_POOL_VA + inst->boot_info_offset;
+		l->kernel_cr3 = inst->pool.pml4_pa;
+		l->kernel_stack_top = MV_POOL_VA + stacks + (i + 1) * MV_KERNEL_STACK_SIZE;
+		l->kernel_entry = a->kernel.entry;
+		l->promote_entry = (u64)microv_promote;
+	}
+	return 0;
+}
+
+static int stop_cpus(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
+{
+	int i, err = 0;
+
+	for (i = inst->cpu_count - 1; i >= 0; i--) {
+		struct mv_cpu_arg arg = { .inst = inst, .index = i };
+		long r;
+
+		if (!inst->started[i])
+			continue;
+		r = work_on_cpu(inst->os_cpu[i], mv_cpu_stop, &arg);
+		if (r) {
+			err = r;
+			*err_cpu = inst->os_cpu[i];
+			*detail = arg.detail;
+			continue;
+		}
+		inst->started[i] = false;
+	}
+	return err;
+}
+
+static void remember_fault(struct mv_instance *inst)
+{
+	unsigned int i;
+
+	for (i = 0; i < inst->cpu_count; i++) {
+		if (inst->landing[i] && inst->landing[i]->fault.code) {
+			mv_last_fault = inst->landing[i]->fault;
+			return;
+		}
+	}
+}
+
+static int do_start(struct mv_start_args *a)
+{
+	struct mv_instance *inst;
+	unsigned int cpu, i;
+	int err = 0;
+
+	a->error_cpu = U32_MAX;
+	if (mv_inst)
+		return MV_ERR_ALREADY_RUNNING;
+	if (!a->pool_size || a->pool_size % MV_CHUNK_SIZE ||
+	    a->pool_size > MV_MAX_CHUNKS * MV_CHUNK_SIZE)
+		return MV_ERR_BAD_REQUEST;
+	if (!image_ok(&a->kernel, MV_POOL_VA, MV_KERNEL_MAX_SIZE) ||
+	    !image_ok(&a->extension, MV_EXTENSION_BASE, MV_EXTENSION_MAX_SIZE))
+		return MV_ERR_BAD_IMAGE;
+
+	inst = kzalloc(sizeof(*inst), GFP_KERNEL);
+	if (!inst)
+		return MV_ERR_OUT_OF_MEMORY;
+	cpus_read_lock();
+	for_each_online_cpu(cpu) {
+		if (inst->cpu_count == MV_MAX_CPUS) {
+			err = MV_ERR_TOO_MANY_CPUS;
+			goto out;
+		}
+		inst->os_cpu[inst->cpu_count++] = cpu;
+	}
+	if (mv_pool_alloc(&inst->pool, a->pool_size)) {
+		err = MV_ERR_OUT_OF_MEMORY;
+		goto out;
+	}
+	inst->log_size = PAGE_SIZE << LOG_ORDER;
+	inst->log = (void *)__get_free_pages(GFP_KERNEL | __GFP_ZERO, LOG_ORDER);
+	for (i = 0; i < inst->cpu_count; i++)
+		inst->landing[i] = (void *)get_zeroed_page(GFP_KERNEL);
+	for (i = 0; i < inst->cpu_count; i++)
+		if (!inst->landing[i])
+			err = MV_ERR_OUT_OF_MEMORY;
+	if (!inst->log)
+		err = MV_ERR_OUT_OF_MEMORY;
+	if (!err)
+		err = prepare(inst, a);
+	if (err)
+		goto out;
+
+	for (i = 0; i < inst->cpu_count; i++) {
+		struct mv_cpu_arg arg = { .inst = inst, .index = i };
+		long r = work_on_cpu(inst->os_cpu[i], mv_cpu_start, &arg);
+
+		if (r) {
+			err = r;
+			a->error_cpu = inst->os_cpu[i];
+			a->error_detail = arg.detail;
+			remember_fault(inst);
+			break;
+		}
+		inst->started[i] = true;
+		if (i == 0) {
+			/* Hypercalls need a handle; stopping (and rollback) too. */
+			u64 r10 = MV_ABI_VERSION, r11 = 0, r12 = 0, r13 = 0;
+			u64 st = mv_hypercall(MV_HC_HANDLE_OPEN, &r10, &r11, &r12, &r13);
+
+			if (st != MV_STATUS_SUCCESS) {
+				err = MV_ERR_EXTENSION_ERROR;
+				a->error_cpu = inst->os_cpu[0];
+				a->error_detail = st;
+				break;
+			}
+			inst->handle = r10;
+		}
+	}
+	if (err) {
+		u32 stop_cpu;
+		u64 stop_detail;
+
+		if (stop_cpus(inst, &stop_cpu, &stop_detail)) {
+			/* A CPU still runs MicroV: its memory must stay allocated. */
+			pr_err("microv: rollback failed on CPU %u (status 0x%llx); leaking the pool\n",
+			       stop_cpu, stop_detail);
+			inst = NULL;
+		}
+		goto out;
+	}
+	/* The trampoline is module text: no unloading while MicroV uses it. */
+	__module_get(THIS_MODULE);
+	mv_inst = inst;
+	inst = NULL;
+	mv_state = MV_HV_RUNNING;
+	mv_start_ns = ktime_get_ns();
+	pr_info("microv: running beneath Linux on %u CPUs\n", mv_inst->cpu_count);
+out:
+	cpus_read_unlock();
+	if (inst)
+		free_instance(inst);
+	if (err) {
+		mv_last_error = err;
+		mv_last_error_cpu = a->error_cpu;
+		if (err != MV_ERR_ALREADY_RUNNING)
+			pr_err("microv: start failed (error %d, cpu %d, detail 0x%llx)\n", err,
+			       (int)a->error_cpu, a->error_detail);
+	}
+	return err;
+}
+
+static int do_stop(struct mv_stop_args *a)
+{
+	int err;
+
+	a->error_cpu = U32_MAX;
+	if (!mv_inst)
+		return MV_ERR_NOT_RUNNING;
+	cpus_read_lock();
+	err = stop_cpus(mv_inst, &a->error_cpu, &a->error_detail);
+	cpus_read_unlock();
+	if (err)
+		return err;
+	remember_fault(mv_inst);
+	free_instance(mv_inst);
+	mv_inst = NULL;
+	mv_state = MV_HV_STOPPED;
+	module_put(THIS_MODULE);
+	pr_info("microv: stopped; every CPU is native\n");
+	return 0;
+}
+
+static void fill_status(struct mv_status *s)
+{
+	struct mv_instance *inst = mv_inst;
+	unsigned int i, k;
+
+	s->state = mv_state;
+	s->last_error_code = mv_last_error;
+	s->last_error_cpu = mv_last_error_cpu;
+	s->last_fault = mv_last_fault;
+	if (!inst)
+		return;
+	s->start_mode = MV_START_MODE_LATE_LAUNCH;
+	s->cpu_count = inst->cpu_count;
+	s->chunk_count = inst->pool.chunk_count;
+	s->pool_bytes = (u64)inst->pool.chunk_count * MV_CHUNK_SIZE;
+	s->pool_first_pa = page_to_phys(inst->pool.chunks[0]);
+	s->uptime_ns = ktime_get_ns() - mv_start_ns;
+	{
+		u64 r10 = 0, r11 = 0, r12 = 0, r13 = 0;
+
+		if (mv_hypercall(MV_HC_ID_VERSION, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS)
+			s->abi_version = r10;
+		r10 = 0;
+		if (mv_hypercall(MV_HC_ID_CAPABILITIES, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS)
+			s->capabilities = r10;
+		r10 = inst->handle;
+		if (mv_hypercall(MV_HC_HV_MEMORY, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS)
+			s->pool_free_bytes = r11 * PAGE_SIZE;
+	}
+	for (i = 0; i < inst->cpu_count; i++) {
+		s->cpus[i].os_cpu = inst->os_cpu[i];
+		s->cpus[i].state = READ_ONCE(inst->landing[i]->running) ? MV_CPU_RUNNING :
+			inst->landing[i]->fault.code ? MV_CPU_FAILED : MV_CPU_NATIVE;
+		for (k = 0; k < MV_EXIT_KINDS_MAX; k += 4) {
+			u64 r10 = inst->handle, r11 = i, r12 = k, r13 = 0;
+
+			if (mv_hypercall(MV_HC_PP_EXIT_COUNT, &r10, &r11, &r12, &r13) !=
+			    MV_STATUS_SUCCESS)
+				break;
+			s->cpus[i].exits[k] = r10;
+			s->cpus[i].exits[k + 1] = r11;
+			s->cpus[i].exits[k + 2] = r12;
+			s->cpus[i].exits[k + 3] = r13;
+		}
+	}
+}
+
+static long copy_log(struct mv_log_args *a)
+{
+	struct mv_log_header *h;
+	u64 ring, written, start, n, i;
+	char *buf;
+
+	a->copied = 0;
+	if (!mv_inst)
+		return 0;
+	h = mv_inst->log;
+	ring = mv_inst->log_size - sizeof(*h);
+	written = READ_ONCE(h->written);
+	a->lost = written > ring ? written - ring : 0;
+	start = written > ring ? written - ring : 0;
+	n = min(written - start, a->size);
+	start = written - n;
+	buf = kvmalloc(n ?: 1, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		buf[i] = ((char *)(h + 1))[(start + i) % ring];
+	if (copy_to_user(u64_to_user_ptr(a->user_addr), buf, n)) {
+		kvfree(buf);
+		return -EFAULT;
+	}
+	kvfree(buf);
+	a->copied = n;
+	return 0;
+}
+
+static int mv_errno(int code)
+{
+	switch (code) {
+	case 0: return 0;
+	case MV_ERR_ALREADY_RUNNING: return -EBUSY;
+	case MV_ERR_NOT_RUNNING: return -ENODEV;
+	case MV_ERR_OUT_OF_MEMORY: return -ENOMEM;
+	case MV_ERR_POOL_TOO_SMALL: return -ENOSPC;
+	case MV_ERR_BAD_REQUEST:
+	case MV_ERR_BAD_IMAGE: return -EINVAL;
+	default: return -EIO;
+	}
+}
+
+static long mv_ioctl(struct file *f, unsigned int cmd, unsigned long uarg)
+{
+	void __user *u = (void __user *)uarg;
+	long ret = 0;
+
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	mutex_lock(&mv_lock);
+	switch (cmd) {
+	case MV_IOC_START: {
+		struct mv_start_args *a = kmalloc(sizeof(*a), GFP_KERNEL);
+
+		if (!a) { ret = -ENOMEM; break; }
+		if (copy_from_user(a, u, sizeof(*a))) { kfree(a); ret = -EFAULT; break; }
+		a->error_code = do_start(a);
+		ret = mv_errno(a->error_code);
+		if (copy_to_user(u, a, sizeof(*a)))
+			ret = -EFAULT;
+		kfree(a);
+		break;
+	}
+	case MV_IOC_STOP: {
+		struct mv_stop_args a = {};
+
+		a.error_code = do_stop(&a);
+		ret = mv_errno(a.error_code);
+		if (copy_to_user(u, &a, sizeof(a)))
+			ret = -EFAULT;
+		break;
+	}
+	case MV_IOC_STATUS: {
+		struct mv_status *s = kzalloc(sizeof(*s), GFP_KERNEL);
+
+		if (!s) { ret = -ENOMEM; break; }
+		fill_status(s);
+		if (copy_to_user(u, s, sizeof(*s)))
+			ret = -EFAULT;
+		kfree(s);
+		break;
+	}
+	case MV_IOC_LOG: {
+		struct mv_log_args a;
+
+		if (copy_from_user(&a, u, sizeof(a))) { ret = -EFAULT; break; }
+		ret = copy_log(&a);
+		if (!ret && copy_to_user(u, &a, sizeof(a)))
+			ret = -EFAULT;
+		break;
+	}
+	default:
+		ret = -ENOTTY;
+	}
+	mutex_unlock(&mv_lock);
+	return ret;
+}
+
+static const struct file_operations mv_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = mv_ioctl,
+	.compat_ioctl = mv_ioctl,
+};
+
+static struct miscdevice mv_dev = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "microv",
+	.fops = &mv_fops,
+	.mode = 0600,
+};
+
+static int __init mv_init(void)
+{
+	if ((u64)(microv_tramp_end - microv_tramp_start) > PAGE_SIZE) {
+		pr_err("microv: trampoline larger than a page\n");
+		return -EINVAL;
+	}
+	return misc_register(&mv_dev);
+}
+
+/* Never runs while MicroV runs: a successful start holds a module reference. */
+static void __exit mv_exit(void)
+{
+	misc_deregister(&mv_dev);
+}
+
+module_init(mv_init);
+module_exit(mv_exit);
+MODULE_DESCRIPTION("MicroV late-launch driver");
+/* MicroV is MIT; the driver uses GPL-only kernel symbols (work_on_cpu). */
+MODULE_LICENSE("Dual MIT/GPL");

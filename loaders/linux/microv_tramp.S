@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * MicroV's trampoline: the only code that runs on both Linux's page tables
+ * and the hypervisor's. The driver maps these pages (and each CPU's landing
+ * page) at the same virtual address in the hypervisor's address space, so
+ * switching CR3 here never pulls the code or data from under us.
+ */
+#include <linux/linkage.h>
+#include "microv_abi.h"
+
+#define MSR_EFER_NUM	0xc0000080
+#define EFER_SVME_BIT	12
+
+#define CAP(f)	(MVOFF_mv_cpu_landing_captured + MVOFF_mv_captured_state_##f)
+#define PF(f)	(MVOFF_mv_cpu_landing_promote + MVOFF_mv_promote_frame_##f)
+#define GPR(r)	(PF(gprs) + 8 * MV_GPR_##r)
+
+	.section .text.microv_tramp, "ax"
+	.balign 4096
+	.globl microv_tramp_start
+microv_tramp_start:
+
+/*
+ * u64 microv_enter(struct mv_cpu_landing *landing)
+ *
+ * Called with interrupts off and the landing page's captured state filled in
+ * by C. Records RSP/RFLAGS/resume RIP, turns on EFER.SVME and clears GIF (so
+ * no NMI can reach a Linux handler while CR3 is the hypervisor's), switches to
+ * the hypervisor's page tables and stack and jumps to the microkernel. We come
+ * back at microv_resume: as the root VM on success (RAX = 0), or natively
+ * through microv_promote with RAX = an MV_ERR_* code.
+ */
+	.globl microv_enter
+	.type microv_enter, @function
+microv_enter:
+	.intel_syntax noprefix
+	push rbp
+	push rbx
+	push r12
+	push r13
+	push r14
+	push r15
+	pushfq
+	mov [rdi + CAP(rsp)], rsp
+	lea rax, [rip + microv_resume]
+	mov [rdi + CAP(rip)], rax
+	pushfq
+	pop rax
+	mov [rdi + CAP(rflags)], rax
+
+	mov ecx, MSR_EFER_NUM
+	rdmsr
+	bts eax, EFER_SVME_BIT
+	wrmsr
+	clgi
+
+	mov rax, [rdi + MVOFF_mv_cpu_landing_kernel_cr3]
+	mov rsp, [rdi + MVOFF_mv_cpu_landing_kernel_stack_top]
+	mov rbx, [rdi + MVOFF_mv_cpu_landing_kernel_entry]
+	mov cr3, rax
+	/* rdi: the landing page, mapped at this address on both sides. */
+	xor ebp, ebp
+	jmp rbx
+
+microv_resume:
+	popfq
+	pop r15
+	pop r14
+	pop r13
+	pop r12
+	pop rbx
+	pop rbp
+	ret
+	.size microv_enter, . - microv_enter
+
+/*
+ * microv_promote: the microkernel jumps here on its page tables with
+ * RDI = landing page, after loading FS/GS/TR/LDTR and the syscall MSRs
+ * (VMLOAD), CR0, CR4, DR7, PAT and the root's FPU state. We switch to the
+ * root's page tables, descriptor tables and stack, set GIF, drop EFER.SVME
+ * and IRET into the root's saved state: the CPU is native again.
+ */
+	.globl microv_promote
+	.type microv_promote, @function
+microv_promote:
+	mov rax, [rdi + PF(cr3)]
+	mov cr3, rax
+	lgdt [rdi + PF(gdtr) + 6]
+	lidt [rdi + PF(idtr) + 6]
+	mov rax, [rdi + PF(ds)]
+	mov ds, ax
+	mov rax, [rdi + PF(es)]
+	mov es, ax
+	mov rsp, [rdi + PF(rsp)]
+
+	stgi
+	mov ecx, MSR_EFER_NUM
+	mov eax, [rdi + PF(efer)]
+	mov edx, [rdi + PF(efer) + 4]
+	wrmsr
+
+	push qword ptr [rdi + PF(ss)]
+	push qword ptr [rdi + PF(rsp)]
+	push qword ptr [rdi + PF(rflags)]
+	push qword ptr [rdi + PF(cs)]
+	push qword ptr [rdi + PF(rip)]
+
+	mov rax, [rdi + GPR(RAX)]
+	mov rcx, [rdi + GPR(RCX)]
+	mov rdx, [rdi + GPR(RDX)]
+	mov rbx, [rdi + GPR(RBX)]
+	mov rbp, [rdi + GPR(RBP)]
+	mov rsi, [rdi + GPR(RSI)]
+	mov r8,  [rdi + GPR(R8)]
+	mov r9,  [rdi + GPR(R9)]
+	mov r10, [rdi + GPR(R10)]
+	mov r11, [rdi + GPR(R11)]
+	mov r12, [rdi + GPR(R12)]
+	mov r13, [rdi + GPR(R13)]
+	mov r14, [rdi + GPR(R14)]
+	mov r15, [rdi + GPR(R15)]
+	mov rdi, [rdi + GPR(RDI)]
+	iretq
+	.size microv_promote, . - microv_promote
+	.att_syntax prefix
+
+	.globl microv_tramp_end
+microv_tramp_end:
