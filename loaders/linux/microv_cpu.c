@@ -135,6 +135,21 @@ long mv_cpu_start(void *p)
 	return status;
 }
 
+/* handle.open on this CPU; stores the handle in the instance. */
+long mv_cpu_open_handle(void *p)
+{
+	struct mv_cpu_arg *arg = p;
+	u64 r10 = MV_ABI_VERSION, r11 = 0, r12 = 0, r13 = 0;
+	u64 status = mv_hypercall(MV_HC_HANDLE_OPEN, &r10, &r11, &r12, &r13);
+
+	if (status != MV_STATUS_SUCCESS) {
+		arg->detail = status;
+		return -EIO;
+	}
+	arg->inst->handle = r10;
+	return 0;
+}
+
 long mv_cpu_stop(void *p)
 {
 	struct mv_cpu_arg *arg = p;

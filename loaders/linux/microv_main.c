@@ -160,6 +160,31 @@ static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 	return 0;
 }
 
+/* Copies the hypervisor's log to the kernel log, so a failed start says why. */
+static void dump_log(struct mv_instance *inst)
+{
+	struct mv_log_header *h = inst->log;
+	u64 ring = inst->log_size - sizeof(*h), written, i, start;
+	char line[160];
+	unsigned int n = 0;
+
+	if (!h)
+		return;
+	written = READ_ONCE(h->written);
+	start = written > ring ? written - ring : 0;
+	for (i = start; i < written; i++) {
+		char c = ((char *)(h + 1))[i % ring];
+
+		if (c == '\n' || n == sizeof(line) - 1) {
+			line[n] = 0;
+			pr_info("microv: hv: %s\n", line);
+			n = 0;
+			continue;
+		}
+		line[n++] = c;
+	}
+}
+
 static int stop_cpus(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
 {
 	int i, err = 0;
@@ -252,23 +277,24 @@ static int do_start(struct mv_start_args *a)
 		}
 		inst->started[i] = true;
 		if (i == 0) {
-			/* Hypercalls need a handle; stopping (and rollback) too. */
-			u64 r10 = MV_ABI_VERSION, r11 = 0, r12 = 0, r13 = 0;
-			u64 st = mv_hypercall(MV_HC_HANDLE_OPEN, &r10, &r11, &r12, &r13);
+			/* Hypercalls need a handle (stopping and rollback too); the
+			 * call must run on a CPU that MicroV already runs on. */
+			struct mv_cpu_arg open = { .inst = inst, .index = 0 };
+			long st = work_on_cpu(inst->os_cpu[0], mv_cpu_open_handle, &open);
 
-			if (st != MV_STATUS_SUCCESS) {
+			if (st) {
 				err = MV_ERR_EXTENSION_ERROR;
 				a->error_cpu = inst->os_cpu[0];
-				a->error_detail = st;
+				a->error_detail = open.detail;
 				break;
 			}
-			inst->handle = r10;
 		}
 	}
 	if (err) {
 		u32 stop_cpu;
 		u64 stop_detail;
 
+		dump_log(inst);
 		if (stop_cpus(inst, &stop_cpu, &stop_detail)) {
 			/* A CPU still runs MicroV: its memory must stay allocated. */
 			pr_err("microv: rollback failed on CPU %u (status 0x%llx); leaking the pool\n",

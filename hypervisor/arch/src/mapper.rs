@@ -75,6 +75,47 @@ pub fn map(
     Ok(())
 }
 
+/// Points the level-`level` entry for `va` (2: a page-directory entry) at an
+/// existing table `table_pa`, creating the tables above it. Several entries
+/// may share one table: nested paging uses that to send many guest ranges
+/// to the same page.
+pub fn link_table(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    va: u64,
+    level: u32,
+    table_pa: u64,
+    flags: u64,
+) -> Result<(), MapError> {
+    if !(2..=3).contains(&level) || va % paging::span(level) != 0 || table_pa & !ADDRESS_MASK != 0 {
+        return Err(MapError::Misaligned);
+    }
+    // Make a leaf one level down, then turn the entry above it into a link.
+    let mut table = root_pa;
+    let mut current = 4;
+    while current > level {
+        let index = paging::index(va, current);
+        let entry = *mem.table(table).ok_or(MapError::BadTable)?.get(index).ok_or(MapError::BadTable)?;
+        table = if entry & PRESENT == 0 {
+            let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+            *mem.table(table).ok_or(MapError::BadTable)?.get_mut(index).ok_or(MapError::BadTable)? =
+                new | flags | PRESENT;
+            new
+        } else if entry & HUGE != 0 {
+            return Err(MapError::AlreadyMapped);
+        } else {
+            entry & ADDRESS_MASK
+        };
+        current -= 1;
+    }
+    let slot = mem.table(table).ok_or(MapError::BadTable)?.get_mut(paging::index(va, level)).ok_or(MapError::BadTable)?;
+    if *slot & PRESENT != 0 {
+        return Err(MapError::AlreadyMapped);
+    }
+    *slot = table_pa | flags | PRESENT;
+    Ok(())
+}
+
 /// Walks the tables for `va`: the physical address it maps to and the leaf
 /// entry's flags, or `None` if it is not mapped.
 pub fn translate(mem: &mut dyn TableMemory, root_pa: u64, va: u64) -> Option<(u64, u64)> {
@@ -95,10 +136,13 @@ pub fn translate(mem: &mut dyn TableMemory, root_pa: u64, va: u64) -> Option<(u6
     }
 }
 
-/// Test double: page tables in a map from physical address to page.
-#[cfg(test)]
+/// Test double: page tables in a map from physical address to page
+/// (feature `fake`, for other crates' tests).
+#[cfg(any(test, feature = "fake"))]
 pub mod fake {
+    extern crate std;
     use super::*;
+    use std::boxed::Box;
     use std::collections::BTreeMap;
 
     /// Fake physical memory for page tables, with an allocation budget.
@@ -162,6 +206,24 @@ mod tests {
         assert_eq!(map(&mut m, root, 0x1000, 0x1800, 1, 0, 0), Err(MapError::Misaligned));
         assert_eq!(map(&mut m, root, 0x1000, 0x1000, 4, 0, 0), Err(MapError::Misaligned));
         assert_eq!(map(&mut m, root, 0x1000, 1 << 52, 1, 0, 0), Err(MapError::Misaligned));
+    }
+
+    #[test]
+    fn linked_tables_are_shared() {
+        let (mut m, root) = FakeTables::new(16);
+        let shared = m.alloc_table().unwrap();
+        for e in m.table(shared).unwrap().iter_mut() {
+            *e = 0x7000 | PRESENT;
+        }
+        link_table(&mut m, root, 0x4000_0000, 2, shared, WRITABLE).unwrap();
+        link_table(&mut m, root, 0x4020_0000, 2, shared, WRITABLE).unwrap();
+        assert_eq!(translate(&mut m, root, 0x4000_5123).map(|t| t.0), Some(0x7123));
+        assert_eq!(translate(&mut m, root, 0x4021_0456).map(|t| t.0), Some(0x7456));
+        assert_eq!(link_table(&mut m, root, 0x4000_0000, 2, shared, 0), Err(MapError::AlreadyMapped));
+        assert_eq!(link_table(&mut m, root, 0x4000_1000, 2, shared, 0), Err(MapError::Misaligned));
+        assert_eq!(link_table(&mut m, root, 0, 1, shared, 0), Err(MapError::Misaligned));
+        map(&mut m, root, 0x8000_0000, 0x8000_0000, 3, 0, 0).unwrap();
+        assert_eq!(link_table(&mut m, root, 0x8000_0000, 2, shared, 0), Err(MapError::AlreadyMapped));
     }
 
     #[test]

@@ -1,1 +1,26 @@
+//! MicroV's microkernel: the small part of the hypervisor that needs ring 0.
+//!
+//! It brings each CPU under MicroV (its own page tables, GDT/IDT/TSS, SVM),
+//! owns the pool's pages, runs vCPU states (the world switch), hands CPUs
+//! back to the OS (promotion), and serves the extension's syscalls. All
+//! policy — which exits mean what, hypercalls, nested paging of the root VM
+//! — is the extension's.
+//!
+//! The logic modules are plain Rust, unit-tested on the host; `hw` (built
+//! with `feature = "image"`) is the part that touches the hardware.
 #![cfg_attr(not(test), no_std)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+pub mod fault;
+pub mod frame;
+pub mod log;
+pub mod root;
+
+#[cfg(feature = "image")]
+pub mod hw;
+
+#[cfg(feature = "image")]
+extern crate microv_rt;

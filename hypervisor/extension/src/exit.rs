@@ -1,0 +1,318 @@
+//! Handling the root VM's exits. The root takes as few exits as possible:
+//! CPUID (to hide SVM and identify MicroV), a few MSRs (EFER and the SVM
+//! control MSRs), hypercalls, SVM instructions (they must fault as on a CPU
+//! without SVM), INIT and shutdown.
+
+use microv_abi::hypercall::Status;
+use microv_abi::launch::gpr;
+use microv_abi::{ExitKind, StartError};
+use microv_arch::svm::{event, exit, vector, Vmcb};
+
+use crate::cpuid;
+use crate::host::Host;
+use crate::hypercall::{self, Args, CallerInfo, Outcome};
+use crate::msr::{self, MsrOutcome};
+use crate::state::HvState;
+
+/// Instruction lengths (TCG's SVM has no next-RIP save: MicroV knows them).
+const CPUID_LEN: u64 = 2;
+const MSR_LEN: u64 = 2;
+const VMMCALL_LEN: u64 = 3;
+const CR0_PG: u64 = 1 << 31;
+
+/// What to do after an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the vCPU again.
+    Resume,
+    /// Hand this CPU back to the root (its state is ready to promote).
+    StopThisCpu,
+    /// MicroV cannot go on: stop with this error and detail.
+    Fail(StartError, u64),
+    /// Fault on purpose (test images): the exit is left unhandled.
+    TestFault(u64),
+}
+
+/// The exit-count class of an exit code.
+pub fn classify(code: u64) -> ExitKind {
+    match code {
+        exit::CPUID => ExitKind::Cpuid,
+        exit::VMMCALL => ExitKind::Hypercall,
+        exit::NPF => ExitKind::NestedPageFault,
+        exit::VMRUN | exit::VMLOAD | exit::VMSAVE | exit::STGI | exit::CLGI | exit::SKINIT | exit::INVLPGA => {
+            ExitKind::SvmInstruction
+        }
+        exit::INIT => ExitKind::Init,
+        exit::SHUTDOWN => ExitKind::Shutdown,
+        exit::XSETBV => ExitKind::Xsetbv,
+        _ => ExitKind::Other,
+    }
+}
+
+fn reg(gprs: &[u64; 16], i: usize) -> u64 {
+    gprs.get(i).copied().unwrap_or(0)
+}
+
+fn set_reg(gprs: &mut [u64; 16], i: usize, v: u64) {
+    if let Some(slot) = gprs.get_mut(i) {
+        *slot = v;
+    }
+}
+
+/// Moves past the intercepted instruction.
+fn skip(vmcb: &mut Vmcb, len: u64) {
+    vmcb.save.rip = vmcb.save.rip.wrapping_add(len);
+    // The instruction completed: any STI/MOV SS shadow is over.
+    vmcb.control.interrupt_shadow &= !1;
+}
+
+fn inject(vmcb: &mut Vmcb, ev: u64) {
+    vmcb.control.event_inj = ev;
+}
+
+/// Handles the exit recorded in `vmcb` for the root vCPU of CPU `cpu`.
+pub fn handle(vmcb: &mut Vmcb, gprs: &mut [u64; 16], cpu: usize, hv: &HvState, host: &mut dyn Host) -> Action {
+    let code = vmcb.control.exit_code;
+    hv.count_exit(cpu, classify(code));
+    // An event whose delivery the exit interrupted must be delivered again.
+    vmcb.control.event_inj = if vmcb.control.exit_int_info & event::VALID != 0 { vmcb.control.exit_int_info } else { 0 };
+    match code {
+        exit::CPUID => {
+            let (leaf, subleaf) = (vmcb.save.rax as u32, reg(gprs, gpr::RCX) as u32);
+            let real = if cpuid::is_synthetic(leaf) { Default::default() } else { host.cpuid(leaf, subleaf) };
+            let r = cpuid::root_view(leaf, real);
+            vmcb.save.rax = u64::from(r.eax);
+            set_reg(gprs, gpr::RBX, u64::from(r.ebx));
+            set_reg(gprs, gpr::RCX, u64::from(r.ecx));
+            set_reg(gprs, gpr::RDX, u64::from(r.edx));
+            skip(vmcb, CPUID_LEN);
+            Action::Resume
+        }
+        exit::MSR => {
+            hv.count_exit(cpu, if vmcb.control.exit_info1 == 0 { ExitKind::MsrRead } else { ExitKind::MsrWrite });
+            let index = reg(gprs, gpr::RCX) as u32;
+            let outcome = if vmcb.control.exit_info1 == 0 {
+                msr::read(index, vmcb.save.efer)
+            } else {
+                let value = (reg(gprs, gpr::RDX) << 32) | (vmcb.save.rax & 0xffff_ffff);
+                msr::write(index, value, vmcb.save.efer, vmcb.save.cr0 & CR0_PG != 0)
+            };
+            match outcome {
+                MsrOutcome::Value(v) => {
+                    vmcb.save.rax = v & 0xffff_ffff;
+                    set_reg(gprs, gpr::RDX, v >> 32);
+                    skip(vmcb, MSR_LEN);
+                }
+                MsrOutcome::SetEfer(v) => {
+                    vmcb.save.efer = v;
+                    skip(vmcb, MSR_LEN);
+                }
+                MsrOutcome::GeneralProtection => inject(vmcb, event::exception_with_code(vector::GP, 0)),
+            }
+            Action::Resume
+        }
+        exit::VMMCALL => {
+            let caller = CallerInfo { cpl: vmcb.save.cpl, cpu };
+            match hypercall::dispatch(vmcb.save.rax, Args::from_gprs(gprs), caller, hv, host) {
+                Outcome::InvalidOpcode => {
+                    inject(vmcb, event::exception(vector::UD));
+                    Action::Resume
+                }
+                Outcome::Done(status, out) => {
+                    vmcb.save.rax = status.as_u64();
+                    if status == Status::Success {
+                        out.to_gprs(gprs);
+                    }
+                    skip(vmcb, VMMCALL_LEN);
+                    Action::Resume
+                }
+                Outcome::StopThisCpu => {
+                    vmcb.save.rax = Status::Success.as_u64();
+                    skip(vmcb, VMMCALL_LEN);
+                    Action::StopThisCpu
+                }
+                Outcome::TestFault(kind) => Action::TestFault(kind),
+            }
+        }
+        exit::VMRUN | exit::VMLOAD | exit::VMSAVE | exit::STGI | exit::CLGI | exit::SKINIT | exit::INVLPGA => {
+            // The root sees no SVM: these raise #UD as they would natively.
+            inject(vmcb, event::exception(vector::UD));
+            Action::Resume
+        }
+        exit::INIT => {
+            // CPU hot-plug is blocked while MicroV runs; an INIT here would
+            // reset the CPU from under the hypervisor. Drop it, loudly.
+            host.log(format_args!("cpu {cpu}: ignored INIT signal"));
+            Action::Resume
+        }
+        exit::NPF => {
+            host.log(format_args!(
+                "cpu {cpu}: root nested page fault at {:#x} (error {:#x}, rip {:#x})",
+                vmcb.control.exit_info2, vmcb.control.exit_info1, vmcb.save.rip
+            ));
+            Action::Fail(StartError::ExtensionError, vmcb.control.exit_info2)
+        }
+        exit::SHUTDOWN => {
+            host.log(format_args!("cpu {cpu}: the root VM shut down (triple fault) at rip {:#x}", vmcb.save.rip));
+            Action::Fail(StartError::ExtensionError, code)
+        }
+        _ => {
+            host.log(format_args!(
+                "cpu {cpu}: unexpected exit {code:#x} (info1 {:#x}, info2 {:#x}, rip {:#x})",
+                vmcb.control.exit_info1, vmcb.control.exit_info2, vmcb.save.rip
+            ));
+            Action::Fail(StartError::ExtensionError, code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use microv_abi::hypercall::{encode, Hypercall};
+    use microv_arch::msr::{self as arch_msr, efer};
+    use zerocopy::FromZeros;
+
+    fn vcpu(code: u64) -> (Box<Vmcb>, [u64; 16]) {
+        let mut v = Box::new(Vmcb::new_zeroed());
+        v.control.exit_code = code;
+        v.save.rip = 0x1000;
+        v.save.efer = efer::LME | efer::LMA | efer::SVME;
+        v.save.cr0 = CR0_PG;
+        (v, [0; 16])
+    }
+
+    #[test]
+    fn cpuid_answers_and_skips() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        let (mut v, mut g) = vcpu(exit::CPUID);
+        v.save.rax = 0x4000_0000;
+        v.control.interrupt_shadow = 1;
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!(v.save.rip, 0x1002);
+        assert_eq!(v.control.interrupt_shadow, 0);
+        assert_eq!(v.save.rax, 0x4000_0001);
+        assert_eq!(g[gpr::RBX] as u32, u32::from_le_bytes(*b"Micr"));
+        let (mut v, mut g) = vcpu(exit::CPUID);
+        v.save.rax = 0x8000_0001;
+        g[gpr::RCX] = 5;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.rax, 0x8000_0001, "fake host echoes the leaf");
+        assert_eq!(g[gpr::RBX], 5, "and the subleaf");
+        assert_eq!(g[gpr::RCX] as u32 & microv_arch::cpuid::EXT1_ECX_SVM, 0);
+        assert_eq!(hv.exit_count(0, ExitKind::Cpuid as usize), 2);
+    }
+
+    #[test]
+    fn msr_reads_writes_and_faults() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        let (mut v, mut g) = vcpu(exit::MSR);
+        g[gpr::RCX] = u64::from(arch_msr::EFER);
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.rax, (efer::LME | efer::LMA) & 0xffff_ffff);
+        assert_eq!(v.save.rip, 0x1002);
+        assert_eq!(hv.exit_count(0, ExitKind::MsrRead as usize), 1);
+
+        let (mut v, mut g) = vcpu(exit::MSR);
+        v.control.exit_info1 = 1;
+        g[gpr::RCX] = u64::from(arch_msr::EFER);
+        v.save.rax = efer::LME | efer::LMA | efer::NXE;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.efer, efer::LME | efer::LMA | efer::NXE | efer::SVME);
+        assert_eq!(hv.exit_count(0, ExitKind::MsrWrite as usize), 1);
+
+        let (mut v, mut g) = vcpu(exit::MSR);
+        v.control.exit_info1 = 1;
+        g[gpr::RCX] = u64::from(arch_msr::EFER);
+        v.save.rax = efer::LME | efer::SVME;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        assert_eq!(v.save.rip, 0x1000, "a faulting instruction is not skipped");
+
+        let (mut v, mut g) = vcpu(exit::MSR);
+        g[gpr::RCX] = u64::from(arch_msr::VM_CR);
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.rax, arch_msr::vm_cr::SVMDIS | arch_msr::vm_cr::LOCK);
+        assert_eq!(g[gpr::RDX], 0);
+    }
+
+    #[test]
+    fn hypercalls_return_status_and_skip() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        let (mut v, mut g) = vcpu(exit::VMMCALL);
+        v.save.rax = encode(Hypercall::IdVersion);
+        v.save.cpl = 3;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.rax, 0);
+        assert_eq!(g[gpr::R10], microv_abi::hypercall::ABI_VERSION);
+        assert_eq!(v.save.rip, 0x1003);
+
+        let (mut v, mut g) = vcpu(exit::VMMCALL);
+        v.save.rax = encode(Hypercall::HandleOpen);
+        v.save.cpl = 3;
+        g[gpr::R10] = 77;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.rax, Status::PermissionDenied.as_u64());
+        assert_eq!(g[gpr::R10], 77, "failed calls leave outputs alone");
+
+        let (mut v, mut g) = vcpu(exit::VMMCALL);
+        v.save.rax = 42;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.control.event_inj, event::exception(vector::UD));
+        assert_eq!(v.save.rip, 0x1000);
+    }
+
+    #[test]
+    fn stop_returns_success_past_the_call() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        hv.handle.store(9, core::sync::atomic::Ordering::Relaxed);
+        let (mut v, mut g) = vcpu(exit::VMMCALL);
+        v.save.rax = encode(Hypercall::HvStopPp);
+        g[gpr::R10] = 9;
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::StopThisCpu);
+        assert_eq!((v.save.rax, v.save.rip), (0, 0x1003));
+        v.save.rax = encode(Hypercall::HvTestFault);
+        v.control.exit_code = exit::VMMCALL;
+        let expected = if hypercall::TEST_HOOKS { Action::TestFault(0) } else { Action::Resume };
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), expected);
+    }
+
+    #[test]
+    fn svm_instructions_fault_and_init_is_dropped() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        for code in [exit::VMRUN, exit::VMLOAD, exit::VMSAVE, exit::STGI, exit::CLGI, exit::SKINIT, exit::INVLPGA] {
+            let (mut v, mut g) = vcpu(code);
+            assert_eq!(handle(&mut v, &mut g, 1, &hv, &mut host), Action::Resume);
+            assert_eq!(v.control.event_inj, event::exception(vector::UD));
+        }
+        assert_eq!(hv.exit_count(1, ExitKind::SvmInstruction as usize), 7);
+        let (mut v, mut g) = vcpu(exit::INIT);
+        assert_eq!(handle(&mut v, &mut g, 1, &hv, &mut host), Action::Resume);
+        assert_eq!(host.lines.len(), 1);
+    }
+
+    #[test]
+    fn interrupted_events_are_redelivered() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        let (mut v, mut g) = vcpu(exit::INIT);
+        v.control.exit_int_info = event::exception(14);
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.control.event_inj, event::exception(14));
+    }
+
+    #[test]
+    fn fatal_exits_fail_with_detail() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        let (mut v, mut g) = vcpu(exit::NPF);
+        v.control.exit_info2 = 0xfee0_0000;
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Fail(StartError::ExtensionError, 0xfee0_0000));
+        let (mut v, mut g) = vcpu(exit::SHUTDOWN);
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Fail(StartError::ExtensionError, exit::SHUTDOWN));
+        let (mut v, mut g) = vcpu(exit::INVALID);
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Fail(StartError::ExtensionError, exit::INVALID));
+        assert_eq!(classify(exit::XSETBV), ExitKind::Xsetbv);
+        assert_eq!(classify(exit::HLT), ExitKind::Other);
+        assert_eq!(host.lines.len(), 3);
+    }
+}

@@ -1,0 +1,241 @@
+//! The extension on the real machine: entry point, bootstrap of the root
+//! VM on each CPU, and the exit loop. Built only into the image.
+
+mod sys;
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use microv_abi::launch::{BootInfo, ImageHeader, EXTENSION_HEAP, EXTENSION_IMAGE_MAGIC, LAUNCH_VERSION, PAGE_SIZE};
+use microv_abi::syscall::{vs_layout, Upcall, EXTENSION_BOOT_INFO};
+use microv_abi::StartError;
+use microv_arch::cpuid::{CpuidResult, EXT1_EDX_PAGE1GB, LEAF_ADDRESS_SIZES};
+use microv_arch::mapper::TableMemory;
+use microv_arch::paging::ENTRIES;
+use microv_arch::svm::{self, Vmcb};
+use microv_arch::instr;
+
+use crate::exit::{self, Action};
+use crate::host::Host;
+use crate::root_vm::{self, RootTables};
+use crate::state::HvState;
+
+/// The image header the loader checks (size and checksum filled by the build).
+#[used]
+#[no_mangle]
+#[link_section = ".mvheader"]
+pub static MICROV_EXTENSION_HEADER: ImageHeader = ImageHeader {
+    magic: EXTENSION_IMAGE_MAGIC,
+    launch_version: LAUNCH_VERSION,
+    header_size: core::mem::size_of::<ImageHeader>() as u32,
+    checksum: 0,
+    image_size: 0,
+};
+
+core::arch::global_asm!(
+    r#"
+    .section .text.entry, "ax"
+    .globl microv_extension_entry
+microv_extension_entry:
+    // RDI = upcall, RSI = CPU index, RDX, R8 = arguments; fresh stack.
+    mov rcx, r8
+    and rsp, -16
+    xor ebp, ebp
+    call microv_extension_main
+    ud2
+"#
+);
+
+static HV: HvState = HvState::new();
+/// 0: root tables not built; 1: being built; 2: ready; 3: failed.
+static ROOT_STATE: AtomicU8 = AtomicU8::new(0);
+static NPT_ROOT: AtomicU64 = AtomicU64::new(0);
+static IOPM: AtomicU64 = AtomicU64::new(0);
+static MSRPM: AtomicU64 = AtomicU64::new(0);
+
+/// Formats into a fixed buffer and sends it to the log.
+struct LineBuf {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = b;
+                self.len += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn log(args: fmt::Arguments) {
+    let mut line = LineBuf { buf: [0; 256], len: 0 };
+    let _ = line.write_fmt(args);
+    sys::log(line.buf.get(..line.len).unwrap_or_default());
+}
+
+struct Machine;
+
+impl Host for Machine {
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> CpuidResult {
+        instr::cpuid(leaf, subleaf)
+    }
+    fn mem_stats(&mut self) -> (u64, u64) {
+        sys::mem_stats()
+    }
+    fn log(&mut self, args: fmt::Arguments) {
+        log(args)
+    }
+    fn entropy(&mut self) -> u64 {
+        // Mixed TSC: unpredictable enough that root userspace cannot guess
+        // the handle (it also cannot make management calls at all).
+        let t = instr::rdtsc();
+        (t ^ (t << 29) ^ (t >> 17)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+fn boot_info() -> &'static BootInfo {
+    // SAFETY: the microkernel maps the boot info read-only at this address
+    // before the first upcall, for MicroV's lifetime.
+    unsafe { &*(EXTENSION_BOOT_INFO as *const BootInfo) }
+}
+
+/// Page tables in extension memory: pages from `MemAlloc`, which the
+/// microkernel maps at EXTENSION_HEAP + their pool offset.
+struct HeapTables;
+
+impl TableMemory for HeapTables {
+    fn table(&mut self, pa: u64) -> Option<&mut [u64; ENTRIES]> {
+        let offset = boot_info().pool_offset(pa)?;
+        // SAFETY: every table page was allocated by MemAlloc and is mapped at
+        // EXTENSION_HEAP + offset; table building runs on one CPU at a time
+        // (ROOT_STATE), so no other reference exists.
+        Some(unsafe { &mut *((EXTENSION_HEAP + offset) as *mut [u64; ENTRIES]) })
+    }
+    fn alloc_table(&mut self) -> Option<u64> {
+        sys::mem_alloc(1).ok().map(|(_, pa)| pa)
+    }
+}
+
+fn heap<T>(pages: u64) -> Result<(&'static mut T, u64), StartError> {
+    let (va, pa) = sys::mem_alloc(pages).map_err(|_| StartError::OutOfMemory)?;
+    debug_assert!(core::mem::size_of::<T>() as u64 <= pages * PAGE_SIZE);
+    // SAFETY: freshly allocated, zeroed, mapped read-write, large enough.
+    Ok((unsafe { &mut *(va as *mut T) }, pa))
+}
+
+/// Builds the root VM's nested page tables and permission maps (once).
+fn build_root_tables() -> Result<(), StartError> {
+    let (msrpm, msrpm_pa) = heap::<[u8; svm::MSRPM_SIZE]>(2)?;
+    root_vm::fill_msrpm(msrpm);
+    let (_iopm, iopm_pa) = heap::<[u8; svm::IOPM_SIZE]>(3)?;
+    let (_dummy, dummy_pa) = heap::<[u8; 4096]>(1)?;
+    let (hiding, hiding_pa) = heap::<[u64; ENTRIES]>(1)?;
+    root_vm::fill_hiding_table(hiding, dummy_pa);
+    let (_, npt_root) = heap::<[u64; ENTRIES]>(1)?;
+
+    let huge = instr::cpuid(0x8000_0001, 0).edx & EXT1_EDX_PAGE1GB != 0;
+    let phys_bits = instr::cpuid(LEAF_ADDRESS_SIZES, 0).eax & 0xff;
+    let limit = root_vm::phys_limit(phys_bits, huge);
+    let bi = boot_info();
+    let chunks = bi.chunks.get(..bi.chunk_count as usize).unwrap_or_default();
+    root_vm::build_npt(&mut HeapTables, npt_root, limit, huge, chunks, hiding_pa)
+        .map_err(|_| StartError::OutOfMemory)?;
+    log(format_args!(
+        "extension: root nested paging maps {} GiB with {} pages, hiding {} MiB of hypervisor memory",
+        limit >> 30, if huge { "1 GiB" } else { "2 MiB" }, chunks.len() * 2
+    ));
+    NPT_ROOT.store(npt_root, Ordering::Relaxed);
+    IOPM.store(iopm_pa, Ordering::Relaxed);
+    MSRPM.store(msrpm_pa, Ordering::Release);
+    Ok(())
+}
+
+fn vmcb(id: u64) -> &'static mut Vmcb {
+    // SAFETY: the microkernel maps state `id`'s VMCB here; only the CPU
+    // running that state touches it.
+    unsafe { &mut *(vs_layout::vmcb(id) as *mut Vmcb) }
+}
+
+fn gprs(id: u64) -> &'static mut [u64; 16] {
+    // SAFETY: as for `vmcb`, for the register page.
+    unsafe { &mut *(vs_layout::gprs(id) as *mut [u64; 16]) }
+}
+
+fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
+    HV.cpu_count.store(cpu_count, Ordering::Relaxed);
+    if ROOT_STATE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        match build_root_tables() {
+            Ok(()) => ROOT_STATE.store(2, Ordering::Release),
+            Err(e) => {
+                ROOT_STATE.store(3, Ordering::Release);
+                sys::fail(e, 0)
+            }
+        }
+    }
+    while ROOT_STATE.load(Ordering::Acquire) == 1 {
+        core::hint::spin_loop();
+    }
+    if ROOT_STATE.load(Ordering::Acquire) != 2 {
+        sys::fail(StartError::ExtensionError, 0)
+    }
+    let tables = RootTables {
+        npt_root: NPT_ROOT.load(Ordering::Relaxed),
+        iopm: IOPM.load(Ordering::Relaxed),
+        msrpm: MSRPM.load(Ordering::Acquire),
+    };
+    root_vm::configure_vmcb(vmcb(root_vs), &tables);
+    log(format_args!("cpu {cpu}: starting the root vCPU"));
+    run(root_vs)
+}
+
+fn run(id: u64) -> ! {
+    let status = sys::vs_run(id);
+    sys::fail(StartError::ExtensionError, status as u64)
+}
+
+fn on_exit(cpu: u64, id: u64) -> ! {
+    let v = vmcb(id);
+    // A first-run flush is done; keep the TLB from here on.
+    v.control.tlb_control = svm::tlb::DO_NOTHING;
+    match exit::handle(v, gprs(id), cpu as usize, &HV, &mut Machine) {
+        Action::Resume => run(id),
+        Action::StopThisCpu => {
+            log(format_args!("cpu {cpu}: leaving; the CPU is native again"));
+            let status = sys::vs_promote(id);
+            sys::fail(StartError::ExtensionError, status as u64)
+        }
+        Action::Fail(code, detail) => sys::fail(code, detail),
+        Action::TestFault(kind) => test_fault(kind),
+    }
+}
+
+/// Faults on purpose (test images): the microkernel must catch it.
+fn test_fault(kind: u64) -> ! {
+    log(format_args!("extension: faulting on purpose (hv.test_fault {kind})"));
+    if kind == microv_abi::hypercall::test_fault::EXTENSION_INVALID_OPCODE {
+        // SAFETY: raises #UD on purpose; the microkernel stops MicroV.
+        unsafe { core::arch::asm!("ud2", options(noreturn)) }
+    }
+    // SAFETY: reads an address that is never mapped, on purpose.
+    let v = unsafe { core::ptr::read_volatile(0x10 as *const u64) };
+    sys::fail(StartError::ExtensionError, v)
+}
+
+#[no_mangle]
+extern "C" fn microv_extension_main(upcall: u64, cpu: u64, a: u64, b: u64) -> ! {
+    match Upcall::from_u64(upcall) {
+        Some(Upcall::Bootstrap) => bootstrap(cpu, a, b),
+        Some(Upcall::Exit) => on_exit(cpu, a),
+        None => sys::fail(StartError::ExtensionError, upcall),
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    log(format_args!("extension panic: {}", info.message()));
+    sys::fail(StartError::ExtensionError, 0)
+}

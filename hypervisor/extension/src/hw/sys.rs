@@ -1,0 +1,61 @@
+//! Syscalls into the microkernel (see `microv_abi::syscall`).
+
+use core::arch::asm;
+
+use microv_abi::syscall::{SysStatus, Syscall};
+use microv_abi::StartError;
+
+fn raw(nr: Syscall, a0: u64, a1: u64) -> (u64, u64, u64) {
+    let (status, r1, r2);
+    // SAFETY: `syscall` enters the microkernel's gate, which preserves every
+    // register but RAX, RDX, R8 (results) and RCX, R11 (the instruction's).
+    unsafe {
+        asm!("syscall",
+            inlateout("rax") nr as u64 => status,
+            in("rdi") a0, in("rsi") a1,
+            lateout("rdx") r1, lateout("r8") r2,
+            lateout("rcx") _, lateout("r11") _,
+            clobber_abi("C"),
+            options(nostack));
+    }
+    (status, r1, r2)
+}
+
+fn call(nr: Syscall, a0: u64, a1: u64) -> Result<(u64, u64), SysStatus> {
+    let (status, r1, r2) = raw(nr, a0, a1);
+    match SysStatus::from_u64(status) {
+        Some(SysStatus::Success) => Ok((r1, r2)),
+        Some(s) => Err(s),
+        None => Err(SysStatus::UnknownSyscall),
+    }
+}
+
+pub fn log(text: &[u8]) {
+    let _ = call(Syscall::LogWrite, text.as_ptr() as u64, text.len() as u64);
+}
+
+/// Allocates zeroed pages: (extension address, physical address).
+pub fn mem_alloc(pages: u64) -> Result<(u64, u64), SysStatus> {
+    call(Syscall::MemAlloc, pages, 0)
+}
+
+pub fn mem_stats() -> (u64, u64) {
+    call(Syscall::MemStats, 0, 0).unwrap_or((0, 0))
+}
+
+/// Runs a vCPU state; only returns if the microkernel refused.
+pub fn vs_run(id: u64) -> SysStatus {
+    call(Syscall::VsRun, id, 0).err().unwrap_or(SysStatus::UnknownSyscall)
+}
+
+/// Hands the CPU back to the root; only returns if the microkernel refused.
+pub fn vs_promote(id: u64) -> SysStatus {
+    call(Syscall::VsPromote, id, 0).err().unwrap_or(SysStatus::UnknownSyscall)
+}
+
+/// Stops MicroV on this CPU with an error. Never returns.
+pub fn fail(code: StartError, detail: u64) -> ! {
+    loop {
+        let _ = raw(Syscall::Fail, code as u64, detail);
+    }
+}

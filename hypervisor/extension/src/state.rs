@@ -1,0 +1,69 @@
+//! What the extension remembers across exits: the root VM's handle and
+//! the exit counters. Shared by every CPU, so everything is atomic.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use microv_abi::launch::MAX_CPUS;
+use microv_abi::{ExitKind, EXIT_KINDS_MAX};
+
+/// The extension's global state.
+pub struct HvState {
+    /// The open handle; 0 when none is open.
+    pub handle: AtomicU64,
+    pub cpu_count: AtomicU64,
+    exits: [[AtomicU64; EXIT_KINDS_MAX]; MAX_CPUS],
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_ROW: [AtomicU64; EXIT_KINDS_MAX] = [ZERO; EXIT_KINDS_MAX];
+
+impl HvState {
+    pub const fn new() -> Self {
+        HvState { handle: AtomicU64::new(0), cpu_count: AtomicU64::new(0), exits: [ZERO_ROW; MAX_CPUS] }
+    }
+
+    /// Counts one exit of `kind` on CPU `cpu`.
+    pub fn count_exit(&self, cpu: usize, kind: ExitKind) {
+        if let Some(c) = self.exits.get(cpu).and_then(|row| row.get(kind as usize)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Exits of kind number `kind` on CPU `cpu` (0 for out-of-range numbers).
+    pub fn exit_count(&self, cpu: usize, kind: usize) -> u64 {
+        self.exits.get(cpu).and_then(|row| row.get(kind)).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Number of CPUs MicroV runs on.
+    pub fn cpus(&self) -> u64 {
+        self.cpu_count.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for HvState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_cpu_and_kind_and_ignores_out_of_range() {
+        let s = HvState::new();
+        s.count_exit(1, ExitKind::Cpuid);
+        s.count_exit(1, ExitKind::Cpuid);
+        s.count_exit(0, ExitKind::Hypercall);
+        s.count_exit(MAX_CPUS, ExitKind::Cpuid);
+        assert_eq!(s.exit_count(1, ExitKind::Cpuid as usize), 2);
+        assert_eq!(s.exit_count(0, ExitKind::Hypercall as usize), 1);
+        assert_eq!(s.exit_count(0, ExitKind::Cpuid as usize), 0);
+        assert_eq!(s.exit_count(MAX_CPUS, 0), 0);
+        assert_eq!(s.exit_count(0, EXIT_KINDS_MAX), 0);
+        assert_eq!(HvState::default().cpus(), 0);
+    }
+}

@@ -1,0 +1,82 @@
+//! Describing a fault taken in host mode, for the loader and the log.
+
+use microv_abi::launch::FaultRecord;
+use microv_abi::StartError;
+
+/// What the exception stubs push, in memory order from the stack pointer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExceptionFrame {
+    /// R15 … RAX as pushed by the common stub (R15 at the lowest address).
+    pub gprs: [u64; 15],
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExceptionFrame>() == 22 * 8);
+const _: () = assert!(core::mem::offset_of!(ExceptionFrame, vector) == 15 * 8);
+
+/// The fault record for an exception taken with `frame` and CR2 `cr2`.
+pub fn record(frame: &ExceptionFrame, cr2: u64) -> FaultRecord {
+    let cpl = frame.cs & 3;
+    let code = if cpl == 3 { StartError::ExtensionFault } else { StartError::KernelFault };
+    FaultRecord {
+        code: code as u32,
+        vector: frame.vector as u32,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        cr2,
+        cpl,
+        detail: 0,
+    }
+}
+
+/// Short exception name for the log.
+pub fn vector_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "#DE divide error",
+        1 => "#DB debug",
+        2 => "NMI",
+        3 => "#BP breakpoint",
+        6 => "#UD invalid opcode",
+        8 => "#DF double fault",
+        12 => "#SS stack fault",
+        13 => "#GP general protection",
+        14 => "#PF page fault",
+        16 => "#MF x87 error",
+        17 => "#AC alignment check",
+        18 => "#MC machine check",
+        19 => "#XM SIMD error",
+        _ => "exception",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring3_faults_are_extension_faults() {
+        let frame = ExceptionFrame { vector: 14, error_code: 4, rip: 0x4000_1000, cs: 0x2b, ..Default::default() };
+        let r = record(&frame, 0xdead);
+        assert_eq!(r.code, StartError::ExtensionFault as u32);
+        assert_eq!((r.vector, r.error_code, r.rip, r.cr2, r.cpl), (14, 4, 0x4000_1000, 0xdead, 3));
+    }
+
+    #[test]
+    fn ring0_faults_are_kernel_faults() {
+        let frame = ExceptionFrame { vector: 13, cs: 0x08, ..Default::default() };
+        assert_eq!(record(&frame, 0).code, StartError::KernelFault as u32);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(vector_name(14), "#PF page fault");
+        assert_eq!(vector_name(6), "#UD invalid opcode");
+        assert_eq!(vector_name(200), "exception");
+    }
+}

@@ -1,0 +1,91 @@
+//! The pool as the microkernel sees it: the frame allocator, physical to
+//! virtual translation, and MicroV's own page tables.
+
+use microv_abi::launch::{BootInfo, PAGE_SIZE, POOL_VA};
+use microv_arch::mapper::{self, MapError, TableMemory};
+use microv_arch::paging::{ENTRIES, NO_EXECUTE, USER, WRITABLE};
+use spin::Mutex;
+
+use crate::frame::{FrameAllocator, FrameError};
+
+/// The pool's frames and the page tables, under one lock.
+pub struct Memory {
+    pub frames: FrameAllocator,
+    pub root_pa: u64,
+    pub boot: *const BootInfo,
+}
+
+// SAFETY: `boot` points at the boot info in the pool, read-only after start.
+unsafe impl Send for Memory {}
+
+pub static MEMORY: Mutex<Memory> =
+    Mutex::new(Memory { frames: FrameAllocator::new(), root_pa: 0, boot: core::ptr::null() });
+
+/// A pool page: its offset, physical address and hypervisor address.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub offset: u64,
+    pub pa: u64,
+    pub va: u64,
+}
+
+impl Memory {
+    fn boot(&self) -> Option<&BootInfo> {
+        // SAFETY: set once at start to the boot info page in the pool, which
+        // stays mapped and unchanged for MicroV's lifetime.
+        unsafe { self.boot.as_ref() }
+    }
+
+    /// Test-only behaviour requested by the loader.
+    pub fn boot_flags(&self) -> u64 {
+        self.boot().map_or(0, |b| b.flags)
+    }
+
+    /// Allocates `count` zeroed contiguous pages.
+    pub fn alloc(&mut self, count: usize) -> Result<Page, FrameError> {
+        let first = self.frames.alloc(count)?;
+        let offset = first as u64 * PAGE_SIZE;
+        let Some(pa) = self.boot().and_then(|b| b.pool_pa(offset)) else {
+            return Err(FrameError::InvalidRange);
+        };
+        let va = POOL_VA + offset;
+        // SAFETY: the pages were just allocated from the pool, which is mapped
+        // at POOL_VA; nothing else refers to them.
+        unsafe { core::ptr::write_bytes(va as *mut u8, 0, count * PAGE_SIZE as usize) };
+        Ok(Page { offset, pa, va })
+    }
+
+    /// Hypervisor address of a pool physical address.
+    pub fn va_of(&self, pa: u64) -> Option<u64> {
+        self.boot().and_then(|b| b.pool_offset(pa)).map(|off| POOL_VA + off)
+    }
+
+    /// Maps `count` pages at `va` (extension space) to pool memory at `pa`.
+    pub fn map_user(&mut self, va: u64, pa: u64, count: u64, writable: bool, executable: bool) -> Result<(), MapError> {
+        let mut flags = USER;
+        if writable {
+            flags |= WRITABLE;
+        }
+        if !executable {
+            flags |= NO_EXECUTE;
+        }
+        let root = self.root_pa;
+        for i in 0..count {
+            mapper::map(self, root, va + i * PAGE_SIZE, pa + i * PAGE_SIZE, 1, flags, USER | WRITABLE)?;
+        }
+        Ok(())
+    }
+}
+
+impl TableMemory for Memory {
+    fn table(&mut self, pa: u64) -> Option<&mut [u64; ENTRIES]> {
+        let va = self.va_of(pa)?;
+        // SAFETY: page tables live in pool pages and are only touched under
+        // the MEMORY lock, which `self` proves we hold.
+        Some(unsafe { &mut *(va as *mut [u64; ENTRIES]) })
+    }
+
+    fn alloc_table(&mut self) -> Option<u64> {
+        self.alloc(1).ok().map(|p| p.pa)
+    }
+}

@@ -1,0 +1,120 @@
+//! The syscall gate and the exception handler: the two ways into ring 0
+//! from the extension.
+
+use microv_abi::syscall::{SysStatus, Syscall, EXTENSION_BOOT_INFO};
+use microv_abi::launch::{EXTENSION_HEAP, PAGE_SIZE};
+use microv_abi::StartError;
+use microv_arch::instr;
+
+use super::cpu;
+use super::log::log;
+use super::mm::MEMORY;
+use super::percpu;
+use super::vs;
+use crate::fault::{self, ExceptionFrame};
+
+/// Registers at `syscall`, as the gate pushes them.
+#[repr(C)]
+pub struct SyscallFrame {
+    pub rax: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub r10: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub rcx: u64,
+    pub r11: u64,
+}
+
+/// Most pages one `MemAlloc` may ask for.
+const MAX_ALLOC_PAGES: u64 = 64;
+/// Longest log line.
+const MAX_LOG_WRITE: u64 = 1024;
+/// Top of the extension's half of the address space.
+const USER_TOP: u64 = 0x0000_8000_0000_0000;
+
+#[no_mangle]
+extern "C" fn microv_syscall(f: &mut SyscallFrame) {
+    let (status, a, b) = match Syscall::from_u64(f.rax) {
+        None => (SysStatus::UnknownSyscall, 0, 0),
+        Some(call) => dispatch(call, f.rdi, f.rsi),
+    };
+    f.rax = status as u64;
+    f.rdx = a;
+    f.r8 = b;
+}
+
+fn dispatch(call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
+    match call {
+        Syscall::LogWrite => log_write(a0, a1),
+        Syscall::MemAlloc => mem_alloc(a0),
+        Syscall::MemStats => {
+            let mem = MEMORY.lock();
+            (SysStatus::Success, mem.frames.total_pages() as u64, mem.frames.free_pages() as u64)
+        }
+        Syscall::VsCreate => match vs::create(None) {
+            Ok(id) => (SysStatus::Success, id, 0),
+            Err(vs::VsError::OutOfMemory) => (SysStatus::OutOfMemory, 0, 0),
+            Err(vs::VsError::TooMany) => (SysStatus::InvalidArgument, 0, 0),
+        },
+        Syscall::VsRun => match cpu::run(a0) {
+            Err(status) => (status, 0, 0),
+        },
+        Syscall::VsPromote => {
+            if a0 != percpu::current().root_vs {
+                return (SysStatus::InvalidArgument, 0, 0);
+            }
+            cpu::promote(a0)
+        }
+        Syscall::Fail => {
+            let code = u32::try_from(a0).ok().and_then(StartError::from_u32).unwrap_or(StartError::ExtensionError);
+            cpu::fail(code, a1)
+        }
+    }
+}
+
+fn log_write(ptr: u64, len: u64) -> (SysStatus, u64, u64) {
+    let len = len.min(MAX_LOG_WRITE);
+    match ptr.checked_add(len) {
+        Some(end) if end <= USER_TOP && ptr >= EXTENSION_BOOT_INFO => {}
+        _ => return (SysStatus::InvalidArgument, 0, 0),
+    }
+    let mut buf = [0u8; MAX_LOG_WRITE as usize];
+    let Some(dst) = buf.get_mut(..len as usize) else { return (SysStatus::InvalidArgument, 0, 0) };
+    // SAFETY: the range is in the extension's half; an unmapped page faults
+    // in ring 0, which the exception handler reports as a microkernel fault
+    // caused by the extension's argument. Copy first, then format.
+    unsafe { core::ptr::copy_nonoverlapping(ptr as *const u8, dst.as_mut_ptr(), len as usize) };
+    let text = core::str::from_utf8(dst).unwrap_or("<invalid utf-8>");
+    log!("{}", text);
+    (SysStatus::Success, 0, 0)
+}
+
+fn mem_alloc(pages: u64) -> (SysStatus, u64, u64) {
+    if pages == 0 || pages > MAX_ALLOC_PAGES {
+        return (SysStatus::InvalidArgument, 0, 0);
+    }
+    let mut mem = MEMORY.lock();
+    let Ok(page) = mem.alloc(pages as usize) else { return (SysStatus::OutOfMemory, 0, 0) };
+    let va = EXTENSION_HEAP + page.offset;
+    if mem.map_user(va, page.pa, pages, true, false).is_err() {
+        let _ = mem.frames.free((page.offset / PAGE_SIZE) as usize, pages as usize);
+        return (SysStatus::OutOfMemory, 0, 0);
+    }
+    (SysStatus::Success, va, page.pa)
+}
+
+/// Every exception taken in host mode lands here (on IST 1).
+#[no_mangle]
+extern "C" fn microv_exception(frame: &ExceptionFrame) -> ! {
+    // SAFETY: CR2 is readable in ring 0.
+    let cr2 = unsafe { instr::read_cr2() };
+    let record = fault::record(frame, cr2);
+    log!(
+        "{} fault: {} (vector {}) error {:#x} at rip {:#x}, cr2 {:#x}, rsp {:#x}",
+        if frame.cs & 3 == 3 { "extension" } else { "microkernel" },
+        fault::vector_name(frame.vector), frame.vector, frame.error_code, frame.rip, cr2, frame.rsp
+    );
+    cpu::fail_with(record)
+}

@@ -1,0 +1,113 @@
+//! Command-line options for the emulated machine, shared by `vm`, `demo` and
+//! `test`, and the `vm` subcommand itself.
+
+use crate::initramfs::Add;
+use crate::prereq::{self, Kernel};
+use crate::vm::{self, Outcome, VmConfig};
+use crate::{stage, util};
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Args, Clone, Debug)]
+pub struct MachineArgs {
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub smp: u32,
+    /// Guest memory, in QEMU's syntax (512M, 1G, ...).
+    #[arg(long, default_value = "1G")]
+    pub mem: String,
+    /// Seconds before the machine is killed [default: 600 with a command,
+    /// none for an interactive shell].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Use what is already in target/microv/ instead of building.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Build the extension with test hooks too.
+    #[arg(long)]
+    pub test_hooks: bool,
+    /// Do not load /usr/lib/microv/microv.ko before the command.
+    #[arg(long)]
+    pub no_insmod: bool,
+    /// Extra kernel command-line word (repeatable), e.g. --append loglevel=7.
+    #[arg(long, value_name = "WORD")]
+    pub append: Vec<String>,
+    /// Extra QEMU argument (repeatable), e.g. --qemu-arg=-icount --qemu-arg=shift=0.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub qemu_arg: Vec<String>,
+    /// Keep the run's directory (initramfs, init script) under target/microv/runs/.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct VmArgs {
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Copy a host file or directory into the machine (repeatable). A VM_PATH
+    /// ending in / is a directory to put it in.
+    #[arg(long = "add", value_name = "HOST_PATH:VM_PATH")]
+    pub adds: Vec<Add>,
+    /// Where to save the hypervisor's port 0xE9 output.
+    #[arg(long, value_name = "FILE")]
+    pub debugcon: Option<PathBuf>,
+    /// The command to run in the machine, after `--`. One argument is run
+    /// as a shell script; several are quoted word by word.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Checks prerequisites and builds (unless --no-build): what every machine
+/// run needs first.
+pub fn prepare(root: &Path, args: &MachineArgs, test_hooks: bool) -> Result<(PathBuf, Kernel)> {
+    prereq::check(prereq::VM)?;
+    let stage = if args.no_build {
+        let stage = util::stage_dir(root);
+        if !stage.is_dir() {
+            bail!(
+                "{} does not exist; run `cargo xtask build` or drop --no-build",
+                stage.display()
+            );
+        }
+        stage
+    } else {
+        stage::build(root, test_hooks || args.test_hooks)?
+    };
+    Ok((stage, prereq::kernel()?))
+}
+
+/// The machine configuration for these options.
+pub fn config(root: &Path, args: &MachineArgs, command: Vec<String>) -> VmConfig {
+    let default_timeout = if command.is_empty() { None } else { Some(600) };
+    VmConfig {
+        smp: args.smp,
+        mem: args.mem.clone(),
+        adds: Vec::new(),
+        timeout: args.timeout.or(default_timeout).map(Duration::from_secs),
+        command,
+        insmod: !args.no_insmod,
+        append: args.append.clone(),
+        qemu_args: args.qemu_arg.clone(),
+        debugcon: util::stage_dir(root).join("debugcon.log"),
+        console_log: None,
+        keep: args.keep,
+    }
+}
+
+/// `cargo xtask vm`.
+pub fn run_vm(root: &Path, args: &VmArgs) -> Result<i32> {
+    let (stage, kernel) = prepare(root, &args.machine, false)?;
+    let mut cfg = config(root, &args.machine, args.command.clone());
+    cfg.adds = args.adds.clone();
+    if let Some(path) = &args.debugcon {
+        cfg.debugcon = path.clone();
+    }
+    let outcome = vm::run(&stage, &kernel, &cfg)?;
+    match outcome {
+        Outcome::Exited(0) => {}
+        _ => eprintln!("[xtask] vm: {}", outcome.describe()),
+    }
+    Ok(outcome.exit_code())
+}

@@ -1,0 +1,340 @@
+//! Boots Debian's kernel with a generated initramfs in QEMU's emulated AMD
+//! CPU (TCG emulates SVM with nested paging), streams the console, and
+//! returns how the command in the machine ended.
+
+use crate::init::{self, InitConfig};
+use crate::initramfs::{self, Add};
+use crate::prereq::Kernel;
+use anyhow::{Context, Result};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long the machine gets to power off after the command finished.
+const POWEROFF_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub smp: u32,
+    pub mem: String,
+    pub adds: Vec<Add>,
+    /// None: no limit (interactive shells).
+    pub timeout: Option<Duration>,
+    pub command: Vec<String>,
+    pub insmod: bool,
+    /// Extra kernel command-line words.
+    pub append: Vec<String>,
+    /// Extra QEMU arguments, passed through unchanged.
+    pub qemu_args: Vec<String>,
+    /// Where the port 0xE9 output ends up after the run.
+    pub debugcon: PathBuf,
+    /// Also write the console to this file.
+    pub console_log: Option<PathBuf>,
+    /// Keep the run's temporary directory (initramfs, logs) for debugging.
+    pub keep: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command finished with this exit status.
+    Exited(i32),
+    TimedOut(Duration),
+    /// The kernel panicked; the first panic line.
+    KernelPanic(String),
+    /// QEMU exited before the command finished (triple fault, QEMU error…).
+    DiedWithoutMarker(String),
+}
+
+impl Outcome {
+    /// The exit code `cargo xtask vm` should end with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Exited(status) => *status,
+            Outcome::TimedOut(_) => 124,
+            Outcome::KernelPanic(_) | Outcome::DiedWithoutMarker(_) => 125,
+        }
+    }
+
+    /// One line saying what happened, for the user.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Exited(s) => format!("the command exited with status {s}"),
+            Outcome::TimedOut(t) => {
+                format!(
+                    "timed out after {} s; the machine was killed (raise it with --timeout)",
+                    t.as_secs()
+                )
+            }
+            Outcome::KernelPanic(line) => format!("the guest kernel panicked: {line}"),
+            Outcome::DiedWithoutMarker(why) => {
+                format!("the machine stopped before the command finished ({why}); see the console output above")
+            }
+        }
+    }
+}
+
+/// Runs `cfg.command` in a fresh machine with the artifacts in `stage`.
+pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
+    // Each run gets its own directory so parallel runs never collide.
+    let runs = stage.join("runs");
+    fs::create_dir_all(&runs)?;
+    remove_stale_runs(&runs);
+    let work = tempfile::Builder::new()
+        .prefix("vm-")
+        .tempdir_in(&runs)
+        .with_context(|| format!("creating a run directory in {}", runs.display()))?;
+    let nonce = work
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let init = init::script(&InitConfig {
+        command: &cfg.command,
+        insmod: cfg.insmod,
+        nonce: &nonce,
+    });
+    let cpio = initramfs::build(work.path(), stage, kernel, &cfg.adds, &init)?;
+    let debugcon = work.path().join("debugcon.log");
+
+    let mut qemu = qemu_command(kernel, &cpio, &debugcon, cfg);
+    eprintln!(
+        "[xtask] booting {} in QEMU (smp {}, mem {})",
+        kernel.image.display(),
+        cfg.smp,
+        cfg.mem
+    );
+    let outcome = supervise(&mut qemu, cfg, &nonce)?;
+
+    save_debugcon(&debugcon, &cfg.debugcon)?;
+    if cfg.keep {
+        let kept = work.keep();
+        eprintln!("[xtask] kept the run directory: {}", kept.display());
+    }
+    Ok(outcome)
+}
+
+/// Run directories are removed when a run ends, except after Ctrl-C or with
+/// `--keep`: clear those out once they are a day old.
+fn remove_stale_runs(runs: &Path) {
+    let day = Duration::from_secs(24 * 3600);
+    let Ok(entries) = fs::read_dir(runs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if old.is_some_and(|age| age > day) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -> Command {
+    let mut append = vec!["console=ttyS0", "panic=-1", "quiet"];
+    append.extend(cfg.append.iter().map(String::as_str));
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "EPYC,+svm,+npt"])
+        .args(["-smp", &cfg.smp.to_string(), "-m", &cfg.mem])
+        .args(["-nographic", "-no-reboot"])
+        // No network card: nothing uses one, and its boot ROM costs time.
+        .args(["-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(cpio)
+        .args(["-append", &append.join(" ")])
+        // The hypervisor's debug output: bytes written to port 0xE9.
+        .arg("-debugcon")
+        .arg(format!("file:{}", debugcon.display()))
+        .args(&cfg.qemu_args);
+    cmd
+}
+
+/// Streams the console until the marker appears, the machine dies, or the
+/// timeout expires.
+fn supervise(qemu: &mut Command, cfg: &VmConfig, nonce: &str) -> Result<Outcome> {
+    let interactive = cfg.command.is_empty();
+    // Without a command the user types into the console; otherwise QEMU must
+    // not touch the terminal (it would switch it to raw mode).
+    qemu.stdin(if interactive {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = qemu
+        .spawn()
+        .context("could not start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    forward(child.stdout.take(), tx.clone(), false);
+    forward(child.stderr.take(), tx, true);
+
+    let mut log = match &cfg.console_log {
+        Some(p) => Some(fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        None => None,
+    };
+    let start = Instant::now();
+    let mut line = Vec::new();
+    let mut escape_carry = Vec::new();
+    let mut status = None;
+    let mut panic = None;
+    let mut marker_at = None;
+    loop {
+        // After the marker only the power-off grace period counts.
+        let deadline = match (marker_at, cfg.timeout) {
+            (Some(t), _) => Some(t + POWEROFF_GRACE),
+            (None, Some(limit)) => Some(start + limit),
+            (None, None) => None,
+        };
+        let chunk = match deadline {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match chunk {
+            Ok(bytes) => {
+                let bytes = strip_terminal_resets(&mut escape_carry, bytes);
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)?;
+                out.flush()?;
+                if let Some(log) = log.as_mut() {
+                    log.write_all(&bytes)?;
+                }
+                for &b in &bytes {
+                    if b != b'\n' {
+                        line.push(b);
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    if status.is_none() {
+                        status = init::parse_marker(&text, nonce);
+                        if status.is_some() {
+                            marker_at = Some(Instant::now());
+                        }
+                    }
+                    if panic.is_none() && text.contains("Kernel panic") {
+                        panic = Some(text.trim().to_string());
+                    }
+                    line.clear();
+                }
+            }
+            // Both pipes closed: QEMU has exited.
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                kill(&mut child);
+                if let Some(s) = status {
+                    eprintln!("[xtask] warning: the machine did not power off; killed it");
+                    return Ok(Outcome::Exited(s));
+                }
+                return Ok(Outcome::TimedOut(cfg.timeout.unwrap_or_default()));
+            }
+        }
+    }
+    let qemu_status = child.wait().context("waiting for qemu")?;
+    Ok(match (status, panic) {
+        (Some(s), _) => Outcome::Exited(s),
+        (None, Some(p)) => Outcome::KernelPanic(p),
+        (None, None) => Outcome::DiedWithoutMarker(format!("qemu exited: {qemu_status}")),
+    })
+}
+
+/// Sends everything read from `pipe` to `tx`. The console goes chunk by
+/// chunk, so partial lines (prompts) show up live; QEMU's stderr goes line by
+/// line, without the warnings about CPUID bits of the EPYC model that TCG
+/// cannot emulate (a dozen lines per boot, always the same).
+fn forward(pipe: Option<impl Read + Send + 'static>, tx: mpsc::Sender<Vec<u8>>, is_stderr: bool) {
+    let Some(mut pipe) = pipe else { return };
+    std::thread::spawn(move || {
+        if is_stderr {
+            for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                let noise = String::from_utf8_lossy(&line)
+                    .contains("TCG doesn't support requested feature");
+                if !noise && tx.send([line, b"\n".to_vec()].concat()).is_err() {
+                    break;
+                }
+            }
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Escapes the firmware prints that would wipe the user's scrollback (reset,
+/// clear screen) and leave line wrapping off.
+const TERMINAL_RESETS: [&[u8]; 3] = [b"\x1bc", b"\x1b[?7l", b"\x1b[2J"];
+
+/// Removes [`TERMINAL_RESETS`] from the console stream. A chunk may end in
+/// the middle of one, so such a tail is kept in `carry` for the next chunk.
+fn strip_terminal_resets(carry: &mut Vec<u8>, chunk: Vec<u8>) -> Vec<u8> {
+    let mut bytes = std::mem::take(carry);
+    bytes.extend(chunk);
+    for seq in TERMINAL_RESETS {
+        while let Some(at) = bytes.windows(seq.len()).position(|w| w == seq) {
+            bytes.drain(at..at + seq.len());
+        }
+    }
+    let partial = (1..=bytes.len().min(4)).rev().find(|&n| {
+        TERMINAL_RESETS
+            .iter()
+            .any(|seq| n < seq.len() && bytes.ends_with(&seq[..n]))
+    });
+    if let Some(n) = partial {
+        *carry = bytes.split_off(bytes.len() - n);
+    }
+    bytes
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Moves the run's port 0xE9 output to its permanent place (rename, so a
+/// parallel run's reader never sees half a file) and points the user at it.
+fn save_debugcon(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+    // QEMU creates the file when it starts; a machine that never started has none.
+    if from.exists() {
+        fs::copy(from, &tmp).with_context(|| format!("copying {}", from.display()))?;
+    } else {
+        fs::write(&tmp, b"")?;
+    }
+    fs::rename(&tmp, to).with_context(|| format!("writing {}", to.display()))?;
+    if fs::metadata(to).map(|m| m.len() > 0).unwrap_or(false) {
+        eprintln!(
+            "[xtask] hypervisor debug output (port 0xE9): {}",
+            to.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_terminal_resets;
+
+    #[test]
+    fn resets_are_stripped_across_chunks() {
+        let mut carry = Vec::new();
+        let a = strip_terminal_resets(&mut carry, b"x\x1b".to_vec());
+        let b = strip_terminal_resets(&mut carry, b"c\x1b[?7".to_vec());
+        let c = strip_terminal_resets(&mut carry, b"l\x1b[0mBIOS\x1b".to_vec());
+        let d = strip_terminal_resets(&mut carry, b"[1m".to_vec());
+        assert_eq!([a, b, c, d].concat(), b"x\x1b[0mBIOS\x1b[1m");
+    }
+}
