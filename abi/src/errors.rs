@@ -69,6 +69,12 @@ start_errors! {
         "try again",
     Unresponsive = 19 : "a CPU did not answer the stop request",
         "see `microv log`; the machine may need a reboot",
+    NotATestImage = 20 : "the running extension does not serve test faults",
+        "start with --extension /usr/lib/microv/microv-extension-test.elf (built by `cargo xtask build --test-hooks`)",
+    NoSuchCpu = 21 : "MicroV does not run on that CPU",
+        "`microv status` lists the CPUs MicroV runs on",
+    KvmLoaded = 22 : "Linux's kvm_amd module is loaded and could start using SVM beneath MicroV",
+        "unload it first: `rmmod kvm_amd`",
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use crate::cdecl::CStruct;
 use crate::errors::StartError;
 use crate::exits::EXIT_KINDS_MAX;
 use crate::hypercall::{self, Hypercall, Status};
-use crate::ioctl::{self, CpuStatus, HvStatus, ImageArg, LogArgs, StartArgs, StopArgs};
+use crate::ioctl::{
+    self, CpuStatus, HvStatus, ImageArg, LogArgs, StartArgs, StopArgs, TestFaultArgs,
+};
 use crate::launch::{self, *};
 
 fn define(w: &mut dyn Write, name: &str, value: u64) -> fmt::Result {
@@ -16,7 +18,11 @@ fn define(w: &mut dyn Write, name: &str, value: u64) -> fmt::Result {
 fn upper(w: &mut dyn Write, prefix: &str, name: &str, value: u64) -> fmt::Result {
     write!(w, "#define {prefix}")?;
     for c in name.chars() {
-        let c = if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' };
+        let c = if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        };
         w.write_char(c)?;
     }
     writeln!(w, " 0x{value:x}ULL")
@@ -92,6 +98,7 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_IOC_STOP", ioctl::IOC_STOP)?;
     define(w, "MV_IOC_STATUS", ioctl::IOC_STATUS)?;
     define(w, "MV_IOC_LOG", ioctl::IOC_LOG)?;
+    define(w, "MV_IOC_TEST_FAULT", ioctl::IOC_TEST_FAULT)?;
 
     w.write_str("\n/* Field offsets, for assembly */\n")?;
     DescriptorTableRegister::write_offsets(w)?;
@@ -100,10 +107,22 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     FaultRecord::write_offsets(w)?;
     CpuLanding::write_offsets(w)?;
     for (name, index) in [
-        ("RAX", gpr::RAX), ("RCX", gpr::RCX), ("RDX", gpr::RDX), ("RBX", gpr::RBX),
-        ("RSP", gpr::RSP), ("RBP", gpr::RBP), ("RSI", gpr::RSI), ("RDI", gpr::RDI),
-        ("R8", gpr::R8), ("R9", gpr::R9), ("R10", gpr::R10), ("R11", gpr::R11),
-        ("R12", gpr::R12), ("R13", gpr::R13), ("R14", gpr::R14), ("R15", gpr::R15),
+        ("RAX", gpr::RAX),
+        ("RCX", gpr::RCX),
+        ("RDX", gpr::RDX),
+        ("RBX", gpr::RBX),
+        ("RSP", gpr::RSP),
+        ("RBP", gpr::RBP),
+        ("RSI", gpr::RSI),
+        ("RDI", gpr::RDI),
+        ("R8", gpr::R8),
+        ("R9", gpr::R9),
+        ("R10", gpr::R10),
+        ("R11", gpr::R11),
+        ("R12", gpr::R12),
+        ("R13", gpr::R13),
+        ("R14", gpr::R14),
+        ("R15", gpr::R15),
     ] {
         writeln!(w, "#define MV_GPR_{name} {index}")?;
     }
@@ -127,6 +146,7 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
         CpuStatus::write_c_decl,
         HvStatus::write_c_decl,
         LogArgs::write_c_decl,
+        TestFaultArgs::write_c_decl,
     ] {
         decl(w)?;
         w.write_str("\n")?;
@@ -137,7 +157,10 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
 
 /// `{:?}` of a fieldless enum into a fixed buffer (the crate has no allocator).
 fn alloc_free_debug(v: impl core::fmt::Debug) -> DebugName {
-    let mut name = DebugName { buf: [0; 48], len: 0 };
+    let mut name = DebugName {
+        buf: [0; 48],
+        len: 0,
+    };
     // A name longer than the buffer is cut; the generator test would show it.
     let _ = write!(name, "{v:?}");
     name
@@ -162,7 +185,10 @@ impl Write for DebugName {
 impl core::ops::Deref for DebugName {
     type Target = str;
     fn deref(&self) -> &str {
-        self.buf.get(..self.len).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or("")
+        self.buf
+            .get(..self.len)
+            .and_then(|b| core::str::from_utf8(b).ok())
+            .unwrap_or("")
     }
 }
 

@@ -217,7 +217,10 @@ mod tests {
     fn numbers_and_names_are_unique() {
         for (i, a) in Hypercall::ALL.iter().enumerate() {
             for b in Hypercall::ALL.iter().skip(i + 1) {
-                assert!((a.group(), a.index()) != (b.group(), b.index()), "{a:?} and {b:?}");
+                assert!(
+                    (a.group(), a.index()) != (b.group(), b.index()),
+                    "{a:?} and {b:?}"
+                );
                 assert_ne!(a.name(), b.name());
             }
         }
@@ -232,13 +235,22 @@ mod tests {
 
     #[test]
     fn flags_must_be_zero() {
-        assert_eq!(decode(encode(Hypercall::IdVersion) | 1 << 32), Decoded::BadFlags);
+        assert_eq!(
+            decode(encode(Hypercall::IdVersion) | 1 << 32),
+            Decoded::BadFlags
+        );
     }
 
     #[test]
     fn unknown_group_and_index_are_reported() {
         let rax = (SIGNATURE << 48) | (0x00ff << 16) | 7;
-        assert_eq!(decode(rax), Decoded::Unknown { group: 0xff, index: 7 });
+        assert_eq!(
+            decode(rax),
+            Decoded::Unknown {
+                group: 0xff,
+                index: 7
+            }
+        );
     }
 
     #[test]

@@ -36,7 +36,8 @@ c_struct! {
         pub flags: u64,
         /// Out: a [`crate::StartError`] when the ioctl fails, else 0.
         pub error_code: u32,
-        /// Out: the OS CPU number that failed, or `u32::MAX` when not CPU-specific.
+        /// Out: the OS's number of the CPU that failed, or `u32::MAX` when
+        /// not CPU-specific. (`boot_flags::FAIL_CPU` takes MicroV's index.)
         pub error_cpu: u32,
         /// Out: extra detail for `error_code`.
         pub error_detail: u64,
@@ -95,7 +96,9 @@ c_struct! {
         pub pool_first_pa: u64,
         /// Nanoseconds since MicroV started (0 when stopped).
         pub uptime_ns: u64,
+        /// The last start/stop error or fault (a `StartError`), 0 if none.
         pub last_error_code: u32,
+        /// The OS's number of the CPU it happened on, `u32::MAX` if none.
         pub last_error_cpu: u32,
         pub last_fault: FaultRecord,
         pub cpus: [CpuStatus; MAX_CPUS],
@@ -114,11 +117,25 @@ c_struct! {
     }
 }
 
+c_struct! {
+    /// `MV_IOC_TEST_FAULT`: make the extension fault on CPU `os_cpu` (test
+    /// images only), to check that MicroV stops cleanly and says why.
+    pub struct TestFaultArgs as "mv_test_fault_args" {
+        pub os_cpu: u32,
+        /// A `crate::hypercall::test_fault` value.
+        pub kind: u32,
+        pub error_code: u32,
+        pub error_cpu: u32,
+        pub error_detail: u64,
+    }
+}
+
 /// ioctl request numbers.
 pub const IOC_START: u64 = iowr(1, core::mem::size_of::<StartArgs>());
 pub const IOC_STOP: u64 = iowr(2, core::mem::size_of::<StopArgs>());
 pub const IOC_STATUS: u64 = iowr(3, core::mem::size_of::<HvStatus>());
 pub const IOC_LOG: u64 = iowr(4, core::mem::size_of::<LogArgs>());
+pub const IOC_TEST_FAULT: u64 = iowr(5, core::mem::size_of::<TestFaultArgs>());
 
 // The ioctl size field has 14 bits.
 const _: () = assert!(core::mem::size_of::<HvStatus>() < (1 << 14));

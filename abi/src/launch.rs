@@ -316,9 +316,13 @@ impl BootInfo {
     /// Pool offset of physical address `pa`, if the pool holds it.
     pub fn pool_offset(&self, pa: u64) -> Option<u64> {
         let count = (self.chunk_count as usize).min(MAX_CHUNKS);
-        self.chunks.iter().take(count).enumerate().find_map(|(i, &base)| {
-            (pa >= base && pa - base < CHUNK_SIZE).then(|| i as u64 * CHUNK_SIZE + (pa - base))
-        })
+        self.chunks
+            .iter()
+            .take(count)
+            .enumerate()
+            .find_map(|(i, &base)| {
+                (pa >= base && pa - base < CHUNK_SIZE).then(|| i as u64 * CHUNK_SIZE + (pa - base))
+            })
     }
 
     /// Physical address of pool offset `offset`.
@@ -327,7 +331,9 @@ impl BootInfo {
         if chunk >= (self.chunk_count as usize).min(MAX_CHUNKS) {
             return None;
         }
-        self.chunks.get(chunk).map(|base| base + offset % CHUNK_SIZE)
+        self.chunks
+            .get(chunk)
+            .map(|base| base + offset % CHUNK_SIZE)
     }
 
     /// Pool size in bytes.

@@ -55,6 +55,37 @@ pub enum Command {
     },
     /// Print the hypervisor's log.
     Log,
+    /// Test only: make the extension fault on a CPU (needs the test
+    /// extension image); MicroV must stop everywhere and say why.
+    #[command(hide = true)]
+    TestFault {
+        /// The OS's number of the CPU.
+        #[arg(long)]
+        cpu: u32,
+        /// What the extension does.
+        #[arg(long, value_enum, default_value = "page-fault")]
+        kind: FaultKind,
+    },
+}
+
+/// Faults `microv test-fault` can cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultKind {
+    /// Read an unmapped address in the extension.
+    PageFault,
+    /// Execute an invalid instruction in the extension.
+    InvalidOpcode,
+}
+
+impl FaultKind {
+    /// The `hv.test_fault` argument.
+    pub fn code(self) -> u32 {
+        use microv_abi::hypercall::test_fault;
+        match self {
+            FaultKind::PageFault => test_fault::EXTENSION_PAGE_FAULT as u32,
+            FaultKind::InvalidOpcode => test_fault::EXTENSION_INVALID_OPCODE as u32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -51,7 +51,23 @@ pub fn run(
             Ok(())
         }
         Command::Log => log(opener, out, err),
+        Command::TestFault { cpu, kind } => {
+            open(Op::TestFault, opener)?
+                .test_fault(*cpu, kind.code())
+                .map_err(failed(Op::TestFault))?;
+            writeln!(
+                out,
+                "microv: the extension faulted on CPU {cpu} on purpose; `microv status` shows how MicroV stopped"
+            )?;
+            Ok(())
+        }
     }
+}
+
+/// Linux's kvm_amd, if loaded, may turn SVM on beneath MicroV when it
+/// creates a VM; MicroV hides SVM from it only for modules loaded later.
+fn kvm_amd_loaded(modules: &str) -> bool {
+    modules.lines().any(|l| l.starts_with("kvm_amd "))
 }
 
 fn start(opts: &StartOpts, opener: &mut Opener<'_>, out: &mut dyn Write) -> Result<(), CliError> {
@@ -71,6 +87,9 @@ fn start(opts: &StartOpts, opener: &mut Opener<'_>, out: &mut dyn Write) -> Resu
         ));
     }
 
+    if kvm_amd_loaded(&std::fs::read_to_string("/proc/modules").unwrap_or_default()) {
+        return Err(CliError::hv(Op::Start, microv_abi::StartError::KvmLoaded));
+    }
     let mut dev = open(Op::Start, opener)?;
     let req = StartRequest {
         kernel: &kernel,
@@ -133,6 +152,25 @@ mod tests {
     use super::*;
     use crate::args::Cli;
     use crate::device::fake::FakeDevice;
+
+    #[test]
+    fn recognises_a_loaded_kvm_amd() {
+        assert!(kvm_amd_loaded(
+            "kvm 1 0 - Live 0x0\nkvm_amd 151552 0 - Live 0x0\n"
+        ));
+        assert!(!kvm_amd_loaded("kvm 1 0 - Live 0x0\nkvm_amd_extra 1 0\n"));
+    }
+
+    #[test]
+    fn test_fault_asks_the_driver() {
+        let dev = FakeDevice::default();
+        let r = run_with(
+            &dev,
+            &["test-fault", "--cpu", "1", "--kind", "invalid-opcode"],
+        );
+        assert!(r.out.contains("faulted on CPU 1"), "{}", r.out);
+        assert_eq!(dev.0.borrow().test_faults, [(1, 2)]);
+    }
     use crate::format::tests::running;
 
     struct Run {

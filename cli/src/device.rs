@@ -7,7 +7,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use microv_abi::ioctl::{
-    HvStatus, ImageArg, LogArgs, StartArgs, StopArgs, IOC_LOG, IOC_START, IOC_STATUS, IOC_STOP,
+    HvStatus, ImageArg, LogArgs, StartArgs, StopArgs, TestFaultArgs, IOC_LOG, IOC_START,
+    IOC_STATUS, IOC_STOP, IOC_TEST_FAULT,
 };
 use microv_abi::launch::MAX_SEGMENTS;
 use microv_image::FlatImage;
@@ -59,6 +60,8 @@ pub trait Device {
     fn status(&mut self) -> Result<HvStatus, IoctlError>;
     /// Copies the log into `buf`.
     fn log(&mut self, buf: &mut [u8]) -> Result<LogRead, IoctlError>;
+    /// Makes the extension fault on CPU `os_cpu` (test images).
+    fn test_fault(&mut self, os_cpu: u32, kind: u32) -> Result<(), IoctlError>;
 }
 
 /// The [`ImageArg`] for a flat image: `user_addr` points at its bytes, which
@@ -175,6 +178,19 @@ impl Device for LinuxDevice {
             lost: args.lost,
         })
     }
+
+    fn test_fault(&mut self, os_cpu: u32, kind: u32) -> Result<(), IoctlError> {
+        let mut args = TestFaultArgs::zeroed();
+        args.os_cpu = os_cpu;
+        args.kind = kind;
+        // SAFETY: IOC_TEST_FAULT takes a TestFaultArgs, which holds no addresses.
+        unsafe { self.ioctl(IOC_TEST_FAULT, &mut args) }.map_err(|errno| IoctlError {
+            errno,
+            code: args.error_code,
+            cpu: args.error_cpu,
+            detail: args.error_detail,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +248,8 @@ pub mod fake {
         pub status: Option<HvStatus>,
         pub log: Vec<u8>,
         pub lost: u64,
+        /// (os_cpu, kind) of each test fault asked for.
+        pub test_faults: Vec<(u32, u32)>,
         /// Makes the next start/stop fail.
         pub fail: Option<IoctlError>,
     }
@@ -265,6 +283,11 @@ pub mod fake {
                 copied: n,
                 lost: s.lost,
             })
+        }
+        fn test_fault(&mut self, os_cpu: u32, kind: u32) -> Result<(), IoctlError> {
+            let mut s = self.0.borrow_mut();
+            s.test_faults.push((os_cpu, kind));
+            s.fail.take().map_or(Ok(()), Err)
         }
     }
 }

@@ -13,6 +13,7 @@ pub enum Op {
     Stop,
     Status,
     Log,
+    TestFault,
 }
 
 impl Op {
@@ -22,6 +23,7 @@ impl Op {
             Op::Stop => "stop",
             Op::Status => "status",
             Op::Log => "log",
+            Op::TestFault => "test-fault",
         }
     }
 }

@@ -48,6 +48,7 @@ bool mv_hypercall_failed_natively(u64 call, u64 status);
 long mv_cpu_start(void *instance_and_index);
 long mv_cpu_stop(void *instance_and_index);
 long mv_cpu_open_handle(void *instance_and_index);
+long mv_cpu_test_fault(void *instance_and_index);
 int mv_cpu_check_svm(u64 *detail);
 
 /* Trampoline (microv_tramp.S). */

@@ -82,6 +82,9 @@
 #define MV_ERR_BAD_REQUEST 17
 #define MV_ERR_CPU_HOTPLUG 18
 #define MV_ERR_UNRESPONSIVE 19
+#define MV_ERR_NOT_A_TEST_IMAGE 20
+#define MV_ERR_NO_SUCH_CPU 21
+#define MV_ERR_KVM_LOADED 22
 
 /* States */
 #define MV_HV_STOPPED 0x0ULL
@@ -96,6 +99,7 @@
 #define MV_IOC_STOP 0xc0104d02ULL
 #define MV_IOC_STATUS 0xe2784d03ULL
 #define MV_IOC_LOG 0xc0204d04ULL
+#define MV_IOC_TEST_FAULT 0xc0184d05ULL
 
 /* Field offsets, for assembly */
 #define MVOFF_mv_dtr_pad 0
@@ -506,6 +510,20 @@ _Static_assert(offsetof(struct mv_log_args, size) == 8, "mv_log_args.size");
 _Static_assert(offsetof(struct mv_log_args, copied) == 16, "mv_log_args.copied");
 _Static_assert(offsetof(struct mv_log_args, lost) == 24, "mv_log_args.lost");
 _Static_assert(sizeof(struct mv_log_args) == 32, "sizeof mv_log_args");
+
+struct mv_test_fault_args {
+	__u32 os_cpu;
+	__u32 kind;
+	__u32 error_code;
+	__u32 error_cpu;
+	__u64 error_detail;
+};
+_Static_assert(offsetof(struct mv_test_fault_args, os_cpu) == 0, "mv_test_fault_args.os_cpu");
+_Static_assert(offsetof(struct mv_test_fault_args, kind) == 4, "mv_test_fault_args.kind");
+_Static_assert(offsetof(struct mv_test_fault_args, error_code) == 8, "mv_test_fault_args.error_code");
+_Static_assert(offsetof(struct mv_test_fault_args, error_cpu) == 12, "mv_test_fault_args.error_cpu");
+_Static_assert(offsetof(struct mv_test_fault_args, error_detail) == 16, "mv_test_fault_args.error_detail");
+_Static_assert(sizeof(struct mv_test_fault_args) == 24, "sizeof mv_test_fault_args");
 
 #endif /* __ASSEMBLY__ */
 

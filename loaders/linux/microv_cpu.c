@@ -150,6 +150,16 @@ long mv_cpu_open_handle(void *p)
 	return 0;
 }
 
+/* hv.test_fault on this CPU (test images); returns the hypercall status. */
+long mv_cpu_test_fault(void *p)
+{
+	struct mv_cpu_arg *arg = p;
+	u64 r10 = arg->inst->handle, r11 = arg->detail, r12 = 0, r13 = 0;
+
+	arg->detail = mv_hypercall(MV_HC_HV_TEST_FAULT, &r10, &r11, &r12, &r13);
+	return 0;
+}
+
 long mv_cpu_stop(void *p)
 {
 	struct mv_cpu_arg *arg = p;

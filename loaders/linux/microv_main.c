@@ -18,6 +18,7 @@
 #include <linux/workqueue.h>
 #include <linux/mutex.h>
 #include <linux/timekeeping.h>
+#include <linux/cpuhotplug.h>
 #include "microv.h"
 
 #define PTE_W	(1ULL << 1)
@@ -30,6 +31,11 @@ static u32 mv_state = MV_HV_STOPPED;
 static u64 mv_start_ns;
 static u32 mv_last_error, mv_last_error_cpu = U32_MAX;
 static struct mv_fault_record mv_last_fault;
+static enum cpuhp_state mv_hp_state;
+
+static void mv_watchdog_fn(struct work_struct *w);
+static DECLARE_DELAYED_WORK(mv_watchdog, mv_watchdog_fn);
+#define MV_WATCHDOG_PERIOD (HZ / 2)
 
 static void free_instance(struct mv_instance *inst)
 {
@@ -207,16 +213,66 @@ static int stop_cpus(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
 	return err;
 }
 
-static void remember_fault(struct mv_instance *inst)
+static void dump_log(struct mv_instance *inst);
+static int stop_cpus(struct mv_instance *inst, u32 *err_cpu, u64 *detail);
+
+/* Returns the index of a CPU on which MicroV stopped itself, or -1. */
+static int faulted_cpu(struct mv_instance *inst)
 {
 	unsigned int i;
 
-	for (i = 0; i < inst->cpu_count; i++) {
-		if (inst->landing[i] && inst->landing[i]->fault.code) {
-			mv_last_fault = inst->landing[i]->fault;
-			return;
-		}
+	for (i = 0; i < inst->cpu_count; i++)
+		if (inst->landing[i] && READ_ONCE(inst->landing[i]->fault.code))
+			return i;
+	return -1;
+}
+
+static void remember_fault(struct mv_instance *inst)
+{
+	int i = faulted_cpu(inst);
+
+	if (i < 0)
+		return;
+	mv_last_fault = inst->landing[i]->fault;
+	mv_last_error = mv_last_fault.code;
+	mv_last_error_cpu = inst->os_cpu[i];
+}
+
+/*
+ * MicroV stopped itself on some CPU (a fault in the extension or the
+ * microkernel): it has marked itself failed, so every other CPU hands
+ * itself back at its next exit. Make that exit happen with a stop request
+ * on each CPU still under MicroV, then free everything. Called with
+ * mv_lock held.
+ */
+static void reap_failure(void)
+{
+	u32 cpu;
+	u64 detail;
+
+	if (!mv_inst || faulted_cpu(mv_inst) < 0)
+		return;
+	remember_fault(mv_inst);
+	dump_log(mv_inst);
+	pr_err("microv: MicroV stopped itself on CPU %u (error %u, vector %u, rip 0x%llx); stopping it everywhere\n",
+	       mv_last_error_cpu, mv_last_fault.code, mv_last_fault.vector, mv_last_fault.rip);
+	if (stop_cpus(mv_inst, &cpu, &detail)) {
+		pr_crit("microv: CPU %u still runs MicroV after a failure; its memory stays allocated\n", cpu);
+		return;
 	}
+	free_instance(mv_inst);
+	mv_inst = NULL;
+	mv_state = MV_HV_FAILED;
+	module_put(THIS_MODULE);
+}
+
+static void mv_watchdog_fn(struct work_struct *w)
+{
+	mutex_lock(&mv_lock);
+	reap_failure();
+	if (mv_inst)
+		schedule_delayed_work(&mv_watchdog, MV_WATCHDOG_PERIOD);
+	mutex_unlock(&mv_lock);
 }
 
 static int do_start(struct mv_start_args *a)
@@ -309,6 +365,10 @@ static int do_start(struct mv_start_args *a)
 	inst = NULL;
 	mv_state = MV_HV_RUNNING;
 	mv_start_ns = ktime_get_ns();
+	mv_last_error = 0;
+	mv_last_error_cpu = U32_MAX;
+	memset(&mv_last_fault, 0, sizeof(mv_last_fault));
+	schedule_delayed_work(&mv_watchdog, MV_WATCHDOG_PERIOD);
 	pr_info("microv: running beneath Linux on %u CPUs\n", mv_inst->cpu_count);
 out:
 	cpus_read_unlock();
@@ -329,8 +389,10 @@ static int do_stop(struct mv_stop_args *a)
 	int err;
 
 	a->error_cpu = U32_MAX;
+	reap_failure();
 	if (!mv_inst)
 		return MV_ERR_NOT_RUNNING;
+	cancel_delayed_work(&mv_watchdog);
 	cpus_read_lock();
 	err = stop_cpus(mv_inst, &a->error_cpu, &a->error_detail);
 	cpus_read_unlock();
@@ -347,9 +409,11 @@ static int do_stop(struct mv_stop_args *a)
 
 static void fill_status(struct mv_status *s)
 {
-	struct mv_instance *inst = mv_inst;
+	struct mv_instance *inst;
 	unsigned int i, k;
 
+	reap_failure();
+	inst = mv_inst;
 	s->state = mv_state;
 	s->last_error_code = mv_last_error;
 	s->last_error_cpu = mv_last_error_cpu;
@@ -422,6 +486,28 @@ static long copy_log(struct mv_log_args *a)
 	return 0;
 }
 
+static int do_test_fault(struct mv_test_fault_args *a)
+{
+	struct mv_cpu_arg arg = { .inst = mv_inst };
+	unsigned int i;
+
+	a->error_cpu = a->os_cpu;
+	if (!mv_inst)
+		return MV_ERR_NOT_RUNNING;
+	for (i = 0; i < mv_inst->cpu_count && mv_inst->os_cpu[i] != a->os_cpu; i++)
+		;
+	if (i == mv_inst->cpu_count)
+		return MV_ERR_NO_SUCH_CPU;
+	arg.index = i;
+	arg.detail = a->kind;
+	work_on_cpu(a->os_cpu, mv_cpu_test_fault, &arg);
+	if (arg.detail == MV_STATUS_NOT_IMPLEMENTED)
+		return MV_ERR_NOT_A_TEST_IMAGE;
+	a->error_detail = arg.detail;
+	reap_failure();
+	return 0;
+}
+
 static int mv_errno(int code)
 {
 	switch (code) {
@@ -432,6 +518,8 @@ static int mv_errno(int code)
 	case MV_ERR_POOL_TOO_SMALL: return -ENOSPC;
 	case MV_ERR_BAD_REQUEST:
 	case MV_ERR_BAD_IMAGE: return -EINVAL;
+	case MV_ERR_NO_SUCH_CPU: return -ENOENT;
+	case MV_ERR_NOT_A_TEST_IMAGE: return -EOPNOTSUPP;
 	default: return -EIO;
 	}
 }
@@ -485,6 +573,16 @@ static long mv_ioctl(struct file *f, unsigned int cmd, unsigned long uarg)
 			ret = -EFAULT;
 		break;
 	}
+	case MV_IOC_TEST_FAULT: {
+		struct mv_test_fault_args a;
+
+		if (copy_from_user(&a, u, sizeof(a))) { ret = -EFAULT; break; }
+		a.error_code = do_test_fault(&a);
+		ret = mv_errno(a.error_code);
+		if (copy_to_user(u, &a, sizeof(a)))
+			ret = -EFAULT;
+		break;
+	}
 	default:
 		ret = -ENOTTY;
 	}
@@ -505,19 +603,44 @@ static struct miscdevice mv_dev = {
 	.mode = 0600,
 };
 
+/*
+ * While MicroV runs, the set of online CPUs must not change: an offlined CPU
+ * would later be woken with INIT (which MicroV must not let reset a CPU it
+ * runs on), and a new CPU would run without MicroV beneath it.
+ */
+static int mv_cpu_hotplug(unsigned int cpu)
+{
+	if (READ_ONCE(mv_inst)) {
+		pr_warn("microv: refusing to change CPU %u while MicroV runs; `microv stop` first\n", cpu);
+		return -EBUSY;
+	}
+	return 0;
+}
+
 static int __init mv_init(void)
 {
+	int ret;
+
 	if ((u64)(microv_tramp_end - microv_tramp_start) > PAGE_SIZE) {
 		pr_err("microv: trampoline larger than a page\n");
 		return -EINVAL;
 	}
-	return misc_register(&mv_dev);
+	ret = cpuhp_setup_state_nocalls(CPUHP_AP_ONLINE_DYN, "microv:online", mv_cpu_hotplug, mv_cpu_hotplug);
+	if (ret < 0)
+		return ret;
+	mv_hp_state = ret;
+	ret = misc_register(&mv_dev);
+	if (ret)
+		cpuhp_remove_state_nocalls(mv_hp_state);
+	return ret;
 }
 
 /* Never runs while MicroV runs: a successful start holds a module reference. */
 static void __exit mv_exit(void)
 {
+	cancel_delayed_work_sync(&mv_watchdog);
 	misc_deregister(&mv_dev);
+	cpuhp_remove_state_nocalls(mv_hp_state);
 }
 
 module_init(mv_init);

@@ -64,7 +64,16 @@ fn build_one(root: &Path, stage: &Path, image: &Image) -> Result<()> {
     let target_dir = root.join(image.target_dir);
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
-        .args(["rustc", "--quiet", "-p", image.package, "--profile", "hv", "--crate-type", "staticlib"])
+        .args([
+            "rustc",
+            "--quiet",
+            "-p",
+            image.package,
+            "--profile",
+            "hv",
+            "--crate-type",
+            "staticlib",
+        ])
         .args(["--features", image.features])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -80,7 +89,15 @@ fn build_one(root: &Path, stage: &Path, image: &Image) -> Result<()> {
     let output = stage.join(image.output);
     let script = root.join(image.dir).join("link.ld");
     let status = Command::new("ld")
-        .args(["-static", "-nostdlib", "--gc-sections", "-z", "max-page-size=4096", "-z", "noexecstack"])
+        .args([
+            "-static",
+            "-nostdlib",
+            "--gc-sections",
+            "-z",
+            "max-page-size=4096",
+            "-z",
+            "noexecstack",
+        ])
         .arg("-T")
         .arg(&script)
         .arg("-o")
@@ -94,6 +111,10 @@ fn build_one(root: &Path, stage: &Path, image: &Image) -> Result<()> {
     let checksum = microv_image::seal_file(&output, image.kind)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("sealing {}", output.display()))?;
-    println!("images: {} ({} bytes, checksum {checksum:#018x})", output.display(), std::fs::metadata(&output)?.len());
+    println!(
+        "images: {} ({} bytes, checksum {checksum:#018x})",
+        output.display(),
+        std::fs::metadata(&output)?.len()
+    );
     Ok(())
 }

@@ -5,7 +5,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// A segment register as the VMCB holds it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct Segment {
     pub selector: u16,
     /// Descriptor bits 47:40 in 7:0 and bits 55:52 in 11:8.
@@ -42,7 +44,10 @@ pub mod attrib {
 /// A null selector gives an unusable (attrib 0) segment.
 pub fn decode_code_data(selector: u16, raw: u64) -> Segment {
     if selector & !3 == 0 {
-        return Segment { selector, ..Segment::default() };
+        return Segment {
+            selector,
+            ..Segment::default()
+        };
     }
     let limit_low = raw & 0xffff;
     let limit_high = (raw >> 48) & 0xf;
@@ -52,7 +57,12 @@ pub fn decode_code_data(selector: u16, raw: u64) -> Segment {
     if attrib & attrib::GRANULARITY != 0 {
         limit = (limit << 12) | 0xfff;
     }
-    Segment { selector, attrib, limit, base }
+    Segment {
+        selector,
+        attrib,
+        limit,
+        base,
+    }
 }
 
 /// An 8-byte descriptor for MicroV's own GDT.
@@ -152,7 +162,11 @@ mod tests {
 
     #[test]
     fn encode_then_decode_round_trips() {
-        let a = attrib::TYPE_CODE_RX_ACCESSED | attrib::S | attrib::PRESENT | attrib::LONG | attrib::GRANULARITY;
+        let a = attrib::TYPE_CODE_RX_ACCESSED
+            | attrib::S
+            | attrib::PRESENT
+            | attrib::LONG
+            | attrib::GRANULARITY;
         assert_eq!(encode_code_data(a), LINUX_KERNEL_CS | (1 << 40)); // accessed bit
         assert_eq!(decode_code_data(8, encode_code_data(a)).attrib, a);
     }

@@ -12,7 +12,12 @@ use crate::cpuid::CpuidResult;
 /// CPUID (usable at any privilege level).
 pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    CpuidResult {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// Reads an MSR.
@@ -22,7 +27,9 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
 pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: the caller guarantees ring 0 and an existing MSR.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     u64::from(hi) << 32 | u64::from(lo)
 }
 
@@ -73,7 +80,9 @@ control_register!(read_cr4, write_cr4, "cr4");
 pub unsafe fn xgetbv0() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: the caller guarantees CR4.OSXSAVE.
-    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     u64::from(hi) << 32 | u64::from(lo)
 }
 
@@ -81,7 +90,9 @@ pub unsafe fn xgetbv0() -> u64 {
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC has no side effects; CR4.TSD is never set by MicroV.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     u64::from(hi) << 32 | u64::from(lo)
 }
 
@@ -128,7 +139,9 @@ pub unsafe fn stgi() {
 /// Ring 0 (or IOPL); the port write must be harmless.
 pub unsafe fn outb(port: u16, value: u8) {
     // SAFETY: see the function's contract.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Halts until the next interrupt (forever with interrupts and GIF off).

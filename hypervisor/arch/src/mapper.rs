@@ -66,7 +66,9 @@ pub fn map(
         current -= 1;
     }
     let table = mem.table(table_pa).ok_or(MapError::BadTable)?;
-    let slot = table.get_mut(paging::index(va, level)).ok_or(MapError::BadTable)?;
+    let slot = table
+        .get_mut(paging::index(va, level))
+        .ok_or(MapError::BadTable)?;
     if *slot & PRESENT != 0 {
         return Err(MapError::AlreadyMapped);
     }
@@ -95,11 +97,17 @@ pub fn link_table(
     let mut current = 4;
     while current > level {
         let index = paging::index(va, current);
-        let entry = *mem.table(table).ok_or(MapError::BadTable)?.get(index).ok_or(MapError::BadTable)?;
+        let entry = *mem
+            .table(table)
+            .ok_or(MapError::BadTable)?
+            .get(index)
+            .ok_or(MapError::BadTable)?;
         table = if entry & PRESENT == 0 {
             let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
-            *mem.table(table).ok_or(MapError::BadTable)?.get_mut(index).ok_or(MapError::BadTable)? =
-                new | flags | PRESENT;
+            *mem.table(table)
+                .ok_or(MapError::BadTable)?
+                .get_mut(index)
+                .ok_or(MapError::BadTable)? = new | flags | PRESENT;
             new
         } else if entry & HUGE != 0 {
             return Err(MapError::AlreadyMapped);
@@ -108,7 +116,11 @@ pub fn link_table(
         };
         current -= 1;
     }
-    let slot = mem.table(table).ok_or(MapError::BadTable)?.get_mut(paging::index(va, level)).ok_or(MapError::BadTable)?;
+    let slot = mem
+        .table(table)
+        .ok_or(MapError::BadTable)?
+        .get_mut(paging::index(va, level))
+        .ok_or(MapError::BadTable)?;
     if *slot & PRESENT != 0 {
         return Err(MapError::AlreadyMapped);
     }
@@ -154,7 +166,11 @@ pub mod fake {
 
     impl FakeTables {
         pub fn new(budget: usize) -> (Self, u64) {
-            let mut t = FakeTables { pages: BTreeMap::new(), next: 0x10_0000, budget: budget + 1 };
+            let mut t = FakeTables {
+                pages: BTreeMap::new(),
+                next: 0x10_0000,
+                budget: budget + 1,
+            };
             let root = t.alloc_table().unwrap();
             (t, root)
         }
@@ -186,11 +202,44 @@ mod tests {
     #[test]
     fn maps_and_translates_every_size() {
         let (mut m, root) = FakeTables::new(16);
-        map(&mut m, root, 0xffff_8000_0000_3000, 0x5000, 1, WRITABLE, WRITABLE).unwrap();
-        map(&mut m, root, 0x4000_0000, 0x20_0000, 2, USER, WRITABLE | USER).unwrap();
-        map(&mut m, root, 0x80_0000_0000, 0x4000_0000, 3, NO_EXECUTE, WRITABLE).unwrap();
-        assert_eq!(translate(&mut m, root, 0xffff_8000_0000_3abc), Some((0x5abc, WRITABLE | PRESENT)));
-        assert_eq!(translate(&mut m, root, 0x4001_2345).map(|t| t.0), Some(0x21_2345));
+        map(
+            &mut m,
+            root,
+            0xffff_8000_0000_3000,
+            0x5000,
+            1,
+            WRITABLE,
+            WRITABLE,
+        )
+        .unwrap();
+        map(
+            &mut m,
+            root,
+            0x4000_0000,
+            0x20_0000,
+            2,
+            USER,
+            WRITABLE | USER,
+        )
+        .unwrap();
+        map(
+            &mut m,
+            root,
+            0x80_0000_0000,
+            0x4000_0000,
+            3,
+            NO_EXECUTE,
+            WRITABLE,
+        )
+        .unwrap();
+        assert_eq!(
+            translate(&mut m, root, 0xffff_8000_0000_3abc),
+            Some((0x5abc, WRITABLE | PRESENT))
+        );
+        assert_eq!(
+            translate(&mut m, root, 0x4001_2345).map(|t| t.0),
+            Some(0x21_2345)
+        );
         let (pa, flags) = translate(&mut m, root, 0x80_1234_5678).unwrap();
         assert_eq!(pa, 0x5234_5678);
         assert_eq!(flags & (NO_EXECUTE | HUGE), NO_EXECUTE | HUGE);
@@ -201,11 +250,26 @@ mod tests {
     fn refuses_overlaps_and_misalignment() {
         let (mut m, root) = FakeTables::new(16);
         map(&mut m, root, 0x20_0000, 0x20_0000, 2, 0, 0).unwrap();
-        assert_eq!(map(&mut m, root, 0x20_0000, 0x40_0000, 2, 0, 0), Err(MapError::AlreadyMapped));
-        assert_eq!(map(&mut m, root, 0x20_1000, 0x1000, 1, 0, 0), Err(MapError::AlreadyMapped));
-        assert_eq!(map(&mut m, root, 0x1000, 0x1800, 1, 0, 0), Err(MapError::Misaligned));
-        assert_eq!(map(&mut m, root, 0x1000, 0x1000, 4, 0, 0), Err(MapError::Misaligned));
-        assert_eq!(map(&mut m, root, 0x1000, 1 << 52, 1, 0, 0), Err(MapError::Misaligned));
+        assert_eq!(
+            map(&mut m, root, 0x20_0000, 0x40_0000, 2, 0, 0),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            map(&mut m, root, 0x20_1000, 0x1000, 1, 0, 0),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            map(&mut m, root, 0x1000, 0x1800, 1, 0, 0),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(
+            map(&mut m, root, 0x1000, 0x1000, 4, 0, 0),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(
+            map(&mut m, root, 0x1000, 1 << 52, 1, 0, 0),
+            Err(MapError::Misaligned)
+        );
     }
 
     #[test]
@@ -217,23 +281,50 @@ mod tests {
         }
         link_table(&mut m, root, 0x4000_0000, 2, shared, WRITABLE).unwrap();
         link_table(&mut m, root, 0x4020_0000, 2, shared, WRITABLE).unwrap();
-        assert_eq!(translate(&mut m, root, 0x4000_5123).map(|t| t.0), Some(0x7123));
-        assert_eq!(translate(&mut m, root, 0x4021_0456).map(|t| t.0), Some(0x7456));
-        assert_eq!(link_table(&mut m, root, 0x4000_0000, 2, shared, 0), Err(MapError::AlreadyMapped));
-        assert_eq!(link_table(&mut m, root, 0x4000_1000, 2, shared, 0), Err(MapError::Misaligned));
-        assert_eq!(link_table(&mut m, root, 0, 1, shared, 0), Err(MapError::Misaligned));
+        assert_eq!(
+            translate(&mut m, root, 0x4000_5123).map(|t| t.0),
+            Some(0x7123)
+        );
+        assert_eq!(
+            translate(&mut m, root, 0x4021_0456).map(|t| t.0),
+            Some(0x7456)
+        );
+        assert_eq!(
+            link_table(&mut m, root, 0x4000_0000, 2, shared, 0),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            link_table(&mut m, root, 0x4000_1000, 2, shared, 0),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(
+            link_table(&mut m, root, 0, 1, shared, 0),
+            Err(MapError::Misaligned)
+        );
         map(&mut m, root, 0x8000_0000, 0x8000_0000, 3, 0, 0).unwrap();
-        assert_eq!(link_table(&mut m, root, 0x8000_0000, 2, shared, 0), Err(MapError::AlreadyMapped));
+        assert_eq!(
+            link_table(&mut m, root, 0x8000_0000, 2, shared, 0),
+            Err(MapError::AlreadyMapped)
+        );
     }
 
     #[test]
     fn reports_exhaustion_and_broken_tables() {
         let (mut m, root) = FakeTables::new(2);
-        assert_eq!(map(&mut m, root, 0x1000, 0x1000, 1, 0, 0), Err(MapError::OutOfMemory));
+        assert_eq!(
+            map(&mut m, root, 0x1000, 0x1000, 1, 0, 0),
+            Err(MapError::OutOfMemory)
+        );
         let (mut m, root) = FakeTables::new(4);
         m.table(root).unwrap()[0] = 0xdead_0000 | PRESENT;
-        assert_eq!(map(&mut m, root, 0x1000, 0x1000, 1, 0, 0), Err(MapError::BadTable));
+        assert_eq!(
+            map(&mut m, root, 0x1000, 0x1000, 1, 0, 0),
+            Err(MapError::BadTable)
+        );
         assert_eq!(translate(&mut m, root, 0x1000), None);
-        assert_eq!(map(&mut m, 0x42_0000, 0x1000, 0x1000, 1, 0, 0), Err(MapError::BadTable));
+        assert_eq!(
+            map(&mut m, 0x42_0000, 0x1000, 0x1000, 1, 0, 0),
+            Err(MapError::BadTable)
+        );
     }
 }

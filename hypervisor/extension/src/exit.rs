@@ -39,9 +39,13 @@ pub fn classify(code: u64) -> ExitKind {
         exit::CPUID => ExitKind::Cpuid,
         exit::VMMCALL => ExitKind::Hypercall,
         exit::NPF => ExitKind::NestedPageFault,
-        exit::VMRUN | exit::VMLOAD | exit::VMSAVE | exit::STGI | exit::CLGI | exit::SKINIT | exit::INVLPGA => {
-            ExitKind::SvmInstruction
-        }
+        exit::VMRUN
+        | exit::VMLOAD
+        | exit::VMSAVE
+        | exit::STGI
+        | exit::CLGI
+        | exit::SKINIT
+        | exit::INVLPGA => ExitKind::SvmInstruction,
         exit::INIT => ExitKind::Init,
         exit::SHUTDOWN => ExitKind::Shutdown,
         exit::XSETBV => ExitKind::Xsetbv,
@@ -71,15 +75,29 @@ fn inject(vmcb: &mut Vmcb, ev: u64) {
 }
 
 /// Handles the exit recorded in `vmcb` for the root vCPU of CPU `cpu`.
-pub fn handle(vmcb: &mut Vmcb, gprs: &mut [u64; 16], cpu: usize, hv: &HvState, host: &mut dyn Host) -> Action {
+pub fn handle(
+    vmcb: &mut Vmcb,
+    gprs: &mut [u64; 16],
+    cpu: usize,
+    hv: &HvState,
+    host: &mut dyn Host,
+) -> Action {
     let code = vmcb.control.exit_code;
     hv.count_exit(cpu, classify(code));
     // An event whose delivery the exit interrupted must be delivered again.
-    vmcb.control.event_inj = if vmcb.control.exit_int_info & event::VALID != 0 { vmcb.control.exit_int_info } else { 0 };
+    vmcb.control.event_inj = if vmcb.control.exit_int_info & event::VALID != 0 {
+        vmcb.control.exit_int_info
+    } else {
+        0
+    };
     match code {
         exit::CPUID => {
             let (leaf, subleaf) = (vmcb.save.rax as u32, reg(gprs, gpr::RCX) as u32);
-            let real = if cpuid::is_synthetic(leaf) { Default::default() } else { host.cpuid(leaf, subleaf) };
+            let real = if cpuid::is_synthetic(leaf) {
+                Default::default()
+            } else {
+                host.cpuid(leaf, subleaf)
+            };
             let r = cpuid::root_view(leaf, real);
             vmcb.save.rax = u64::from(r.eax);
             set_reg(gprs, gpr::RBX, u64::from(r.ebx));
@@ -89,7 +107,14 @@ pub fn handle(vmcb: &mut Vmcb, gprs: &mut [u64; 16], cpu: usize, hv: &HvState, h
             Action::Resume
         }
         exit::MSR => {
-            hv.count_exit(cpu, if vmcb.control.exit_info1 == 0 { ExitKind::MsrRead } else { ExitKind::MsrWrite });
+            hv.count_exit(
+                cpu,
+                if vmcb.control.exit_info1 == 0 {
+                    ExitKind::MsrRead
+                } else {
+                    ExitKind::MsrWrite
+                },
+            );
             let index = reg(gprs, gpr::RCX) as u32;
             let outcome = if vmcb.control.exit_info1 == 0 {
                 msr::read(index, vmcb.save.efer)
@@ -107,12 +132,17 @@ pub fn handle(vmcb: &mut Vmcb, gprs: &mut [u64; 16], cpu: usize, hv: &HvState, h
                     vmcb.save.efer = v;
                     skip(vmcb, MSR_LEN);
                 }
-                MsrOutcome::GeneralProtection => inject(vmcb, event::exception_with_code(vector::GP, 0)),
+                MsrOutcome::GeneralProtection => {
+                    inject(vmcb, event::exception_with_code(vector::GP, 0))
+                }
             }
             Action::Resume
         }
         exit::VMMCALL => {
-            let caller = CallerInfo { cpl: vmcb.save.cpl, cpu };
+            let caller = CallerInfo {
+                cpl: vmcb.save.cpl,
+                cpu,
+            };
             match hypercall::dispatch(vmcb.save.rax, Args::from_gprs(gprs), caller, hv, host) {
                 Outcome::InvalidOpcode => {
                     inject(vmcb, event::exception(vector::UD));
@@ -134,7 +164,13 @@ pub fn handle(vmcb: &mut Vmcb, gprs: &mut [u64; 16], cpu: usize, hv: &HvState, h
                 Outcome::TestFault(kind) => Action::TestFault(kind),
             }
         }
-        exit::VMRUN | exit::VMLOAD | exit::VMSAVE | exit::STGI | exit::CLGI | exit::SKINIT | exit::INVLPGA => {
+        exit::VMRUN
+        | exit::VMLOAD
+        | exit::VMSAVE
+        | exit::STGI
+        | exit::CLGI
+        | exit::SKINIT
+        | exit::INVLPGA => {
             // The root sees no SVM: these raise #UD as they would natively.
             inject(vmcb, event::exception(vector::UD));
             Action::Resume
@@ -153,7 +189,10 @@ pub fn handle(vmcb: &mut Vmcb, gprs: &mut [u64; 16], cpu: usize, hv: &HvState, h
             Action::Fail(StartError::ExtensionError, vmcb.control.exit_info2)
         }
         exit::SHUTDOWN => {
-            host.log(format_args!("cpu {cpu}: the root VM shut down (triple fault) at rip {:#x}", vmcb.save.rip));
+            host.log(format_args!(
+                "cpu {cpu}: the root VM shut down (triple fault) at rip {:#x}",
+                vmcb.save.rip
+            ));
             Action::Fail(StartError::ExtensionError, code)
         }
         _ => {
@@ -227,7 +266,10 @@ mod tests {
         g[gpr::RCX] = u64::from(arch_msr::EFER);
         v.save.rax = efer::LME | efer::SVME;
         handle(&mut v, &mut g, 0, &hv, &mut host);
-        assert_eq!(v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        assert_eq!(
+            v.control.event_inj,
+            event::exception_with_code(vector::GP, 0)
+        );
         assert_eq!(v.save.rip, 0x1000, "a faulting instruction is not skipped");
 
         let (mut v, mut g) = vcpu(exit::MSR);
@@ -270,18 +312,33 @@ mod tests {
         let (mut v, mut g) = vcpu(exit::VMMCALL);
         v.save.rax = encode(Hypercall::HvStopPp);
         g[gpr::R10] = 9;
-        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::StopThisCpu);
+        assert_eq!(
+            handle(&mut v, &mut g, 0, &hv, &mut host),
+            Action::StopThisCpu
+        );
         assert_eq!((v.save.rax, v.save.rip), (0, 0x1003));
         v.save.rax = encode(Hypercall::HvTestFault);
         v.control.exit_code = exit::VMMCALL;
-        let expected = if hypercall::TEST_HOOKS { Action::TestFault(0) } else { Action::Resume };
+        let expected = if hypercall::TEST_HOOKS {
+            Action::TestFault(0)
+        } else {
+            Action::Resume
+        };
         assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), expected);
     }
 
     #[test]
     fn svm_instructions_fault_and_init_is_dropped() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
-        for code in [exit::VMRUN, exit::VMLOAD, exit::VMSAVE, exit::STGI, exit::CLGI, exit::SKINIT, exit::INVLPGA] {
+        for code in [
+            exit::VMRUN,
+            exit::VMLOAD,
+            exit::VMSAVE,
+            exit::STGI,
+            exit::CLGI,
+            exit::SKINIT,
+            exit::INVLPGA,
+        ] {
             let (mut v, mut g) = vcpu(code);
             assert_eq!(handle(&mut v, &mut g, 1, &hv, &mut host), Action::Resume);
             assert_eq!(v.control.event_inj, event::exception(vector::UD));
@@ -306,11 +363,20 @@ mod tests {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
         let (mut v, mut g) = vcpu(exit::NPF);
         v.control.exit_info2 = 0xfee0_0000;
-        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Fail(StartError::ExtensionError, 0xfee0_0000));
+        assert_eq!(
+            handle(&mut v, &mut g, 0, &hv, &mut host),
+            Action::Fail(StartError::ExtensionError, 0xfee0_0000)
+        );
         let (mut v, mut g) = vcpu(exit::SHUTDOWN);
-        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Fail(StartError::ExtensionError, exit::SHUTDOWN));
+        assert_eq!(
+            handle(&mut v, &mut g, 0, &hv, &mut host),
+            Action::Fail(StartError::ExtensionError, exit::SHUTDOWN)
+        );
         let (mut v, mut g) = vcpu(exit::INVALID);
-        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Fail(StartError::ExtensionError, exit::INVALID));
+        assert_eq!(
+            handle(&mut v, &mut g, 0, &hv, &mut host),
+            Action::Fail(StartError::ExtensionError, exit::INVALID)
+        );
         assert_eq!(classify(exit::XSETBV), ExitKind::Xsetbv);
         assert_eq!(classify(exit::HLT), ExitKind::Other);
         assert_eq!(host.lines.len(), 3);

@@ -30,7 +30,12 @@ pub mod fake {
 
     impl Host for FakeHost {
         fn cpuid(&mut self, leaf: u32, subleaf: u32) -> CpuidResult {
-            CpuidResult { eax: leaf, ebx: subleaf, ecx: u32::MAX, edx: 0x1234 }
+            CpuidResult {
+                eax: leaf,
+                ebx: subleaf,
+                ecx: u32::MAX,
+                edx: 0x1234,
+            }
         }
         fn mem_stats(&mut self) -> (u64, u64) {
             (16384, 15000)

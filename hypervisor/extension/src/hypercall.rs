@@ -21,11 +21,21 @@ pub struct Args {
 impl Args {
     pub fn from_gprs(gprs: &[u64; 16]) -> Self {
         let get = |i: usize| gprs.get(i).copied().unwrap_or(0);
-        Args { r10: get(gpr::R10), r11: get(gpr::R11), r12: get(gpr::R12), r13: get(gpr::R13) }
+        Args {
+            r10: get(gpr::R10),
+            r11: get(gpr::R11),
+            r12: get(gpr::R12),
+            r13: get(gpr::R13),
+        }
     }
 
     pub fn to_gprs(self, gprs: &mut [u64; 16]) {
-        for (i, v) in [(gpr::R10, self.r10), (gpr::R11, self.r11), (gpr::R12, self.r12), (gpr::R13, self.r13)] {
+        for (i, v) in [
+            (gpr::R10, self.r10),
+            (gpr::R11, self.r11),
+            (gpr::R12, self.r12),
+            (gpr::R13, self.r13),
+        ] {
             if let Some(slot) = gprs.get_mut(i) {
                 *slot = v;
             }
@@ -63,7 +73,13 @@ fn done(status: Status) -> Outcome {
 }
 
 /// Serves one hypercall with RAX `rax` and arguments `args`.
-pub fn dispatch(rax: u64, args: Args, caller: CallerInfo, hv: &HvState, host: &mut dyn Host) -> Outcome {
+pub fn dispatch(
+    rax: u64,
+    args: Args,
+    caller: CallerInfo,
+    hv: &HvState,
+    host: &mut dyn Host,
+) -> Outcome {
     let call = match hypercall::decode(rax) {
         Decoded::NotMicroV => return Outcome::InvalidOpcode,
         Decoded::BadFlags | Decoded::Unknown { .. } => return done(Status::UnknownCall),
@@ -81,12 +97,23 @@ pub fn dispatch(rax: u64, args: Args, caller: CallerInfo, hv: &HvState, host: &m
     if !call.implemented() {
         return done(Status::NotImplemented);
     }
-    let out = |r10: u64, r11: u64, r12: u64, r13: u64| Outcome::Done(Status::Success, Args { r10, r11, r12, r13 });
+    let out = |r10: u64, r11: u64, r12: u64, r13: u64| {
+        Outcome::Done(Status::Success, Args { r10, r11, r12, r13 })
+    };
     match call {
         Hypercall::IdVersion => out(hypercall::ABI_VERSION, 0, 0, 0),
         Hypercall::IdCapabilities => {
-            let test = if TEST_HOOKS { capability::TEST_HOOKS } else { 0 };
-            out(capability::LATE_LAUNCH | capability::AMD_SVM | test, 0, 0, 0)
+            let test = if TEST_HOOKS {
+                capability::TEST_HOOKS
+            } else {
+                0
+            };
+            out(
+                capability::LATE_LAUNCH | capability::AMD_SVM | test,
+                0,
+                0,
+                0,
+            )
         }
         Hypercall::HandleOpen => {
             if abi_major(args.r10) != abi_major(hypercall::ABI_VERSION) {
@@ -94,7 +121,10 @@ pub fn dispatch(rax: u64, args: Args, caller: CallerInfo, hv: &HvState, host: &m
             }
             // Never 0 (that means "no handle"); unpredictable to other callers.
             let handle = host.entropy() | 1;
-            match hv.handle.compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire) {
+            match hv
+                .handle
+                .compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => out(handle, 0, 0, 0),
                 Err(_) => done(Status::Busy),
             }
@@ -104,7 +134,10 @@ pub fn dispatch(rax: u64, args: Args, caller: CallerInfo, hv: &HvState, host: &m
             out(0, 0, 0, 0)
         }
         Hypercall::DebugOut => {
-            host.log(format_args!("cpu {}: debug.out {:#x}", caller.cpu, args.r11));
+            host.log(format_args!(
+                "cpu {}: debug.out {:#x}",
+                caller.cpu, args.r11
+            ));
             out(args.r10, 0, 0, 0)
         }
         Hypercall::PpId => out(caller.cpu as u64, 0, 0, 0),
@@ -140,32 +173,68 @@ mod tests {
 
     fn open(hv: &HvState, host: &mut FakeHost) -> u64 {
         host.next_entropy = 0x1234_5678_9abc_def0;
-        match dispatch(encode(Hypercall::HandleOpen), Args { r10: hypercall::ABI_VERSION, ..Args::default() }, KERNEL, hv, host) {
+        match dispatch(
+            encode(Hypercall::HandleOpen),
+            Args {
+                r10: hypercall::ABI_VERSION,
+                ..Args::default()
+            },
+            KERNEL,
+            hv,
+            host,
+        ) {
             Outcome::Done(Status::Success, a) => a.r10,
             other => panic!("{other:?}"),
         }
     }
 
-    fn call(hv: &HvState, host: &mut FakeHost, c: Hypercall, who: CallerInfo, args: Args) -> Outcome {
+    fn call(
+        hv: &HvState,
+        host: &mut FakeHost,
+        c: Hypercall,
+        who: CallerInfo,
+        args: Args,
+    ) -> Outcome {
         dispatch(encode(c), args, who, hv, host)
     }
 
     #[test]
     fn foreign_vmmcall_is_invalid_opcode_and_unknown_calls_are_reported() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
-        assert_eq!(dispatch(0x1234, Args::default(), KERNEL, &hv, &mut host), Outcome::InvalidOpcode);
+        assert_eq!(
+            dispatch(0x1234, Args::default(), KERNEL, &hv, &mut host),
+            Outcome::InvalidOpcode
+        );
         let unknown = (hypercall::SIGNATURE << 48) | (0x99 << 16);
-        assert_eq!(dispatch(unknown, Args::default(), USER, &hv, &mut host), done(Status::UnknownCall));
+        assert_eq!(
+            dispatch(unknown, Args::default(), USER, &hv, &mut host),
+            done(Status::UnknownCall)
+        );
         let flagged = encode(Hypercall::IdVersion) | 1 << 40;
-        assert_eq!(dispatch(flagged, Args::default(), KERNEL, &hv, &mut host), done(Status::UnknownCall));
+        assert_eq!(
+            dispatch(flagged, Args::default(), KERNEL, &hv, &mut host),
+            done(Status::UnknownCall)
+        );
     }
 
     #[test]
     fn discovery_calls_work_from_anywhere() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
-        let Outcome::Done(Status::Success, a) = call(&hv, &mut host, Hypercall::IdVersion, USER, Args::default()) else { panic!() };
+        let Outcome::Done(Status::Success, a) =
+            call(&hv, &mut host, Hypercall::IdVersion, USER, Args::default())
+        else {
+            panic!()
+        };
         assert_eq!(a.r10, hypercall::ABI_VERSION);
-        let Outcome::Done(Status::Success, a) = call(&hv, &mut host, Hypercall::IdCapabilities, USER, Args::default()) else { panic!() };
+        let Outcome::Done(Status::Success, a) = call(
+            &hv,
+            &mut host,
+            Hypercall::IdCapabilities,
+            USER,
+            Args::default(),
+        ) else {
+            panic!()
+        };
         assert_ne!(a.r10 & capability::LATE_LAUNCH, 0);
         assert_eq!(a.r10 & capability::TEST_HOOKS != 0, TEST_HOOKS);
     }
@@ -173,26 +242,91 @@ mod tests {
     #[test]
     fn management_calls_need_ring_0_and_the_handle() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
-        assert_eq!(call(&hv, &mut host, Hypercall::HandleOpen, USER, Args::default()), done(Status::PermissionDenied));
-        assert_eq!(call(&hv, &mut host, Hypercall::PpId, KERNEL, Args::default()), done(Status::InvalidHandle));
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::HandleOpen, USER, Args::default()),
+            done(Status::PermissionDenied)
+        );
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::PpId, KERNEL, Args::default()),
+            done(Status::InvalidHandle)
+        );
         let h = open(&hv, &mut host);
         assert_ne!(h, 0);
-        let with = Args { r10: h, ..Args::default() };
-        assert_eq!(call(&hv, &mut host, Hypercall::PpId, USER, with), done(Status::PermissionDenied));
-        assert_eq!(call(&hv, &mut host, Hypercall::PpId, KERNEL, Args { r10: h ^ 1, ..with }), done(Status::InvalidHandle));
-        let Outcome::Done(Status::Success, a) = call(&hv, &mut host, Hypercall::PpId, KERNEL, with) else { panic!() };
+        let with = Args {
+            r10: h,
+            ..Args::default()
+        };
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::PpId, USER, with),
+            done(Status::PermissionDenied)
+        );
+        assert_eq!(
+            call(
+                &hv,
+                &mut host,
+                Hypercall::PpId,
+                KERNEL,
+                Args { r10: h ^ 1, ..with }
+            ),
+            done(Status::InvalidHandle)
+        );
+        let Outcome::Done(Status::Success, a) = call(&hv, &mut host, Hypercall::PpId, KERNEL, with)
+        else {
+            panic!()
+        };
         assert_eq!(a.r10, 1);
-        assert_eq!(call(&hv, &mut host, Hypercall::HandleOpen, KERNEL, Args { r10: hypercall::ABI_VERSION, ..Args::default() }), done(Status::Busy));
-        assert!(matches!(call(&hv, &mut host, Hypercall::HandleClose, KERNEL, with), Outcome::Done(Status::Success, _)));
-        assert_eq!(call(&hv, &mut host, Hypercall::PpId, KERNEL, with), done(Status::InvalidHandle));
+        assert_eq!(
+            call(
+                &hv,
+                &mut host,
+                Hypercall::HandleOpen,
+                KERNEL,
+                Args {
+                    r10: hypercall::ABI_VERSION,
+                    ..Args::default()
+                }
+            ),
+            done(Status::Busy)
+        );
+        assert!(matches!(
+            call(&hv, &mut host, Hypercall::HandleClose, KERNEL, with),
+            Outcome::Done(Status::Success, _)
+        ));
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::PpId, KERNEL, with),
+            done(Status::InvalidHandle)
+        );
     }
 
     #[test]
     fn open_checks_the_version_and_never_returns_zero() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
-        assert_eq!(call(&hv, &mut host, Hypercall::HandleOpen, KERNEL, Args { r10: 2 << 32, ..Args::default() }), done(Status::VersionMismatch));
+        assert_eq!(
+            call(
+                &hv,
+                &mut host,
+                Hypercall::HandleOpen,
+                KERNEL,
+                Args {
+                    r10: 2 << 32,
+                    ..Args::default()
+                }
+            ),
+            done(Status::VersionMismatch)
+        );
         host.next_entropy = 0;
-        let Outcome::Done(Status::Success, a) = call(&hv, &mut host, Hypercall::HandleOpen, KERNEL, Args { r10: hypercall::ABI_VERSION, ..Args::default() }) else { panic!() };
+        let Outcome::Done(Status::Success, a) = call(
+            &hv,
+            &mut host,
+            Hypercall::HandleOpen,
+            KERNEL,
+            Args {
+                r10: hypercall::ABI_VERSION,
+                ..Args::default()
+            },
+        ) else {
+            panic!()
+        };
         assert_eq!(a.r10, 1);
     }
 
@@ -203,29 +337,77 @@ mod tests {
         hv.count_exit(1, ExitKind::MsrRead);
         hv.count_exit(1, ExitKind::Cpuid);
         let h = open(&hv, &mut host);
-        let a = |r11, r12| Args { r10: h, r11, r12, r13: 0 };
-        let Outcome::Done(Status::Success, r) = call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(1, 0)) else { panic!() };
+        let a = |r11, r12| Args {
+            r10: h,
+            r11,
+            r12,
+            r13: 0,
+        };
+        let Outcome::Done(Status::Success, r) =
+            call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(1, 0))
+        else {
+            panic!()
+        };
         assert_eq!((r.r10, r.r11, r.r12, r.r13), (1, 1, 0, 0));
-        assert_eq!(call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(2, 0)), done(Status::InvalidArgument));
-        assert_eq!(call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(0, 16)), done(Status::InvalidArgument));
-        let Outcome::Done(Status::Success, r) = call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(1, 12)) else { panic!() };
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(2, 0)),
+            done(Status::InvalidArgument)
+        );
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(0, 16)),
+            done(Status::InvalidArgument)
+        );
+        let Outcome::Done(Status::Success, r) =
+            call(&hv, &mut host, Hypercall::PpExitCount, KERNEL, a(1, 12))
+        else {
+            panic!()
+        };
         assert_eq!(r, Args::default());
-        let Outcome::Done(Status::Success, r) = call(&hv, &mut host, Hypercall::PpCount, KERNEL, a(0, 0)) else { panic!() };
+        let Outcome::Done(Status::Success, r) =
+            call(&hv, &mut host, Hypercall::PpCount, KERNEL, a(0, 0))
+        else {
+            panic!()
+        };
         assert_eq!(r.r10, 2);
-        let Outcome::Done(Status::Success, r) = call(&hv, &mut host, Hypercall::HvMemory, KERNEL, a(0, 0)) else { panic!() };
+        let Outcome::Done(Status::Success, r) =
+            call(&hv, &mut host, Hypercall::HvMemory, KERNEL, a(0, 0))
+        else {
+            panic!()
+        };
         assert_eq!((r.r10, r.r11), (16384, 15000));
-        assert!(matches!(call(&hv, &mut host, Hypercall::DebugOut, KERNEL, a(0xabc, 0)), Outcome::Done(Status::Success, _)));
+        assert!(matches!(
+            call(&hv, &mut host, Hypercall::DebugOut, KERNEL, a(0xabc, 0)),
+            Outcome::Done(Status::Success, _)
+        ));
         assert_eq!(host.lines, ["cpu 1: debug.out 0xabc"]);
-        assert_eq!(call(&hv, &mut host, Hypercall::HvStopPp, KERNEL, a(0, 0)), Outcome::StopThisCpu);
-        assert_eq!(call(&hv, &mut host, Hypercall::VmCreate, KERNEL, a(0, 0)), done(Status::NotImplemented));
-        let expected = if TEST_HOOKS { Outcome::TestFault(1) } else { done(Status::NotImplemented) };
-        assert_eq!(call(&hv, &mut host, Hypercall::HvTestFault, KERNEL, a(1, 0)), expected);
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::HvStopPp, KERNEL, a(0, 0)),
+            Outcome::StopThisCpu
+        );
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::VmCreate, KERNEL, a(0, 0)),
+            done(Status::NotImplemented)
+        );
+        let expected = if TEST_HOOKS {
+            Outcome::TestFault(1)
+        } else {
+            done(Status::NotImplemented)
+        };
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::HvTestFault, KERNEL, a(1, 0)),
+            expected
+        );
     }
 
     #[test]
     fn args_round_trip_through_registers() {
         let mut gprs = [0u64; 16];
-        let a = Args { r10: 1, r11: 2, r12: 3, r13: 4 };
+        let a = Args {
+            r10: 1,
+            r11: 2,
+            r12: 3,
+            r13: 4,
+        };
         a.to_gprs(&mut gprs);
         assert_eq!(gprs[gpr::R12], 3);
         assert_eq!(Args::from_gprs(&gprs), a);

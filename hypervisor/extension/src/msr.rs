@@ -56,27 +56,54 @@ mod tests {
 
     #[test]
     fn efer_reads_hide_svme() {
-        assert_eq!(read(msr::EFER, LINUX_EFER), MsrOutcome::Value(LINUX_EFER & !efer::SVME));
+        assert_eq!(
+            read(msr::EFER, LINUX_EFER),
+            MsrOutcome::Value(LINUX_EFER & !efer::SVME)
+        );
     }
 
     #[test]
     fn svm_msrs_say_disabled() {
-        assert_eq!(read(msr::VM_CR, 0), MsrOutcome::Value(vm_cr::SVMDIS | vm_cr::LOCK));
+        assert_eq!(
+            read(msr::VM_CR, 0),
+            MsrOutcome::Value(vm_cr::SVMDIS | vm_cr::LOCK)
+        );
         assert_eq!(read(msr::VM_HSAVE_PA, 0), MsrOutcome::Value(0));
         assert_eq!(write(msr::VM_CR, 0, 0, true), MsrOutcome::GeneralProtection);
-        assert_eq!(write(msr::VM_HSAVE_PA, 0x1000, 0, true), MsrOutcome::GeneralProtection);
+        assert_eq!(
+            write(msr::VM_HSAVE_PA, 0x1000, 0, true),
+            MsrOutcome::GeneralProtection
+        );
         assert_eq!(read(0x1234, 0), MsrOutcome::GeneralProtection);
     }
 
     #[test]
     fn efer_writes_keep_svme_and_refuse_setting_it() {
         let visible = LINUX_EFER & !efer::SVME;
-        assert_eq!(write(msr::EFER, visible, LINUX_EFER, true), MsrOutcome::SetEfer(LINUX_EFER));
-        assert_eq!(write(msr::EFER, visible | efer::SVME, LINUX_EFER, true), MsrOutcome::GeneralProtection);
-        assert_eq!(write(msr::EFER, visible & !efer::NXE, LINUX_EFER, true), MsrOutcome::SetEfer(LINUX_EFER & !efer::NXE));
-        assert_eq!(write(msr::EFER, visible & !efer::LME, LINUX_EFER, true), MsrOutcome::GeneralProtection);
-        assert_eq!(write(msr::EFER, visible | (1 << 20), LINUX_EFER, true), MsrOutcome::GeneralProtection);
+        assert_eq!(
+            write(msr::EFER, visible, LINUX_EFER, true),
+            MsrOutcome::SetEfer(LINUX_EFER)
+        );
+        assert_eq!(
+            write(msr::EFER, visible | efer::SVME, LINUX_EFER, true),
+            MsrOutcome::GeneralProtection
+        );
+        assert_eq!(
+            write(msr::EFER, visible & !efer::NXE, LINUX_EFER, true),
+            MsrOutcome::SetEfer(LINUX_EFER & !efer::NXE)
+        );
+        assert_eq!(
+            write(msr::EFER, visible & !efer::LME, LINUX_EFER, true),
+            MsrOutcome::GeneralProtection
+        );
+        assert_eq!(
+            write(msr::EFER, visible | (1 << 20), LINUX_EFER, true),
+            MsrOutcome::GeneralProtection
+        );
         // Without paging LME may change; LMA stays what the CPU says.
-        assert_eq!(write(msr::EFER, efer::SCE, efer::SVME, false), MsrOutcome::SetEfer(efer::SCE | efer::SVME));
+        assert_eq!(
+            write(msr::EFER, efer::SCE, efer::SVME, false),
+            MsrOutcome::SetEfer(efer::SCE | efer::SVME)
+        );
     }
 }

@@ -20,7 +20,11 @@ pub const ROOT_ASID: u32 = 1;
 
 /// How much guest-physical space to map, from CPUID's physical-address bits.
 pub fn phys_limit(phys_bits: u32, huge_pages: bool) -> u64 {
-    let cap = if huge_pages { MAX_BITS_HUGE } else { MAX_BITS_LARGE };
+    let cap = if huge_pages {
+        MAX_BITS_HUGE
+    } else {
+        MAX_BITS_LARGE
+    };
     1u64 << phys_bits.clamp(32, cap)
 }
 
@@ -45,7 +49,11 @@ pub fn build_npt(
     hiding_table: u64,
 ) -> Result<(), MapError> {
     let is_hidden = |pa: u64| hidden.iter().any(|&h| h <= pa && pa < h + CHUNK_SIZE);
-    let any_hidden_in = |start: u64, len: u64| hidden.iter().any(|&h| h < start + len && start < h + CHUNK_SIZE);
+    let any_hidden_in = |start: u64, len: u64| {
+        hidden
+            .iter()
+            .any(|&h| h < start + len && start < h + CHUNK_SIZE)
+    };
     let mut gib = 0;
     while gib < limit {
         if huge_pages && !any_hidden_in(gib, HUGE_PAGE_SIZE) {
@@ -92,8 +100,15 @@ pub fn configure_vmcb(vmcb: &mut Vmcb, t: &RootTables) {
     c.intercept_dr = 0;
     c.intercept_exceptions = 0;
     // Interrupts and NMIs go straight to the root: no exits for them.
-    c.intercept_misc1 = misc1::CPUID | misc1::MSR_PROT | misc1::INIT | misc1::SHUTDOWN | misc1::INVLPGA;
-    c.intercept_misc2 = misc2::VMRUN | misc2::VMMCALL | misc2::VMLOAD | misc2::VMSAVE | misc2::STGI | misc2::CLGI | misc2::SKINIT;
+    c.intercept_misc1 =
+        misc1::CPUID | misc1::MSR_PROT | misc1::INIT | misc1::SHUTDOWN | misc1::INVLPGA;
+    c.intercept_misc2 = misc2::VMRUN
+        | misc2::VMMCALL
+        | misc2::VMLOAD
+        | misc2::VMSAVE
+        | misc2::STGI
+        | misc2::CLGI
+        | misc2::SKINIT;
     c.intercept_misc3 = 0;
     c.iopm_base_pa = t.iopm;
     c.msrpm_base_pa = t.msrpm;
@@ -129,11 +144,32 @@ mod tests {
     fn identity_maps_everything_but_the_pool() {
         let pool = [0x4_0000_0000, 0x4_0040_0000];
         let (mut m, root) = tables(64, &pool, true, 1 << 40);
-        for pa in [0u64, 0xfee0_0000, 0x3_ffff_f000, 0x4_0020_0000, 0x4_4000_0000, 0xff_ffff_f000] {
-            assert_eq!(translate(&mut m, root, pa).map(|t| t.0), Some(pa), "{pa:#x}");
+        for pa in [
+            0u64,
+            0xfee0_0000,
+            0x3_ffff_f000,
+            0x4_0020_0000,
+            0x4_4000_0000,
+            0xff_ffff_f000,
+        ] {
+            assert_eq!(
+                translate(&mut m, root, pa).map(|t| t.0),
+                Some(pa),
+                "{pa:#x}"
+            );
         }
-        for pa in [0x4_0000_0000u64, 0x4_0000_1234, 0x4_001f_f000, 0x4_0040_0008, 0x4_005f_ffff] {
-            assert_eq!(translate(&mut m, root, pa).map(|t| t.0), Some(DUMMY + (pa & 0xfff)), "{pa:#x}");
+        for pa in [
+            0x4_0000_0000u64,
+            0x4_0000_1234,
+            0x4_001f_f000,
+            0x4_0040_0008,
+            0x4_005f_ffff,
+        ] {
+            assert_eq!(
+                translate(&mut m, root, pa).map(|t| t.0),
+                Some(DUMMY + (pa & 0xfff)),
+                "{pa:#x}"
+            );
         }
         assert_eq!(translate(&mut m, root, 1 << 40), None);
         let (_, flags) = translate(&mut m, root, 0x1000).unwrap();
@@ -144,14 +180,23 @@ mod tests {
     fn works_without_1gib_pages() {
         let (mut m, root) = tables(64, &[0x20_0000], false, 4 << 30);
         assert_eq!(translate(&mut m, root, 0x1234).map(|t| t.0), Some(0x1234));
-        assert_eq!(translate(&mut m, root, 0x20_0010).map(|t| t.0), Some(DUMMY + 0x10));
-        assert_eq!(translate(&mut m, root, 0xffff_f000).map(|t| t.0), Some(0xffff_f000));
+        assert_eq!(
+            translate(&mut m, root, 0x20_0010).map(|t| t.0),
+            Some(DUMMY + 0x10)
+        );
+        assert_eq!(
+            translate(&mut m, root, 0xffff_f000).map(|t| t.0),
+            Some(0xffff_f000)
+        );
     }
 
     #[test]
     fn reports_running_out_of_table_pages() {
         let (mut m, root) = FakeTables::new(1);
-        assert_eq!(build_npt(&mut m, root, 4 << 30, false, &[], 0), Err(MapError::OutOfMemory));
+        assert_eq!(
+            build_npt(&mut m, root, 4 << 30, false, &[], 0),
+            Err(MapError::OutOfMemory)
+        );
     }
 
     #[test]
@@ -176,11 +221,25 @@ mod tests {
     fn vmcb_configuration() {
         let mut v = Box::new(Vmcb::new_zeroed());
         v.control.event_inj = 5;
-        configure_vmcb(&mut v, &RootTables { npt_root: 0x1000, iopm: 0x2000, msrpm: 0x5000 });
+        configure_vmcb(
+            &mut v,
+            &RootTables {
+                npt_root: 0x1000,
+                iopm: 0x2000,
+                msrpm: 0x5000,
+            },
+        );
         assert_eq!(v.control.n_cr3, 0x1000);
-        assert_eq!((v.control.iopm_base_pa, v.control.msrpm_base_pa), (0x2000, 0x5000));
+        assert_eq!(
+            (v.control.iopm_base_pa, v.control.msrpm_base_pa),
+            (0x2000, 0x5000)
+        );
         assert_eq!(v.control.guest_asid, ROOT_ASID);
-        assert_ne!(v.control.intercept_misc2 & misc2::VMRUN, 0, "VMRUN must be intercepted");
+        assert_ne!(
+            v.control.intercept_misc2 & misc2::VMRUN,
+            0,
+            "VMRUN must be intercepted"
+        );
         assert_eq!(v.control.intercept_misc1 & (misc1::INTR | misc1::NMI), 0);
         assert_eq!(v.control.np_control, NP_ENABLE);
         assert_eq!(v.control.event_inj, 0);

@@ -21,7 +21,11 @@ const ZERO_ROW: [AtomicU64; EXIT_KINDS_MAX] = [ZERO; EXIT_KINDS_MAX];
 
 impl HvState {
     pub const fn new() -> Self {
-        HvState { handle: AtomicU64::new(0), cpu_count: AtomicU64::new(0), exits: [ZERO_ROW; MAX_CPUS] }
+        HvState {
+            handle: AtomicU64::new(0),
+            cpu_count: AtomicU64::new(0),
+            exits: [ZERO_ROW; MAX_CPUS],
+        }
     }
 
     /// Counts one exit of `kind` on CPU `cpu`.
@@ -33,7 +37,10 @@ impl HvState {
 
     /// Exits of kind number `kind` on CPU `cpu` (0 for out-of-range numbers).
     pub fn exit_count(&self, cpu: usize, kind: usize) -> u64 {
-        self.exits.get(cpu).and_then(|row| row.get(kind)).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.exits
+            .get(cpu)
+            .and_then(|row| row.get(kind))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Number of CPUs MicroV runs on.

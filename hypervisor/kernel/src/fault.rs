@@ -23,7 +23,11 @@ const _: () = assert!(core::mem::offset_of!(ExceptionFrame, vector) == 15 * 8);
 /// The fault record for an exception taken with `frame` and CR2 `cr2`.
 pub fn record(frame: &ExceptionFrame, cr2: u64) -> FaultRecord {
     let cpl = frame.cs & 3;
-    let code = if cpl == 3 { StartError::ExtensionFault } else { StartError::KernelFault };
+    let code = if cpl == 3 {
+        StartError::ExtensionFault
+    } else {
+        StartError::KernelFault
+    };
     FaultRecord {
         code: code as u32,
         vector: frame.vector as u32,
@@ -61,15 +65,28 @@ mod tests {
 
     #[test]
     fn ring3_faults_are_extension_faults() {
-        let frame = ExceptionFrame { vector: 14, error_code: 4, rip: 0x4000_1000, cs: 0x2b, ..Default::default() };
+        let frame = ExceptionFrame {
+            vector: 14,
+            error_code: 4,
+            rip: 0x4000_1000,
+            cs: 0x2b,
+            ..Default::default()
+        };
         let r = record(&frame, 0xdead);
         assert_eq!(r.code, StartError::ExtensionFault as u32);
-        assert_eq!((r.vector, r.error_code, r.rip, r.cr2, r.cpl), (14, 4, 0x4000_1000, 0xdead, 3));
+        assert_eq!(
+            (r.vector, r.error_code, r.rip, r.cr2, r.cpl),
+            (14, 4, 0x4000_1000, 0xdead, 3)
+        );
     }
 
     #[test]
     fn ring0_faults_are_kernel_faults() {
-        let frame = ExceptionFrame { vector: 13, cs: 0x08, ..Default::default() };
+        let frame = ExceptionFrame {
+            vector: 13,
+            cs: 0x08,
+            ..Default::default()
+        };
         assert_eq!(record(&frame, 0).code, StartError::KernelFault as u32);
     }
 

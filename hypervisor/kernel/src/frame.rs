@@ -31,7 +31,11 @@ pub struct FrameAllocator {
 impl FrameAllocator {
     /// An allocator that owns nothing yet.
     pub const fn new() -> Self {
-        FrameAllocator { bits: [0; WORDS], total: 0, free: 0 }
+        FrameAllocator {
+            bits: [0; WORDS],
+            total: 0,
+            free: 0,
+        }
     }
 
     /// Takes a pool of `total` pages whose first `reserved` pages are in use.
@@ -50,7 +54,9 @@ impl FrameAllocator {
     }
 
     fn get(&self, page: usize) -> bool {
-        self.bits.get(page / 64).is_some_and(|w| w & (1 << (page % 64)) != 0)
+        self.bits
+            .get(page / 64)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
     fn set(&mut self, page: usize, used: bool) {

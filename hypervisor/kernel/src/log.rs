@@ -45,9 +45,15 @@ mod tests {
 
     #[test]
     fn wraps_and_counts_lost_bytes() {
-        let mut header = LogHeader { written: 0, lost: 0 };
+        let mut header = LogHeader {
+            written: 0,
+            lost: 0,
+        };
         let mut data = [0u8; 8];
-        let mut ring = LogRing { header: &mut header, data: &mut data };
+        let mut ring = LogRing {
+            header: &mut header,
+            data: &mut data,
+        };
         write!(ring, "hello").unwrap();
         assert_eq!(ring.header.lost, 0);
         ring.write_bytes(b"world");
@@ -59,8 +65,14 @@ mod tests {
 
     #[test]
     fn empty_ring_ignores_writes() {
-        let mut header = LogHeader { written: 0, lost: 0 };
-        let mut ring = LogRing { header: &mut header, data: &mut [] };
+        let mut header = LogHeader {
+            written: 0,
+            lost: 0,
+        };
+        let mut ring = LogRing {
+            header: &mut header,
+            data: &mut [],
+        };
         ring.write_bytes(b"x");
         assert_eq!(header.written, 0);
     }

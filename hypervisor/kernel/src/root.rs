@@ -14,7 +14,11 @@ const DR6_INIT: u64 = 0xffff_0ff0;
 /// Fills the parts of the root vCPU's save area that VMSAVE does not:
 /// CS/SS/DS/ES, descriptor tables, control registers, flags, stack and
 /// resume point. `rax` is what the loader's call returns (0: started).
-pub fn root_save_area(c: &CapturedState, save: &mut SaveArea, rax: u64) -> Result<(), (StartError, u64)> {
+pub fn root_save_area(
+    c: &CapturedState,
+    save: &mut SaveArea,
+    rax: u64,
+) -> Result<(), (StartError, u64)> {
     if c.cr4 & CR4_LA57 != 0 {
         return Err((StartError::UnsupportedCpuState, c.cr4));
     }
@@ -29,8 +33,18 @@ pub fn root_save_area(c: &CapturedState, save: &mut SaveArea, rax: u64) -> Resul
     save.ss = decode_code_data(c.ss, c.ss_desc);
     save.ds = decode_code_data(c.ds, c.ds_desc);
     save.es = decode_code_data(c.es, c.es_desc);
-    save.gdtr = Segment { selector: 0, attrib: 0, limit: u32::from(c.gdtr.limit), base: c.gdtr.base };
-    save.idtr = Segment { selector: 0, attrib: 0, limit: u32::from(c.idtr.limit), base: c.idtr.base };
+    save.gdtr = Segment {
+        selector: 0,
+        attrib: 0,
+        limit: u32::from(c.gdtr.limit),
+        base: c.gdtr.base,
+    };
+    save.idtr = Segment {
+        selector: 0,
+        attrib: 0,
+        limit: u32::from(c.idtr.limit),
+        base: c.idtr.base,
+    };
     save.cpl = 0;
     save.efer = c.efer | efer::SVME;
     save.cr0 = c.cr0;
@@ -47,7 +61,11 @@ pub fn root_save_area(c: &CapturedState, save: &mut SaveArea, rax: u64) -> Resul
 }
 
 fn dtr(s: &Segment) -> DescriptorTableRegister {
-    DescriptorTableRegister { pad: [0; 3], limit: s.limit as u16, base: s.base }
+    DescriptorTableRegister {
+        pad: [0; 3],
+        limit: s.limit as u16,
+        base: s.base,
+    }
 }
 
 /// What the trampoline needs to resume a vCPU natively.
@@ -137,11 +155,18 @@ mod tests {
         assert_eq!(s.cs.attrib, 0xa9b);
         assert_eq!(s.ss.attrib, 0xc93);
         assert_eq!(s.ds.attrib, 0, "null DS is unusable");
-        assert_eq!(s.efer & efer::SVME, efer::SVME, "VMRUN requires guest EFER.SVME");
+        assert_eq!(
+            s.efer & efer::SVME,
+            efer::SVME,
+            "VMRUN requires guest EFER.SVME"
+        );
         assert_eq!((s.rip, s.rsp, s.rax, s.g_pat), (c.rip, c.rsp, 0, c.pat));
         assert_eq!((s.gdtr.base, s.gdtr.limit), (c.gdtr.base, 0x7f));
         assert_eq!((s.idtr.base, s.idtr.limit), (c.idtr.base, 0xfff));
-        assert_eq!((s.cr0, s.cr3, s.cr4, s.dr7, s.dr6), (c.cr0, c.cr3, c.cr4, 0x400, DR6_INIT));
+        assert_eq!(
+            (s.cr0, s.cr3, s.cr4, s.dr7, s.dr6),
+            (c.cr0, c.cr3, c.cr4, 0x400, DR6_INIT)
+        );
     }
 
     #[test]
@@ -149,7 +174,10 @@ mod tests {
         let mut s = save_area();
         let mut c = linux_state();
         c.cr4 |= CR4_LA57;
-        assert_eq!(root_save_area(&c, &mut s, 0), Err((StartError::UnsupportedCpuState, c.cr4)));
+        assert_eq!(
+            root_save_area(&c, &mut s, 0),
+            Err((StartError::UnsupportedCpuState, c.cr4))
+        );
         let mut c = linux_state();
         c.efer &= !efer::LMA;
         assert!(root_save_area(&c, &mut s, 0).is_err());
@@ -172,7 +200,10 @@ mod tests {
         assert_eq!(f.gprs[gpr::RBX], 0x103);
         assert_eq!(f.gprs[gpr::R15], 0x10f);
         assert_eq!(f.efer, c.efer, "EFER.SVME is dropped");
-        assert_eq!((f.rip, f.rsp, f.rflags, f.cr3), (c.rip, c.rsp, c.rflags, c.cr3));
+        assert_eq!(
+            (f.rip, f.rsp, f.rflags, f.cr3),
+            (c.rip, c.rsp, c.rflags, c.cr3)
+        );
         assert_eq!((f.cs, f.ss, f.ds, f.es), (0x10, 0x18, 0, 0));
         assert_eq!(f.gdtr, c.gdtr);
         assert_eq!(f.idtr, c.idtr);
@@ -183,7 +214,10 @@ mod tests {
         let c = linux_state();
         let f = early_frame(&c, StartError::OutOfMemory as u64);
         assert_eq!(f.gprs[gpr::RAX], 5);
-        assert_eq!((f.rip, f.rsp, f.cr3, f.cs, f.efer), (c.rip, c.rsp, c.cr3, 0x10, c.efer));
+        assert_eq!(
+            (f.rip, f.rsp, f.cr3, f.cs, f.efer),
+            (c.rip, c.rsp, c.cr3, 0x10, c.efer)
+        );
         assert_eq!(f.gdtr, c.gdtr);
     }
 }

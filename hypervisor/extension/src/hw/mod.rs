@@ -6,14 +6,16 @@ mod sys;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use microv_abi::launch::{BootInfo, ImageHeader, EXTENSION_HEAP, EXTENSION_IMAGE_MAGIC, LAUNCH_VERSION, PAGE_SIZE};
+use microv_abi::launch::{
+    BootInfo, ImageHeader, EXTENSION_HEAP, EXTENSION_IMAGE_MAGIC, LAUNCH_VERSION, PAGE_SIZE,
+};
 use microv_abi::syscall::{vs_layout, Upcall, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
 use microv_arch::cpuid::{CpuidResult, EXT1_EDX_PAGE1GB, LEAF_ADDRESS_SIZES};
+use microv_arch::instr;
 use microv_arch::mapper::TableMemory;
 use microv_arch::paging::ENTRIES;
 use microv_arch::svm::{self, Vmcb};
-use microv_arch::instr;
 
 use crate::exit::{self, Action};
 use crate::host::Host;
@@ -72,7 +74,10 @@ impl Write for LineBuf {
 }
 
 fn log(args: fmt::Arguments) {
-    let mut line = LineBuf { buf: [0; 256], len: 0 };
+    let mut line = LineBuf {
+        buf: [0; 256],
+        len: 0,
+    };
     let _ = line.write_fmt(args);
     sys::log(line.buf.get(..line.len).unwrap_or_default());
 }
@@ -167,7 +172,10 @@ fn gprs(id: u64) -> &'static mut [u64; 16] {
 
 fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
     HV.cpu_count.store(cpu_count, Ordering::Relaxed);
-    if ROOT_STATE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    if ROOT_STATE
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
         match build_root_tables() {
             Ok(()) => ROOT_STATE.store(2, Ordering::Release),
             Err(e) => {
@@ -215,7 +223,9 @@ fn on_exit(cpu: u64, id: u64) -> ! {
 
 /// Faults on purpose (test images): the microkernel must catch it.
 fn test_fault(kind: u64) -> ! {
-    log(format_args!("extension: faulting on purpose (hv.test_fault {kind})"));
+    log(format_args!(
+        "extension: faulting on purpose (hv.test_fault {kind})"
+    ));
     if kind == microv_abi::hypercall::test_fault::EXTENSION_INVALID_OPCODE {
         // SAFETY: raises #UD on purpose; the microkernel stops MicroV.
         unsafe { core::arch::asm!("ud2", options(noreturn)) }

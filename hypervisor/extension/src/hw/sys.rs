@@ -45,12 +45,16 @@ pub fn mem_stats() -> (u64, u64) {
 
 /// Runs a vCPU state; only returns if the microkernel refused.
 pub fn vs_run(id: u64) -> SysStatus {
-    call(Syscall::VsRun, id, 0).err().unwrap_or(SysStatus::UnknownSyscall)
+    call(Syscall::VsRun, id, 0)
+        .err()
+        .unwrap_or(SysStatus::UnknownSyscall)
 }
 
 /// Hands the CPU back to the root; only returns if the microkernel refused.
 pub fn vs_promote(id: u64) -> SysStatus {
-    call(Syscall::VsPromote, id, 0).err().unwrap_or(SysStatus::UnknownSyscall)
+    call(Syscall::VsPromote, id, 0)
+        .err()
+        .unwrap_or(SysStatus::UnknownSyscall)
 }
 
 /// Stops MicroV on this CPU with an error. Never returns.

@@ -3,12 +3,15 @@
 use core::sync::atomic::Ordering;
 
 use microv_abi::launch::{
-    self, BootInfo, CpuLanding, FaultRecord, BOOT_INFO_MAGIC, EXTENSION_STACKS, EXTENSION_STACK_SIZE,
-    EXTENSION_STACK_STRIDE, LAUNCH_VERSION, MAX_CHUNKS, MAX_CPUS, PAGE_SIZE, POOL_VA, SEGMENT_W, SEGMENT_X,
+    self, BootInfo, CpuLanding, FaultRecord, BOOT_INFO_MAGIC, EXTENSION_STACKS,
+    EXTENSION_STACK_SIZE, EXTENSION_STACK_STRIDE, LAUNCH_VERSION, MAX_CHUNKS, MAX_CPUS, PAGE_SIZE,
+    POOL_VA, SEGMENT_W, SEGMENT_X,
 };
 use microv_abi::syscall::{Upcall, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
-use microv_arch::descriptor::{encode_code_data, encode_interrupt_gate, encode_tss, selector, attrib};
+use microv_arch::descriptor::{
+    attrib, encode_code_data, encode_interrupt_gate, encode_tss, selector,
+};
 use microv_arch::instr;
 use microv_arch::msr;
 use microv_arch::svm::Vmcb;
@@ -34,9 +37,12 @@ fn boot_info(landing: &CpuLanding) -> Option<&'static BootInfo> {
     // SAFETY: the loader put the boot info in the pool at this address; it
     // is read-only for MicroV's lifetime.
     let bi = unsafe { (landing.boot_info as *const BootInfo).as_ref()? };
-    (bi.magic == BOOT_INFO_MAGIC && bi.launch_version == LAUNCH_VERSION && bi.chunk_count as usize <= MAX_CHUNKS
-        && bi.cpu_count as usize <= MAX_CPUS && bi.free_offset <= bi.pool_size())
-        .then_some(bi)
+    (bi.magic == BOOT_INFO_MAGIC
+        && bi.launch_version == LAUNCH_VERSION
+        && bi.chunk_count as usize <= MAX_CHUNKS
+        && bi.cpu_count as usize <= MAX_CPUS
+        && bi.free_offset <= bi.pool_size())
+    .then_some(bi)
 }
 
 /// Shared set-up, done by the first CPU: the frame allocator, the log, and
@@ -49,19 +55,35 @@ pub fn global_init(landing: &CpuLanding) -> Result<(), StartError> {
     mem.root_pa = landing.kernel_cr3;
     let total = (bi.pool_size() / PAGE_SIZE) as usize;
     let reserved = bi.free_offset.div_ceil(PAGE_SIZE) as usize;
-    mem.frames.init(total, reserved).map_err(|_| StartError::PoolTooSmall)?;
+    mem.frames
+        .init(total, reserved)
+        .map_err(|_| StartError::PoolTooSmall)?;
 
     let ext = &bi.extension;
     for seg in ext.segments.iter().take(ext.segment_count as usize) {
-        let pa = bi.pool_pa(ext.pool_offset + seg.offset).ok_or(StartError::BadImage)?;
-        mem.map_user(ext.base + seg.offset, pa, seg.size / PAGE_SIZE, seg.flags & SEGMENT_W != 0, seg.flags & SEGMENT_X != 0)
-            .map_err(|_| StartError::OutOfMemory)?;
+        let pa = bi
+            .pool_pa(ext.pool_offset + seg.offset)
+            .ok_or(StartError::BadImage)?;
+        mem.map_user(
+            ext.base + seg.offset,
+            pa,
+            seg.size / PAGE_SIZE,
+            seg.flags & SEGMENT_W != 0,
+            seg.flags & SEGMENT_X != 0,
+        )
+        .map_err(|_| StartError::OutOfMemory)?;
     }
     let bi_offset = landing.boot_info - POOL_VA;
     let bi_pa = bi.pool_pa(bi_offset).ok_or(StartError::BadImage)?;
-    mem.map_user(EXTENSION_BOOT_INFO, bi_pa, 2, false, false).map_err(|_| StartError::OutOfMemory)?;
+    mem.map_user(EXTENSION_BOOT_INFO, bi_pa, 2, false, false)
+        .map_err(|_| StartError::OutOfMemory)?;
     drop(mem);
-    log!("microkernel: pool {} MiB, {} CPUs, extension at {:#x}", bi.pool_size() >> 20, bi.cpu_count, ext.entry);
+    log!(
+        "microkernel: pool {} MiB, {} CPUs, extension at {:#x}",
+        bi.pool_size() >> 20,
+        bi.cpu_count,
+        ext.entry
+    );
     Ok(())
 }
 
@@ -77,7 +99,10 @@ pub fn early_return(landing: &mut CpuLanding, status: u64) -> ! {
 }
 
 fn alloc_va(pages: usize) -> Result<super::mm::Page, StartError> {
-    MEMORY.lock().alloc(pages).map_err(|_| StartError::OutOfMemory)
+    MEMORY
+        .lock()
+        .alloc(pages)
+        .map_err(|_| StartError::OutOfMemory)
 }
 
 /// Per-CPU bring-up, then the first upcall into the extension.
@@ -99,10 +124,16 @@ pub fn bring_up(landing: &mut CpuLanding) -> ! {
         early_return(landing, StartError::OutOfMemory as u64)
     };
     let ext_stack_base = EXTENSION_STACKS + index * EXTENSION_STACK_STRIDE;
-    if MEMORY.lock().map_user(ext_stack_base, ext_stack.pa, EXT_STACK_PAGES, true, false).is_err() {
+    if MEMORY
+        .lock()
+        .map_user(ext_stack_base, ext_stack.pa, EXT_STACK_PAGES, true, false)
+        .is_err()
+    {
         early_return(landing, StartError::OutOfMemory as u64)
     }
-    let Some(root) = vs::get(root_vs) else { early_return(landing, StartError::KernelFault as u64) };
+    let Some(root) = vs::get(root_vs) else {
+        early_return(landing, StartError::KernelFault as u64)
+    };
     // SAFETY: CR4 is readable in ring 0.
     if unsafe { instr::read_cr4() } & CR4_OSXSAVE == 0 {
         early_return(landing, StartError::UnsupportedCpuState as u64)
@@ -135,8 +166,16 @@ pub fn bring_up(landing: &mut CpuLanding) -> ! {
         // SAFETY: boot is set by global_init.
         pc.ext_entry = unsafe { mem.boot.as_ref() }.map_or(0, |b| b.extension.entry);
     }
-    let code = attrib::TYPE_CODE_RX_ACCESSED | attrib::S | attrib::PRESENT | attrib::LONG | attrib::GRANULARITY;
-    let data = attrib::TYPE_DATA_RW_ACCESSED | attrib::S | attrib::PRESENT | attrib::DB | attrib::GRANULARITY;
+    let code = attrib::TYPE_CODE_RX_ACCESSED
+        | attrib::S
+        | attrib::PRESENT
+        | attrib::LONG
+        | attrib::GRANULARITY;
+    let data = attrib::TYPE_DATA_RW_ACCESSED
+        | attrib::S
+        | attrib::PRESENT
+        | attrib::DB
+        | attrib::GRANULARITY;
     pc.gdt = [0; selector::GDT_ENTRIES];
     pc.gdt[1] = encode_code_data(code);
     pc.gdt[2] = encode_code_data(data);
@@ -152,9 +191,17 @@ pub fn bring_up(landing: &mut CpuLanding) -> ! {
     // SAFETY: the IDT page is ours; 32 gates of 16 bytes.
     let gates = unsafe { &mut *(idt.va as *mut [[u64; 2]; 256]) };
     for (v, gate) in gates.iter_mut().enumerate().take(32) {
-        *gate = encode_interrupt_gate(asm::microv_exception_stubs as *const () as u64 + 16 * v as u64, selector::KERNEL_CODE, 1);
+        *gate = encode_interrupt_gate(
+            asm::microv_exception_stubs as *const () as u64 + 16 * v as u64,
+            selector::KERNEL_CODE,
+            1,
+        );
     }
-    write_dtr(&mut pc.gdtr, (8 * selector::GDT_ENTRIES - 1) as u16, pc.gdt.as_ptr() as u64);
+    write_dtr(
+        &mut pc.gdtr,
+        (8 * selector::GDT_ENTRIES - 1) as u16,
+        pc.gdt.as_ptr() as u64,
+    );
     write_dtr(&mut pc.idtr, 4095, idt.va);
     // From here `fail` can find this CPU's data; the OS's GS base is safe in
     // the root vCPU state (VMSAVE above) and comes back on promotion.
@@ -178,7 +225,10 @@ pub fn bring_up(landing: &mut CpuLanding) -> ! {
         instr::wrmsr(msr::GS_BASE, percpu_page.va);
         instr::wrmsr(msr::KERNEL_GS_BASE, 0);
         instr::wrmsr(msr::FS_BASE, 0);
-        instr::wrmsr(msr::STAR, (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32));
+        instr::wrmsr(
+            msr::STAR,
+            (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32),
+        );
         instr::wrmsr(msr::LSTAR, asm::microv_syscall_entry as *const () as u64);
         instr::wrmsr(msr::CSTAR, 0);
         instr::wrmsr(msr::SFMASK, SFMASK);
@@ -188,7 +238,14 @@ pub fn bring_up(landing: &mut CpuLanding) -> ! {
     }
     log!("cpu {}: microkernel ready", index);
     // SAFETY: the per-CPU state is complete; the extension's entry and stack are mapped.
-    unsafe { asm::microv_enter_extension(Upcall::Bootstrap as u64, index, root_vs, u64::from(cpu_count(landing))) }
+    unsafe {
+        asm::microv_enter_extension(
+            Upcall::Bootstrap as u64,
+            index,
+            root_vs,
+            u64::from(cpu_count(landing)),
+        )
+    }
 }
 
 fn cpu_count(landing: &CpuLanding) -> u32 {
@@ -198,7 +255,8 @@ fn cpu_count(landing: &CpuLanding) -> u32 {
 fn injected_failure(index: u64) -> Option<StartError> {
     let flags = MEMORY.lock().boot_flags();
     let wanted = (flags >> launch::boot_flags::FAIL_CPU_SHIFT) & 0xff;
-    (flags & launch::boot_flags::FAIL_CPU != 0 && wanted == index).then_some(StartError::InjectedFailure)
+    (flags & launch::boot_flags::FAIL_CPU != 0 && wanted == index)
+        .then_some(StartError::InjectedFailure)
 }
 
 fn write_dtr(buf: &mut [u8; 16], limit: u16, base: u64) {
@@ -263,7 +321,12 @@ pub fn promote(id: u64) -> ! {
         instr::halt_forever()
     };
     // SAFETY: the VMCB and register pages are this vCPU state's.
-    let (save, gprs) = unsafe { (&(*(vs.vmcb_va as *const Vmcb)).save, &*(vs.gprs_va as *const [u64; 16])) };
+    let (save, gprs) = unsafe {
+        (
+            &(*(vs.vmcb_va as *const Vmcb)).save,
+            &*(vs.gprs_va as *const [u64; 16]),
+        )
+    };
     landing.promote = root::promote_frame(save, gprs);
     landing.running = 0;
     let entry = landing.promote_entry;
@@ -287,15 +350,29 @@ pub fn promote(id: u64) -> ! {
 /// MicroV cannot go on on this CPU: record why, make every CPU leave at its
 /// next exit, and give this CPU back to the root.
 pub fn fail(code: StartError, detail: u64) -> ! {
-    fail_with(FaultRecord { code: code as u32, vector: u32::MAX, error_code: 0, rip: 0, cr2: 0, cpl: 0, detail })
+    fail_with(FaultRecord {
+        code: code as u32,
+        vector: u32::MAX,
+        error_code: 0,
+        rip: 0,
+        cr2: 0,
+        cpl: 0,
+        detail,
+    })
 }
 
 /// As [`fail`], with a full fault record.
 pub fn fail_with(record: FaultRecord) -> ! {
     FAILED.store(record.code, Ordering::Release);
     let pc = percpu::current();
-    log!("cpu {}: MicroV stops: error {} (vector {:#x}, rip {:#x}, detail {:#x})", pc.index, record.code,
-        record.vector, record.rip, record.detail);
+    log!(
+        "cpu {}: MicroV stops: error {} (vector {:#x}, rip {:#x}, detail {:#x})",
+        pc.index,
+        record.code,
+        record.vector,
+        record.rip,
+        record.detail
+    );
     if let Some(l) = landing_of(pc) {
         l.fault = record;
         l.status = u64::from(record.code);

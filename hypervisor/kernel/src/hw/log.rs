@@ -23,7 +23,10 @@ pub fn write(args: core::fmt::Arguments) {
     let (header, data) = unsafe {
         (
             &mut *(base as *mut LogHeader),
-            core::slice::from_raw_parts_mut((base + header_size) as *mut u8, (size - header_size) as usize),
+            core::slice::from_raw_parts_mut(
+                (base + header_size) as *mut u8,
+                (size - header_size) as usize,
+            ),
         )
     };
     let mut w = LogRing { header, data };

@@ -18,8 +18,11 @@ pub struct Memory {
 // SAFETY: `boot` points at the boot info in the pool, read-only after start.
 unsafe impl Send for Memory {}
 
-pub static MEMORY: Mutex<Memory> =
-    Mutex::new(Memory { frames: FrameAllocator::new(), root_pa: 0, boot: core::ptr::null() });
+pub static MEMORY: Mutex<Memory> = Mutex::new(Memory {
+    frames: FrameAllocator::new(),
+    root_pa: 0,
+    boot: core::ptr::null(),
+});
 
 /// A pool page: its offset, physical address and hypervisor address.
 #[derive(Clone, Copy, Debug)]
@@ -57,11 +60,20 @@ impl Memory {
 
     /// Hypervisor address of a pool physical address.
     pub fn va_of(&self, pa: u64) -> Option<u64> {
-        self.boot().and_then(|b| b.pool_offset(pa)).map(|off| POOL_VA + off)
+        self.boot()
+            .and_then(|b| b.pool_offset(pa))
+            .map(|off| POOL_VA + off)
     }
 
     /// Maps `count` pages at `va` (extension space) to pool memory at `pa`.
-    pub fn map_user(&mut self, va: u64, pa: u64, count: u64, writable: bool, executable: bool) -> Result<(), MapError> {
+    pub fn map_user(
+        &mut self,
+        va: u64,
+        pa: u64,
+        count: u64,
+        writable: bool,
+        executable: bool,
+    ) -> Result<(), MapError> {
         let mut flags = USER;
         if writable {
             flags |= WRITABLE;
@@ -71,7 +83,15 @@ impl Memory {
         }
         let root = self.root_pa;
         for i in 0..count {
-            mapper::map(self, root, va + i * PAGE_SIZE, pa + i * PAGE_SIZE, 1, flags, USER | WRITABLE)?;
+            mapper::map(
+                self,
+                root,
+                va + i * PAGE_SIZE,
+                pa + i * PAGE_SIZE,
+                1,
+                flags,
+                USER | WRITABLE,
+            )?;
         }
         Ok(())
     }

@@ -58,7 +58,10 @@ extern "C" fn microv_kernel_main(landing_ptr: u64) -> ! {
         // Without a valid landing page there is no way back: stop here.
         microv_arch::instr::halt_forever()
     };
-    if GLOBAL_STATE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    if GLOBAL_STATE
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
         match cpu::global_init(landing) {
             Ok(()) => GLOBAL_STATE.store(2, Ordering::Release),
             Err(e) => {

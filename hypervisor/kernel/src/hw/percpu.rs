@@ -52,7 +52,9 @@ pub fn current() -> &'static mut PerCpu {
     let p: u64;
     // SAFETY: in ring 0 GS.base always points at this CPU's PerCpu page,
     // whose first field holds its own address.
-    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
+    };
     // SAFETY: the page is owned by this CPU alone; ring 0 code on this CPU
     // runs one thing at a time (GIF is clear), so no other reference is live.
     unsafe { &mut *(p as *mut PerCpu) }

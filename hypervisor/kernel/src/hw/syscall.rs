@@ -1,8 +1,8 @@
 //! The syscall gate and the exception handler: the two ways into ring 0
 //! from the extension.
 
-use microv_abi::syscall::{SysStatus, Syscall, EXTENSION_BOOT_INFO};
 use microv_abi::launch::{EXTENSION_HEAP, PAGE_SIZE};
+use microv_abi::syscall::{SysStatus, Syscall, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
 use microv_arch::instr;
 
@@ -51,7 +51,11 @@ fn dispatch(call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
         Syscall::MemAlloc => mem_alloc(a0),
         Syscall::MemStats => {
             let mem = MEMORY.lock();
-            (SysStatus::Success, mem.frames.total_pages() as u64, mem.frames.free_pages() as u64)
+            (
+                SysStatus::Success,
+                mem.frames.total_pages() as u64,
+                mem.frames.free_pages() as u64,
+            )
         }
         Syscall::VsCreate => match vs::create(None) {
             Ok(id) => (SysStatus::Success, id, 0),
@@ -68,7 +72,10 @@ fn dispatch(call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
             cpu::promote(a0)
         }
         Syscall::Fail => {
-            let code = u32::try_from(a0).ok().and_then(StartError::from_u32).unwrap_or(StartError::ExtensionError);
+            let code = u32::try_from(a0)
+                .ok()
+                .and_then(StartError::from_u32)
+                .unwrap_or(StartError::ExtensionError);
             cpu::fail(code, a1)
         }
     }
@@ -81,7 +88,9 @@ fn log_write(ptr: u64, len: u64) -> (SysStatus, u64, u64) {
         _ => return (SysStatus::InvalidArgument, 0, 0),
     }
     let mut buf = [0u8; MAX_LOG_WRITE as usize];
-    let Some(dst) = buf.get_mut(..len as usize) else { return (SysStatus::InvalidArgument, 0, 0) };
+    let Some(dst) = buf.get_mut(..len as usize) else {
+        return (SysStatus::InvalidArgument, 0, 0);
+    };
     // SAFETY: the range is in the extension's half; an unmapped page faults
     // in ring 0, which the exception handler reports as a microkernel fault
     // caused by the extension's argument. Copy first, then format.
@@ -96,10 +105,14 @@ fn mem_alloc(pages: u64) -> (SysStatus, u64, u64) {
         return (SysStatus::InvalidArgument, 0, 0);
     }
     let mut mem = MEMORY.lock();
-    let Ok(page) = mem.alloc(pages as usize) else { return (SysStatus::OutOfMemory, 0, 0) };
+    let Ok(page) = mem.alloc(pages as usize) else {
+        return (SysStatus::OutOfMemory, 0, 0);
+    };
     let va = EXTENSION_HEAP + page.offset;
     if mem.map_user(va, page.pa, pages, true, false).is_err() {
-        let _ = mem.frames.free((page.offset / PAGE_SIZE) as usize, pages as usize);
+        let _ = mem
+            .frames
+            .free((page.offset / PAGE_SIZE) as usize, pages as usize);
         return (SysStatus::OutOfMemory, 0, 0);
     }
     (SysStatus::Success, va, page.pa)
@@ -113,8 +126,17 @@ extern "C" fn microv_exception(frame: &ExceptionFrame) -> ! {
     let record = fault::record(frame, cr2);
     log!(
         "{} fault: {} (vector {}) error {:#x} at rip {:#x}, cr2 {:#x}, rsp {:#x}",
-        if frame.cs & 3 == 3 { "extension" } else { "microkernel" },
-        fault::vector_name(frame.vector), frame.vector, frame.error_code, frame.rip, cr2, frame.rsp
+        if frame.cs & 3 == 3 {
+            "extension"
+        } else {
+            "microkernel"
+        },
+        fault::vector_name(frame.vector),
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        cr2,
+        frame.rsp
     );
     cpu::fail_with(record)
 }

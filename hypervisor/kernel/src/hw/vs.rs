@@ -22,7 +22,8 @@ pub struct Vs {
 }
 
 const NO_VS: Option<Vs> = None;
-static STATES: Mutex<[Option<Vs>; vs_layout::MAX_VS as usize]> = Mutex::new([NO_VS; vs_layout::MAX_VS as usize]);
+static STATES: Mutex<[Option<Vs>; vs_layout::MAX_VS as usize]> =
+    Mutex::new([NO_VS; vs_layout::MAX_VS as usize]);
 
 /// Why a vCPU state could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,17 +35,28 @@ pub enum VsError {
 /// Creates a vCPU state; returns its id.
 pub fn create(root_of: Option<u64>) -> Result<u64, VsError> {
     let mut states = STATES.lock();
-    let id = states.iter().position(Option::is_none).ok_or(VsError::TooMany)? as u64;
+    let id = states
+        .iter()
+        .position(Option::is_none)
+        .ok_or(VsError::TooMany)? as u64;
     let mut mem = MEMORY.lock();
     let vmcb = mem.alloc(1).map_err(|_| VsError::OutOfMemory)?;
     let gprs = mem.alloc(1).map_err(|_| VsError::OutOfMemory)?;
     let fpu = mem.alloc(1).map_err(|_| VsError::OutOfMemory)?;
-    mem.map_user(vs_layout::vmcb(id), vmcb.pa, 1, true, false).map_err(|_| VsError::OutOfMemory)?;
-    mem.map_user(vs_layout::gprs(id), gprs.pa, 1, true, false).map_err(|_| VsError::OutOfMemory)?;
+    mem.map_user(vs_layout::vmcb(id), vmcb.pa, 1, true, false)
+        .map_err(|_| VsError::OutOfMemory)?;
+    mem.map_user(vs_layout::gprs(id), gprs.pa, 1, true, false)
+        .map_err(|_| VsError::OutOfMemory)?;
     // SAFETY: the FPU page was just allocated (zeroed) and is ours alone; an
     // all-zero XSAVE header means "initial state", MXCSR needs its default.
     unsafe { core::ptr::write((fpu.va as usize + XSAVE_MXCSR) as *mut u32, MXCSR_DEFAULT) };
-    let vs = Vs { vmcb_pa: vmcb.pa, vmcb_va: vmcb.va, gprs_va: gprs.va, fpu_va: fpu.va, root_of };
+    let vs = Vs {
+        vmcb_pa: vmcb.pa,
+        vmcb_va: vmcb.va,
+        gprs_va: gprs.va,
+        fpu_va: fpu.va,
+        root_of,
+    };
     if let Some(slot) = states.get_mut(id as usize) {
         *slot = Some(vs);
     }
@@ -53,5 +65,9 @@ pub fn create(root_of: Option<u64>) -> Result<u64, VsError> {
 
 /// Looks up a vCPU state.
 pub fn get(id: u64) -> Option<Vs> {
-    STATES.lock().get(usize::try_from(id).ok()?).copied().flatten()
+    STATES
+        .lock()
+        .get(usize::try_from(id).ok()?)
+        .copied()
+        .flatten()
 }
