@@ -9,7 +9,12 @@ use std::path::Path;
 const SCRIPT: &str = "set -e
 echo 'demo: microv start'; microv start
 echo 'demo: microv status'; microv status
+echo 'demo: Linux keeps working as the root VM: compressing 4 MiB and checking it'
+dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\\0' 'm' > /tmp/data
+gzip -c /tmp/data | gunzip -c | cmp - /tmp/data && echo 'demo: round trip identical'
+echo 'demo: microv log'; microv log
 echo 'demo: microv stop'; microv stop
+echo 'demo: microv status'; microv status | head -1
 echo 'demo: done'";
 
 pub fn run(root: &Path, args: &MachineArgs) -> Result<i32> {
