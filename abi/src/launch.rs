@@ -81,6 +81,19 @@ c_struct! {
 }
 const _: () = assert!(core::mem::size_of::<ImageHeader>() == 32);
 
+impl ImageHeader {
+    /// The header an image is built with; the build seals size and checksum.
+    pub const fn unsealed(magic: u64) -> Self {
+        ImageHeader {
+            magic,
+            launch_version: LAUNCH_VERSION,
+            header_size: core::mem::size_of::<ImageHeader>() as u32,
+            checksum: 0,
+            image_size: 0,
+        }
+    }
+}
+
 /// Offset of [`ImageHeader::checksum`] in the image.
 pub const IMAGE_CHECKSUM_OFFSET: usize = core::mem::offset_of!(ImageHeader, checksum);
 

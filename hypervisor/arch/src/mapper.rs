@@ -89,7 +89,10 @@ pub fn link_table(
     table_pa: u64,
     flags: u64,
 ) -> Result<(), MapError> {
-    if !(2..=3).contains(&level) || !va.is_multiple_of(paging::span(level)) || table_pa & !ADDRESS_MASK != 0 {
+    if !(2..=3).contains(&level)
+        || !va.is_multiple_of(paging::span(level))
+        || table_pa & !ADDRESS_MASK != 0
+    {
         return Err(MapError::Misaligned);
     }
     // Make a leaf one level down, then turn the entry above it into a link.

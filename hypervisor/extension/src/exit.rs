@@ -33,19 +33,24 @@ pub enum Action {
     TestFault(u64),
 }
 
+/// Exits of the SVM instructions, which the root must see fault.
+const SVM_INSTRUCTIONS: [u64; 7] = [
+    exit::VMRUN,
+    exit::VMLOAD,
+    exit::VMSAVE,
+    exit::STGI,
+    exit::CLGI,
+    exit::SKINIT,
+    exit::INVLPGA,
+];
+
 /// The exit-count class of an exit code.
 pub fn classify(code: u64) -> ExitKind {
     match code {
         exit::CPUID => ExitKind::Cpuid,
         exit::VMMCALL => ExitKind::Hypercall,
         exit::NPF => ExitKind::NestedPageFault,
-        exit::VMRUN
-        | exit::VMLOAD
-        | exit::VMSAVE
-        | exit::STGI
-        | exit::CLGI
-        | exit::SKINIT
-        | exit::INVLPGA => ExitKind::SvmInstruction,
+        c if SVM_INSTRUCTIONS.contains(&c) => ExitKind::SvmInstruction,
         exit::INIT => ExitKind::Init,
         exit::SHUTDOWN => ExitKind::Shutdown,
         exit::XSETBV => ExitKind::Xsetbv,
@@ -164,13 +169,7 @@ pub fn handle(
                 Outcome::TestFault(kind) => Action::TestFault(kind),
             }
         }
-        exit::VMRUN
-        | exit::VMLOAD
-        | exit::VMSAVE
-        | exit::STGI
-        | exit::CLGI
-        | exit::SKINIT
-        | exit::INVLPGA => {
+        c if SVM_INSTRUCTIONS.contains(&c) => {
             // The root sees no SVM: these raise #UD as they would natively.
             inject(vmcb, event::exception(vector::UD));
             Action::Resume
@@ -330,15 +329,7 @@ mod tests {
     #[test]
     fn svm_instructions_fault_and_init_is_dropped() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
-        for code in [
-            exit::VMRUN,
-            exit::VMLOAD,
-            exit::VMSAVE,
-            exit::STGI,
-            exit::CLGI,
-            exit::SKINIT,
-            exit::INVLPGA,
-        ] {
+        for code in SVM_INSTRUCTIONS {
             let (mut v, mut g) = vcpu(code);
             assert_eq!(handle(&mut v, &mut g, 1, &hv, &mut host), Action::Resume);
             assert_eq!(v.control.event_inj, event::exception(vector::UD));

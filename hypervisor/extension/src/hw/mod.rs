@@ -6,9 +6,7 @@ mod sys;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use microv_abi::launch::{
-    BootInfo, ImageHeader, EXTENSION_HEAP, EXTENSION_IMAGE_MAGIC, LAUNCH_VERSION, PAGE_SIZE,
-};
+use microv_abi::launch::{BootInfo, ImageHeader, EXTENSION_HEAP, EXTENSION_IMAGE_MAGIC, PAGE_SIZE};
 use microv_abi::syscall::{vs_layout, Upcall, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
 use microv_arch::cpuid::{CpuidResult, EXT1_EDX_PAGE1GB, LEAF_ADDRESS_SIZES};
@@ -26,13 +24,7 @@ use crate::state::HvState;
 #[used]
 #[no_mangle]
 #[link_section = ".mvheader"]
-pub static MICROV_EXTENSION_HEADER: ImageHeader = ImageHeader {
-    magic: EXTENSION_IMAGE_MAGIC,
-    launch_version: LAUNCH_VERSION,
-    header_size: core::mem::size_of::<ImageHeader>() as u32,
-    checksum: 0,
-    image_size: 0,
-};
+pub static MICROV_EXTENSION_HEADER: ImageHeader = ImageHeader::unsealed(EXTENSION_IMAGE_MAGIC);
 
 core::arch::global_asm!(
     r#"

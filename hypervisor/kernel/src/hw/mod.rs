@@ -11,7 +11,7 @@ mod vs;
 
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
-use microv_abi::launch::{self, CpuLanding, ImageHeader, KERNEL_IMAGE_MAGIC, LAUNCH_VERSION};
+use microv_abi::launch::{self, CpuLanding, ImageHeader, KERNEL_IMAGE_MAGIC};
 use microv_abi::StartError;
 
 use self::log::log;
@@ -20,13 +20,7 @@ use self::log::log;
 #[used]
 #[no_mangle]
 #[link_section = ".mvheader"]
-pub static MICROV_KERNEL_HEADER: ImageHeader = ImageHeader {
-    magic: KERNEL_IMAGE_MAGIC,
-    launch_version: LAUNCH_VERSION,
-    header_size: core::mem::size_of::<ImageHeader>() as u32,
-    checksum: 0,
-    image_size: 0,
-};
+pub static MICROV_KERNEL_HEADER: ImageHeader = ImageHeader::unsealed(KERNEL_IMAGE_MAGIC);
 
 /// Set to a `StartError` when MicroV must stop everywhere (a fault on some
 /// CPU): every CPU then hands itself back to the root at its next exit.
@@ -48,7 +42,7 @@ fn landing(ptr: u64) -> Option<&'static mut CpuLanding> {
     // SAFETY: the trampoline passes the landing page, mapped here at the
     // loader's address; it belongs to this CPU.
     let l = unsafe { (ptr as *mut CpuLanding).as_mut()? };
-    (l.magic == launch::LANDING_MAGIC && l.launch_version == LAUNCH_VERSION).then_some(l)
+    (l.magic == launch::LANDING_MAGIC && l.launch_version == launch::LAUNCH_VERSION).then_some(l)
 }
 
 /// Called by `microv_kernel_entry` on each CPU, on its kernel stack.
