@@ -52,4 +52,13 @@ mod tests {
         }
         assert_eq!(ExitKind::from_u32(EXIT_KINDS_MAX as u32), None);
     }
+
+    #[test]
+    fn names_are_short_unique_identifiers() {
+        for (i, a) in ExitKind::ALL.iter().enumerate() {
+            assert!(a.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{a:?}");
+            assert!(ExitKind::ALL.iter().skip(i + 1).all(|b| b.name() != a.name()));
+        }
+        assert_eq!(ExitKind::Hypercall.name(), "vmmcall");
+    }
 }

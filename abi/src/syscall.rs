@@ -120,6 +120,14 @@ mod tests {
         assert_eq!(Syscall::from_u64(99), None);
     }
 
+    #[test]
+    fn vs_pages_are_adjacent_and_distinct() {
+        assert_eq!(vs_layout::vmcb(0), vs_layout::WINDOW);
+        assert_eq!(vs_layout::gprs(0), vs_layout::WINDOW + 4096);
+        assert_eq!(vs_layout::vmcb(1), vs_layout::WINDOW + vs_layout::STRIDE);
+        assert!(vs_layout::gprs(1) < vs_layout::vmcb(2));
+    }
+
     const _: () = assert!(vs_layout::gprs(vs_layout::MAX_VS) < crate::launch::EXTENSION_STACKS);
     const _: () = assert!(EXTENSION_BOOT_INFO + 8192 <= crate::launch::EXTENSION_BASE);
 }

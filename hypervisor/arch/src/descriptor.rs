@@ -172,6 +172,13 @@ mod tests {
     }
 
     #[test]
+    fn privilege_levels_land_in_bits_5_and_6() {
+        assert_eq!(attrib::dpl(3), 0x60);
+        assert_eq!(attrib::dpl(0), 0);
+        assert_eq!(attrib::dpl(7), 0x60, "only two bits");
+    }
+
+    #[test]
     fn tss_descriptor_layout() {
         let [low, high] = encode_tss(0xffff_8000_1234_5000, 103);
         assert_eq!(low & 0xffff, 103);

@@ -152,3 +152,19 @@ pub fn halt_forever() -> ! {
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Only the unprivileged instructions can run in a host test.
+    #[test]
+    fn cpuid_reports_a_vendor_and_rdtsc_moves_forward() {
+        let leaf0 = cpuid(0, 0);
+        assert!(leaf0.eax >= 1, "highest basic leaf");
+        assert_ne!((leaf0.ebx, leaf0.ecx, leaf0.edx), (0, 0, 0));
+        let t0 = rdtsc();
+        let t1 = rdtsc();
+        assert!(t1 >= t0);
+    }
+}
