@@ -56,8 +56,14 @@ mod tests {
     #[test]
     fn names_are_short_unique_identifiers() {
         for (i, a) in ExitKind::ALL.iter().enumerate() {
-            assert!(a.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{a:?}");
-            assert!(ExitKind::ALL.iter().skip(i + 1).all(|b| b.name() != a.name()));
+            assert!(
+                a.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{a:?}"
+            );
+            assert!(ExitKind::ALL
+                .iter()
+                .skip(i + 1)
+                .all(|b| b.name() != a.name()));
         }
         assert_eq!(ExitKind::Hypercall.name(), "vmmcall");
     }

@@ -378,7 +378,10 @@ mod tests {
     #[test]
     fn fnv_matches_reference_values() {
         let h = ImageHeader::unsealed(KERNEL_IMAGE_MAGIC);
-        assert_eq!((h.magic, h.launch_version, h.header_size), (KERNEL_IMAGE_MAGIC, LAUNCH_VERSION, 32));
+        assert_eq!(
+            (h.magic, h.launch_version, h.header_size),
+            (KERNEL_IMAGE_MAGIC, LAUNCH_VERSION, 32)
+        );
         assert_eq!((h.checksum, h.image_size), (0, 0));
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);

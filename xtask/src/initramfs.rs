@@ -3,8 +3,8 @@
 //! extra files from `--add`, and the generated `/init`.
 
 use crate::prereq::{self, Kernel};
-use crate::stage;
 use crate::util;
+use crate::{stage, test_tools};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Write;
@@ -93,13 +93,16 @@ pub fn build(
 }
 
 /// Puts whatever the stage holds where the machine expects it: the CLI and
-/// guest helpers in /usr/bin, the driver and the images in /usr/lib/microv.
+/// guest helpers in /usr/bin, the driver and the images in /usr/lib/microv,
+/// the test module and the e2e library in /usr/lib/microv-tests.
 fn install_stage(stage: &Path, root: &Path) -> Result<()> {
-    for (name, dest) in [
+    let mut installs = vec![
         (stage::CLI, "usr/bin"),
         (stage::KVM_SMOKE, "usr/bin"),
         (stage::MODULE, "usr/lib/microv"),
-    ] {
+    ];
+    installs.extend(test_tools::installs());
+    for (name, dest) in installs {
         let src = stage.join(name);
         if src.exists() {
             util::copy_tree(&src, &root.join(dest).join(name))?;

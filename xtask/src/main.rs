@@ -12,6 +12,7 @@ mod initramfs;
 mod machine;
 mod prereq;
 mod stage;
+mod test_tools;
 mod testing;
 mod unit;
 mod util;

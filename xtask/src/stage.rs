@@ -2,7 +2,7 @@
 //! machine into the stage directory, `target/microv/`.
 
 use crate::prereq::{self, Need};
-use crate::{images, util};
+use crate::{images, test_tools, util};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,12 @@ pub fn build(root: &Path, test_hooks: bool) -> Result<PathBuf> {
         eprintln!("[xtask] warning: loaders/linux/Kbuild does not exist yet; skipping microv.ko");
     }
     build_guest_programs(root, &stage)?;
+    let headers = if needs_module {
+        Some(prereq::kernel()?.headers)
+    } else {
+        None
+    };
+    test_tools::build(root, &stage, headers.as_deref()).context("building the guest test tools")?;
     eprintln!("[xtask] stage ready: {}", stage.display());
     Ok(stage)
 }
@@ -134,7 +140,7 @@ fn build_guest_programs(root: &Path, stage: &Path) -> Result<()> {
 }
 
 /// Whether `out` exists and is at least as new as `src`.
-fn is_newer(out: &Path, src: &Path) -> bool {
+pub fn is_newer(out: &Path, src: &Path) -> bool {
     let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
     matches!((mtime(out), mtime(src)), (Some(o), Some(s)) if o >= s)
 }

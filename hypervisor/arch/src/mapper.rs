@@ -131,6 +131,69 @@ pub fn link_table(
     Ok(())
 }
 
+/// The table holding the level-`level` entry for `va`, walking existing
+/// tables only (nothing is allocated).
+fn table_for(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    va: u64,
+    level: u32,
+) -> Result<u64, MapError> {
+    if !(1..=4).contains(&level) {
+        return Err(MapError::Misaligned);
+    }
+    let mut table = root_pa;
+    let mut current = 4;
+    while current > level {
+        let e = *mem
+            .table(table)
+            .ok_or(MapError::BadTable)?
+            .get(paging::index(va, current))
+            .ok_or(MapError::BadTable)?;
+        if e & PRESENT == 0 || e & HUGE != 0 {
+            return Err(MapError::BadTable);
+        }
+        table = e & ADDRESS_MASK;
+        current -= 1;
+    }
+    Ok(table)
+}
+
+/// The level-`level` entry for `va`.
+pub fn entry(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    va: u64,
+    level: u32,
+) -> Result<u64, MapError> {
+    let table = table_for(mem, root_pa, va, level)?;
+    mem.table(table)
+        .ok_or(MapError::BadTable)?
+        .get(paging::index(va, level))
+        .copied()
+        .ok_or(MapError::BadTable)
+}
+
+/// Overwrites the level-`level` entry for `va` with `new` in one write and
+/// returns the old one. The tables above it must exist. Used to change a
+/// live mapping, for example to split a 2 MiB page into a table with the
+/// same translation but finer permissions.
+pub fn replace_entry(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    va: u64,
+    level: u32,
+    new: u64,
+) -> Result<u64, MapError> {
+    let table = table_for(mem, root_pa, va, level)?;
+    let slot = mem
+        .table(table)
+        .ok_or(MapError::BadTable)?
+        .get_mut(paging::index(va, level))
+        .ok_or(MapError::BadTable)?;
+    Ok(core::mem::replace(slot, new))
+}
+
 /// Walks the tables for `va`: the physical address it maps to and the leaf
 /// entry's flags, or `None` if it is not mapped.
 pub fn translate(mem: &mut dyn TableMemory, root_pa: u64, va: u64) -> Option<(u64, u64)> {
@@ -309,6 +372,45 @@ mod tests {
             link_table(&mut m, root, 0x8000_0000, 2, shared, 0),
             Err(MapError::AlreadyMapped)
         );
+    }
+
+    #[test]
+    fn replacing_an_entry_splits_a_large_page() {
+        let (mut m, root) = FakeTables::new(16);
+        map(&mut m, root, 0x20_0000, 0x40_0000, 2, WRITABLE, WRITABLE).unwrap();
+        let pt = m.alloc_table().unwrap();
+        for (i, e) in m.table(pt).unwrap().iter_mut().enumerate() {
+            *e = (0x40_0000 + i as u64 * 0x1000) | PRESENT | if i == 0 { 0 } else { NO_EXECUTE };
+        }
+        let old = replace_entry(&mut m, root, 0x20_0000, 2, pt | PRESENT | WRITABLE).unwrap();
+        assert_eq!(old, 0x40_0000 | PRESENT | HUGE | WRITABLE);
+        assert_eq!(
+            translate(&mut m, root, 0x20_0123),
+            Some((0x40_0123, PRESENT))
+        );
+        assert_eq!(
+            translate(&mut m, root, 0x20_1000).unwrap().1 & NO_EXECUTE,
+            NO_EXECUTE
+        );
+        assert_eq!(
+            entry(&mut m, root, 0x20_1000, 1),
+            Ok(0x40_1000 | PRESENT | NO_EXECUTE)
+        );
+        assert_eq!(
+            replace_entry(&mut m, root, 0x20_1000, 1, 0),
+            Ok(0x40_1000 | PRESENT | NO_EXECUTE)
+        );
+        assert_eq!(translate(&mut m, root, 0x20_1000), None);
+        assert_eq!(
+            replace_entry(&mut m, root, 0x8000_0000, 1, 0),
+            Err(MapError::BadTable)
+        );
+        assert_eq!(
+            replace_entry(&mut m, root, 0, 5, 0),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(entry(&mut m, root, 0x8000_0000, 2), Err(MapError::BadTable));
+        assert_eq!(entry(&mut m, root, 0x40_0000, 2), Ok(0));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 pub mod fault;
 pub mod frame;
+pub mod layout;
 pub mod log;
 pub mod root;
 

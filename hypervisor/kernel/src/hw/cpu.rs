@@ -58,6 +58,7 @@ pub fn global_init(landing: &CpuLanding) -> Result<(), StartError> {
     mem.frames
         .init(total, reserved)
         .map_err(|_| StartError::PoolTooSmall)?;
+    mem.harden(bi).map_err(|_| StartError::OutOfMemory)?;
 
     let ext = &bi.extension;
     for seg in ext.segments.iter().take(ext.segment_count as usize) {

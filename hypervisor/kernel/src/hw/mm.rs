@@ -1,12 +1,16 @@
 //! The pool as the microkernel sees it: the frame allocator, physical to
 //! virtual translation, and MicroV's own page tables.
 
-use microv_abi::launch::{BootInfo, PAGE_SIZE, POOL_VA};
+use microv_abi::launch::{
+    BootInfo, CpuLanding, CHUNK_SIZE, KERNEL_STACK_SIZE, MAX_CPUS, PAGE_SIZE, POOL_VA,
+};
+use microv_arch::instr;
 use microv_arch::mapper::{self, MapError, TableMemory};
-use microv_arch::paging::{ENTRIES, NO_EXECUTE, USER, WRITABLE};
+use microv_arch::paging::{ENTRIES, NO_EXECUTE, PRESENT, USER, WRITABLE};
 use spin::Mutex;
 
 use crate::frame::{FrameAllocator, FrameError};
+use crate::layout;
 
 /// The pool's frames and the page tables, under one lock.
 pub struct Memory {
@@ -93,6 +97,51 @@ impl Memory {
                 USER | WRITABLE,
             )?;
         }
+        Ok(())
+    }
+}
+
+impl Memory {
+    /// Replaces the loader's read-write-execute mapping of the pool: W^X
+    /// for the microkernel's image, no execute anywhere else, and an
+    /// unmapped guard page under each CPU's stack (see `layout`).
+    pub fn harden(&mut self, bi: &BootInfo) -> Result<(), MapError> {
+        let mut guards = [u64::MAX; MAX_CPUS];
+        let cpus = (bi.cpu_count as usize).min(MAX_CPUS);
+        for (guard, &landing) in guards.iter_mut().zip(bi.landing.iter()).take(cpus) {
+            // SAFETY: the loader maps every landing page at its own address
+            // for MicroV's lifetime; only `kernel_stack_top` is read.
+            let top = unsafe { (*(landing as *const CpuLanding)).kernel_stack_top };
+            *guard = layout::stack_guard(top.wrapping_sub(POOL_VA), KERNEL_STACK_SIZE);
+        }
+        let guards = guards.get(..cpus).unwrap_or_default();
+        let root = self.root_pa;
+        for chunk in 0..u64::from(bi.chunk_count) {
+            let offset = chunk * CHUNK_SIZE;
+            let va = POOL_VA + offset;
+            let pa = bi.pool_pa(offset).ok_or(MapError::BadTable)?;
+            let new = if layout::chunk_needs_table(offset, &bi.kernel, guards) {
+                let table = self.alloc(1).map_err(|_| MapError::OutOfMemory)?;
+                // SAFETY: the page was just allocated for this table.
+                let entries = unsafe { &mut *(table.va as *mut [u64; ENTRIES]) };
+                for (i, e) in (0u64..).zip(entries.iter_mut()) {
+                    let flags = layout::page_flags(offset + i * PAGE_SIZE, &bi.kernel, guards);
+                    *e = if flags == 0 {
+                        0
+                    } else {
+                        (pa + i * PAGE_SIZE) | flags
+                    };
+                }
+                table.pa | PRESENT | WRITABLE
+            } else {
+                mapper::entry(self, root, va, 2)? | NO_EXECUTE
+            };
+            // One write: the chunk may hold the very tables being walked.
+            mapper::replace_entry(self, root, va, 2, new)?;
+        }
+        // SAFETY: reloading CR3 with its own value only flushes the TLB
+        // (MicroV's entries are never global).
+        unsafe { instr::write_cr3(instr::read_cr3()) };
         Ok(())
     }
 }

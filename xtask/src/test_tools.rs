@@ -1,0 +1,84 @@
+//! The guest-side test tools from `tests/vm/` besides kvm-smoke: small static
+//! C programs for the e2e scripts, the `mvprobe` test module, and the shell
+//! library the scripts source. `stage::build` builds them into the stage and
+//! `initramfs::install_stage` installs them where [`TOOLS`] says.
+
+use crate::{prereq, stage, util};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+/// Where the test-only files (not programs) go in the machine.
+pub const TEST_DIR: &str = "usr/lib/microv-tests";
+
+/// Static C programs: `tests/vm/<name>.c` → stage `<name>` → `/usr/bin/<name>`.
+pub const PROGRAMS: &[&str] = &["mv-hypercall", "cpuid-query", "mv-physpage"];
+
+/// The test module's name in the stage and in [`TEST_DIR`].
+pub const MVPROBE: &str = "mvprobe.ko";
+
+/// The e2e scripts' shared shell functions: `tests/vm/e2e-lib.sh`, sourced
+/// from [`TEST_DIR`].
+pub const E2E_LIB: &str = "e2e-lib.sh";
+
+/// Every stage file of this module and the machine directory it goes to.
+pub fn installs() -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<(&str, &str)> = PROGRAMS.iter().map(|p| (*p, "usr/bin")).collect();
+    v.push((MVPROBE, TEST_DIR));
+    v.push((E2E_LIB, TEST_DIR));
+    v
+}
+
+/// Builds the programs and copies the library; builds mvprobe.ko when
+/// `headers` (the kernel headers directory) is given.
+pub fn build(root: &Path, stage: &Path, headers: Option<&Path>) -> Result<()> {
+    let vm = root.join("tests/vm");
+    for name in PROGRAMS {
+        let src = vm.join(format!("{name}.c"));
+        let out = stage.join(name);
+        if stage::is_newer(&out, &src) {
+            continue;
+        }
+        let gcc = prereq::tool("gcc", "gcc libc6-dev")?;
+        util::run(
+            Command::new(gcc)
+                .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+                .arg(&out)
+                .arg(&src),
+        )
+        .with_context(|| format!("building tests/vm/{name}.c (a static build needs libc6-dev)"))?;
+    }
+    util::copy_if_changed(&vm.join(E2E_LIB), &stage.join(E2E_LIB))?;
+    match headers {
+        Some(h) => build_mvprobe(root, stage, h)?,
+        None => {
+            let _ = fs::remove_file(stage.join(MVPROBE));
+        }
+    }
+    Ok(())
+}
+
+/// Like the driver: Kbuild writes next to its sources, so build a copy.
+fn build_mvprobe(root: &Path, stage: &Path, headers: &Path) -> Result<()> {
+    let src = root.join("tests/vm/mvprobe");
+    let build_dir = stage.join("mvprobe-build");
+    for name in ["Kbuild", "mvprobe.c"] {
+        util::copy_if_changed(&src.join(name), &build_dir.join(name))?;
+    }
+    let make = prereq::tool("make", "make")?;
+    util::run(
+        Command::new(make)
+            .arg("-C")
+            .arg(headers)
+            .arg(format!("M={}", build_dir.display()))
+            .arg("modules"),
+    )
+    .context("building tests/vm/mvprobe (the test module)")?;
+    let built = build_dir.join(MVPROBE);
+    if !built.exists() {
+        bail!("the mvprobe build produced no {}", built.display());
+    }
+    util::copy_if_changed(&built, &stage.join(MVPROBE))?;
+    Ok(())
+}
