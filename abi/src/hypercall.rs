@@ -22,6 +22,17 @@ pub const SIGNATURE: u64 = 0x764D;
 /// must match.
 pub const ABI_VERSION: u64 = 1 << 32;
 
+/// MicroV's own (software) version, as `id.version` returns it in R11:
+/// major in bits 47:32, minor in 31:16, patch in 15:0.
+pub const fn encode_version(major: u16, minor: u16, patch: u16) -> u64 {
+    (major as u64) << 32 | (minor as u64) << 16 | patch as u64
+}
+
+/// Reads a version made by [`encode_version`].
+pub const fn decode_version(v: u64) -> (u16, u16, u16) {
+    ((v >> 32) as u16, (v >> 16) as u16, v as u16)
+}
+
 /// Major part of an ABI version.
 pub const fn abi_major(version: u64) -> u32 {
     (version >> 32) as u32
@@ -260,6 +271,12 @@ mod tests {
             assert!(!s.description().is_empty());
         }
         assert_eq!(Status::from_u64(999), None);
+    }
+
+    #[test]
+    fn software_versions_round_trip() {
+        assert_eq!(decode_version(encode_version(1, 22, 333)), (1, 22, 333));
+        assert_eq!(encode_version(0, 1, 0), 0x1_0000);
     }
 
     #[test]

@@ -86,6 +86,8 @@ c_struct! {
         pub start_mode: u32,
         pub abi_version: u64,
         pub capabilities: u64,
+        /// MicroV's software version (`hypercall::encode_version`), 0 when stopped.
+        pub hv_version: u64,
         pub cpu_count: u32,
         pub chunk_count: u32,
         pub pool_bytes: u64,

@@ -17,6 +17,7 @@ last error and fault record if there is one.
 With --json, prints one JSON object with these fields (names are stable):
   state             \"running\", \"stopped\" or \"failed\"
   start_mode        \"late_launch\", \"early_boot\" or null when stopped
+  version           MicroV's version \"MAJOR.MINOR.PATCH\", or null when stopped
   abi_version       \"MAJOR.MINOR\"; abi_version_raw: the 64-bit value
   capabilities      names of the capability bits set (late_launch, early_boot,
                     amd_svm, intel_vmx, test_hooks, bit<N>); capabilities_raw

@@ -62,6 +62,11 @@ fn abi_version_text(v: u64) -> String {
     format!("{}.{}", abi_major(v), v as u32)
 }
 
+fn hv_version_text(v: u64) -> String {
+    let (major, minor, patch) = microv_abi::hypercall::decode_version(v);
+    format!("{major}.{minor}.{patch}")
+}
+
 /// `StartError` variant names in snake_case (`extension_fault`).
 fn error_name(e: StartError) -> String {
     let mut out = String::new();
@@ -185,6 +190,9 @@ pub fn status_text(st: &HvStatus) -> String {
     if st.state == hv_state::RUNNING {
         line("uptime", uptime_text(st.uptime_ns));
     }
+    if st.hv_version != 0 {
+        line("version", hv_version_text(st.hv_version));
+    }
     line("abi version", abi_version_text(st.abi_version));
     let caps = capability_names(st.capabilities);
     line(
@@ -279,6 +287,7 @@ pub fn status_text(st: &HvStatus) -> String {
 struct JsonStatus {
     state: String,
     start_mode: Option<String>,
+    version: Option<String>,
     abi_version: String,
     abi_version_raw: u64,
     capabilities: Vec<String>,
@@ -337,6 +346,7 @@ pub fn status_json(st: &HvStatus) -> String {
     let json = JsonStatus {
         state: state_name(st.state),
         start_mode: start_mode_name(st.start_mode),
+        version: (st.hv_version != 0).then(|| hv_version_text(st.hv_version)),
         abi_version: abi_version_text(st.abi_version),
         abi_version_raw: st.abi_version,
         capabilities: capability_names(st.capabilities),

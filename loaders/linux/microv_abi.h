@@ -97,7 +97,7 @@
 /* ioctls on /dev/microv */
 #define MV_IOC_START 0xc1f04d01ULL
 #define MV_IOC_STOP 0xc0104d02ULL
-#define MV_IOC_STATUS 0xe2784d03ULL
+#define MV_IOC_STATUS 0xe2804d03ULL
 #define MV_IOC_LOG 0xc0204d04ULL
 #define MV_IOC_TEST_FAULT 0xc0184d05ULL
 
@@ -472,6 +472,7 @@ struct mv_status {
 	__u32 start_mode;
 	__u64 abi_version;
 	__u64 capabilities;
+	__u64 hv_version;
 	__u32 cpu_count;
 	__u32 chunk_count;
 	__u64 pool_bytes;
@@ -487,17 +488,18 @@ _Static_assert(offsetof(struct mv_status, state) == 0, "mv_status.state");
 _Static_assert(offsetof(struct mv_status, start_mode) == 4, "mv_status.start_mode");
 _Static_assert(offsetof(struct mv_status, abi_version) == 8, "mv_status.abi_version");
 _Static_assert(offsetof(struct mv_status, capabilities) == 16, "mv_status.capabilities");
-_Static_assert(offsetof(struct mv_status, cpu_count) == 24, "mv_status.cpu_count");
-_Static_assert(offsetof(struct mv_status, chunk_count) == 28, "mv_status.chunk_count");
-_Static_assert(offsetof(struct mv_status, pool_bytes) == 32, "mv_status.pool_bytes");
-_Static_assert(offsetof(struct mv_status, pool_free_bytes) == 40, "mv_status.pool_free_bytes");
-_Static_assert(offsetof(struct mv_status, pool_first_pa) == 48, "mv_status.pool_first_pa");
-_Static_assert(offsetof(struct mv_status, uptime_ns) == 56, "mv_status.uptime_ns");
-_Static_assert(offsetof(struct mv_status, last_error_code) == 64, "mv_status.last_error_code");
-_Static_assert(offsetof(struct mv_status, last_error_cpu) == 68, "mv_status.last_error_cpu");
-_Static_assert(offsetof(struct mv_status, last_fault) == 72, "mv_status.last_fault");
-_Static_assert(offsetof(struct mv_status, cpus) == 120, "mv_status.cpus");
-_Static_assert(sizeof(struct mv_status) == 8824, "sizeof mv_status");
+_Static_assert(offsetof(struct mv_status, hv_version) == 24, "mv_status.hv_version");
+_Static_assert(offsetof(struct mv_status, cpu_count) == 32, "mv_status.cpu_count");
+_Static_assert(offsetof(struct mv_status, chunk_count) == 36, "mv_status.chunk_count");
+_Static_assert(offsetof(struct mv_status, pool_bytes) == 40, "mv_status.pool_bytes");
+_Static_assert(offsetof(struct mv_status, pool_free_bytes) == 48, "mv_status.pool_free_bytes");
+_Static_assert(offsetof(struct mv_status, pool_first_pa) == 56, "mv_status.pool_first_pa");
+_Static_assert(offsetof(struct mv_status, uptime_ns) == 64, "mv_status.uptime_ns");
+_Static_assert(offsetof(struct mv_status, last_error_code) == 72, "mv_status.last_error_code");
+_Static_assert(offsetof(struct mv_status, last_error_cpu) == 76, "mv_status.last_error_cpu");
+_Static_assert(offsetof(struct mv_status, last_fault) == 80, "mv_status.last_fault");
+_Static_assert(offsetof(struct mv_status, cpus) == 128, "mv_status.cpus");
+_Static_assert(sizeof(struct mv_status) == 8832, "sizeof mv_status");
 
 struct mv_log_args {
 	__u64 user_addr;

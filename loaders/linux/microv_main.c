@@ -429,8 +429,10 @@ static void fill_status(struct mv_status *s)
 	{
 		u64 r10 = 0, r11 = 0, r12 = 0, r13 = 0;
 
-		if (mv_hypercall(MV_HC_ID_VERSION, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS)
+		if (mv_hypercall(MV_HC_ID_VERSION, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS) {
 			s->abi_version = r10;
+			s->hv_version = r11;
+		}
 		r10 = 0;
 		if (mv_hypercall(MV_HC_ID_CAPABILITIES, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS)
 			s->capabilities = r10;

@@ -8,7 +8,9 @@
 //
 // Prints `rax=0x... r10=0x... r11=0x... r12=0x... r13=0x...` and exits 0, or
 // prints `sigill` and exits 2 if the instruction raised #UD (no hypervisor,
-// or a RAX without MicroV's signature). Exits 1 on a usage error.
+// or a RAX without MicroV's signature). Any other signal the instruction
+// raises is reported as `signal=N` with exit 3 (a nested KVM on Intel, for
+// example, answers a ring-3 vmmcall with #GP). Exits 1 on a usage error.
 //
 // Built statically by `cargo xtask build` into target/microv/mv-hypercall.
 
@@ -21,12 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static sigjmp_buf on_sigill;
+static sigjmp_buf on_signal;
 
-static void sigill_handler(int sig)
+static void signal_handler(int sig)
 {
-	(void)sig;
-	siglongjmp(on_sigill, 1);
+	siglongjmp(on_signal, sig);
 }
 
 static int parse(const char *s, uint64_t *out)
@@ -57,19 +58,23 @@ int main(int argc, char **argv)
 	}
 
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = sigill_handler;
+	sa.sa_handler = signal_handler;
 	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGILL, &sa, NULL)) {
+	if (sigaction(SIGILL, &sa, NULL) || sigaction(SIGSEGV, &sa, NULL) ||
+	    sigaction(SIGBUS, &sa, NULL)) {
 		perror("mv-hypercall: sigaction");
 		return 1;
 	}
 
-	// volatile: the values must survive a siglongjmp back here.
-	volatile uint64_t out[5];
-	if (sigsetjmp(on_sigill, 1)) {
+	uint64_t out[5];
+	int sig = sigsetjmp(on_signal, 1);
+	if (sig == SIGILL) {
 		printf("sigill\n");
-		fflush(stdout);
 		return 2;
+	}
+	if (sig) {
+		printf("signal=%d (%s)\n", sig, strsignal(sig));
+		return 3;
 	}
 
 	register uint64_t rax asm("rax") = in[0];

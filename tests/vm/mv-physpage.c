@@ -57,7 +57,7 @@ int main(int argc, char **argv)
 			"; not root?)\n", entry);
 		return 1;
 	}
-	printf("pa=0x%" PRIx64 "\n", (entry & PAGEMAP_PFN_MASK) * (uint64_t)page);
+	printf("pa=0x%llx\n", (unsigned long long)((entry & PAGEMAP_PFN_MASK) * (uint64_t)page));
 	fflush(stdout);
 	for (;;)
 		pause();

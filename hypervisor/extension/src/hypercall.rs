@@ -65,6 +65,24 @@ pub struct CallerInfo {
     pub cpu: usize,
 }
 
+/// This MicroV's version, from the workspace's package version.
+pub const VERSION: u64 = hypercall::encode_version(
+    parse_u16(env!("CARGO_PKG_VERSION_MAJOR")),
+    parse_u16(env!("CARGO_PKG_VERSION_MINOR")),
+    parse_u16(env!("CARGO_PKG_VERSION_PATCH")),
+);
+
+const fn parse_u16(s: &str) -> u16 {
+    let b = s.as_bytes();
+    let mut v: u16 = 0;
+    let mut i = 0;
+    while i < b.len() {
+        v = v.wrapping_mul(10).wrapping_add((b[i] - b'0') as u16);
+        i += 1;
+    }
+    v
+}
+
 /// Whether this build serves `hv.test_fault`.
 pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 
@@ -101,7 +119,7 @@ pub fn dispatch(
         Outcome::Done(Status::Success, Args { r10, r11, r12, r13 })
     };
     match call {
-        Hypercall::IdVersion => out(hypercall::ABI_VERSION, 0, 0, 0),
+        Hypercall::IdVersion => out(hypercall::ABI_VERSION, VERSION, 0, 0),
         Hypercall::IdCapabilities => {
             let test = if TEST_HOOKS {
                 capability::TEST_HOOKS
@@ -226,6 +244,11 @@ mod tests {
             panic!()
         };
         assert_eq!(a.r10, hypercall::ABI_VERSION);
+        let (major, minor, patch) = hypercall::decode_version(a.r11);
+        assert_eq!(
+            format!("{major}.{minor}.{patch}"),
+            env!("CARGO_PKG_VERSION")
+        );
         let Outcome::Done(Status::Success, a) = call(
             &hv,
             &mut host,
