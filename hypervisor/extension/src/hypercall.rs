@@ -73,12 +73,11 @@ pub const VERSION: u64 = hypercall::encode_version(
 );
 
 const fn parse_u16(s: &str) -> u16 {
-    let b = s.as_bytes();
+    let mut digits = s.as_bytes();
     let mut v: u16 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        v = v.wrapping_mul(10).wrapping_add((b[i] - b'0') as u16);
-        i += 1;
+    while let [d, rest @ ..] = digits {
+        v = v.wrapping_mul(10).wrapping_add(d.wrapping_sub(b'0') as u16);
+        digits = rest;
     }
     v
 }
