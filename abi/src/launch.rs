@@ -37,7 +37,8 @@ pub const EXTENSION_MAX_SIZE: u64 = 64 << 20;
 /// Largest microkernel image.
 pub const KERNEL_MAX_SIZE: u64 = 16 << 20;
 /// Base of the extension's per-CPU stacks; CPU *n*'s stack is the
-/// [`EXTENSION_STACK_SIZE`] bytes below `EXTENSION_STACKS + (n + 1) * EXTENSION_STACK_STRIDE`.
+/// [`EXTENSION_STACK_SIZE`] bytes from `EXTENSION_STACKS + n * EXTENSION_STACK_STRIDE`;
+/// the rest of each stride is unmapped, so an overflow faults.
 pub const EXTENSION_STACKS: u64 = 0x0000_7f00_0000_0000;
 /// Bytes of stack each CPU gives the extension.
 pub const EXTENSION_STACK_SIZE: u64 = 64 << 10;

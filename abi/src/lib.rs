@@ -17,6 +17,8 @@
 )]
 
 pub mod cdecl;
+#[cfg(test)]
+mod docs_check;
 pub mod errors;
 pub mod exits;
 pub mod header;

@@ -4,9 +4,11 @@
 //! describes each call.
 //!
 //! A syscall is the `syscall` instruction with the number in RAX and
-//! arguments in RDI, RSI, RDX, R10. On return RAX holds a [`SysStatus`],
-//! RDX and R8 hold results; RCX and R11 are clobbered (by the instruction),
-//! every other register is preserved. Calls marked "does not return" end
+//! arguments in RDI and RSI. On return RAX holds a [`SysStatus`], RDX and R8
+//! hold results; RCX and R11 are clobbered (by the instruction). The other
+//! general-purpose registers are preserved; vector registers are not (the
+//! microkernel's Rust code may use them), so callers treat them as
+//! clobbered, as for a C call. Calls marked "does not return" end
 //! the extension's current event: the next thing the extension sees is a
 //! new upcall on a fresh stack.
 //!

@@ -44,10 +44,12 @@ const SVM_INSTRUCTIONS: [u64; 7] = [
     exit::INVLPGA,
 ];
 
-/// The exit-count class of an exit code.
-pub fn classify(code: u64) -> ExitKind {
+/// The exit-count class of an exit (`info1` tells MSR reads from writes).
+pub fn classify(code: u64, info1: u64) -> ExitKind {
     match code {
         exit::CPUID => ExitKind::Cpuid,
+        exit::MSR if info1 == 0 => ExitKind::MsrRead,
+        exit::MSR => ExitKind::MsrWrite,
         exit::VMMCALL => ExitKind::Hypercall,
         exit::NPF => ExitKind::NestedPageFault,
         c if SVM_INSTRUCTIONS.contains(&c) => ExitKind::SvmInstruction,
@@ -88,7 +90,7 @@ pub fn handle(
     host: &mut dyn Host,
 ) -> Action {
     let code = vmcb.control.exit_code;
-    hv.count_exit(cpu, classify(code));
+    hv.count_exit(cpu, classify(code, vmcb.control.exit_info1));
     // An event whose delivery the exit interrupted must be delivered again.
     vmcb.control.event_inj = if vmcb.control.exit_int_info & event::VALID != 0 {
         vmcb.control.exit_int_info
@@ -112,14 +114,6 @@ pub fn handle(
             Action::Resume
         }
         exit::MSR => {
-            hv.count_exit(
-                cpu,
-                if vmcb.control.exit_info1 == 0 {
-                    ExitKind::MsrRead
-                } else {
-                    ExitKind::MsrWrite
-                },
-            );
             let index = reg(gprs, gpr::RCX) as u32;
             let outcome = if vmcb.control.exit_info1 == 0 {
                 msr::read(index, vmcb.save.efer)
@@ -251,6 +245,11 @@ mod tests {
         assert_eq!(v.save.rax, (efer::LME | efer::LMA) & 0xffff_ffff);
         assert_eq!(v.save.rip, 0x1002);
         assert_eq!(hv.exit_count(0, ExitKind::MsrRead as usize), 1);
+        assert_eq!(
+            hv.exit_count(0, ExitKind::Other as usize),
+            0,
+            "counted once"
+        );
 
         let (mut v, mut g) = vcpu(exit::MSR);
         v.control.exit_info1 = 1;
@@ -368,8 +367,8 @@ mod tests {
             handle(&mut v, &mut g, 0, &hv, &mut host),
             Action::Fail(StartError::ExtensionError, exit::INVALID)
         );
-        assert_eq!(classify(exit::XSETBV), ExitKind::Xsetbv);
-        assert_eq!(classify(exit::HLT), ExitKind::Other);
+        assert_eq!(classify(exit::XSETBV, 0), ExitKind::Xsetbv);
+        assert_eq!(classify(exit::HLT, 0), ExitKind::Other);
         assert_eq!(host.lines.len(), 3);
     }
 }

@@ -2,7 +2,9 @@
 
 use core::sync::atomic::Ordering;
 
-use microv_abi::hypercall::{self, abi_major, capability, Caller, Decoded, Hypercall, Status};
+use microv_abi::hypercall::{
+    self, abi_major, capability, test_fault, Caller, Decoded, Hypercall, Status,
+};
 use microv_abi::launch::gpr;
 use microv_abi::EXIT_KINDS_MAX;
 
@@ -126,7 +128,7 @@ pub fn dispatch(
                 0
             };
             out(
-                capability::LATE_LAUNCH | capability::AMD_SVM | test,
+                hv.start_mode_capability() | capability::AMD_SVM | test,
                 0,
                 0,
                 0,
@@ -173,7 +175,12 @@ pub fn dispatch(
             out(total, free, 0, 0)
         }
         Hypercall::HvStopPp => Outcome::StopThisCpu,
-        Hypercall::HvTestFault if TEST_HOOKS => Outcome::TestFault(args.r11),
+        Hypercall::HvTestFault if TEST_HOOKS => match args.r11 {
+            test_fault::EXTENSION_PAGE_FAULT | test_fault::EXTENSION_INVALID_OPCODE => {
+                Outcome::TestFault(args.r11)
+            }
+            _ => done(Status::InvalidArgument),
+        },
         _ => done(Status::NotImplemented),
     }
 }
@@ -257,7 +264,36 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_ne!(a.r10 & capability::LATE_LAUNCH, 0);
+        assert_eq!(
+            a.r10 & (capability::LATE_LAUNCH | capability::EARLY_BOOT),
+            0,
+            "mode not known yet"
+        );
+        for (mode, bit) in [
+            (
+                microv_abi::launch::StartMode::LateLaunch,
+                capability::LATE_LAUNCH,
+            ),
+            (
+                microv_abi::launch::StartMode::EarlyBoot,
+                capability::EARLY_BOOT,
+            ),
+        ] {
+            hv.start_mode.store(mode as u64, Ordering::Relaxed);
+            let Outcome::Done(Status::Success, a) = call(
+                &hv,
+                &mut host,
+                Hypercall::IdCapabilities,
+                USER,
+                Args::default(),
+            ) else {
+                panic!()
+            };
+            assert_eq!(
+                a.r10 & (capability::LATE_LAUNCH | capability::EARLY_BOOT),
+                bit
+            );
+        }
         assert_eq!(a.r10 & capability::TEST_HOOKS != 0, TEST_HOOKS);
     }
 
@@ -418,6 +454,15 @@ mod tests {
         assert_eq!(
             call(&hv, &mut host, Hypercall::HvTestFault, KERNEL, a(1, 0)),
             expected
+        );
+        let bad_kind = if TEST_HOOKS {
+            Status::InvalidArgument
+        } else {
+            Status::NotImplemented
+        };
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::HvTestFault, KERNEL, a(9, 0)),
+            done(bad_kind)
         );
     }
 

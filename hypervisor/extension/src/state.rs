@@ -11,6 +11,8 @@ pub struct HvState {
     /// The open handle; 0 when none is open.
     pub handle: AtomicU64,
     pub cpu_count: AtomicU64,
+    /// How MicroV was started (`launch::StartMode` value; 0 unknown).
+    pub start_mode: AtomicU64,
     exits: [[AtomicU64; EXIT_KINDS_MAX]; MAX_CPUS],
 }
 
@@ -24,6 +26,7 @@ impl HvState {
         HvState {
             handle: AtomicU64::new(0),
             cpu_count: AtomicU64::new(0),
+            start_mode: AtomicU64::new(0),
             exits: [ZERO_ROW; MAX_CPUS],
         }
     }
@@ -41,6 +44,17 @@ impl HvState {
             .get(cpu)
             .and_then(|row| row.get(kind))
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The `id.capabilities` bit for how MicroV was started.
+    pub fn start_mode_capability(&self) -> u64 {
+        use microv_abi::hypercall::capability;
+        use microv_abi::launch::StartMode;
+        match self.start_mode.load(Ordering::Relaxed) {
+            m if m == StartMode::LateLaunch as u64 => capability::LATE_LAUNCH,
+            m if m == StartMode::EarlyBoot as u64 => capability::EARLY_BOOT,
+            _ => 0,
+        }
     }
 
     /// Number of CPUs MicroV runs on.

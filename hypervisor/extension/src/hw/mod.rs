@@ -164,6 +164,8 @@ fn gprs(id: u64) -> &'static mut [u64; 16] {
 
 fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
     HV.cpu_count.store(cpu_count, Ordering::Relaxed);
+    HV.start_mode
+        .store(u64::from(boot_info().start_mode), Ordering::Relaxed);
     if ROOT_STATE
         .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()

@@ -62,6 +62,38 @@ impl Memory {
         Ok(Page { offset, pa, va })
     }
 
+    /// Gives back pages from [`Memory::alloc`].
+    pub fn free(&mut self, page: Page, count: usize) {
+        // A failure here means a double free: nothing to undo, so only log it.
+        if self
+            .frames
+            .free((page.offset / PAGE_SIZE) as usize, count)
+            .is_err()
+        {
+            super::log::log!(
+                "microkernel: bad free of {count} pages at pool offset {:#x}",
+                page.offset
+            );
+        }
+    }
+
+    /// True if every page of `[va, va + len)` is mapped for the extension.
+    pub fn user_range_mapped(&mut self, va: u64, len: u64) -> bool {
+        let Some(end) = va.checked_add(len) else {
+            return false;
+        };
+        let root = self.root_pa;
+        let mut page = va & !(PAGE_SIZE - 1);
+        while page < end {
+            match mapper::translate(self, root, page) {
+                Some((_, flags)) if flags & USER != 0 => {}
+                _ => return false,
+            }
+            page += PAGE_SIZE;
+        }
+        true
+    }
+
     /// Hypervisor address of a pool physical address.
     pub fn va_of(&self, pa: u64) -> Option<u64> {
         self.boot()

@@ -76,7 +76,16 @@ fn dispatch(call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
                 .ok()
                 .and_then(StartError::from_u32)
                 .unwrap_or(StartError::ExtensionError);
-            cpu::fail(code, a1)
+            // Reported by the extension: record it as a ring-3 failure.
+            cpu::fail_with(microv_abi::launch::FaultRecord {
+                code: code as u32,
+                vector: u32::MAX,
+                error_code: 0,
+                rip: 0,
+                cr2: 0,
+                cpl: 3,
+                detail: a1,
+            })
         }
     }
 }
@@ -87,13 +96,17 @@ fn log_write(ptr: u64, len: u64) -> (SysStatus, u64, u64) {
         Some(end) if end <= USER_TOP && ptr >= EXTENSION_BOOT_INFO => {}
         _ => return (SysStatus::InvalidArgument, 0, 0),
     }
+    // Check the mapping first: a fault in ring 0 would be blamed on the
+    // microkernel for the extension's bad pointer.
+    if !MEMORY.lock().user_range_mapped(ptr, len) {
+        return (SysStatus::InvalidArgument, 0, 0);
+    }
     let mut buf = [0u8; MAX_LOG_WRITE as usize];
     let Some(dst) = buf.get_mut(..len as usize) else {
         return (SysStatus::InvalidArgument, 0, 0);
     };
-    // SAFETY: the range is in the extension's half; an unmapped page faults
-    // in ring 0, which the exception handler reports as a microkernel fault
-    // caused by the extension's argument. Copy first, then format.
+    // SAFETY: every page of the range is mapped for the extension (checked
+    // above; the extension cannot unmap pages). Copy first, then format.
     unsafe { core::ptr::copy_nonoverlapping(ptr as *const u8, dst.as_mut_ptr(), len as usize) };
     let text = core::str::from_utf8(dst).unwrap_or("<invalid utf-8>");
     log!("{}", text);

@@ -40,13 +40,29 @@ pub fn create(root_of: Option<u64>) -> Result<u64, VsError> {
         .position(Option::is_none)
         .ok_or(VsError::TooMany)? as u64;
     let mut mem = MEMORY.lock();
-    let vmcb = mem.alloc(1).map_err(|_| VsError::OutOfMemory)?;
-    let gprs = mem.alloc(1).map_err(|_| VsError::OutOfMemory)?;
-    let fpu = mem.alloc(1).map_err(|_| VsError::OutOfMemory)?;
-    mem.map_user(vs_layout::vmcb(id), vmcb.pa, 1, true, false)
-        .map_err(|_| VsError::OutOfMemory)?;
-    mem.map_user(vs_layout::gprs(id), gprs.pa, 1, true, false)
-        .map_err(|_| VsError::OutOfMemory)?;
+    let mut pages = [None; 3];
+    for slot in pages.iter_mut() {
+        match mem.alloc(1) {
+            Ok(p) => *slot = Some(p),
+            Err(_) => break,
+        }
+    }
+    let [Some(vmcb), Some(gprs), Some(fpu)] = pages else {
+        pages.into_iter().flatten().for_each(|p| mem.free(p, 1));
+        return Err(VsError::OutOfMemory);
+    };
+    // A failed mapping leaves at most page-table pages behind, which stay
+    // usable for the next vCPU state at the same address.
+    if mem
+        .map_user(vs_layout::vmcb(id), vmcb.pa, 1, true, false)
+        .is_err()
+        || mem
+            .map_user(vs_layout::gprs(id), gprs.pa, 1, true, false)
+            .is_err()
+    {
+        [vmcb, gprs, fpu].into_iter().for_each(|p| mem.free(p, 1));
+        return Err(VsError::OutOfMemory);
+    }
     // SAFETY: the FPU page was just allocated (zeroed) and is ours alone; an
     // all-zero XSAVE header means "initial state", MXCSR needs its default.
     unsafe { core::ptr::write((fpu.va as usize + XSAVE_MXCSR) as *mut u32, MXCSR_DEFAULT) };
