@@ -9,6 +9,7 @@ mod gen_header;
 mod images;
 mod init;
 mod initramfs;
+mod lint;
 mod machine;
 mod prereq;
 mod stage;

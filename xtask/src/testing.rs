@@ -2,6 +2,7 @@
 //! summary ending in `N passed, N failed`.
 
 use crate::e2e::{self, ScriptResult};
+use crate::lint;
 use crate::machine::{self, MachineArgs};
 use crate::{coverage, unit};
 use anyhow::Result;
@@ -30,9 +31,12 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<i32> {
     let filter = args.filter.as_deref();
     let mut unit_counts = None;
     let mut coverage_line = None;
+    let mut lint_failures: Option<Vec<&str>> = None;
     if !args.e2e_only {
         println!("==== unit tests ====");
         let counts = unit::run(root, filter)?;
+        println!("==== lints ====");
+        lint_failures = Some(lint::run(root)?);
         if !args.no_coverage {
             println!("==== coverage ====");
             coverage_line = Some(match coverage::run(root) {
@@ -69,6 +73,18 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<i32> {
         );
         passed += c.passed;
         failed += c.failed + u32::from(broken);
+    }
+    if let Some(lints) = &lint_failures {
+        // Each clippy pass counts as one test.
+        let total = crate::lint::RUN_COUNT as u32;
+        let bad = lints.len() as u32;
+        if lints.is_empty() {
+            println!("lints: clippy clean ({total} passes)");
+        } else {
+            println!("lints: clippy FAILED for: {}", lints.join(", "));
+        }
+        passed += total - bad;
+        failed += bad;
     }
     if let Some(line) = coverage_line {
         println!("coverage: {line}");
