@@ -37,8 +37,11 @@ void mv_pool_free(struct mv_pool *pool)
 {
 	unsigned int i;
 
-	for (i = 0; i < pool->chunk_count; i++)
+	/* The hypervisor's memory goes back to Linux scrubbed. */
+	for (i = 0; i < pool->chunk_count; i++) {
+		memset(page_address(pool->chunks[i]), 0, MV_CHUNK_SIZE);
 		__free_pages(pool->chunks[i], MV_CHUNK_ORDER);
+	}
 	pool->chunk_count = 0;
 }
 

@@ -140,7 +140,11 @@ fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -
     let mut append = vec!["console=ttyS0", "panic=-1", "quiet"];
     append.extend(cfg.append.iter().map(String::as_str));
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "EPYC,+svm,+npt"])
+    // One TCG thread for all vCPUs: with QEMU 7.2's multi-threaded TCG a
+    // KVM guest inside the machine (kvm-smoke) soft-locks now and then, with
+    // or without MicroV loaded. Single-threaded TCG still interleaves the
+    // vCPUs, so MicroV's cross-CPU paths still run concurrently.
+    cmd.args(["-accel", "tcg,thread=single", "-cpu", "EPYC,+svm,+npt"])
         .args(["-smp", &cfg.smp.to_string(), "-m", &cfg.mem])
         .args(["-nographic", "-no-reboot"])
         // No network card: nothing uses one, and its boot ROM costs time.

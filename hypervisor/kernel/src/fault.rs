@@ -20,6 +20,8 @@ pub struct ExceptionFrame {
 const _: () = assert!(core::mem::size_of::<ExceptionFrame>() == 22 * 8);
 const _: () = assert!(core::mem::offset_of!(ExceptionFrame, vector) == 15 * 8);
 
+const PAGE_FAULT: u64 = 14;
+
 /// The fault record for an exception taken with `frame` and CR2 `cr2`.
 pub fn record(frame: &ExceptionFrame, cr2: u64) -> FaultRecord {
     let cpl = frame.cs & 3;
@@ -33,7 +35,8 @@ pub fn record(frame: &ExceptionFrame, cr2: u64) -> FaultRecord {
         vector: frame.vector as u32,
         error_code: frame.error_code,
         rip: frame.rip,
-        cr2,
+        // CR2 means something only for a page fault; otherwise it is stale.
+        cr2: if frame.vector == PAGE_FAULT { cr2 } else { 0 },
         cpl,
         detail: 0,
     }
@@ -88,6 +91,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(record(&frame, 0).code, StartError::KernelFault as u32);
+        assert_eq!(record(&frame, 0x7ffe_0000).cr2, 0, "CR2 is stale except for #PF");
     }
 
     #[test]
