@@ -467,6 +467,13 @@ mod tests {
     }
 
     #[test]
+    fn version_digits_parse() {
+        assert_eq!(parse_u16("0"), 0);
+        assert_eq!(parse_u16("123"), 123);
+        assert_eq!(parse_u16(""), 0);
+    }
+
+    #[test]
     fn args_round_trip_through_registers() {
         let mut gprs = [0u64; 16];
         let a = Args {

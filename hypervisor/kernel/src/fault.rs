@@ -99,7 +99,7 @@ mod tests {
         assert_eq!(vector_name(14), "#PF page fault");
         assert_eq!(vector_name(6), "#UD invalid opcode");
         assert_eq!(vector_name(200), "exception");
-        for v in [0, 1, 2, 3, 8, 12, 16, 17, 18, 19] {
+        for v in [0, 1, 2, 3, 8, 12, 13, 16, 17, 18, 19] {
             assert!(
                 vector_name(v).len() > 2 && vector_name(v) != "exception",
                 "{v}"

@@ -197,6 +197,18 @@ mod tests {
     }
 
     #[test]
+    fn free_pages_without_a_long_enough_run_are_out_of_memory() {
+        let mut a = allocator(512, 0);
+        for _ in 0..512 {
+            a.alloc(1).unwrap();
+        }
+        a.free(0, 1).unwrap();
+        a.free(2, 1).unwrap();
+        assert_eq!(a.free_pages(), 2);
+        assert_eq!(a.alloc(2), Err(FrameError::OutOfMemory));
+    }
+
+    #[test]
     fn fragmented_pool_finds_a_later_run() {
         let mut a = allocator(1024, 0);
         for _ in 0..512 {
