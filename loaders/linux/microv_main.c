@@ -95,7 +95,7 @@ static int load_image(struct mv_instance *inst, const struct mv_image_arg *img, 
 static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 {
 	struct mv_boot_info *bi;
-	u64 stacks, i, tramp = (u64)microv_tramp_start;
+	u64 stacks, i, tramp_copy, tramp = (u64)microv_tramp_start;
 	u64 tramp_size = PAGE_ALIGN((u64)microv_tramp_end - tramp);
 	int err;
 
@@ -117,15 +117,25 @@ static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 	if (err)
 		return err;
 
-	/* The pool, linearly; the trampoline, landing pages and log at their Linux addresses. */
+	/*
+	 * The pool, linearly; the trampoline, landing pages and log at their
+	 * Linux addresses. The hypervisor maps a private copy of the
+	 * trampoline (in the pool, hidden from Linux): Linux can write its own
+	 * copy, and code the hypervisor runs must not be Linux's to change.
+	 */
 	for (i = 0; i < inst->pool.chunk_count; i++)
 		if (mv_boot_map(&inst->pool, MV_POOL_VA + i * MV_CHUNK_SIZE,
 				page_to_phys(inst->pool.chunks[i]), MV_CHUNK_SIZE, PTE_W))
 			return MV_ERR_POOL_TOO_SMALL;
-	for (i = 0; i < tramp_size; i += PAGE_SIZE)
-		if (mv_boot_map(&inst->pool, tramp + i,
-				page_to_phys(vmalloc_to_page((void *)(tramp + i))), PAGE_SIZE, 0))
+	tramp_copy = mv_pool_reserve(&inst->pool, tramp_size);
+	if (tramp_copy == ~0ULL)
+		return MV_ERR_POOL_TOO_SMALL;
+	for (i = 0; i < tramp_size; i += PAGE_SIZE) {
+		memcpy(mv_pool_ptr(&inst->pool, tramp_copy + i), (void *)(tramp + i), PAGE_SIZE);
+		if (mv_boot_map(&inst->pool, tramp + i, mv_pool_pa(&inst->pool, tramp_copy + i),
+				PAGE_SIZE, 0))
 			return MV_ERR_POOL_TOO_SMALL;
+	}
 	for (i = 0; i < inst->cpu_count; i++)
 		if (mv_boot_map(&inst->pool, (u64)inst->landing[i], virt_to_phys(inst->landing[i]),
 				PAGE_SIZE, PTE_W | PTE_NX))

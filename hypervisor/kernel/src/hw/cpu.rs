@@ -161,6 +161,7 @@ pub fn bring_up(landing: &mut CpuLanding) -> ! {
     pc.landing = landing as *mut CpuLanding as u64;
     pc.root_vs = root_vs;
     pc.host_vmcb_pa = host_vmcb.pa;
+    pc.promote_entry = landing.promote_entry;
     pc.root_started = false;
     {
         let mem = MEMORY.lock();
@@ -330,7 +331,7 @@ pub fn promote(id: u64) -> ! {
     };
     landing.promote = root::promote_frame(save, gprs);
     landing.running = 0;
-    let entry = landing.promote_entry;
+    let entry = pc.promote_entry;
     let landing_va = landing as *mut CpuLanding as u64;
     log!("cpu {}: handing the CPU back to the root", pc.index);
     // SAFETY: from here the CPU takes on the root's state piece by piece;

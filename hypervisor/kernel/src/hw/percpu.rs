@@ -17,6 +17,9 @@ pub struct PerCpu {
     pub landing: u64,
     pub root_vs: u64,
     pub host_vmcb_pa: u64,
+    /// The trampoline's promotion routine, copied at bring-up: the landing
+    /// page is Linux's memory, so it is not read again when leaving.
+    pub promote_entry: u64,
     /// Set once the root vCPU has run: a failure after that must not
     /// overwrite the root's RAX with an error code.
     pub root_started: bool,
