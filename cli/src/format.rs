@@ -193,7 +193,15 @@ pub fn status_text(st: &HvStatus) -> String {
     if st.hv_version != 0 {
         line("version", hv_version_text(st.hv_version));
     }
-    line("abi version", abi_version_text(st.abi_version));
+    // 0 means "not asked": MicroV was not running.
+    line(
+        "abi version",
+        if st.abi_version == 0 {
+            "-".to_string()
+        } else {
+            abi_version_text(st.abi_version)
+        },
+    );
     let caps = capability_names(st.capabilities);
     line(
         "capabilities",
@@ -516,6 +524,9 @@ cpus           2
         assert!(v["start_mode"].is_null());
         assert_eq!(v["cpus"], serde_json::json!([]));
         assert!(v["last_error"].is_null() && v["fault"].is_null());
+        // The driver leaves the version at 0 when MicroV is not running.
+        st.abi_version = 0;
+        assert!(status_text(&st).contains("\nabi version    -\n"));
     }
 
     #[test]
