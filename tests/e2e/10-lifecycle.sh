@@ -88,6 +88,12 @@ for c in $(seq 0 $((NCPU - 1))); do
     out_has "cpu $c" || fail "microv log does not mention cpu $c"
 done
 
+check "the driver cannot be unloaded while MicroV runs (its trampoline is in use)"
+run rmmod microv
+[ "$RUN_RC" -ne 0 ] || fail "rmmod microv succeeded while MicroV runs"
+grep -q '^microv ' /proc/modules || fail "microv.ko is gone while MicroV runs"
+expect_state running
+
 check "microv stop"
 must microv stop
 out_has "every CPU is native" || fail "unexpected stop message: $RUN_OUT"
@@ -103,6 +109,15 @@ native_everywhere
 check "the workload after stop still gives the native checksums"
 workload "$MVT_TMP/after" "$LINES"
 expect_eq "checksums after stop" "$(cat "$MVT_TMP/after/sums")" "$sums_native"
+
+check "after stop the driver unloads cleanly and loads again"
+must rmmod microv
+[ ! -e /dev/microv ] || fail "/dev/microv still exists after rmmod"
+must insmod /usr/lib/microv/microv.ko
+must microv start
+expect_state running
+must microv stop
+expect_state stopped
 
 check "Linux's KVM works after stop (modprobe kvm_amd; kvm-smoke)"
 kvm_works
