@@ -55,6 +55,13 @@ numbered! {
         /// The extension cannot go on: MicroV stops on this CPU, reporting
         /// [`crate::StartError`] RDI with detail RSI. Does not return.
         Fail = 6,
+        /// Read MSR RDI on the real CPU for the root: RDX = its value, or
+        /// [`SysStatus::Fault`] if the read raised #GP. Only MSRs outside
+        /// the MSR permission map's ranges (those always exit) are allowed.
+        MsrRead = 7,
+        /// Write RSI to MSR RDI on the real CPU for the root; same rules as
+        /// [`Syscall::MsrRead`].
+        MsrWrite = 8,
     }
 }
 
@@ -68,6 +75,8 @@ numbered! {
         InvalidArgument = 2,
         /// The pool has no room.
         OutOfMemory = 3,
+        /// The instruction raised #GP (for example the MSR does not exist).
+        Fault = 4,
     }
 }
 

@@ -54,6 +54,17 @@ probe_hidden() {
 check "control, natively: CPUID has no MicroV leaf, SVM is visible, vmmcall raises SIGILL"
 native_everywhere
 
+# An MSR outside the MSR permission map's ranges: beneath MicroV every
+# access exits and is passed through to the real CPU (AMD's scalable
+# machine-check registers live here; Linux polls them).
+OUTSIDE_MSR=0xc0002000
+check "control, natively: rdmsr/wrmsr of MSR $OUTSIDE_MSR"
+probe_msr "$OUTSIDE_MSR"
+case "$PROBE_LINE" in
+"mvprobe: msr=$OUTSIDE_MSR read="*) native_msr_line=$PROBE_LINE ;;
+*) fail "mvprobe printed no MSR line natively (got: ${PROBE_LINE:-nothing})" ;;
+esac
+
 check "control, natively: mvprobe reads a page of known contents"
 mv-physpage "$CONTROL" >"$MVT_TMP/physpage" &
 physpage_pid=$!
@@ -150,6 +161,26 @@ if [ "$seg_size" -ge $((0x1010)) ]; then
     check "the root kernel cannot read the microkernel's code (pool page 1: $code_hex)"
     probe_hidden "$(printf '0x%x' $((first_pa + 0x1000)))" "pool page 1" "$code_hex"
 fi
+
+check "beneath MicroV, rdmsr/wrmsr of MSR $OUTSIDE_MSR behave exactly as natively"
+status_json
+exits_before=0
+for cpu in $(online_cpus); do
+    r=$(cpu_field "$cpu" exits.rdmsr); w=$(cpu_field "$cpu" exits.wrmsr)
+    exits_before=$((exits_before + r + w))
+done
+probe_msr "$OUTSIDE_MSR"
+[ "$PROBE_LINE" = "$native_msr_line" ] ||
+    fail "MSR $OUTSIDE_MSR beneath MicroV gave '$PROBE_LINE', natively '$native_msr_line'"
+status_json
+exits_after=0
+for cpu in $(online_cpus); do
+    r=$(cpu_field "$cpu" exits.rdmsr); w=$(cpu_field "$cpu" exits.wrmsr)
+    exits_after=$((exits_after + r + w))
+done
+echo "  rdmsr+wrmsr exits: $exits_before -> $exits_after"
+[ "$exits_after" -ge $((exits_before + 2)) ] ||
+    fail "the MSR accesses did not exit to MicroV ($exits_before -> $exits_after)"
 
 check "MicroV still runs after the probes, and the kernel is fine"
 expect_running_on_all

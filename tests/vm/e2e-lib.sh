@@ -234,6 +234,19 @@ probe() {
     echo "  probe: ${PROBE_LINE:-<no mvprobe line in dmesg>}"
 }
 
+# probe_msr MSR: reads MSR with rdmsr_safe and writes it back (mvprobe.ko
+# msr=); sets PROBE_LINE to the probe's line, `mvprobe: msr=... read=...`.
+probe_msr() {
+    local marker
+    PROBE_SEQ=$((PROBE_SEQ + 1))
+    marker="mvt-probe-marker-$$-$PROBE_SEQ"
+    echo "$marker" >/dev/kmsg
+    run insmod "$MVT_DIR/mvprobe.ko" "msr=$1"
+    [ "$RUN_RC" -ne 0 ] || fail "insmod mvprobe.ko succeeded; it should always refuse to stay loaded"
+    PROBE_LINE=$(dmesg | sed -n "/$marker/,\$p" | grep 'mvprobe: msr=' | tail -n 1 | sed 's/^.*mvprobe: /mvprobe: /') || true
+    echo "  probe: ${PROBE_LINE:-<no mvprobe line in dmesg>}"
+}
+
 # online_cpus: the OS numbers of the online CPUs, one per line.
 online_cpus() {
     awk -F'[ \t:]+' '/^processor/ { print $2 }' /proc/cpuinfo

@@ -249,6 +249,12 @@ pub const fn msrpm_position(msr: u32) -> Option<(usize, u8)> {
     Some((base + bit_index / 8, (bit_index % 8) as u8))
 }
 
+/// True for MSRs the permission map cannot cover: with MSR interception on,
+/// every access to them exits.
+pub const fn msr_always_exits(msr: u32) -> bool {
+    msrpm_position(msr).is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +268,7 @@ mod tests {
         assert_eq!(msrpm_position(0x1fff), Some((0x7ff, 6)));
         assert_eq!(msrpm_position(0x2000), None);
         assert_eq!(msrpm_position(0xc002_0000), None);
+        assert!(msr_always_exits(0xc000_2000) && !msr_always_exits(msr::EFER));
     }
 
     #[test]

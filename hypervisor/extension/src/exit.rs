@@ -134,6 +134,21 @@ pub fn handle(
                 MsrOutcome::GeneralProtection => {
                     inject(vmcb, event::exception_with_code(vector::GP, 0))
                 }
+                MsrOutcome::PassThrough => {
+                    let done = if vmcb.control.exit_info1 == 0 {
+                        host.msr_read(index).map(|v| {
+                            vmcb.save.rax = v & 0xffff_ffff;
+                            set_reg(gprs, gpr::RDX, v >> 32);
+                        })
+                    } else {
+                        let value = (reg(gprs, gpr::RDX) << 32) | (vmcb.save.rax & 0xffff_ffff);
+                        host.msr_write(index, value).then_some(())
+                    };
+                    match done {
+                        Some(()) => skip(vmcb, MSR_LEN),
+                        None => inject(vmcb, event::exception_with_code(vector::GP, 0)),
+                    }
+                }
             }
             Action::Resume
         }
@@ -275,6 +290,44 @@ mod tests {
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(v.save.rax, arch_msr::vm_cr::SVMDIS | arch_msr::vm_cr::LOCK);
         assert_eq!(g[gpr::RDX], 0);
+    }
+
+    #[test]
+    fn msrs_the_bitmap_cannot_cover_pass_through_to_the_cpu() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        host.msrs.insert(0xc000_2001, 0x1234_5678_9abc_def0);
+        let (mut v, mut g) = vcpu(exit::MSR);
+        g[gpr::RCX] = 0xc000_2001;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(
+            (v.save.rax, g[gpr::RDX], v.save.rip),
+            (0x9abc_def0, 0x1234_5678, 0x1002)
+        );
+
+        let (mut v, mut g) = vcpu(exit::MSR);
+        v.control.exit_info1 = 1;
+        g[gpr::RCX] = 0xc000_2001;
+        g[gpr::RDX] = 0x1;
+        v.save.rax = 0xffff_ffff_0000_0002;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(
+            host.msrs[&0xc000_2001], 0x1_0000_0002,
+            "EDX:EAX, upper RAX ignored"
+        );
+        assert_eq!(v.save.rip, 0x1002);
+
+        for write in [0, 1] {
+            let (mut v, mut g) = vcpu(exit::MSR);
+            v.control.exit_info1 = write;
+            g[gpr::RCX] = 0xc000_2fff;
+            handle(&mut v, &mut g, 0, &hv, &mut host);
+            assert_eq!(
+                v.control.event_inj,
+                event::exception_with_code(vector::GP, 0),
+                "missing MSR"
+            );
+            assert_eq!(v.save.rip, 0x1000);
+        }
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub trait Host {
     fn log(&mut self, args: fmt::Arguments);
     /// A value no caller can predict (for handles).
     fn entropy(&mut self) -> u64;
+    /// Reads an MSR on the real CPU; `None` if that raised #GP.
+    fn msr_read(&mut self, index: u32) -> Option<u64>;
+    /// Writes an MSR on the real CPU; false if that raised #GP.
+    fn msr_write(&mut self, index: u32, value: u64) -> bool;
 }
 
 /// Test double.
@@ -26,6 +30,8 @@ pub mod fake {
     pub struct FakeHost {
         pub lines: Vec<String>,
         pub next_entropy: u64,
+        /// MSRs that exist on the fake CPU; others raise #GP.
+        pub msrs: std::collections::BTreeMap<u32, u64>,
     }
 
     impl Host for FakeHost {
@@ -45,6 +51,12 @@ pub mod fake {
         }
         fn entropy(&mut self) -> u64 {
             self.next_entropy
+        }
+        fn msr_read(&mut self, index: u32) -> Option<u64> {
+            self.msrs.get(&index).copied()
+        }
+        fn msr_write(&mut self, index: u32, value: u64) -> bool {
+            self.msrs.get_mut(&index).map(|v| *v = value).is_some()
         }
     }
 }

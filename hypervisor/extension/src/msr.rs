@@ -2,6 +2,7 @@
 //! SVME) and the SVM control MSRs (SVM looks disabled and locked).
 
 use microv_arch::msr::{self, efer, vm_cr};
+use microv_arch::svm;
 
 /// What a guest MSR access turns into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +13,20 @@ pub enum MsrOutcome {
     SetEfer(u64),
     /// The access raises #GP, as on a CPU without SVM.
     GeneralProtection,
+    /// Do the access on the real CPU and give the root its result: MSRs the
+    /// permission map cannot cover exit on every access (for example AMD's
+    /// scalable machine-check registers, which Linux polls).
+    PassThrough,
+}
+
+/// What to do with an access to an MSR MicroV has no policy for.
+fn unhandled(index: u32) -> MsrOutcome {
+    if svm::msr_always_exits(index) {
+        MsrOutcome::PassThrough
+    } else {
+        // Inside the map's ranges only the intercepted MSRs exit.
+        MsrOutcome::GeneralProtection
+    }
 }
 
 /// The MSRs whose accesses exit (read and write).
@@ -23,7 +38,7 @@ pub fn read(index: u32, guest_efer: u64) -> MsrOutcome {
         msr::EFER => MsrOutcome::Value(guest_efer & !efer::SVME),
         msr::VM_CR => MsrOutcome::Value(vm_cr::SVMDIS | vm_cr::LOCK),
         msr::VM_HSAVE_PA => MsrOutcome::Value(0),
-        _ => MsrOutcome::GeneralProtection,
+        _ => unhandled(index),
     }
 }
 
@@ -44,7 +59,8 @@ pub fn write(index: u32, value: u64, guest_efer: u64, paging: bool) -> MsrOutcom
             }
             MsrOutcome::SetEfer((value & EFER_WRITABLE) | (guest_efer & efer::LMA) | efer::SVME)
         }
-        _ => MsrOutcome::GeneralProtection,
+        msr::VM_CR | msr::VM_HSAVE_PA => MsrOutcome::GeneralProtection,
+        _ => unhandled(index),
     }
 }
 
@@ -75,6 +91,9 @@ mod tests {
             MsrOutcome::GeneralProtection
         );
         assert_eq!(read(0x1234, 0), MsrOutcome::GeneralProtection);
+        assert_eq!(read(0xc000_2001, 0), MsrOutcome::PassThrough);
+        assert_eq!(write(0xc000_2001, 5, 0, true), MsrOutcome::PassThrough);
+        assert_eq!(write(0x1234, 5, 0, true), MsrOutcome::GeneralProtection);
     }
 
     #[test]

@@ -21,6 +21,19 @@ const _: () = assert!(core::mem::size_of::<ExceptionFrame>() == 22 * 8);
 const _: () = assert!(core::mem::offset_of!(ExceptionFrame, vector) == 15 * 8);
 
 const PAGE_FAULT: u64 = 14;
+const GENERAL_PROTECTION: u64 = 13;
+
+/// True if `frame` is a #GP in ring 0 on one of the `fixable` instruction
+/// addresses (the pass-through `rdmsr`/`wrmsr`), which resume at a fix-up.
+pub fn is_msr_fixup(frame: &ExceptionFrame, fixable: &[u64]) -> bool {
+    frame.vector == GENERAL_PROTECTION && frame.cs & 3 == 0 && fixable.contains(&frame.rip)
+}
+
+/// MSRs the extension may read or write on the root's behalf: only those
+/// outside the MSR permission map's ranges (every access to them exits).
+pub fn msr_passthrough_allowed(index: u32) -> bool {
+    microv_arch::svm::msr_always_exits(index)
+}
 
 /// The fault record for an exception taken with `frame` and CR2 `cr2`.
 pub fn record(frame: &ExceptionFrame, cr2: u64) -> FaultRecord {
@@ -91,7 +104,39 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(record(&frame, 0).code, StartError::KernelFault as u32);
-        assert_eq!(record(&frame, 0x7ffe_0000).cr2, 0, "CR2 is stale except for #PF");
+        assert_eq!(
+            record(&frame, 0x7ffe_0000).cr2,
+            0,
+            "CR2 is stale except for #PF"
+        );
+    }
+
+    #[test]
+    fn only_ring0_gp_on_the_msr_instructions_is_fixed_up() {
+        let at = |vector, cs, rip| ExceptionFrame {
+            vector,
+            cs,
+            rip,
+            ..Default::default()
+        };
+        let fixable = [0x1000, 0x2000];
+        assert!(is_msr_fixup(&at(13, 0x08, 0x2000), &fixable));
+        assert!(!is_msr_fixup(&at(13, 0x08, 0x3000), &fixable));
+        assert!(!is_msr_fixup(&at(14, 0x08, 0x1000), &fixable));
+        assert!(!is_msr_fixup(&at(13, 0x2b, 0x1000), &fixable));
+    }
+
+    #[test]
+    fn passthrough_is_limited_to_msrs_the_bitmap_cannot_cover() {
+        assert!(
+            msr_passthrough_allowed(0xc000_2000),
+            "AMD SMCA machine-check bank 0"
+        );
+        assert!(msr_passthrough_allowed(0x4000_0000));
+        assert!(!msr_passthrough_allowed(0xc000_0080), "EFER");
+        assert!(!msr_passthrough_allowed(0xc000_0082), "LSTAR");
+        assert!(!msr_passthrough_allowed(0xc001_0117), "VM_HSAVE_PA");
+        assert!(!msr_passthrough_allowed(0x277), "PAT");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: MIT OR GPL-2.0
 /*
  * mvprobe: a test-only module that reads 16 bytes of physical memory through
  * the kernel's direct map and prints them, so the isolation test can check
@@ -12,6 +12,12 @@
  * Init then returns -EAGAIN so the module never stays loaded: insmod fails
  * with "Try again"/"Resource temporarily unavailable"; that is expected.
  *
+ *   insmod mvprobe.ko msr=0xc0002000
+ *
+ * instead reads that MSR with rdmsr_safe and writes the value back with
+ * wrmsr_safe, and prints `mvprobe: msr=... read=ok|fault value=... write=ok|fault`,
+ * so a test can compare an MSR access beneath MicroV with the native one.
+ *
  * Built by `cargo xtask build` against the same kernel headers as microv.ko;
  * installed in the machine at /usr/lib/microv-tests/mvprobe.ko.
  */
@@ -21,12 +27,28 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/uaccess.h>
+#include <asm/msr.h>
 
 #define MVPROBE_LEN 16
 
 static unsigned long long pa = ~0ULL;
 module_param(pa, ullong, 0);
 MODULE_PARM_DESC(pa, "physical address to read 16 bytes from");
+
+static unsigned long long msr = ~0ULL;
+module_param(msr, ullong, 0);
+MODULE_PARM_DESC(msr, "MSR to read and write back (instead of pa=)");
+
+static int mvprobe_msr(void)
+{
+	u64 value = 0;
+	int rd = rdmsrl_safe((u32)msr, &value);
+	int wr = wrmsrl_safe((u32)msr, value);
+
+	pr_info("mvprobe: msr=%#llx read=%s value=%#llx write=%s\n", msr,
+		rd ? "fault" : "ok", value, wr ? "fault" : "ok");
+	return -EAGAIN;
+}
 
 static int __init mvprobe_init(void)
 {
@@ -35,6 +57,8 @@ static int __init mvprobe_init(void)
 	void *va;
 	int i;
 
+	if (msr != ~0ULL)
+		return mvprobe_msr();
 	if (pa == ~0ULL) {
 		pr_info("mvprobe: error: no pa= given\n");
 		return -EINVAL;
@@ -62,5 +86,5 @@ static int __init mvprobe_init(void)
 }
 
 module_init(mvprobe_init);
-MODULE_LICENSE("GPL");
+MODULE_LICENSE("Dual MIT/GPL");
 MODULE_DESCRIPTION("MicroV test probe: reads physical memory through the direct map");

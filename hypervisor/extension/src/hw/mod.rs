@@ -92,6 +92,12 @@ impl Host for Machine {
         let t = instr::rdtsc();
         (t ^ (t << 29) ^ (t >> 17)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
+    fn msr_read(&mut self, index: u32) -> Option<u64> {
+        sys::msr_read(index)
+    }
+    fn msr_write(&mut self, index: u32, value: u64) -> bool {
+        sys::msr_write(index, value)
+    }
 }
 
 fn boot_info() -> &'static BootInfo {

@@ -39,6 +39,18 @@ pub fn mem_alloc(pages: u64) -> Result<(u64, u64), SysStatus> {
     call(Syscall::MemAlloc, pages, 0)
 }
 
+/// Reads an MSR on the real CPU for the root; None if it raised #GP.
+pub fn msr_read(index: u32) -> Option<u64> {
+    call(Syscall::MsrRead, u64::from(index), 0)
+        .ok()
+        .map(|(v, _)| v)
+}
+
+/// Writes an MSR on the real CPU for the root; false if it raised #GP.
+pub fn msr_write(index: u32, value: u64) -> bool {
+    call(Syscall::MsrWrite, u64::from(index), value).is_ok()
+}
+
 pub fn mem_stats() -> (u64, u64) {
     call(Syscall::MemStats, 0, 0).unwrap_or((0, 0))
 }

@@ -171,6 +171,37 @@ microv_load_host_segments:
     ltr ax
     ret
 
+    // ---- MSR access that survives #GP (for the root's pass-through) ----
+    // microv_rdmsr_safe(index, *mut u64) -> 0 ok / 1 faulted
+    .globl microv_rdmsr_safe
+microv_rdmsr_safe:
+    mov ecx, edi
+    .globl microv_rdmsr_insn
+microv_rdmsr_insn:
+    rdmsr
+    shl rdx, 32
+    or rax, rdx
+    mov [rsi], rax
+    xor eax, eax
+    ret
+    // microv_wrmsr_safe(index, value) -> 0 ok / 1 faulted
+    .globl microv_wrmsr_safe
+microv_wrmsr_safe:
+    mov ecx, edi
+    mov eax, esi
+    mov rdx, rsi
+    shr rdx, 32
+    .globl microv_wrmsr_insn
+microv_wrmsr_insn:
+    wrmsr
+    xor eax, eax
+    ret
+    // The exception handler resumes a faulting rdmsr/wrmsr here.
+    .globl microv_msr_fixup
+microv_msr_fixup:
+    mov eax, 1
+    ret
+
     // ---- exceptions: every vector on IST 1 ----
     .macro stub_noerr v
     .balign 16
@@ -233,10 +264,29 @@ microv_exception_common:
     swapgs
 3:
     mov rdi, rsp
+    mov rbx, rsp
     and rsp, -16
     cld
     call microv_exception
-    ud2
+    // Returned: a recoverable fault (an MSR fix-up in ring 0): resume.
+    mov rsp, rbx
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16                 // vector and error code
+    iretq
 
     .section .rodata
     .balign 4
@@ -256,6 +306,16 @@ extern "C" {
     pub fn microv_world_switch(args: *mut super::percpu::SwitchArgs);
     /// Loads the FPU state (if any) and jumps to the loader's promotion routine.
     pub fn microv_promote_jump(landing: u64, fpu: u64, entry: u64) -> !;
+    /// RDMSR that returns 1 instead of faulting on #GP.
+    pub fn microv_rdmsr_safe(index: u32, value: *mut u64) -> u64;
+    /// WRMSR that returns 1 instead of faulting on #GP.
+    pub fn microv_wrmsr_safe(index: u32, value: u64) -> u64;
+    /// The `rdmsr` inside `microv_rdmsr_safe`.
+    pub fn microv_rdmsr_insn();
+    /// The `wrmsr` inside `microv_wrmsr_safe`.
+    pub fn microv_wrmsr_insn();
+    /// Where a faulting `rdmsr`/`wrmsr` resumes.
+    pub fn microv_msr_fixup();
     /// Loads MicroV's GDT, IDT, segments and TSS.
     pub fn microv_load_host_segments(gdtr: *const u8, idtr: *const u8);
 }

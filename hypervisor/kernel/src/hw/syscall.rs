@@ -6,6 +6,7 @@ use microv_abi::syscall::{SysStatus, Syscall, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
 use microv_arch::instr;
 
+use super::asm;
 use super::cpu;
 use super::log::log;
 use super::mm::MEMORY;
@@ -48,6 +49,8 @@ extern "C" fn microv_syscall(f: &mut SyscallFrame) {
 fn dispatch(call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
     match call {
         Syscall::LogWrite => log_write(a0, a1),
+        Syscall::MsrRead => msr_access(a0, None),
+        Syscall::MsrWrite => msr_access(a0, Some(a1)),
         Syscall::MemAlloc => mem_alloc(a0),
         Syscall::MemStats => {
             let mem = MEMORY.lock();
@@ -113,6 +116,31 @@ fn log_write(ptr: u64, len: u64) -> (SysStatus, u64, u64) {
     (SysStatus::Success, 0, 0)
 }
 
+/// Reads (`value` None) or writes an MSR for the root's pass-through.
+fn msr_access(index: u64, value: Option<u64>) -> (SysStatus, u64, u64) {
+    let Some(index) = u32::try_from(index)
+        .ok()
+        .filter(|&i| fault::msr_passthrough_allowed(i))
+    else {
+        return (SysStatus::InvalidArgument, 0, 0);
+    };
+    let mut read = 0;
+    // SAFETY: ring 0; the routines recover from #GP through the exception
+    // handler's fix-up, and only MSRs outside the permission map's ranges
+    // (never MicroV's own: EFER, syscall MSRs, VM_HSAVE_PA …) get here.
+    let faulted = unsafe {
+        match value {
+            None => asm::microv_rdmsr_safe(index, &mut read),
+            Some(v) => asm::microv_wrmsr_safe(index, v),
+        }
+    };
+    if faulted != 0 {
+        (SysStatus::Fault, 0, 0)
+    } else {
+        (SysStatus::Success, read, 0)
+    }
+}
+
 fn mem_alloc(pages: u64) -> (SysStatus, u64, u64) {
     if pages == 0 || pages > MAX_ALLOC_PAGES {
         return (SysStatus::InvalidArgument, 0, 0);
@@ -131,9 +159,19 @@ fn mem_alloc(pages: u64) -> (SysStatus, u64, u64) {
     (SysStatus::Success, va, page.pa)
 }
 
-/// Every exception taken in host mode lands here (on IST 1).
+/// Every exception taken in host mode lands here (on IST 1). Returns only
+/// for a #GP on the `rdmsr`/`wrmsr` of the pass-through routines, after
+/// pointing the frame at their fix-up; everything else stops MicroV.
 #[no_mangle]
-extern "C" fn microv_exception(frame: &ExceptionFrame) -> ! {
+extern "C" fn microv_exception(frame: &mut ExceptionFrame) {
+    let fixable = [
+        asm::microv_rdmsr_insn as *const () as u64,
+        asm::microv_wrmsr_insn as *const () as u64,
+    ];
+    if fault::is_msr_fixup(frame, &fixable) {
+        frame.rip = asm::microv_msr_fixup as *const () as u64;
+        return;
+    }
     // SAFETY: CR2 is readable in ring 0.
     let cr2 = unsafe { instr::read_cr2() };
     let record = fault::record(frame, cr2);
