@@ -224,26 +224,25 @@ kvm_works() {
 # fails ("Try again"): the module unloads itself on purpose.
 PROBE_SEQ=0
 probe() {
-    local marker
-    PROBE_SEQ=$((PROBE_SEQ + 1))
-    marker="mvt-probe-marker-$$-$PROBE_SEQ"
-    echo "$marker" >/dev/kmsg
-    run insmod "$MVT_DIR/mvprobe.ko" "pa=$1"
-    [ "$RUN_RC" -ne 0 ] || fail "insmod mvprobe.ko succeeded; it should always refuse to stay loaded"
-    PROBE_LINE=$(dmesg | sed -n "/$marker/,\$p" | grep 'mvprobe: ' | tail -n 1 | sed 's/^.*mvprobe: /mvprobe: /') || true
-    echo "  probe: ${PROBE_LINE:-<no mvprobe line in dmesg>}"
+    probe_run "pa=$1" 'mvprobe: '
 }
 
 # probe_msr MSR: reads MSR with rdmsr_safe and writes it back (mvprobe.ko
 # msr=); sets PROBE_LINE to the probe's line, `mvprobe: msr=... read=...`.
 probe_msr() {
+    probe_run "msr=$1" 'mvprobe: msr='
+}
+
+# probe_run PARAM PREFIX: inserts mvprobe.ko with PARAM and sets PROBE_LINE
+# to the last kernel-log line starting with PREFIX since the insertion.
+probe_run() {
     local marker
     PROBE_SEQ=$((PROBE_SEQ + 1))
     marker="mvt-probe-marker-$$-$PROBE_SEQ"
     echo "$marker" >/dev/kmsg
-    run insmod "$MVT_DIR/mvprobe.ko" "msr=$1"
+    run insmod "$MVT_DIR/mvprobe.ko" "$1"
     [ "$RUN_RC" -ne 0 ] || fail "insmod mvprobe.ko succeeded; it should always refuse to stay loaded"
-    PROBE_LINE=$(dmesg | sed -n "/$marker/,\$p" | grep 'mvprobe: msr=' | tail -n 1 | sed 's/^.*mvprobe: /mvprobe: /') || true
+    PROBE_LINE=$(dmesg | sed -n "/$marker/,\$p" | grep "$2" | tail -n 1 | sed 's/^.*mvprobe: /mvprobe: /') || true
     echo "  probe: ${PROBE_LINE:-<no mvprobe line in dmesg>}"
 }
 

@@ -25,6 +25,44 @@ pub enum MapError {
     Misaligned,
 }
 
+/// The slot of the level-`level` entry for `va`, creating missing tables
+/// above it with `table_flags`. Fails if a large page already covers `va`.
+fn slot_creating(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    va: u64,
+    level: u32,
+    table_flags: u64,
+) -> Result<&mut u64, MapError> {
+    let mut table_pa = root_pa;
+    let mut current = 4;
+    while current > level {
+        let index = paging::index(va, current);
+        let entry = *mem
+            .table(table_pa)
+            .ok_or(MapError::BadTable)?
+            .get(index)
+            .ok_or(MapError::BadTable)?;
+        table_pa = if entry & PRESENT == 0 {
+            let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+            *mem.table(table_pa)
+                .ok_or(MapError::BadTable)?
+                .get_mut(index)
+                .ok_or(MapError::BadTable)? = new | table_flags | PRESENT;
+            new
+        } else if entry & HUGE != 0 {
+            return Err(MapError::AlreadyMapped);
+        } else {
+            entry & ADDRESS_MASK
+        };
+        current -= 1;
+    }
+    mem.table(table_pa)
+        .ok_or(MapError::BadTable)?
+        .get_mut(paging::index(va, level))
+        .ok_or(MapError::BadTable)
+}
+
 /// Maps one page of level `level` (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) at `va` to
 /// `pa` with `leaf_flags` (PRESENT, and HUGE for levels 2–3, are added).
 /// Tables created on the way get `table_flags` (PRESENT is added).
@@ -44,31 +82,7 @@ pub fn map(
     if !va.is_multiple_of(size) || !pa.is_multiple_of(size) || pa & !ADDRESS_MASK != 0 {
         return Err(MapError::Misaligned);
     }
-    let mut table_pa = root_pa;
-    let mut current = 4;
-    while current > level {
-        let index = paging::index(va, current);
-        let entry = {
-            let table = mem.table(table_pa).ok_or(MapError::BadTable)?;
-            *table.get(index).ok_or(MapError::BadTable)?
-        };
-        table_pa = if entry & PRESENT == 0 {
-            let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
-            let table = mem.table(table_pa).ok_or(MapError::BadTable)?;
-            let slot = table.get_mut(index).ok_or(MapError::BadTable)?;
-            *slot = new | table_flags | PRESENT;
-            new
-        } else if entry & HUGE != 0 {
-            return Err(MapError::AlreadyMapped);
-        } else {
-            entry & ADDRESS_MASK
-        };
-        current -= 1;
-    }
-    let table = mem.table(table_pa).ok_or(MapError::BadTable)?;
-    let slot = table
-        .get_mut(paging::index(va, level))
-        .ok_or(MapError::BadTable)?;
+    let slot = slot_creating(mem, root_pa, va, level, table_flags)?;
     if *slot & PRESENT != 0 {
         return Err(MapError::AlreadyMapped);
     }
@@ -95,35 +109,7 @@ pub fn link_table(
     {
         return Err(MapError::Misaligned);
     }
-    // Make a leaf one level down, then turn the entry above it into a link.
-    let mut table = root_pa;
-    let mut current = 4;
-    while current > level {
-        let index = paging::index(va, current);
-        let entry = *mem
-            .table(table)
-            .ok_or(MapError::BadTable)?
-            .get(index)
-            .ok_or(MapError::BadTable)?;
-        table = if entry & PRESENT == 0 {
-            let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
-            *mem.table(table)
-                .ok_or(MapError::BadTable)?
-                .get_mut(index)
-                .ok_or(MapError::BadTable)? = new | flags | PRESENT;
-            new
-        } else if entry & HUGE != 0 {
-            return Err(MapError::AlreadyMapped);
-        } else {
-            entry & ADDRESS_MASK
-        };
-        current -= 1;
-    }
-    let slot = mem
-        .table(table)
-        .ok_or(MapError::BadTable)?
-        .get_mut(paging::index(va, level))
-        .ok_or(MapError::BadTable)?;
+    let slot = slot_creating(mem, root_pa, va, level, flags)?;
     if *slot & PRESENT != 0 {
         return Err(MapError::AlreadyMapped);
     }

@@ -160,6 +160,7 @@ pub fn bring_up(landing: &mut CpuLanding) -> ! {
     pc.index = index;
     pc.landing = landing as *mut CpuLanding as u64;
     pc.root_vs = root_vs;
+    pc.root = root;
     pc.host_vmcb_pa = host_vmcb.pa;
     pc.promote_entry = landing.promote_entry;
     pc.root_started = false;
@@ -275,7 +276,7 @@ fn write_dtr(buf: &mut [u8; 16], limit: u16, base: u64) {
 /// the extension. Never returns.
 pub fn run(id: u64) -> Result<core::convert::Infallible, microv_abi::syscall::SysStatus> {
     let pc = percpu::current();
-    let vs = vs::get(id).ok_or(microv_abi::syscall::SysStatus::InvalidArgument)?;
+    let vs = lookup(pc, id).ok_or(microv_abi::syscall::SysStatus::InvalidArgument)?;
     if vs.root_of.is_some_and(|cpu| cpu != pc.index) {
         return Err(microv_abi::syscall::SysStatus::InvalidArgument);
     }
@@ -310,6 +311,15 @@ pub fn run(id: u64) -> Result<core::convert::Infallible, microv_abi::syscall::Sy
     unsafe { asm::microv_enter_extension(Upcall::Exit as u64, pc.index, id, 0) }
 }
 
+/// A vCPU state: this CPU's root from its per-CPU copy, others from the table.
+fn lookup(pc: &PerCpu, id: u64) -> Option<vs::Vs> {
+    if id == pc.root_vs {
+        Some(pc.root)
+    } else {
+        vs::get(id)
+    }
+}
+
 fn landing_of(pc: &PerCpu) -> Option<&'static mut CpuLanding> {
     // SAFETY: the landing page stays mapped for MicroV's lifetime.
     unsafe { (pc.landing as *mut CpuLanding).as_mut() }
@@ -318,7 +328,7 @@ fn landing_of(pc: &PerCpu) -> Option<&'static mut CpuLanding> {
 /// Puts this CPU's root vCPU state back onto the real CPU. Never returns.
 pub fn promote(id: u64) -> ! {
     let pc = percpu::current();
-    let (Some(vs), Some(landing)) = (vs::get(id), landing_of(pc)) else {
+    let (Some(vs), Some(landing)) = (lookup(pc, id), landing_of(pc)) else {
         log!("cpu {}: no root state to promote; halting", pc.index);
         instr::halt_forever()
     };
@@ -382,7 +392,7 @@ pub fn fail_with(record: FaultRecord) -> ! {
     }
     if !pc.root_started {
         // Bring-up failed: the loader's call returns the error.
-        if let Some(vs) = vs::get(pc.root_vs) {
+        if let Some(vs) = lookup(pc, pc.root_vs) {
             // SAFETY: the VMCB page is this CPU's root vCPU state.
             unsafe { (*(vs.vmcb_va as *mut Vmcb)).save.rax = u64::from(record.code) };
         }

@@ -16,6 +16,9 @@ pub struct PerCpu {
     pub index: u64,
     pub landing: u64,
     pub root_vs: u64,
+    /// The root vCPU state's pages, copied at bring-up so the exit path
+    /// needs no look-up under the global vCPU-state lock.
+    pub root: super::vs::Vs,
     pub host_vmcb_pa: u64,
     /// The trampoline's promotion routine, copied at bring-up: the landing
     /// page is Linux's memory, so it is not read again when leaving.

@@ -79,7 +79,7 @@ pub fn create(root_of: Option<u64>) -> Result<u64, VsError> {
     Ok(id)
 }
 
-/// Looks up a vCPU state.
+/// Looks up a vCPU state (takes the global lock: keep off the exit path).
 pub fn get(id: u64) -> Option<Vs> {
     STATES
         .lock()
