@@ -75,6 +75,10 @@ start_errors! {
         "`microv status` lists the CPUs MicroV runs on",
     KvmLoaded = 22 : "Linux's kvm_amd module is loaded and could start using SVM beneath MicroV",
         "unload it first: `rmmod kvm_amd`",
+    RootShutdown = 23 : "the root VM shut down (a triple fault, which resets a machine without MicroV); MicroV stepped aside",
+        "the root's own kernel failed, not MicroV: see `microv log` for where",
+    StopRefused = 24 : "not every CPU joined the stop in time (MicroV waited about a second for all of them); nothing changed, MicroV keeps running on every CPU",
+        "run `microv stop` again; if it keeps being refused, look for a CPU stuck with interrupts off (`dmesg`) and see `microv log`",
 }
 
 #[cfg(test)]

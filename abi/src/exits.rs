@@ -34,6 +34,7 @@ exit_kinds! {
     Shutdown = 7 : "shutdown",
     Xsetbv = 8 : "xsetbv",
     Other = 9 : "other",
+    Io = 10 : "io",
 }
 
 /// Length of per-CPU exit-count arrays (room to grow without an ABI break).

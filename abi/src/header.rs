@@ -62,6 +62,7 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_KERNEL_IMAGE_MAGIC", KERNEL_IMAGE_MAGIC)?;
     define(w, "MV_EXTENSION_IMAGE_MAGIC", EXTENSION_IMAGE_MAGIC)?;
     define(w, "MV_LAUNCH_VERSION", u64::from(LAUNCH_VERSION))?;
+    define(w, "MV_LANDING_IRET_STACK_WORDS", LANDING_IRET_STACK_WORDS as u64)?;
     define(w, "MV_MAX_SEGMENTS", MAX_SEGMENTS as u64)?;
     define(w, "MV_SEGMENT_X", SEGMENT_X)?;
     define(w, "MV_SEGMENT_W", SEGMENT_W)?;

@@ -56,7 +56,7 @@ pub const KERNEL_IMAGE_MAGIC: u64 = u64::from_le_bytes(*b"MVKERNEL");
 /// Magic at the start of the extension image ("MVEXTENS").
 pub const EXTENSION_IMAGE_MAGIC: u64 = u64::from_le_bytes(*b"MVEXTENS");
 /// Version of the layouts in this module. Loader and images must agree.
-pub const LAUNCH_VERSION: u32 = 1;
+pub const LAUNCH_VERSION: u32 = 2;
 
 /// How MicroV was started (`id.capabilities`, `microv status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +156,9 @@ c_struct! {
     /// Everything the trampoline needs to put the root's state back onto the
     /// real CPU ("promotion": after `stop`, or when MicroV fails on this CPU).
     /// The microkernel has already loaded what VMLOAD covers (FS, GS, TR,
-    /// LDTR, syscall MSRs), CR0, CR4, EFER's other bits and the debug state.
+    /// LDTR, syscall MSRs), CR0, CR4, CR2, PAT, XCR0 and the FPU state, and
+    /// passes CR3 in a register: the trampoline switches to the root's page
+    /// tables before it reads this frame, so host mode never reads it.
     pub struct PromoteFrame as "mv_promote_frame" {
         /// RAX, RCX, RDX, RBX, RSP (unused), RBP, RSI, RDI, R8..R15.
         pub gprs: [u64; 16],
@@ -169,6 +171,9 @@ c_struct! {
         pub ss: u64,
         pub ds: u64,
         pub es: u64,
+        /// Loaded last, once no hypervisor code runs any more: a breakpoint
+        /// the root armed can only ever hit the root's own code.
+        pub dr7: u64,
         pub gdtr: DescriptorTableRegister,
         pub idtr: DescriptorTableRegister,
     }
@@ -224,16 +229,10 @@ c_struct! {
         pub index: u32,
         /// Set by the microkernel: 1 while MicroV runs on this CPU.
         pub running: u32,
-        /// Hypervisor virtual address of the [`BootInfo`].
-        pub boot_info: u64,
         /// Physical address of the microkernel's PML4.
         pub kernel_cr3: u64,
-        /// Top of this CPU's microkernel stack (hypervisor virtual address).
-        pub kernel_stack_top: u64,
         /// Microkernel entry point (hypervisor virtual address).
         pub kernel_entry: u64,
-        /// Loader's virtual address of its trampoline's promotion routine.
-        pub promote_entry: u64,
         /// Result of entry: 0, or a [`crate::StartError`] value.
         pub status: u64,
         /// Extra detail for `status` (for example the value that was refused).
@@ -241,8 +240,15 @@ c_struct! {
         pub captured: CapturedState,
         pub promote: PromoteFrame,
         pub fault: FaultRecord,
+        /// Stack for the trampoline's final IRET frame: never the stack the
+        /// root was interrupted on, which may be a user stack (SMAP) or a
+        /// kernel address chosen by user space.
+        pub iret_stack: [u64; LANDING_IRET_STACK_WORDS],
     }
 }
+
+/// Words in [`CpuLanding::iret_stack`] (an IRET frame is five).
+pub const LANDING_IRET_STACK_WORDS: usize = 8;
 const _: () = assert!(core::mem::size_of::<CpuLanding>() <= PAGE_SIZE as usize);
 
 c_struct! {
@@ -305,9 +311,24 @@ c_struct! {
         pub log_size: u64,
         /// Test-only behaviour requested at start ([`boot_flags`]).
         pub flags: u64,
+        /// Pool offset of the microkernel stacks: CPU *i*'s stack is the
+        /// [`KERNEL_STACK_SIZE`] bytes below `(i + 1) * KERNEL_STACK_SIZE`
+        /// from there. The microkernel takes its stack from here, never
+        /// from the root-writable landing page.
+        pub stacks_offset: u64,
+        /// Hypervisor virtual address of the trampoline's promotion routine
+        /// (the hypervisor's private copy of the trampoline).
+        pub promote_entry: u64,
     }
 }
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= 2 * PAGE_SIZE as usize);
+
+/// Pool offset of the [`BootInfo`]: the first page after the microkernel
+/// image (which starts at pool offset 0). The microkernel finds it from its
+/// own sealed image size, so it never takes the address from the root.
+pub const fn boot_info_offset(kernel_image_size: u64) -> u64 {
+    kernel_image_size.div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
 
 /// Bits of [`BootInfo::flags`].
 pub mod boot_flags {
@@ -350,6 +371,23 @@ impl BootInfo {
             .map(|base| base + offset % CHUNK_SIZE)
     }
 
+    /// True if this is a boot info of this launch version whose counts are
+    /// in range (the microkernel checks this before using any of it).
+    pub fn is_sane(&self) -> bool {
+        self.magic == BOOT_INFO_MAGIC
+            && self.launch_version == LAUNCH_VERSION
+            && self.chunk_count as usize <= MAX_CHUNKS
+            && self.cpu_count as usize <= MAX_CPUS
+            && self.free_offset <= self.pool_size()
+    }
+
+    /// The CPU index whose bring-up must fail on purpose, if the loader
+    /// asked for one ([`boot_flags::FAIL_CPU`]).
+    pub fn injected_failure_cpu(&self) -> Option<u64> {
+        (self.flags & boot_flags::FAIL_CPU != 0)
+            .then_some((self.flags >> boot_flags::FAIL_CPU_SHIFT) & 0xff)
+    }
+
     /// Pool size in bytes.
     pub fn pool_size(&self) -> u64 {
         u64::from(self.chunk_count.min(MAX_CHUNKS as u32)) * CHUNK_SIZE
@@ -374,6 +412,26 @@ mod tests {
         assert_eq!(bi.pool_size(), 2 * CHUNK_SIZE);
         bi.chunk_count = u32::MAX;
         assert_eq!(bi.pool_size(), MAX_CHUNKS as u64 * CHUNK_SIZE);
+    }
+
+    #[test]
+    fn sanity_and_test_flags() {
+        let mut bi = BootInfo::zeroed();
+        assert!(!bi.is_sane(), "no magic");
+        bi.magic = BOOT_INFO_MAGIC;
+        bi.launch_version = LAUNCH_VERSION;
+        bi.chunk_count = 2;
+        bi.cpu_count = 2;
+        bi.free_offset = CHUNK_SIZE;
+        assert!(bi.is_sane());
+        bi.cpu_count = MAX_CPUS as u32 + 1;
+        assert!(!bi.is_sane());
+        bi.cpu_count = 2;
+        bi.free_offset = 3 * CHUNK_SIZE;
+        assert!(!bi.is_sane(), "free offset past the pool");
+        assert_eq!(bi.injected_failure_cpu(), None);
+        bi.flags = boot_flags::FAIL_CPU | (3 << boot_flags::FAIL_CPU_SHIFT);
+        assert_eq!(bi.injected_failure_cpu(), Some(3));
     }
 
     #[test]

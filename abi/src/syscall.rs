@@ -49,8 +49,12 @@ numbered! {
         /// Run vCPU state RDI on this CPU. Does not return: the exit arrives
         /// as an [`Upcall::Exit`].
         VsRun = 4,
-        /// Put vCPU state RDI (a root vCPU) back onto the real CPU and leave
-        /// this CPU. Does not return.
+        /// Put vCPU state RDI (this CPU's root vCPU) back onto the real CPU
+        /// and leave this CPU, together with every other CPU running
+        /// MicroV (a rendezvous). Returns only if refused: [`SysStatus::Busy`]
+        /// when the other CPUs did not all ask in time, or
+        /// [`SysStatus::InvalidArgument`] for a wrong id or a state the CPU
+        /// cannot load.
         VsPromote = 5,
         /// The extension cannot go on: MicroV stops on this CPU, reporting
         /// [`crate::StartError`] RDI with detail RSI. Does not return.
@@ -77,6 +81,9 @@ numbered! {
         OutOfMemory = 3,
         /// The instruction raised #GP (for example the MSR does not exist).
         Fault = 4,
+        /// `VsPromote`: not every CPU running MicroV asked to stop within
+        /// the rendezvous timeout; MicroV keeps running on this CPU.
+        Busy = 5,
     }
 }
 
@@ -103,12 +110,32 @@ pub mod vs_layout {
     pub const fn vmcb(id: u64) -> u64 {
         WINDOW + id * STRIDE
     }
-    /// Extension address of the saved general-purpose registers of state `id`
-    /// (16 × u64 in x86 register-number order; RAX and RSP live in the VMCB).
+    /// Extension address of the register page ([`super::VsRegs`]) of state `id`.
     pub const fn gprs(id: u64) -> u64 {
         WINDOW + id * STRIDE + 4096
     }
 }
+
+/// A vCPU state's register page (at [`vs_layout::gprs`]): what the world
+/// switch saves besides the VMCB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VsRegs {
+    /// The general-purpose registers in x86 register-number order (RAX and
+    /// RSP live in the VMCB; their slots here are unused).
+    pub gprs: [u64; 16],
+    /// The vCPU's XCR0. The extension sets it when it accepts an XSETBV;
+    /// the microkernel checks it before every VMRUN and switches it in and
+    /// out around the guest, so host code never runs on a guest's XCR0.
+    pub xcr0: u64,
+}
+const _: () = assert!(core::mem::offset_of!(VsRegs, xcr0) == 128);
+
+/// I/O ports the extension may use directly from ring 3 (the microkernel's
+/// TSS I/O permission bitmap allows exactly these): PCI configuration
+/// (0xCF8–0xCFF, which includes the reset control port 0xCF9), so the
+/// extension can replay the root's intercepted accesses to them.
+pub const EXTENSION_PORTS: core::ops::RangeInclusive<u16> = 0xcf8..=0xcff;
 
 /// Read-only copy of the [`crate::launch::BootInfo`] mapped into the extension.
 pub const EXTENSION_BOOT_INFO: u64 = 0x0000_0000_3fff_e000;

@@ -172,6 +172,7 @@ impl From<io::Error> for CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use microv_abi::Status;
 
     #[test]
     fn driver_errors_read_well() {
@@ -198,6 +199,35 @@ mod tests {
             e.render(),
             "microv: start failed: MicroV is already running\n\
              hint: run `microv stop` first, or `microv status` to see it\n"
+        );
+        let e = CliError::ioctl_failed(
+            Op::Stop,
+            libc::EIO,
+            StartError::StopRefused as u32,
+            u32::MAX,
+            0,
+        );
+        assert_eq!(
+            e.render(),
+            "microv: stop failed: not every CPU joined the stop in time (MicroV waited about a \
+             second for all of them); nothing changed, MicroV keeps running on every CPU\n\
+             hint: run `microv stop` again; if it keeps being refused, look for a CPU stuck with \
+             interrupts off (`dmesg`) and see `microv log`\n"
+        );
+        // A CPU that stayed behind while others left is not a refusal.
+        let e = CliError::ioctl_failed(
+            Op::Stop,
+            libc::EIO,
+            StartError::Unresponsive as u32,
+            1,
+            Status::Busy.as_u64(),
+        );
+        assert!(
+            e.render().starts_with(
+                "microv: stop failed on CPU 1: a CPU did not answer the stop request (detail 0x7)"
+            ),
+            "{}",
+            e.render()
         );
         let e = CliError::ioctl_failed(Op::Stop, libc::EINVAL, 4242, 0, 0);
         assert_eq!(

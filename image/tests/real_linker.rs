@@ -1,5 +1,11 @@
 //! Seals and flattens images linked by the system's GNU `as`/`ld`, as the
 //! build links the real ones. Skipped (with a note) where binutils are absent.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 use std::process::Command;

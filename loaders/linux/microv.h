@@ -19,18 +19,45 @@ struct mv_pool {
 	u64 pml4_pa;
 };
 
+/* One CPU's part in a stop rendezvous (mv_cpu_stop_rendezvous). */
+struct mv_cpu_stop {
+	bool ran;		/* the callback ran on this CPU */
+	bool was_running;	/* landing->running before the call */
+	bool running;		/* landing->running after the call */
+	u64 status;		/* what hv.stop_pp returned (MV_STOP_NOT_ISSUED: not called) */
+};
+
+/* mv_cpu_stop.status when the CPU did not make the call. */
+#define MV_STOP_NOT_ISSUED (~0ULL)
+
 /* Everything one start of MicroV owns. */
 struct mv_instance {
 	struct mv_pool pool;
 	unsigned int cpu_count;
 	int os_cpu[MV_MAX_CPUS];
 	struct mv_cpu_landing *landing[MV_MAX_CPUS];
+	/* MicroV may run beneath this CPU (entered, and not yet seen to leave). */
 	bool started[MV_MAX_CPUS];
 	void *log;
 	u64 log_size;
 	u64 boot_info_offset;
 	u64 handle;
 	u64 flags;
+	/*
+	 * MicroV must go but may still run on some CPU: it faulted, or a
+	 * start failed and could not be undone, or a stop left some CPUs
+	 * behind. The driver keeps the instance (and its module reference)
+	 * and retries the stop until every CPU is native.
+	 */
+	bool failed;
+	/* The instance is what is left of a failed start. */
+	bool start_failed;
+	/* Stop attempts since the instance failed (paces the retries). */
+	unsigned int stop_retries;
+	/* Scratch for the stop rendezvous; written only under mv_lock. */
+	struct mv_cpu_stop stop[MV_MAX_CPUS];
+	/* Test: the OS CPU that does not join the rendezvous, or -1. */
+	int stop_skip_cpu;
 };
 
 /* microv_pool.c */
@@ -46,10 +73,13 @@ int mv_boot_map(struct mv_pool *pool, u64 va, u64 pa, u64 size, u64 flags);
 u64 mv_hypercall(u64 call, u64 *r10, u64 *r11, u64 *r12, u64 *r13);
 bool mv_hypercall_failed_natively(u64 call, u64 status);
 long mv_cpu_start(void *instance_and_index);
-long mv_cpu_stop(void *instance_and_index);
+int mv_cpu_stop_rendezvous(void *instance);
 long mv_cpu_open_handle(void *instance_and_index);
 long mv_cpu_test_fault(void *instance_and_index);
 int mv_cpu_check_svm(u64 *detail);
+
+/* microv_main.c: for test modules (tests/vm/mvprobe). */
+u64 microv_test_handle(void);
 
 /* Trampoline (microv_tramp.S). */
 u64 microv_enter(struct mv_cpu_landing *landing);

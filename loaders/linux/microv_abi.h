@@ -17,7 +17,8 @@
 #define MV_BOOT_INFO_MAGIC 0x4e49544f4f42564dULL
 #define MV_KERNEL_IMAGE_MAGIC 0x4c454e52454b564dULL
 #define MV_EXTENSION_IMAGE_MAGIC 0x534e45545845564dULL
-#define MV_LAUNCH_VERSION 0x1ULL
+#define MV_LAUNCH_VERSION 0x2ULL
+#define MV_LANDING_IRET_STACK_WORDS 0x8ULL
 #define MV_MAX_SEGMENTS 0x8ULL
 #define MV_SEGMENT_X 0x1ULL
 #define MV_SEGMENT_W 0x2ULL
@@ -85,6 +86,8 @@
 #define MV_ERR_NOT_A_TEST_IMAGE 20
 #define MV_ERR_NO_SUCH_CPU 21
 #define MV_ERR_KVM_LOADED 22
+#define MV_ERR_ROOT_SHUTDOWN 23
+#define MV_ERR_STOP_REFUSED 24
 
 /* States */
 #define MV_HV_STOPPED 0x0ULL
@@ -141,9 +144,10 @@
 #define MVOFF_mv_promote_frame_ss 176
 #define MVOFF_mv_promote_frame_ds 184
 #define MVOFF_mv_promote_frame_es 192
-#define MVOFF_mv_promote_frame_gdtr 200
-#define MVOFF_mv_promote_frame_idtr 216
-#define MVSIZE_mv_promote_frame 232
+#define MVOFF_mv_promote_frame_dr7 200
+#define MVOFF_mv_promote_frame_gdtr 208
+#define MVOFF_mv_promote_frame_idtr 224
+#define MVSIZE_mv_promote_frame 240
 #define MVOFF_mv_fault_record_code 0
 #define MVOFF_mv_fault_record_vector 4
 #define MVOFF_mv_fault_record_error_code 8
@@ -157,17 +161,15 @@
 #define MVOFF_mv_cpu_landing_os_cpu 12
 #define MVOFF_mv_cpu_landing_index 16
 #define MVOFF_mv_cpu_landing_running 20
-#define MVOFF_mv_cpu_landing_boot_info 24
-#define MVOFF_mv_cpu_landing_kernel_cr3 32
-#define MVOFF_mv_cpu_landing_kernel_stack_top 40
-#define MVOFF_mv_cpu_landing_kernel_entry 48
-#define MVOFF_mv_cpu_landing_promote_entry 56
-#define MVOFF_mv_cpu_landing_status 64
-#define MVOFF_mv_cpu_landing_detail 72
-#define MVOFF_mv_cpu_landing_captured 80
-#define MVOFF_mv_cpu_landing_promote 240
-#define MVOFF_mv_cpu_landing_fault 472
-#define MVSIZE_mv_cpu_landing 520
+#define MVOFF_mv_cpu_landing_kernel_cr3 24
+#define MVOFF_mv_cpu_landing_kernel_entry 32
+#define MVOFF_mv_cpu_landing_status 40
+#define MVOFF_mv_cpu_landing_detail 48
+#define MVOFF_mv_cpu_landing_captured 56
+#define MVOFF_mv_cpu_landing_promote 216
+#define MVOFF_mv_cpu_landing_fault 456
+#define MVOFF_mv_cpu_landing_iret_stack 504
+#define MVSIZE_mv_cpu_landing 568
 #define MV_GPR_RAX 0
 #define MV_GPR_RCX 1
 #define MV_GPR_RDX 2
@@ -280,6 +282,7 @@ struct mv_promote_frame {
 	__u64 ss;
 	__u64 ds;
 	__u64 es;
+	__u64 dr7;
 	struct mv_dtr gdtr;
 	struct mv_dtr idtr;
 };
@@ -293,9 +296,10 @@ _Static_assert(offsetof(struct mv_promote_frame, cs) == 168, "mv_promote_frame.c
 _Static_assert(offsetof(struct mv_promote_frame, ss) == 176, "mv_promote_frame.ss");
 _Static_assert(offsetof(struct mv_promote_frame, ds) == 184, "mv_promote_frame.ds");
 _Static_assert(offsetof(struct mv_promote_frame, es) == 192, "mv_promote_frame.es");
-_Static_assert(offsetof(struct mv_promote_frame, gdtr) == 200, "mv_promote_frame.gdtr");
-_Static_assert(offsetof(struct mv_promote_frame, idtr) == 216, "mv_promote_frame.idtr");
-_Static_assert(sizeof(struct mv_promote_frame) == 232, "sizeof mv_promote_frame");
+_Static_assert(offsetof(struct mv_promote_frame, dr7) == 200, "mv_promote_frame.dr7");
+_Static_assert(offsetof(struct mv_promote_frame, gdtr) == 208, "mv_promote_frame.gdtr");
+_Static_assert(offsetof(struct mv_promote_frame, idtr) == 224, "mv_promote_frame.idtr");
+_Static_assert(sizeof(struct mv_promote_frame) == 240, "sizeof mv_promote_frame");
 
 struct mv_fault_record {
 	__u32 code;
@@ -321,33 +325,29 @@ struct mv_cpu_landing {
 	__u32 os_cpu;
 	__u32 index;
 	__u32 running;
-	__u64 boot_info;
 	__u64 kernel_cr3;
-	__u64 kernel_stack_top;
 	__u64 kernel_entry;
-	__u64 promote_entry;
 	__u64 status;
 	__u64 detail;
 	struct mv_captured_state captured;
 	struct mv_promote_frame promote;
 	struct mv_fault_record fault;
+	__u64 iret_stack[8];
 };
 _Static_assert(offsetof(struct mv_cpu_landing, magic) == 0, "mv_cpu_landing.magic");
 _Static_assert(offsetof(struct mv_cpu_landing, launch_version) == 8, "mv_cpu_landing.launch_version");
 _Static_assert(offsetof(struct mv_cpu_landing, os_cpu) == 12, "mv_cpu_landing.os_cpu");
 _Static_assert(offsetof(struct mv_cpu_landing, index) == 16, "mv_cpu_landing.index");
 _Static_assert(offsetof(struct mv_cpu_landing, running) == 20, "mv_cpu_landing.running");
-_Static_assert(offsetof(struct mv_cpu_landing, boot_info) == 24, "mv_cpu_landing.boot_info");
-_Static_assert(offsetof(struct mv_cpu_landing, kernel_cr3) == 32, "mv_cpu_landing.kernel_cr3");
-_Static_assert(offsetof(struct mv_cpu_landing, kernel_stack_top) == 40, "mv_cpu_landing.kernel_stack_top");
-_Static_assert(offsetof(struct mv_cpu_landing, kernel_entry) == 48, "mv_cpu_landing.kernel_entry");
-_Static_assert(offsetof(struct mv_cpu_landing, promote_entry) == 56, "mv_cpu_landing.promote_entry");
-_Static_assert(offsetof(struct mv_cpu_landing, status) == 64, "mv_cpu_landing.status");
-_Static_assert(offsetof(struct mv_cpu_landing, detail) == 72, "mv_cpu_landing.detail");
-_Static_assert(offsetof(struct mv_cpu_landing, captured) == 80, "mv_cpu_landing.captured");
-_Static_assert(offsetof(struct mv_cpu_landing, promote) == 240, "mv_cpu_landing.promote");
-_Static_assert(offsetof(struct mv_cpu_landing, fault) == 472, "mv_cpu_landing.fault");
-_Static_assert(sizeof(struct mv_cpu_landing) == 520, "sizeof mv_cpu_landing");
+_Static_assert(offsetof(struct mv_cpu_landing, kernel_cr3) == 24, "mv_cpu_landing.kernel_cr3");
+_Static_assert(offsetof(struct mv_cpu_landing, kernel_entry) == 32, "mv_cpu_landing.kernel_entry");
+_Static_assert(offsetof(struct mv_cpu_landing, status) == 40, "mv_cpu_landing.status");
+_Static_assert(offsetof(struct mv_cpu_landing, detail) == 48, "mv_cpu_landing.detail");
+_Static_assert(offsetof(struct mv_cpu_landing, captured) == 56, "mv_cpu_landing.captured");
+_Static_assert(offsetof(struct mv_cpu_landing, promote) == 216, "mv_cpu_landing.promote");
+_Static_assert(offsetof(struct mv_cpu_landing, fault) == 456, "mv_cpu_landing.fault");
+_Static_assert(offsetof(struct mv_cpu_landing, iret_stack) == 504, "mv_cpu_landing.iret_stack");
+_Static_assert(sizeof(struct mv_cpu_landing) == 568, "sizeof mv_cpu_landing");
 
 struct mv_segment {
 	__u64 offset;
@@ -389,6 +389,8 @@ struct mv_boot_info {
 	__u64 log;
 	__u64 log_size;
 	__u64 flags;
+	__u64 stacks_offset;
+	__u64 promote_entry;
 };
 _Static_assert(offsetof(struct mv_boot_info, magic) == 0, "mv_boot_info.magic");
 _Static_assert(offsetof(struct mv_boot_info, launch_version) == 8, "mv_boot_info.launch_version");
@@ -403,7 +405,9 @@ _Static_assert(offsetof(struct mv_boot_info, landing) == 2544, "mv_boot_info.lan
 _Static_assert(offsetof(struct mv_boot_info, log) == 3056, "mv_boot_info.log");
 _Static_assert(offsetof(struct mv_boot_info, log_size) == 3064, "mv_boot_info.log_size");
 _Static_assert(offsetof(struct mv_boot_info, flags) == 3072, "mv_boot_info.flags");
-_Static_assert(sizeof(struct mv_boot_info) == 3080, "sizeof mv_boot_info");
+_Static_assert(offsetof(struct mv_boot_info, stacks_offset) == 3080, "mv_boot_info.stacks_offset");
+_Static_assert(offsetof(struct mv_boot_info, promote_entry) == 3088, "mv_boot_info.promote_entry");
+_Static_assert(sizeof(struct mv_boot_info) == 3096, "sizeof mv_boot_info");
 
 struct mv_log_header {
 	__u64 written;

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
 /*
  * Per-CPU work: capture the CPU's state, enter the microkernel, and later
- * ask MicroV to leave this CPU. Each function runs on its CPU through
- * work_on_cpu(): process context, so kernel_fpu_begin() is allowed, which
- * lets the hypervisor clobber vector registers.
+ * ask MicroV to leave. Entry and the single-CPU calls run on their CPU
+ * through work_on_cpu() (process context, so kernel_fpu_begin() is
+ * allowed, which lets the hypervisor clobber vector registers); the stop
+ * runs on every CPU at once through stop_machine() (see
+ * mv_cpu_stop_rendezvous).
  */
 #include <linux/kernel.h>
+#include <linux/bug.h>
+#include <linux/smp.h>
 #include <asm/asm.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
@@ -160,27 +164,71 @@ long mv_cpu_test_fault(void *p)
 	return 0;
 }
 
-long mv_cpu_stop(void *p)
+static int cpu_index(const struct mv_instance *inst, int cpu)
 {
-	struct mv_cpu_arg *arg = p;
-	struct mv_cpu_landing *l = arg->inst->landing[arg->index];
-	u64 r10 = arg->inst->handle, r11 = 0, r12 = 0, r13 = 0, status;
-	unsigned long flags;
+	unsigned int i;
 
+	for (i = 0; i < inst->cpu_count; i++)
+		if (inst->os_cpu[i] == cpu)
+			return i;
+	return -1;
+}
+
+/*
+ * The stop rendezvous: a stop_machine() callback, so it runs on every
+ * online CPU at the same time, each in its stopper thread with interrupts
+ * off. Every CPU makes the `hv.stop_pp` call; MicroV holds each one in
+ * host mode until all the CPUs it runs on have called, then hands them all
+ * back together (or, if one does not come in time, answers MV_STATUS_BUSY
+ * everywhere and keeps running). A CPU that MicroV has already left (a
+ * fault, a failed start, an earlier partial stop) takes #UD on `vmmcall`,
+ * which mv_hypercall's fix-up turns into a return with RAX unchanged: it
+ * simply reports "not running". The caller (microv_main.c) reads the
+ * per-CPU results in inst->stop[] afterwards.
+ *
+ * kernel_fpu_begin() here: the stopper is a kernel thread in task context,
+ * not in an interrupt, and it cannot have preempted a kernel-FPU section
+ * (kernel_fpu_begin disables preemption), so irq_fpu_usable() is true with
+ * interrupts off: in 6.1 it returns true for any !in_hardirq() caller that
+ * is not already inside kernel_fpu_begin(), and newer kernels support
+ * interrupts-off callers explicitly. For a kernel thread kernel_fpu_begin()
+ * saves nothing (the interrupted task's registers were saved when the
+ * stopper was switched in) and invalidates this CPU's FPU-owner cache, so
+ * every task reloads its own registers from memory afterwards, whatever
+ * the hypervisor left in them. Should that ever not hold, this CPU does
+ * not make the call (and warns): the rendezvous then cannot complete and
+ * MicroV refuses the whole stop, rather than leave a CPU with the wrong
+ * registers. (The test parameter stop_skip_cpu makes a CPU sit out the
+ * same way.)
+ */
+int mv_cpu_stop_rendezvous(void *p)
+{
+	struct mv_instance *inst = p;
+	int cpu = smp_processor_id();
+	int i = cpu_index(inst, cpu);
+	u64 r10, r11 = 0, r12 = 0, r13 = 0;
+	struct mv_cpu_landing *l;
+	struct mv_cpu_stop *s;
+
+	if (i < 0)
+		return 0;
+	s = &inst->stop[i];
+	l = inst->landing[i];
+	s->ran = true;
+	s->was_running = READ_ONCE(l->running);
+	s->status = MV_STOP_NOT_ISSUED;
+	if (cpu == inst->stop_skip_cpu || WARN_ON_ONCE(!irq_fpu_usable())) {
+		s->running = READ_ONCE(l->running);
+		return 0;
+	}
+	r10 = inst->handle;
 	kernel_fpu_begin();
-	local_irq_save(flags);
-	status = mv_hypercall(MV_HC_HV_STOP_PP, &r10, &r11, &r12, &r13);
-	local_irq_restore(flags);
+	s->status = mv_hypercall(MV_HC_HV_STOP_PP, &r10, &r11, &r12, &r13);
 	kernel_fpu_end();
-
 	/*
 	 * The microkernel clears `running` when it hands the CPU back. (EFER
-	 * cannot tell: MicroV hides EFER.SVME from the root.) A #UD return means
-	 * MicroV had already left this CPU, which is fine too.
+	 * cannot tell: MicroV hides EFER.SVME from the root.)
 	 */
-	if (READ_ONCE(l->running)) {
-		arg->detail = status;
-		return MV_ERR_UNRESPONSIVE;
-	}
+	s->running = READ_ONCE(l->running);
 	return 0;
 }

@@ -19,6 +19,8 @@
 #include <linux/mutex.h>
 #include <linux/timekeeping.h>
 #include <linux/cpuhotplug.h>
+#include <linux/moduleparam.h>
+#include <linux/stop_machine.h>
 #include "microv.h"
 
 #define PTE_W	(1ULL << 1)
@@ -26,7 +28,15 @@
 #define LOG_ORDER 2 /* 16 KiB shared log ring */
 
 static DEFINE_MUTEX(mv_lock);
-static struct mv_instance *mv_inst;	/* non-NULL while MicroV runs */
+/*
+ * Non-NULL from just before MicroV is entered on the first CPU until it has
+ * left every CPU: while MicroV runs, and while a failed MicroV still runs
+ * somewhere. As long as it is set the driver holds a reference on itself
+ * (the trampoline is its text) and refuses CPU hot-plug.
+ */
+static struct mv_instance *mv_inst;
+/* The management handle while an instance has one (microv_test_handle). */
+static u64 mv_handle;
 static u32 mv_state = MV_HV_STOPPED;
 static u64 mv_start_ns;
 static u32 mv_last_error, mv_last_error_cpu = U32_MAX;
@@ -36,6 +46,47 @@ static enum cpuhp_state mv_hp_state;
 static void mv_watchdog_fn(struct work_struct *w);
 static DECLARE_DELAYED_WORK(mv_watchdog, mv_watchdog_fn);
 #define MV_WATCHDOG_PERIOD (HZ / 2)
+/* Retries of a stop that left MicroV somewhere: after 2 s, doubling up to 32 s. */
+#define MV_RETRY_MAX_SHIFT 5
+
+/*
+ * Test only (the e2e tests): while set, undoing a failed start "fails": the
+ * driver does not stop the CPUs it already started, as if they had not
+ * answered, and neither does any retry, so MicroV stays on them and the
+ * instance stays failed. Clear it and the next retry (`microv stop`, or the
+ * watchdog) takes MicroV out. Writable at run time:
+ * /sys/module/microv/parameters/fail_rollback.
+ */
+static bool fail_rollback;
+module_param(fail_rollback, bool, 0644);
+MODULE_PARM_DESC(fail_rollback,
+		 "test only: while set, undoing a failed start leaves MicroV on the CPUs already started");
+
+/*
+ * Test only: the OS CPU that sits out every stop rendezvous (it does not
+ * make the hv.stop_pp call), so a test can check that MicroV refuses a
+ * stop not every CPU joined and keeps running. -1 (the default): none.
+ * Writable at run time: /sys/module/microv/parameters/stop_skip_cpu.
+ */
+static int stop_skip_cpu = -1;
+module_param(stop_skip_cpu, int, 0644);
+MODULE_PARM_DESC(stop_skip_cpu,
+		 "test only: this CPU does not join the stop rendezvous (-1: every CPU joins)");
+
+/*
+ * The management handle, for test modules (tests/vm/mvprobe) that make
+ * management hypercalls such as hv.stop_pp on one chosen CPU; 0 when MicroV
+ * is not running. This weakens nothing: the handle keeps root *user space*
+ * out of the management calls (it cannot read kernel memory, and MicroV
+ * checks CPL 0 as well); the root kernel is not trusted by MicroV anyway and
+ * can read this driver's memory, the handle included, whenever it likes.
+ * What protects MicroV from the root kernel is nested paging, not the handle.
+ */
+u64 microv_test_handle(void)
+{
+	return READ_ONCE(mv_handle);
+}
+EXPORT_SYMBOL_GPL(microv_test_handle);
 
 static void free_instance(struct mv_instance *inst)
 {
@@ -102,10 +153,13 @@ static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 	err = load_image(inst, &a->kernel, MV_KERNEL_IMAGE_MAGIC, &(struct mv_loaded_image){});
 	if (err)
 		return err;
+	/* The microkernel finds the boot info right after its own image. */
 	inst->boot_info_offset = mv_pool_reserve(&inst->pool, 2 * PAGE_SIZE);
 	stacks = mv_pool_reserve(&inst->pool, MV_KERNEL_STACK_SIZE * inst->cpu_count);
 	if (inst->boot_info_offset == ~0ULL || stacks == ~0ULL)
 		return MV_ERR_POOL_TOO_SMALL;
+	if (inst->boot_info_offset != PAGE_ALIGN(a->kernel.size))
+		return MV_ERR_BAD_IMAGE;
 	bi = mv_pool_ptr(&inst->pool, inst->boot_info_offset);
 	bi->kernel.pool_offset = 0;
 	bi->kernel.size = a->kernel.size;
@@ -154,6 +208,8 @@ static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 	bi->log = (u64)inst->log;
 	bi->log_size = inst->log_size;
 	bi->flags = a->flags;
+	bi->stacks_offset = stacks;
+	bi->promote_entry = (u64)microv_promote;
 	/* Everything the boot tables need is reserved; the rest is the microkernel's. */
 	bi->free_offset = inst->pool.used;
 	if (bi->free_offset + MV_CHUNK_SIZE > (u64)inst->pool.chunk_count * MV_CHUNK_SIZE)
@@ -167,11 +223,8 @@ static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 		l->launch_version = MV_LAUNCH_VERSION;
 		l->os_cpu = inst->os_cpu[i];
 		l->index = i;
-		l->boot_info = MV_POOL_VA + inst->boot_info_offset;
 		l->kernel_cr3 = inst->pool.pml4_pa;
-		l->kernel_stack_top = MV_POOL_VA + stacks + (i + 1) * MV_KERNEL_STACK_SIZE;
 		l->kernel_entry = a->kernel.entry;
-		l->promote_entry = (u64)microv_promote;
 	}
 	return 0;
 }
@@ -201,30 +254,85 @@ static void dump_log(struct mv_instance *inst)
 	}
 }
 
-static int stop_cpus(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
+/*
+ * Takes MicroV out of every CPU at once: `hv.stop_pp` on all online CPUs
+ * together (stop_machine, see mv_cpu_stop_rendezvous). Returns 0 once no
+ * CPU of the instance runs MicroV. MV_ERR_STOP_REFUSED (*err_cpu = U32_MAX,
+ * *detail = 0) when MicroV refused the stop because not every
+ * CPU joined it in time and still runs on every CPU it ran on (nothing
+ * changed). Otherwise MV_ERR_UNRESPONSIVE with the first CPU that still runs
+ * MicroV and what its call returned, when some CPUs left and others did not.
+ *
+ * Called with mv_lock held and without cpus_read_lock (stop_machine takes
+ * it; CPU hot-plug is refused while mv_inst is set).
+ */
+static int stop_all(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
 {
-	int i, err = 0;
+	unsigned int i, left = 0, busy = 0, absent = 0, still = 0;
+	int first = -1;
 
-	for (i = inst->cpu_count - 1; i >= 0; i--) {
-		struct mv_cpu_arg arg = { .inst = inst, .index = i };
-		long r;
+	for (i = 0; i < inst->cpu_count; i++)
+		if (inst->started[i] || READ_ONCE(inst->landing[i]->running))
+			break;
+	if (i == inst->cpu_count)
+		return 0; /* MicroV was never entered, or has left every CPU */
+	if (inst->start_failed && READ_ONCE(fail_rollback)) {
+		/* Test: a rollback that fails. MicroV stays where it runs. */
+		for (i = 0; i < inst->cpu_count; i++)
+			if (inst->started[i]) {
+				*err_cpu = inst->os_cpu[i];
+				*detail = 0;
+				return MV_ERR_UNRESPONSIVE;
+			}
+	}
+	for (i = 0; i < inst->cpu_count; i++)
+		inst->stop[i] = (struct mv_cpu_stop){ .status = MV_STOP_NOT_ISSUED };
+	inst->stop_skip_cpu = READ_ONCE(stop_skip_cpu);
+	stop_machine(mv_cpu_stop_rendezvous, inst, cpu_online_mask);
+	for (i = 0; i < inst->cpu_count; i++) {
+		const struct mv_cpu_stop *st = &inst->stop[i];
 
-		if (!inst->started[i])
-			continue;
-		r = work_on_cpu(inst->os_cpu[i], mv_cpu_stop, &arg);
-		if (r) {
-			err = r;
-			*err_cpu = inst->os_cpu[i];
-			*detail = arg.detail;
+		if (st->ran)
+			inst->started[i] = st->running;
+		if (!inst->started[i]) {
+			left += st->was_running;
 			continue;
 		}
-		inst->started[i] = false;
+		still++;
+		busy += st->status == MV_STATUS_BUSY;
+		absent += st->status == MV_STOP_NOT_ISSUED;
+		if (first < 0)
+			first = i;
 	}
-	return err;
+	if (!still)
+		return 0;
+	/* Refused: no CPU left, and each one still in MicroV was told BUSY or never called. */
+	if (!left && busy && busy + absent == still) {
+		*err_cpu = U32_MAX;
+		*detail = 0;
+		return MV_ERR_STOP_REFUSED;
+	}
+	*err_cpu = inst->os_cpu[first];
+	*detail = inst->stop[first].status;
+	return MV_ERR_UNRESPONSIVE;
 }
 
-static void dump_log(struct mv_instance *inst);
-static int stop_cpus(struct mv_instance *inst, u32 *err_cpu, u64 *detail);
+/* MicroV has left every CPU: free everything and drop the module reference. */
+static void release_instance(void)
+{
+	free_instance(mv_inst);
+	WRITE_ONCE(mv_inst, NULL);
+	WRITE_ONCE(mv_handle, 0);
+	module_put(THIS_MODULE);
+}
+
+/* When the watchdog next looks: soon while all is well, slower for retries. */
+static unsigned long watchdog_delay(const struct mv_instance *inst)
+{
+	if (!inst->failed)
+		return MV_WATCHDOG_PERIOD;
+	return HZ << min(inst->stop_retries, (unsigned int)MV_RETRY_MAX_SHIFT);
+}
 
 /* Returns the index of a CPU on which MicroV stopped itself, or -1. */
 static int faulted_cpu(struct mv_instance *inst)
@@ -249,40 +357,89 @@ static void remember_fault(struct mv_instance *inst)
 }
 
 /*
- * MicroV stopped itself on some CPU (a fault in the extension or the
- * microkernel): it has marked itself failed, so every other CPU hands
- * itself back at its next exit. Make that exit happen with a stop request
- * on each CPU still under MicroV, then free everything. Called with
- * mv_lock held.
+ * MicroV must go: it stopped itself on some CPU (a fault in the extension
+ * or the microkernel: it has marked itself failed, so every other CPU hands
+ * itself back at its next exit), or an earlier stop or rollback left it on
+ * some CPUs. Make every CPU still under MicroV leave with one stop
+ * rendezvous, then free everything.
+ *
+ * A fault is noticed (and the first stop tried) by every caller; retrying a
+ * stop that already failed is for the watchdog and `microv stop` only
+ * (retry), since each attempt stops the whole machine for up to about a
+ * second. Returns 0 when no instance is left, else the stop's error.
+ * Called with mv_lock held.
  */
-static void reap_failure(void)
+static int reap_failure(bool retry, u32 *err_cpu, u64 *detail)
 {
-	u32 cpu;
-	u64 detail;
+	struct mv_instance *inst = mv_inst;
+	int err;
 
-	if (!mv_inst || faulted_cpu(mv_inst) < 0)
-		return;
-	remember_fault(mv_inst);
-	dump_log(mv_inst);
-	pr_err("microv: MicroV stopped itself on CPU %u (error %u, vector %u, rip 0x%llx); stopping it everywhere\n",
-	       mv_last_error_cpu, mv_last_fault.code, mv_last_fault.vector, mv_last_fault.rip);
-	if (stop_cpus(mv_inst, &cpu, &detail)) {
-		pr_crit("microv: CPU %u still runs MicroV after a failure; its memory stays allocated\n", cpu);
-		return;
+	if (!inst)
+		return 0;
+	if (!inst->failed) {
+		if (faulted_cpu(inst) < 0)
+			return 0;
+		inst->failed = true;
+		mv_state = MV_HV_FAILED;
+		remember_fault(inst);
+		dump_log(inst);
+		pr_err("microv: MicroV stopped itself on CPU %u (error %u, vector %u, rip 0x%llx); stopping it everywhere\n",
+		       mv_last_error_cpu, mv_last_fault.code, mv_last_fault.vector, mv_last_fault.rip);
+	} else if (!retry) {
+		return MV_ERR_UNRESPONSIVE;
 	}
-	free_instance(mv_inst);
-	mv_inst = NULL;
-	mv_state = MV_HV_FAILED;
-	module_put(THIS_MODULE);
+	err = stop_all(inst, err_cpu, detail);
+	if (err) {
+		if (!inst->stop_retries++)
+			pr_crit("microv: CPU %d still runs MicroV after a failure (status 0x%llx); its memory stays allocated and the driver loaded; retrying\n",
+				(int)*err_cpu, *detail);
+		return err;
+	}
+	if (inst->stop_retries)
+		pr_info("microv: MicroV has left every CPU (%u stop attempts had failed)\n",
+			inst->stop_retries);
+	/* A start that could not be undone at first ends stopped; a fault, failed. */
+	mv_state = inst->start_failed ? MV_HV_STOPPED : MV_HV_FAILED;
+	release_instance();
+	return 0;
 }
 
 static void mv_watchdog_fn(struct work_struct *w)
 {
+	u32 cpu;
+	u64 detail;
+
 	mutex_lock(&mv_lock);
-	reap_failure();
+	reap_failure(true, &cpu, &detail);
 	if (mv_inst)
-		schedule_delayed_work(&mv_watchdog, MV_WATCHDOG_PERIOD);
+		schedule_delayed_work(&mv_watchdog, watchdog_delay(mv_inst));
 	mutex_unlock(&mv_lock);
+}
+
+/*
+ * A start failed after MicroV was entered on some CPUs (or with no CPU
+ * entered at all): take MicroV out of every CPU at once. If that fails
+ * MicroV still runs somewhere: keep the instance, as failed, with its
+ * memory and the module reference, and let the watchdog and `microv stop`
+ * retry. Called with mv_lock held, without cpus_read_lock.
+ */
+static void undo_start(void)
+{
+	struct mv_instance *inst = mv_inst;
+	u32 cpu;
+	u64 detail;
+
+	inst->start_failed = true;
+	if (!stop_all(inst, &cpu, &detail)) {
+		release_instance();
+		return;
+	}
+	inst->failed = true;
+	inst->stop_retries = 1;
+	mv_state = MV_HV_FAILED;
+	pr_crit("microv: rollback of the failed start failed on CPU %d (status 0x%llx): MicroV still runs there; keeping its memory and the driver loaded (state failed); the watchdog and `microv stop` retry\n",
+		(int)cpu, detail);
+	schedule_delayed_work(&mv_watchdog, watchdog_delay(inst));
 }
 
 static int do_start(struct mv_start_args *a)
@@ -330,49 +487,47 @@ static int do_start(struct mv_start_args *a)
 	if (err)
 		goto out;
 
-	for (i = 0; i < inst->cpu_count; i++) {
-		struct mv_cpu_arg arg = { .inst = inst, .index = i };
-		long r = work_on_cpu(inst->os_cpu[i], mv_cpu_start, &arg);
+	/*
+	 * From the first entry on MicroV may run on some CPU: the instance is
+	 * live (module reference, no CPU hot-plug) until it has left them all.
+	 */
+	__module_get(THIS_MODULE);
+	WRITE_ONCE(mv_inst, inst);
+	inst = NULL;
+	for (i = 0; i < mv_inst->cpu_count; i++) {
+		struct mv_cpu_arg arg = { .inst = mv_inst, .index = i };
+		long r = work_on_cpu(mv_inst->os_cpu[i], mv_cpu_start, &arg);
 
 		if (r) {
 			err = r;
-			a->error_cpu = inst->os_cpu[i];
+			a->error_cpu = mv_inst->os_cpu[i];
 			a->error_detail = arg.detail;
-			remember_fault(inst);
+			remember_fault(mv_inst);
 			break;
 		}
-		inst->started[i] = true;
+		mv_inst->started[i] = true;
 		if (i == 0) {
 			/* Hypercalls need a handle (stopping and rollback too); the
 			 * call must run on a CPU that MicroV already runs on. */
-			struct mv_cpu_arg open = { .inst = inst, .index = 0 };
-			long st = work_on_cpu(inst->os_cpu[0], mv_cpu_open_handle, &open);
+			struct mv_cpu_arg open = { .inst = mv_inst, .index = 0 };
+			long st = work_on_cpu(mv_inst->os_cpu[0], mv_cpu_open_handle, &open);
 
 			if (st) {
 				err = MV_ERR_EXTENSION_ERROR;
-				a->error_cpu = inst->os_cpu[0];
+				a->error_cpu = mv_inst->os_cpu[0];
 				a->error_detail = open.detail;
 				break;
 			}
+			WRITE_ONCE(mv_handle, mv_inst->handle);
 		}
 	}
+	/* stop_machine (the rollback) takes the CPU hot-plug lock itself. */
+	cpus_read_unlock();
 	if (err) {
-		u32 stop_cpu;
-		u64 stop_detail;
-
-		dump_log(inst);
-		if (stop_cpus(inst, &stop_cpu, &stop_detail)) {
-			/* A CPU still runs MicroV: its memory must stay allocated. */
-			pr_err("microv: rollback failed on CPU %u (status 0x%llx); leaking the pool\n",
-			       stop_cpu, stop_detail);
-			inst = NULL;
-		}
-		goto out;
+		dump_log(mv_inst);
+		undo_start();
+		goto failed;
 	}
-	/* The trampoline is module text: no unloading while MicroV uses it. */
-	__module_get(THIS_MODULE);
-	mv_inst = inst;
-	inst = NULL;
 	mv_state = MV_HV_RUNNING;
 	mv_start_ns = ktime_get_ns();
 	mv_last_error = 0;
@@ -380,39 +535,63 @@ static int do_start(struct mv_start_args *a)
 	memset(&mv_last_fault, 0, sizeof(mv_last_fault));
 	schedule_delayed_work(&mv_watchdog, MV_WATCHDOG_PERIOD);
 	pr_info("microv: running beneath Linux on %u CPUs\n", mv_inst->cpu_count);
+	return 0;
 out:
 	cpus_read_unlock();
-	if (inst)
-		free_instance(inst);
-	if (err) {
-		mv_last_error = err;
-		mv_last_error_cpu = a->error_cpu;
-		if (err != MV_ERR_ALREADY_RUNNING)
-			pr_err("microv: start failed (error %d, cpu %d, detail 0x%llx)\n", err,
-			       (int)a->error_cpu, a->error_detail);
-	}
+	free_instance(inst);
+failed:
+	mv_last_error = err;
+	mv_last_error_cpu = a->error_cpu;
+	pr_err("microv: start failed (error %d, cpu %d, detail 0x%llx)\n", err,
+	       (int)a->error_cpu, a->error_detail);
 	return err;
 }
 
 static int do_stop(struct mv_stop_args *a)
 {
+	bool known_failed;
 	int err;
 
 	a->error_cpu = U32_MAX;
-	reap_failure();
 	if (!mv_inst)
 		return MV_ERR_NOT_RUNNING;
-	cancel_delayed_work(&mv_watchdog);
-	cpus_read_lock();
-	err = stop_cpus(mv_inst, &a->error_cpu, &a->error_detail);
-	cpus_read_unlock();
+	/*
+	 * A failed MicroV still on some CPUs: this stop is a retry. It
+	 * succeeds once MicroV is gone everywhere; a fault noticed only now
+	 * means MicroV stopped itself, so there was nothing to stop.
+	 */
+	known_failed = mv_inst->failed;
+	err = reap_failure(true, &a->error_cpu, &a->error_detail);
 	if (err)
 		return err;
+	if (!mv_inst) {
+		if (!known_failed)
+			return MV_ERR_NOT_RUNNING;
+		pr_info("microv: stopped; every CPU is native\n");
+		return 0;
+	}
+
+	cancel_delayed_work(&mv_watchdog);
+	err = stop_all(mv_inst, &a->error_cpu, &a->error_detail);
+	if (err == MV_ERR_STOP_REFUSED) {
+		/* Nothing changed: MicroV runs on every CPU, as before. */
+		pr_warn("microv: stop refused: not every CPU joined the stop in time; MicroV keeps running\n");
+		schedule_delayed_work(&mv_watchdog, MV_WATCHDOG_PERIOD);
+		return err;
+	}
+	if (err) {
+		/* Some CPUs left and others did not: MicroV must go, retry. */
+		mv_inst->failed = true;
+		mv_inst->stop_retries = 1;
+		mv_state = MV_HV_FAILED;
+		pr_crit("microv: stop left MicroV on CPU %d (status 0x%llx) while other CPUs are native; keeping its memory and the driver loaded (state failed); the watchdog and `microv stop` retry\n",
+			(int)a->error_cpu, a->error_detail);
+		schedule_delayed_work(&mv_watchdog, watchdog_delay(mv_inst));
+		return err;
+	}
 	remember_fault(mv_inst);
-	free_instance(mv_inst);
-	mv_inst = NULL;
+	release_instance();
 	mv_state = MV_HV_STOPPED;
-	module_put(THIS_MODULE);
 	pr_info("microv: stopped; every CPU is native\n");
 	return 0;
 }
@@ -421,8 +600,10 @@ static void fill_status(struct mv_status *s)
 {
 	struct mv_instance *inst;
 	unsigned int i, k;
+	u32 cpu;
+	u64 detail;
 
-	reap_failure();
+	reap_failure(false, &cpu, &detail);
 	inst = mv_inst;
 	s->state = mv_state;
 	s->last_error_code = mv_last_error;
@@ -502,9 +683,11 @@ static int do_test_fault(struct mv_test_fault_args *a)
 {
 	struct mv_cpu_arg arg = { .inst = mv_inst };
 	unsigned int i;
+	u32 cpu;
+	u64 detail;
 
 	a->error_cpu = a->os_cpu;
-	if (!mv_inst)
+	if (!mv_inst || mv_inst->failed)
 		return MV_ERR_NOT_RUNNING;
 	for (i = 0; i < mv_inst->cpu_count && mv_inst->os_cpu[i] != a->os_cpu; i++)
 		;
@@ -516,7 +699,7 @@ static int do_test_fault(struct mv_test_fault_args *a)
 	if (arg.detail == MV_STATUS_NOT_IMPLEMENTED)
 		return MV_ERR_NOT_A_TEST_IMAGE;
 	a->error_detail = arg.detail;
-	reap_failure();
+	reap_failure(false, &cpu, &detail);
 	return 0;
 }
 
@@ -618,7 +801,10 @@ static struct miscdevice mv_dev = {
 /*
  * While MicroV runs, the set of online CPUs must not change: an offlined CPU
  * would later be woken with INIT (which MicroV must not let reset a CPU it
- * runs on), and a new CPU would run without MicroV beneath it.
+ * runs on), a new CPU would run without MicroV beneath it, and the stop
+ * rendezvous needs every CPU MicroV runs on. mv_inst is set from before the
+ * first CPU enters MicroV until MicroV has left the last one (a failed
+ * MicroV included).
  */
 static int mv_cpu_hotplug(unsigned int cpu)
 {
@@ -647,7 +833,7 @@ static int __init mv_init(void)
 	return ret;
 }
 
-/* Never runs while MicroV runs: a successful start holds a module reference. */
+/* Never runs while MicroV may run anywhere: the instance holds a module reference. */
 static void __exit mv_exit(void)
 {
 	cancel_delayed_work_sync(&mv_watchdog);
@@ -658,5 +844,5 @@ static void __exit mv_exit(void)
 module_init(mv_init);
 module_exit(mv_exit);
 MODULE_DESCRIPTION("MicroV late-launch driver");
-/* MicroV is MIT; the driver uses GPL-only kernel symbols (work_on_cpu). */
+/* MicroV is MIT; the driver uses GPL-only kernel symbols (work_on_cpu, stop_machine). */
 MODULE_LICENSE("Dual MIT/GPL");

@@ -55,10 +55,12 @@ microv_enter:
 	clgi
 
 	mov rax, [rdi + MVOFF_mv_cpu_landing_kernel_cr3]
-	mov rsp, [rdi + MVOFF_mv_cpu_landing_kernel_stack_top]
 	mov rbx, [rdi + MVOFF_mv_cpu_landing_kernel_entry]
 	mov cr3, rax
-	/* rdi: the landing page, mapped at this address on both sides. */
+	/*
+	 * rdi: the landing page, mapped at this address on both sides. The
+	 * microkernel takes its stack from its boot info, not from here.
+	 */
 	xor ebp, ebp
 	jmp rbx
 
@@ -74,16 +76,21 @@ microv_resume:
 	.size microv_enter, . - microv_enter
 
 /*
- * microv_promote: the microkernel jumps here on its page tables with
- * RDI = landing page, after loading FS/GS/TR/LDTR and the syscall MSRs
- * (VMLOAD), CR0, CR4, DR7, PAT and the root's FPU state. We switch to the
- * root's page tables, descriptor tables and stack, set GIF, drop EFER.SVME
- * and IRET into the root's saved state: the CPU is native again.
+ * microv_promote: the microkernel jumps here (its private copy of this page,
+ * at the same address) with RDI = landing page and RAX = the root's CR3,
+ * after loading the root's XCR0, FPU state, PAT, CR2, CR4, CR0 and, last,
+ * what VMLOAD covers (FS, GS, TR, LDTR, syscall MSRs). The first thing done
+ * here is the switch to the root's page tables: everything read after that
+ * is the root's own memory through its own tables, so the hypervisor trusts
+ * none of it. Then the root's descriptor tables, the IRET frame on the
+ * landing page's own small stack (never the interrupted stack, which may be
+ * a user stack), DR7 (breakpoints can now only hit root code), GIF,
+ * EFER.SVME off, and IRET into the root's state: the CPU is native again.
  */
 	.globl microv_promote
 	.type microv_promote, @function
 microv_promote:
-	mov rax, [rdi + PF(cr3)]
+	endbr64
 	mov cr3, rax
 	lgdt [rdi + PF(gdtr) + 6]
 	lidt [rdi + PF(idtr) + 6]
@@ -91,19 +98,21 @@ microv_promote:
 	mov ds, ax
 	mov rax, [rdi + PF(es)]
 	mov es, ax
-	mov rsp, [rdi + PF(rsp)]
-
-	stgi
-	mov ecx, MSR_EFER_NUM
-	mov eax, [rdi + PF(efer)]
-	mov edx, [rdi + PF(efer) + 4]
-	wrmsr
+	lea rsp, [rdi + MVOFF_mv_cpu_landing_iret_stack + 8 * MV_LANDING_IRET_STACK_WORDS]
 
 	push qword ptr [rdi + PF(ss)]
 	push qword ptr [rdi + PF(rsp)]
 	push qword ptr [rdi + PF(rflags)]
 	push qword ptr [rdi + PF(cs)]
 	push qword ptr [rdi + PF(rip)]
+
+	mov rax, [rdi + PF(dr7)]
+	mov dr7, rax
+	stgi
+	mov ecx, MSR_EFER_NUM
+	mov eax, [rdi + PF(efer)]
+	mov edx, [rdi + PF(efer) + 4]
+	wrmsr
 
 	mov rax, [rdi + GPR(RAX)]
 	mov rcx, [rdi + GPR(RCX)]

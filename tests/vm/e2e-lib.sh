@@ -314,3 +314,213 @@ workload() {
     } >"$1/sums"
     rm -f "$1/data" "$1/data.gz"
 }
+
+# ---- the attack tests (tests/e2e/6x-attack-*.sh) ------------------------------
+
+# mvprobe.ko loaded without parameters stays resident and takes commands
+# here (see tests/vm/mvprobe/mvprobe_main.c for the commands and results).
+MVP_CTL=/sys/kernel/debug/mvprobe/ctl
+
+# mvp_load: loads mvprobe.ko resident, unless it already is.
+mvp_load() {
+    if [ ! -e "$MVP_CTL" ]; then
+        grep -qs ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs debugfs /sys/kernel/debug
+        must insmod "$MVT_DIR/mvprobe.ko"
+    fi
+    [ -e "$MVP_CTL" ] || fail "mvprobe.ko is loaded but $MVP_CTL does not exist"
+}
+
+# mvp COMMAND...: runs one mvprobe command; sets $MVP_OUT (its result lines)
+# and $MVP_RC (0, or the exit status of the failed write) and echoes them.
+# The command is echoed first, so a log that ends there says what killed the
+# machine.
+mvp() {
+    echo "  mvprobe> $*"
+    MVP_RC=0
+    echo "$*" >"$MVP_CTL" 2>"$MVT_TMP/mvp.err" || MVP_RC=$?
+    MVP_OUT=$(cat "$MVP_CTL")
+    printf '%s\n' "$MVP_OUT" | sed 's/^/  mvprobe< /'
+    if [ "$MVP_RC" -ne 0 ]; then
+        echo "  mvprobe: the command was refused (exit $MVP_RC): $(cat "$MVT_TMP/mvp.err")"
+    fi
+}
+
+# must_mvp COMMAND...: as mvp, and fails the test unless the command ran.
+must_mvp() {
+    mvp "$@"
+    [ "$MVP_RC" -eq 0 ] || fail "mvprobe command '$*' failed: $MVP_OUT"
+}
+
+# mvp_get KEY: the value of the first `KEY=value` word in $MVP_OUT, or
+# <missing>.
+mvp_get() {
+    local v
+    v=$(printf '%s\n' "$MVP_OUT" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1)
+    printf '%s\n' "${v:-<missing>}"
+}
+
+# mvp_expect KEY=VALUE...: each KEY of the last mvprobe result has VALUE.
+mvp_expect() {
+    local kv k v
+    for kv in "$@"; do
+        k=${kv%%=*}
+        v=${kv#*=}
+        expect_eq "mvprobe $k" "$(mvp_get "$k")" "$v"
+    done
+}
+
+# mvp_need_handle: the driver exports microv_test_handle() and MicroV runs
+# (the probe's management hypercalls need the handle).
+mvp_need_handle() {
+    must_mvp info
+    [ "$(mvp_get handle)" = yes ] ||
+        fail "mvprobe has no management handle (handle=$(mvp_get handle)): microv.ko must export u64 microv_test_handle(void) and MicroV must run"
+}
+
+# exits_of CPU KIND: that CPU's count of exits of KIND (`wrmsr`, `xsetbv`)
+# in a fresh `microv status --json`.
+exits_of() {
+    status_json
+    cpu_field "$1" "exits.$2"
+}
+
+# kallsyms_addr SYMBOL: the address of SYMBOL in /proc/kallsyms (0x...), or
+# fails the test.
+kallsyms_addr() {
+    local a
+    a=$(awk -v s="$1" '$3 == s { print $1; exit }' /proc/kallsyms)
+    case "$a" in
+    '' | 0000000000000000) fail "no address for $1 in /proc/kallsyms (kptr_restrict=$(cat /proc/sys/kernel/kptr_restrict))" ;;
+    esac
+    echo "0x$a"
+}
+
+# workload_reference LINES: runs the workload (see `workload`) once, for
+# reference; sets WL_LINES and WL_SUMS.
+workload_reference() {
+    WL_LINES=$1
+    workload "$MVT_TMP/wl-ref" "$WL_LINES"
+    WL_SUMS=$(cat "$MVT_TMP/wl-ref/sums")
+    echo "  workload reference ($WL_LINES lines): $(echo $WL_SUMS)"
+}
+
+# workload_unchanged WHAT: the workload on every CPU gives WL_SUMS again.
+workload_unchanged() {
+    local c
+    for c in $(online_cpus); do
+        taskset -c "$c" sh -c ". $MVT_DIR/e2e-lib.sh; workload $MVT_TMP/wl-$c $WL_LINES" ||
+            fail "$1: the workload failed on CPU $c"
+        expect_eq "$1: workload checksums on CPU $c" "$(cat "$MVT_TMP/wl-$c/sums")" "$WL_SUMS"
+    done
+}
+
+# after_attack WHAT running|stopped: MicroV still runs on every CPU (or has
+# stopped: not running, every CPU native), the kernel is healthy, and the
+# workload still gives its reference checksums.
+after_attack() {
+    check "after $1: MicroV $2, Linux healthy, workload checksums unchanged"
+    case "$2" in
+    running) expect_running_on_all ;;
+    stopped)
+        expect_not_running
+        native_everywhere
+        ;;
+    *) fail "after_attack: unknown expectation '$2'" ;;
+    esac
+    kernel_healthy
+    workload_unchanged "after $1"
+}
+
+# expect_fault_record CPU: MicroV stopped itself after `hv.test_fault` kind
+# 1 on CPU: state failed, fault record of a page fault (14) in the extension
+# (CPL 3), reported on CPU, and no CPU still running MicroV. The driver's
+# watchdog (every 0.5 s) or the status call itself reaps the other CPUs.
+expect_fault_record() {
+    local c st
+    status_json
+    sed -n '/"fault"/,$p' "$MVT_TMP/status.json" | sed 's/^/  /'
+    expect_eq "state after the injected failure" "$(jget state)" failed
+    expect_eq "fault.name" "$(jget fault.name)" extension_fault
+    expect_eq "fault.vector" "$(jget fault.vector)" 14
+    expect_eq "fault.cpl" "$(jget fault.cpl)" 3
+    expect_eq "last_error.cpu" "$(jget last_error.cpu)" "$1"
+    for c in $(online_cpus); do
+        st=$(cpu_field "$c" state)
+        [ "$st" != running ] || fail "CPU $c still runs MicroV after the failure on CPU $1"
+    done
+}
+
+# loop_progress FILE: the CPUID count of the last `progress n=...` line
+# cpuid-loop wrote to FILE (0 if none yet).
+loop_progress() {
+    local n
+    n=$(sed -n 's/^progress n=\([0-9]*\).*/\1/p' "$1" | tail -n 1)
+    echo "${n:-0}"
+}
+
+# cpl3_fault_round LOOP_CPUS FAULT_CPU: with the test extension running,
+# pinned `cpuid-loop`s run CPUID at CPL 3 on each of LOOP_CPUS (each CPUID
+# exits to MicroV) while `microv test-fault --cpu FAULT_CPU` makes the
+# extension fault. Then: no panic and no double fault, MicroV stopped with
+# the fault record, every CPU native, the loops still make progress, and
+# Linux is healthy with unchanged workload checksums. Needs WL_* from
+# workload_reference.
+cpl3_fault_round() {
+    local cpus=$1 fault_cpu=$2 c pids= n0 n1 i
+    check "start with the test extension"
+    must microv start --extension /usr/lib/microv/microv-extension-test.elf
+    expect_running_on_all
+
+    check "user loops run CPUID at CPL 3 on CPU(s) $cpus"
+    for c in $cpus; do
+        : >"$MVT_TMP/loop$c.out"
+        taskset -c "$c" cpuid-loop 120 >"$MVT_TMP/loop$c.out" 2>&1 &
+        pids="$pids $!"
+    done
+    for c in $cpus; do
+        i=0
+        while [ "$(loop_progress "$MVT_TMP/loop$c.out")" -eq 0 ]; do
+            i=$((i + 1))
+            [ $i -lt 100 ] || fail "cpuid-loop on CPU $c printed no progress: $(cat "$MVT_TMP/loop$c.out")"
+            sleep 0.1
+        done
+        echo "  CPU $c loop: $(tail -n 1 "$MVT_TMP/loop$c.out")"
+    done
+    status_json
+    for c in $cpus; do
+        echo "  CPU $c cpuid exits so far: $(cpu_field "$c" exits.cpuid)"
+    done
+
+    # The command itself runs on FAULT_CPU, so the loops on the other CPUs
+    # keep exiting at CPL 3 undisturbed when MicroV fails.
+    check "microv test-fault --cpu $fault_cpu (run on CPU $fault_cpu) while the loops run"
+    must taskset -c "$fault_cpu" microv test-fault --cpu "$fault_cpu" --kind page-fault
+    out_has "faulted on CPU $fault_cpu" || fail "test-fault did not confirm the fault on CPU $fault_cpu"
+
+    check "MicroV stopped with the fault record; every CPU is native"
+    expect_fault_record "$fault_cpu"
+    native_everywhere
+
+    check "no panic, no double fault; the kernel log is clean"
+    if dmesg | grep -iE 'double fault|microv_promote' >"$MVT_TMP/df.log"; then
+        cat "$MVT_TMP/df.log"
+        fail "the kernel log mentions a double fault or the promotion code"
+    fi
+    kernel_healthy
+
+    check "the user loops on CPU(s) $cpus are still running and making progress"
+    for c in $cpus; do
+        n0=$(loop_progress "$MVT_TMP/loop$c.out")
+        sleep 1
+        n1=$(loop_progress "$MVT_TMP/loop$c.out")
+        echo "  CPU $c loop: $n0 -> $n1 CPUIDs; $(tail -n 1 "$MVT_TMP/loop$c.out")"
+        [ "$n1" -gt "$n0" ] || fail "the loop on CPU $c made no progress after the failure ($n0 -> $n1)"
+    done
+    for p in $pids; do
+        kill -0 "$p" 2>/dev/null || fail "a cpuid-loop (pid $p) died"
+        kill "$p"
+        wait "$p" 2>/dev/null || true
+    done
+
+    after_attack "a failure while CPU(s) $cpus ran CPUID at CPL 3" stopped
+}

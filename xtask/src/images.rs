@@ -24,7 +24,9 @@ const KERNEL: Image = Image {
     package: "microv-kernel",
     lib: "libmicrov_kernel.a",
     dir: "hypervisor/kernel",
-    features: "image",
+    // `debugcon`: the log also goes to port 0xE9, which the emulated machine
+    // saves (`--debugcon`, default target/microv/debugcon.log).
+    features: "image,debugcon",
     output: "microv-kernel.elf",
     kind: ImageKind::Kernel,
     target_dir: "target/hv",

@@ -12,7 +12,7 @@ const RUNS: &[(&str, &[&str])] = &[
     ("workspace", &["--workspace", "--all-targets"]),
     (
         "microkernel image code",
-        &["-p", "microv-kernel", "--features", "image"],
+        &["-p", "microv-kernel", "--features", "image,debugcon"],
     ),
     (
         "extension image code",

@@ -13,7 +13,13 @@ use std::process::Command;
 pub const TEST_DIR: &str = "usr/lib/microv-tests";
 
 /// Static C programs: `tests/vm/<name>.c` → stage `<name>` → `/usr/bin/<name>`.
-pub const PROGRAMS: &[&str] = &["mv-hypercall", "cpuid-query", "mv-physpage"];
+pub const PROGRAMS: &[&str] = &[
+    "mv-hypercall",
+    "cpuid-query",
+    "mv-physpage",
+    "cpuid-loop",
+    "mv-sysbench",
+];
 
 /// The test module's name in the stage and in [`TEST_DIR`].
 pub const MVPROBE: &str = "mvprobe.ko";
@@ -59,12 +65,39 @@ pub fn build(root: &Path, stage: &Path, headers: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Like the driver: Kbuild writes next to its sources, so build a copy.
+/// The driver's generated ABI header, which mvprobe includes for the
+/// hypercall numbers and statuses.
+const ABI_HEADER: &str = "loaders/linux/microv_abi.h";
+
+/// Like the driver: Kbuild writes next to its sources, so build a copy of
+/// every file in `tests/vm/mvprobe/` plus [`ABI_HEADER`].
 fn build_mvprobe(root: &Path, stage: &Path, headers: &Path) -> Result<()> {
     let src = root.join("tests/vm/mvprobe");
     let build_dir = stage.join("mvprobe-build");
-    for name in ["Kbuild", "mvprobe.c"] {
-        util::copy_if_changed(&src.join(name), &build_dir.join(name))?;
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&src).with_context(|| format!("listing {}", src.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path.file_name().context("a file without a name")?;
+            util::copy_if_changed(&path, &build_dir.join(name))?;
+            names.push(name.to_owned());
+        }
+    }
+    let abi = root.join(ABI_HEADER);
+    let abi_name = abi.file_name().context("the ABI header has no name")?;
+    util::copy_if_changed(&abi, &build_dir.join(abi_name))?;
+    names.push(abi_name.to_owned());
+    // Sources that left tests/vm/mvprobe/ must not linger in the copy.
+    for entry in fs::read_dir(&build_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        let text = name.to_string_lossy();
+        // Kbuild generates `<module>.mod.c`; that one stays.
+        let source =
+            [".c", ".S", ".h"].iter().any(|ext| text.ends_with(ext)) && !text.ends_with(".mod.c");
+        if path.is_file() && source && !names.contains(&name) {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
     }
     let make = prereq::tool("make", "make")?;
     util::run(

@@ -20,19 +20,6 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     }
 }
 
-/// Reads an MSR.
-///
-/// # Safety
-/// Ring 0 only; the MSR must exist (else #GP).
-pub unsafe fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: the caller guarantees ring 0 and an existing MSR.
-    unsafe {
-        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
-    u64::from(hi) << 32 | u64::from(lo)
-}
-
 /// Writes an MSR.
 ///
 /// # Safety
@@ -46,8 +33,8 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     };
 }
 
-macro_rules! control_register {
-    ($read:ident, $write:ident, $reg:literal) => {
+macro_rules! read_control_register {
+    ($read:ident, $reg:literal) => {
         /// Reads the control register.
         ///
         /// # Safety
@@ -58,6 +45,10 @@ macro_rules! control_register {
             unsafe { asm!(concat!("mov {}, ", $reg), out(reg) v, options(nomem, nostack, preserves_flags)) };
             v
         }
+    };
+}
+macro_rules! write_control_register {
+    ($write:ident, $reg:literal) => {
         /// Writes the control register.
         ///
         /// # Safety
@@ -68,22 +59,42 @@ macro_rules! control_register {
         }
     };
 }
-control_register!(read_cr0, write_cr0, "cr0");
-control_register!(read_cr2, write_cr2, "cr2");
-control_register!(read_cr3, write_cr3, "cr3");
-control_register!(read_cr4, write_cr4, "cr4");
+read_control_register!(read_cr2, "cr2");
+read_control_register!(read_cr3, "cr3");
+write_control_register!(write_cr0, "cr0");
+write_control_register!(write_cr3, "cr3");
+write_control_register!(write_cr4, "cr4");
 
-/// Reads XCR0.
+/// Writes XCR0.
 ///
 /// # Safety
-/// CR4.OSXSAVE must be set.
-pub unsafe fn xgetbv0() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: the caller guarantees CR4.OSXSAVE.
+/// Ring 0 with CR4.OSXSAVE set; `value` must pass
+/// [`crate::xsave::xcr0_valid`] for this CPU, and no live register state may
+/// depend on a component being switched off.
+pub unsafe fn xsetbv0(value: u64) {
+    // SAFETY: the caller guarantees the conditions above.
     unsafe {
-        asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+        asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            options(nomem, nostack, preserves_flags))
     };
-    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Writes DR7.
+///
+/// # Safety
+/// Ring 0; bits 63:32 clear. Armed breakpoints fire on the code they name.
+pub unsafe fn write_dr7(value: u64) {
+    // SAFETY: the caller guarantees the conditions above.
+    unsafe { asm!("mov dr7, {}", in(reg) value, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Drops the TLB entry of the page holding `va` on this CPU.
+///
+/// # Safety
+/// Ring 0.
+pub unsafe fn invlpg(va: u64) {
+    // SAFETY: the caller guarantees ring 0; INVLPG only drops a TLB entry.
+    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
 }
 
 /// Reads the time-stamp counter.
@@ -103,34 +114,6 @@ pub fn rdtsc() -> u64 {
 pub unsafe fn vmsave(vmcb_pa: u64) {
     // SAFETY: see the function's contract.
     unsafe { asm!("vmsave rax", in("rax") vmcb_pa, options(nostack, preserves_flags)) };
-}
-
-/// Loads FS, GS, TR, LDTR and the syscall MSRs from the VMCB at `vmcb_pa`.
-///
-/// # Safety
-/// EFER.SVME set, ring 0, `vmcb_pa` a valid VMCB; the loaded state replaces
-/// the CPU's (for example its TSS).
-pub unsafe fn vmload(vmcb_pa: u64) {
-    // SAFETY: see the function's contract.
-    unsafe { asm!("vmload rax", in("rax") vmcb_pa, options(nostack, preserves_flags)) };
-}
-
-/// Clears the global interrupt flag: interrupts, NMIs and SMIs are held.
-///
-/// # Safety
-/// EFER.SVME set, ring 0.
-pub unsafe fn clgi() {
-    // SAFETY: see the function's contract.
-    unsafe { asm!("clgi", options(nomem, nostack, preserves_flags)) };
-}
-
-/// Sets the global interrupt flag.
-///
-/// # Safety
-/// EFER.SVME set, ring 0; the CPU must be ready to take held events.
-pub unsafe fn stgi() {
-    // SAFETY: see the function's contract.
-    unsafe { asm!("stgi", options(nomem, nostack, preserves_flags)) };
 }
 
 /// Writes one byte to an I/O port.

@@ -180,6 +180,40 @@ pub fn replace_entry(
     Ok(core::mem::replace(slot, new))
 }
 
+/// Removes the 4 KiB mappings of `count` pages from `va` (pages that are
+/// not mapped are skipped). Used to take back a mapping that was only
+/// partly made, before its pages are freed. The caller flushes the TLB.
+pub fn unmap(mem: &mut dyn TableMemory, root_pa: u64, va: u64, count: u64) {
+    for i in 0..count {
+        // A missing table means the page was never mapped: nothing to undo.
+        let _ = replace_entry(mem, root_pa, va + i * paging::PAGE_SIZE, 1, 0);
+    }
+}
+
+/// Maps the 4 KiB pages `(va, pa)` of `pages` with `flags`: all of them,
+/// or none. On a failure the pages mapped so far are unmapped again, so
+/// the caller may free their frames (after flushing the TLB for `pages`).
+pub fn map_all_or_none<I>(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    pages: I,
+    flags: u64,
+    table_flags: u64,
+) -> Result<(), MapError>
+where
+    I: Iterator<Item = (u64, u64)> + Clone,
+{
+    for (done, (va, pa)) in pages.clone().enumerate() {
+        if let Err(e) = map(mem, root_pa, va, pa, 1, flags, table_flags) {
+            for (mapped, _) in pages.take(done) {
+                unmap(mem, root_pa, mapped, 1);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Walks the tables for `va`: the physical address it maps to and the leaf
 /// entry's flags, or `None` if it is not mapped.
 pub fn translate(mem: &mut dyn TableMemory, root_pa: u64, va: u64) -> Option<(u64, u64)> {
@@ -397,6 +431,37 @@ mod tests {
         );
         assert_eq!(entry(&mut m, root, 0x8000_0000, 2), Err(MapError::BadTable));
         assert_eq!(entry(&mut m, root, 0x40_0000, 2), Ok(0));
+    }
+
+    #[test]
+    fn unmapping_takes_pages_back_and_skips_holes() {
+        let (mut m, root) = FakeTables::new(16);
+        for i in 0..2 {
+            map(&mut m, root, 0x1000_0000 + i * 0x1000, 0x9000 + i * 0x1000, 1, USER, USER).unwrap();
+        }
+        unmap(&mut m, root, 0x1000_0000, 3);
+        assert_eq!(translate(&mut m, root, 0x1000_0000), None);
+        assert_eq!(translate(&mut m, root, 0x1000_1000), None);
+        unmap(&mut m, root, 0x7000_0000_0000, 1);
+        map(&mut m, root, 0x1000_0000, 0xa000, 1, USER, USER).unwrap();
+        assert_eq!(translate(&mut m, root, 0x1000_0000), Some((0xa000, USER | PRESENT)));
+    }
+
+    #[test]
+    fn maps_all_pages_or_none() {
+        let (mut m, root) = FakeTables::new(16);
+        let pages = [(0x2000_0000u64, 0x5000u64), (0x2000_1000, 0x6000)];
+        map_all_or_none(&mut m, root, pages.iter().copied(), USER, USER).unwrap();
+        assert_eq!(translate(&mut m, root, 0x2000_1000), Some((0x6000, USER | PRESENT)));
+        // The third page is already mapped: the first two are taken back.
+        let clash = [(0x3000_0000u64, 0x7000u64), (0x3000_1000, 0x8000), (0x2000_0000, 0x9000)];
+        assert_eq!(
+            map_all_or_none(&mut m, root, clash.iter().copied(), USER, USER),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(translate(&mut m, root, 0x3000_0000), None);
+        assert_eq!(translate(&mut m, root, 0x3000_1000), None);
+        assert_eq!(translate(&mut m, root, 0x2000_0000), Some((0x5000, USER | PRESENT)), "untouched");
     }
 
     #[test]

@@ -1,5 +1,33 @@
-//! Model-specific register numbers and bits MicroV uses.
+//! Model-specific register numbers and bits MicroV uses, and the root VM's
+//! MSR policy ([`policy`]): one table that the extension builds the MSR
+//! permission map and its exit handling from, and that the microkernel
+//! checks every `MsrRead`/`MsrWrite` syscall against, so the two cannot
+//! drift. `docs/msr-policy.md` is the same table with a reason per row (a
+//! unit test in the extension keeps the two equal).
 
+use crate::cpuid::CpuidResult;
+
+pub const TSC: u32 = 0x0000_0010;
+pub const APIC_BASE: u32 = 0x0000_001B;
+pub const TSC_ADJUST: u32 = 0x0000_003B;
+pub const SPEC_CTRL: u32 = 0x0000_0048;
+pub const PRED_CMD: u32 = 0x0000_0049;
+pub const MTRR_CAP: u32 = 0x0000_00FE;
+pub const SYSENTER_CS: u32 = 0x0000_0174;
+pub const SYSENTER_EIP: u32 = 0x0000_0176;
+pub const DEBUGCTL: u32 = 0x0000_01D9;
+/// First of the four legacy last-branch/last-exception records (from/to).
+pub const LAST_BRANCH_FROM_IP: u32 = 0x0000_01DB;
+/// Last of the four legacy last-branch/last-exception records.
+pub const LAST_INT_TO_IP: u32 = 0x0000_01DE;
+/// First variable-range MTRR; with the fixed ones they fill 0x200–0x2FF.
+pub const MTRR_FIRST: u32 = 0x0000_0200;
+pub const PAT: u32 = 0x0000_0277;
+pub const MTRR_DEF_TYPE: u32 = 0x0000_02FF;
+pub const TSC_DEADLINE: u32 = 0x0000_06E0;
+pub const X2APIC_FIRST: u32 = 0x0000_0800;
+pub const X2APIC_LAST: u32 = 0x0000_08FF;
+pub const XSS: u32 = 0x0000_0DA0;
 pub const EFER: u32 = 0xC000_0080;
 pub const STAR: u32 = 0xC000_0081;
 pub const LSTAR: u32 = 0xC000_0082;
@@ -8,19 +36,113 @@ pub const SFMASK: u32 = 0xC000_0084;
 pub const FS_BASE: u32 = 0xC000_0100;
 pub const GS_BASE: u32 = 0xC000_0101;
 pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
-pub const PAT: u32 = 0x0000_0277;
-pub const DEBUGCTL: u32 = 0x0000_01D9;
+pub const TSC_AUX: u32 = 0xC000_0103;
+/// AMD: SVM guest TSC ratio.
+pub const TSC_RATIO: u32 = 0xC000_0104;
+/// AMD: first scalable machine-check (SMCA) bank register.
+pub const SMCA_FIRST: u32 = 0xC000_2000;
+/// AMD: system configuration (memory encryption, MTRR/TOM2 DRAM enables).
+pub const SYSCFG: u32 = 0xC001_0010;
+/// AMD: hardware configuration (SMM lock, INVD behaviour, boost, …).
+pub const HWCR: u32 = 0xC001_0015;
+/// AMD: first I/O range register (IORR_BASE0); IORR_MASK1 is 0xC001_0019.
+pub const IORR_FIRST: u32 = 0xC001_0016;
+pub const IORR_LAST: u32 = 0xC001_0019;
+pub const TOP_MEM: u32 = 0xC001_001A;
+pub const TOP_MEM2: u32 = 0xC001_001D;
+/// AMD: microcode patch loader (write the patch's linear address).
+pub const PATCH_LOADER: u32 = 0xC001_0020;
+/// AMD: PCI MMIO configuration-space base.
+pub const MMIO_CONF_BASE: u32 = 0xC001_0058;
+/// AMD: P-state definitions 0–7.
+pub const PSTATE_DEF_FIRST: u32 = 0xC001_0064;
+pub const PSTATE_DEF_LAST: u32 = 0xC001_006B;
+/// AMD: SMM base, TSEG address and mask.
+pub const SMM_BASE: u32 = 0xC001_0111;
+pub const SMM_MASK: u32 = 0xC001_0113;
 /// AMD: SVM control (lock, SVMDIS).
 pub const VM_CR: u32 = 0xC001_0114;
+/// AMD: SMM control (enter/exit SMM, SMI cycles).
+pub const SMM_CTL: u32 = 0xC001_0116;
 /// AMD: physical address of the host save area used by VMRUN.
 pub const VM_HSAVE_PA: u32 = 0xC001_0117;
+/// AMD: load-store configuration; holds the SSBD bit on families 15h–18h.
+pub const LS_CFG: u32 = 0xC001_1020;
+/// AMD: decode configuration (LFENCE serialising and other chicken bits).
+pub const DE_CFG: u32 = 0xC001_1029;
+/// AMD: instruction-based sampling (IBS) registers.
+pub const IBS_FIRST: u32 = 0xC001_1030;
+pub const IBS_LAST: u32 = 0xC001_103D;
+/// Range reserved for hypervisor-defined MSRs (Hyper-V, Xen).
+pub const HYPERVISOR_FIRST: u32 = 0x4000_0000;
+pub const HYPERVISOR_LAST: u32 = 0x4000_FFFF;
+/// KVM's paravirtual MSRs (kvmclock, async page faults, steal time, …).
+pub const KVM_FIRST: u32 = 0x4B56_4D00;
+pub const KVM_LAST: u32 = 0x4B56_4DFF;
+/// KVM's first paravirtual clock MSRs, at their old numbers.
+pub const KVM_OLD_FIRST: u32 = 0x0000_0011;
+pub const KVM_OLD_LAST: u32 = 0x0000_0012;
 
 pub mod efer {
+    use crate::cpuid::CpuidResult;
+
     pub const SCE: u64 = 1 << 0;
     pub const LME: u64 = 1 << 8;
     pub const LMA: u64 = 1 << 10;
     pub const NXE: u64 = 1 << 11;
     pub const SVME: u64 = 1 << 12;
+    /// Long-mode segment limit enable.
+    pub const LMSLE: u64 = 1 << 13;
+    /// Fast FXSAVE/FXRSTOR.
+    pub const FFXSR: u64 = 1 << 14;
+    /// Translation cache extension.
+    pub const TCE: u64 = 1 << 15;
+    /// Automatic IBRS.
+    pub const AUTOIBRS: u64 = 1 << 21;
+
+    /// CPUID 0x8000_0001 EDX bit 25: FFXSR is implemented.
+    pub const CPUID_EXT1_EDX_FFXSR: u32 = 1 << 25;
+    /// CPUID 0x8000_0001 ECX bit 17: TCE is implemented.
+    pub const CPUID_EXT1_ECX_TCE: u32 = 1 << 17;
+    /// CPUID 0x8000_0008 EBX bit 20 (EferLmsleUnsupported): LMSLE must be 0.
+    pub const CPUID_EXT8_EBX_LMSLE_UNSUPPORTED: u32 = 1 << 20;
+    /// CPUID 0x8000_0021 EAX bit 8: Automatic IBRS is implemented.
+    pub const CPUID_EXT21_EAX_AUTOIBRS: u32 = 1 << 8;
+
+    /// The optional EFER bits (LMSLE, FFXSR, TCE, AUTOIBRS) this CPU
+    /// implements, read through `cpuid(leaf, subleaf)`. VMRUN fails on a
+    /// guest EFER with a bit the CPU lacks, so these are the only optional
+    /// bits a guest may set. A leaf above the CPU's highest extended leaf
+    /// means "not implemented", as does LMSLE without leaf 0x8000_0008:
+    /// refusing a bit costs the guest a #GP, accepting a wrong one stops
+    /// MicroV.
+    pub fn optional_supported(cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult) -> u64 {
+        let max = cpuid(0x8000_0000, 0).eax;
+        let leaf = |cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult, l: u32| {
+            if max >= l {
+                cpuid(l, 0)
+            } else {
+                CpuidResult::default()
+            }
+        };
+        let ext1 = leaf(cpuid, 0x8000_0001);
+        let ext8 = leaf(cpuid, 0x8000_0008);
+        let ext21 = leaf(cpuid, 0x8000_0021);
+        let mut bits = 0;
+        if ext1.edx & CPUID_EXT1_EDX_FFXSR != 0 {
+            bits |= FFXSR;
+        }
+        if ext1.ecx & CPUID_EXT1_ECX_TCE != 0 {
+            bits |= TCE;
+        }
+        if max >= 0x8000_0008 && ext8.ebx & CPUID_EXT8_EBX_LMSLE_UNSUPPORTED == 0 {
+            bits |= LMSLE;
+        }
+        if ext21.eax & CPUID_EXT21_EAX_AUTOIBRS != 0 {
+            bits |= AUTOIBRS;
+        }
+        bits
+    }
 }
 
 pub mod vm_cr {
@@ -30,5 +152,509 @@ pub mod vm_cr {
     pub const SVMDIS: u64 = 1 << 4;
 }
 
+pub mod hwcr {
+    /// Core performance boost disabled (Linux's cpufreq `boost` switch).
+    pub const CPB_DIS: u64 = 1 << 25;
+    /// Instructions-retired counter (IRPERF) enabled.
+    pub const IRPERF_EN: u64 = 1 << 30;
+}
+
+pub mod debugctl {
+    /// The bits AMD defines: LBR (0), BTF (1), PB0–PB3 (2–5). The rest are
+    /// reserved and fault when set.
+    pub const DEFINED: u64 = 0x3f;
+}
+
 /// Power-on value of the PAT MSR (WB, WT, UC-, UC, repeated).
 pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
+
+/// True if every byte of `pat` is a memory type WRMSR accepts (UC, WC, WT,
+/// WP, WB, UC-); anything else raises #GP.
+pub fn pat_valid(pat: u64) -> bool {
+    pat.to_le_bytes()
+        .iter()
+        .all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
+}
+
+/// The bit of LS_CFG that disables speculative store bypass on this CPU
+/// family (AMD's SSBD white paper; the bit Linux toggles per task on CPUs
+/// without SSBD in SPEC_CTRL), or 0 where LS_CFG has none.
+pub fn ls_cfg_ssbd_bit(cpuid_leaf1: CpuidResult) -> u64 {
+    let base = (cpuid_leaf1.eax >> 8) & 0xf;
+    let family = if base == 0xf {
+        base + ((cpuid_leaf1.eax >> 20) & 0xff)
+    } else {
+        base
+    };
+    match family {
+        0x15 => 1 << 54,
+        0x16 => 1 << 33,
+        0x17 | 0x18 => 1 << 10,
+        _ => 0,
+    }
+}
+
+/// The root VM's MSR policy.
+pub mod policy {
+    use core::cmp::Ordering;
+
+    use super::*;
+    use crate::svm;
+
+    /// What one direction (read or write) of an MSR access gets.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Action {
+        /// No exit: the access runs on the real CPU in guest mode.
+        Pass,
+        /// Exits; MicroV answers from the root vCPU's own state and never
+        /// touches the real MSR.
+        Emulate,
+        /// Exits; the extension checks the access and has the microkernel
+        /// do it on the real CPU (`MsrRead`/`MsrWrite`).
+        Checked,
+        /// Exits; #GP, as on a CPU without the MSR.
+        Refuse,
+    }
+
+    /// One range of MSRs and what reads and writes of them get.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Rule {
+        pub first: u32,
+        pub last: u32,
+        pub read: Action,
+        pub write: Action,
+    }
+
+    const fn r(first: u32, last: u32, read: Action, write: Action) -> Rule {
+        Rule {
+            first,
+            last,
+            read,
+            write,
+        }
+    }
+
+    use Action::{Checked, Emulate, Pass, Refuse};
+
+    /// Every MSR range with a policy of its own, sorted, not overlapping.
+    /// `docs/msr-policy.md` gives each row's reason. MSRs not listed get
+    /// [`default_rule`].
+    pub const RULES: [Rule; 62] = [
+        r(TSC, TSC, Pass, Refuse),
+        r(KVM_OLD_FIRST, KVM_OLD_LAST, Refuse, Refuse),
+        r(APIC_BASE, APIC_BASE, Checked, Emulate),
+        r(TSC_ADJUST, TSC_ADJUST, Pass, Refuse),
+        r(SPEC_CTRL, SPEC_CTRL, Pass, Pass),
+        r(PRED_CMD, PRED_CMD, Pass, Pass),
+        r(0x0000_008B, 0x0000_008B, Pass, Refuse), // PATCH_LEVEL
+        r(0x0000_00E7, 0x0000_00E8, Pass, Refuse), // MPERF, APERF
+        r(MTRR_CAP, MTRR_CAP, Pass, Refuse),
+        r(0x0000_010B, 0x0000_010B, Pass, Pass), // FLUSH_CMD
+        r(SYSENTER_CS, SYSENTER_EIP, Pass, Pass),
+        r(0x0000_0179, 0x0000_017B, Pass, Checked), // MCG_CAP, MCG_STATUS, MCG_CTL
+        r(DEBUGCTL, DEBUGCTL, Emulate, Emulate),
+        r(LAST_BRANCH_FROM_IP, LAST_INT_TO_IP, Emulate, Refuse),
+        r(MTRR_FIRST, PAT - 1, Pass, Refuse),
+        r(PAT, PAT, Emulate, Emulate),
+        r(PAT + 1, MTRR_DEF_TYPE, Pass, Refuse),
+        r(0x0000_0400, 0x0000_047F, Pass, Checked), // MCi_CTL/STATUS/ADDR/MISC
+        r(TSC_DEADLINE, TSC_DEADLINE, Pass, Pass),
+        r(X2APIC_FIRST, X2APIC_LAST, Pass, Pass),
+        r(0x0000_0C81, 0x0000_0C81, Pass, Checked), // L3_QOS_CFG
+        r(0x0000_0C8D, 0x0000_0C8F, Pass, Pass),    // QM_EVTSEL, QM_CTR, PQR_ASSOC
+        r(0x0000_0C90, 0x0000_0C9F, Pass, Checked), // L3 cache allocation masks
+        r(XSS, XSS, Pass, Refuse),
+        r(HYPERVISOR_FIRST, HYPERVISOR_LAST, Refuse, Refuse),
+        r(KVM_FIRST, KVM_LAST, Refuse, Refuse),
+        r(EFER, EFER, Emulate, Emulate),
+        r(STAR, SFMASK, Pass, Pass),
+        r(0xC000_00E7, 0xC000_00E9, Pass, Refuse), // MPERF_RO, APERF_RO, IRPERF
+        r(FS_BASE, TSC_AUX, Pass, Pass),
+        r(TSC_RATIO, TSC_RATIO, Refuse, Refuse),
+        r(0xC000_0200, 0xC000_020F, Pass, Checked), // memory bandwidth allocation
+        r(0xC000_0280, 0xC000_028F, Pass, Checked), // slow-memory bandwidth allocation
+        r(0xC000_0300, 0xC000_0303, Pass, Pass),    // PerfMonV2 global control/status
+        r(SMCA_FIRST, 0xC000_2FFF, Checked, Checked),
+        r(0xC001_0000, 0xC001_0007, Pass, Pass), // PERF_CTL0–3, PERF_CTR0–3
+        r(SYSCFG, SYSCFG, Pass, Refuse),
+        r(HWCR, HWCR, Checked, Emulate),
+        r(IORR_FIRST, IORR_LAST, Pass, Refuse),
+        r(TOP_MEM, TOP_MEM, Pass, Refuse),
+        r(TOP_MEM2, TOP_MEM2, Pass, Refuse),
+        r(PATCH_LOADER, PATCH_LOADER, Refuse, Emulate),
+        r(MMIO_CONF_BASE, MMIO_CONF_BASE, Pass, Refuse),
+        r(0xC001_0061, 0xC001_0061, Pass, Refuse), // P-state current limit
+        r(0xC001_0062, 0xC001_0062, Pass, Pass),   // P-state control
+        r(0xC001_0063, PSTATE_DEF_LAST, Pass, Refuse), // P-state status, definitions
+        r(SMM_BASE, SMM_MASK, Pass, Refuse),
+        r(VM_CR, VM_CR, Emulate, Refuse),
+        r(SMM_CTL, SMM_CTL, Refuse, Refuse),
+        r(VM_HSAVE_PA, VM_HSAVE_PA, Emulate, Refuse),
+        r(0xC001_011F, 0xC001_011F, Pass, Pass), // VIRT_SPEC_CTRL
+        r(0xC001_0200, 0xC001_020B, Pass, Pass), // PERF_CTL0–5, PERF_CTR0–5
+        r(0xC001_0230, 0xC001_023B, Pass, Checked), // L3 performance counters
+        r(0xC001_0240, 0xC001_025F, Pass, Checked), // data-fabric performance counters
+        r(0xC001_02B0, 0xC001_02B2, Pass, Checked), // CPPC_CAP1, CPPC_ENABLE, CPPC_CAP2
+        r(0xC001_02B3, 0xC001_02B3, Pass, Pass), // CPPC_REQ
+        r(0xC001_02B4, 0xC001_02B4, Pass, Checked), // CPPC_STATUS
+        r(0xC001_1019, 0xC001_101B, Pass, Checked), // DR1–DR3 address masks
+        r(LS_CFG, LS_CFG, Pass, Checked),
+        r(0xC001_1027, 0xC001_1027, Pass, Checked), // DR0 address mask
+        r(DE_CFG, DE_CFG, Pass, Refuse),
+        r(IBS_FIRST, IBS_LAST, Refuse, Refuse),
+    ];
+
+    /// The rule for MSRs [`RULES`] does not list: inside the permission
+    /// map's ranges every access exits and raises #GP; outside them (the
+    /// map cannot cover those, every access exits anyway) accesses are
+    /// passed through checked, as AMD's machine-check MSRs there need.
+    pub const fn default_rule(index: u32) -> Rule {
+        if svm::msr_always_exits(index) {
+            r(index, index, Checked, Checked)
+        } else {
+            r(index, index, Refuse, Refuse)
+        }
+    }
+
+    /// The rule that applies to MSR `index`.
+    pub fn rule(index: u32) -> Rule {
+        let found = RULES.binary_search_by(|r| {
+            if r.last < index {
+                Ordering::Less
+            } else if r.first > index {
+                Ordering::Greater
+            } else {
+                Ordering::Equal
+            }
+        });
+        found
+            .ok()
+            .and_then(|i| RULES.get(i).copied())
+            .unwrap_or(default_rule(index))
+    }
+
+    /// MSRs the microkernel programs for itself or whose real value the
+    /// root must never learn: never read or written for ring 3, whatever
+    /// the table says. (Those switched by VMLOAD/VMSAVE/VMRUN may still be
+    /// `Pass`: the root then uses its own copy, not the host's.)
+    pub const HOST_OWNED: [(u32, u32); 9] = [
+        (SYSENTER_CS, SYSENTER_EIP),
+        (DEBUGCTL, DEBUGCTL),
+        (LAST_BRANCH_FROM_IP, LAST_INT_TO_IP),
+        (PAT, PAT),
+        (XSS, XSS),
+        (EFER, SFMASK),
+        (FS_BASE, KERNEL_GS_BASE),
+        (VM_CR, VM_CR),
+        (VM_HSAVE_PA, VM_HSAVE_PA),
+    ];
+
+    /// MSRs whose real value must never be changed on the root's behalf:
+    /// they steer the hypervisor's own memory accesses, caches, clock,
+    /// debugging or code (MTRRs, TOM, IORRs, SYSCFG, HWCR, the APIC window,
+    /// SMM, microcode, …). Every write to them exits (never `Pass`) and is
+    /// emulated or refused, never `Checked`.
+    pub const NEVER_WRITTEN: [(u32, u32); 21] = [
+        (TSC, TSC),
+        (KVM_OLD_FIRST, KVM_OLD_LAST),
+        (APIC_BASE, APIC_BASE),
+        (TSC_ADJUST, TSC_ADJUST),
+        (MTRR_CAP, MTRR_CAP),
+        (DEBUGCTL, DEBUGCTL),
+        (LAST_BRANCH_FROM_IP, LAST_INT_TO_IP),
+        (MTRR_FIRST, MTRR_DEF_TYPE),
+        (XSS, XSS),
+        (HYPERVISOR_FIRST, HYPERVISOR_LAST),
+        (KVM_FIRST, KVM_LAST),
+        (EFER, EFER),
+        (TSC_RATIO, TSC_RATIO),
+        (SYSCFG, SYSCFG),
+        (HWCR, TOP_MEM),
+        (TOP_MEM2, PATCH_LOADER),
+        (MMIO_CONF_BASE, MMIO_CONF_BASE),
+        (PSTATE_DEF_FIRST, PSTATE_DEF_LAST),
+        (SMM_BASE, VM_HSAVE_PA),
+        (DE_CFG, DE_CFG),
+        (IBS_FIRST, IBS_LAST),
+    ];
+
+    fn listed(ranges: &[(u32, u32)], index: u32) -> bool {
+        ranges.iter().any(|&(a, b)| a <= index && index <= b)
+    }
+
+    /// True if ring 3 may have the microkernel read (`write` false) or
+    /// write MSR `index` on the real CPU: only what the policy marks
+    /// `Checked` (reads also where writes are checked, so the extension
+    /// can compare a write with the current value), never a host-owned
+    /// MSR, never a write of a dangerous one.
+    pub fn real_access_allowed(index: u32, write: bool) -> bool {
+        if listed(&HOST_OWNED, index) || (write && listed(&NEVER_WRITTEN, index)) {
+            return false;
+        }
+        let rule = rule(index);
+        if write {
+            rule.write == Checked
+        } else {
+            rule.read == Checked || rule.write == Checked
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::policy::{self, default_rule, real_access_allowed, rule, Action, RULES};
+    use super::*;
+    use crate::svm::msr_always_exits;
+
+    fn in_ranges(ranges: &[(u32, u32)]) -> impl Iterator<Item = u32> + '_ {
+        ranges.iter().flat_map(|&(a, b)| a..=b)
+    }
+
+    #[test]
+    fn rules_are_sorted_disjoint_and_on_one_side_of_the_map() {
+        for pair in RULES.windows(2) {
+            assert!(pair[0].last < pair[1].first, "{:x?}", pair);
+        }
+        for r in RULES {
+            assert!(r.first <= r.last, "{r:x?}");
+            assert_eq!(
+                msr_always_exits(r.first),
+                msr_always_exits(r.last),
+                "{r:x?} straddles the permission map's ranges"
+            );
+            if msr_always_exits(r.first) {
+                // The map cannot let these through.
+                assert!(r.read != Action::Pass && r.write != Action::Pass, "{r:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_find_rows_and_defaults() {
+        assert_eq!(rule(PAT).read, Action::Emulate);
+        assert_eq!(rule(MTRR_FIRST + 0x50).write, Action::Refuse);
+        assert_eq!(rule(X2APIC_FIRST + 0x30).write, Action::Pass);
+        assert_eq!(rule(0xC000_2001).read, Action::Checked);
+        for index in [0, 0x1234, 0xC000_0085, 0xC001_1FFF] {
+            assert_eq!(rule(index), default_rule(index));
+            assert_eq!(
+                (rule(index).read, rule(index).write),
+                (Action::Refuse, Action::Refuse),
+                "{index:#x}"
+            );
+        }
+        for index in [0x2000, 0xC000_3000, 0xC001_2000, u32::MAX] {
+            assert_eq!(
+                (rule(index).read, rule(index).write),
+                (Action::Checked, Action::Checked),
+                "{index:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn dangerous_msrs_are_never_written_on_the_real_cpu() {
+        for index in in_ranges(&policy::NEVER_WRITTEN) {
+            let w = rule(index).write;
+            assert!(
+                w == Action::Emulate || w == Action::Refuse,
+                "{index:#x}: writes must exit and never reach the CPU"
+            );
+            assert!(!real_access_allowed(index, true), "{index:#x}");
+        }
+        for index in [
+            APIC_BASE,
+            MTRR_CAP,
+            0x250,
+            MTRR_DEF_TYPE,
+            SYSCFG,
+            HWCR,
+            IORR_FIRST,
+            IORR_LAST,
+            TOP_MEM,
+            TOP_MEM2,
+            SMM_BASE + 1,
+            SMM_MASK,
+            SMM_CTL,
+            PATCH_LOADER,
+            DEBUGCTL,
+            XSS,
+            TSC,
+            TSC_ADJUST,
+            VM_CR,
+            VM_HSAVE_PA,
+            EFER,
+        ] {
+            assert!(
+                in_ranges(&policy::NEVER_WRITTEN).any(|i| i == index),
+                "{index:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_owned_msrs_never_reach_ring_3() {
+        for index in in_ranges(&policy::HOST_OWNED) {
+            let r = rule(index);
+            assert!(
+                r.read != Action::Checked && r.write != Action::Checked,
+                "{index:#x}"
+            );
+            assert!(!real_access_allowed(index, false), "{index:#x}");
+            assert!(!real_access_allowed(index, true), "{index:#x}");
+        }
+        for index in [
+            EFER,
+            STAR,
+            LSTAR,
+            CSTAR,
+            SFMASK,
+            FS_BASE,
+            GS_BASE,
+            KERNEL_GS_BASE,
+            SYSENTER_CS,
+            SYSENTER_EIP,
+            VM_CR,
+            VM_HSAVE_PA,
+            PAT,
+            XSS,
+        ] {
+            assert!(
+                in_ranges(&policy::HOST_OWNED).any(|i| i == index),
+                "{index:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn checked_writes_are_readable_for_the_check() {
+        // The guard lets ring 3 read where writes are checked; that is only
+        // sound if such reads are harmless (passed or checked themselves).
+        for r in RULES.iter().filter(|r| r.write == Action::Checked) {
+            assert!(matches!(r.read, Action::Pass | Action::Checked), "{r:x?}");
+        }
+    }
+
+    #[test]
+    fn ring_3_reaches_only_checked_msrs() {
+        let allowed = |i, w| real_access_allowed(i, w);
+        assert!(
+            allowed(0xC000_2001, false) && allowed(0xC000_2001, true),
+            "SMCA"
+        );
+        assert!(allowed(0xC000_3000, true), "outside the map, unlisted");
+        assert!(allowed(0x401, true) && allowed(0x401, false), "MC0_STATUS");
+        assert!(allowed(LS_CFG, false) && allowed(LS_CFG, true));
+        assert!(allowed(HWCR, false) && !allowed(HWCR, true));
+        assert!(allowed(APIC_BASE, false) && !allowed(APIC_BASE, true));
+        for (index, what) in [
+            (SPEC_CTRL, "passes: no exit, no syscall"),
+            (TSC_AUX, "passes"),
+            (0x1234, "unlisted in the map"),
+            (HYPERVISOR_FIRST, "an outer hypervisor's MSRs"),
+            (KVM_FIRST + 1, "kvmclock"),
+            (MTRR_FIRST, "MTRR"),
+            (PATCH_LOADER, "microcode"),
+            (TSC, "the hypervisor's clock"),
+        ] {
+            assert!(!allowed(index, true), "{index:#x}: {what}");
+        }
+        assert!(!allowed(PATCH_LOADER, false) && !allowed(TSC, false));
+    }
+
+    fn cpu(
+        max_ext: u32,
+        ext1: (u32, u32),
+        ext8_ebx: u32,
+        ext21_eax: u32,
+    ) -> impl FnMut(u32, u32) -> CpuidResult {
+        move |leaf, _| match leaf {
+            0x8000_0000 => CpuidResult {
+                eax: max_ext,
+                ..Default::default()
+            },
+            0x8000_0001 => CpuidResult {
+                ecx: ext1.0,
+                edx: ext1.1,
+                ..Default::default()
+            },
+            0x8000_0008 => CpuidResult {
+                ebx: ext8_ebx,
+                ..Default::default()
+            },
+            0x8000_0021 => CpuidResult {
+                eax: ext21_eax,
+                ..Default::default()
+            },
+            _ => CpuidResult {
+                eax: u32::MAX,
+                ebx: u32::MAX,
+                ecx: u32::MAX,
+                edx: u32::MAX,
+            },
+        }
+    }
+
+    #[test]
+    fn optional_efer_bits_follow_cpuid() {
+        use efer::*;
+        let all = |max| cpu(max, (u32::MAX, u32::MAX), 0, u32::MAX);
+        assert_eq!(
+            optional_supported(&mut all(0x8000_0021)),
+            LMSLE | FFXSR | TCE | AUTOIBRS
+        );
+        assert_eq!(
+            optional_supported(&mut all(0x8000_0008)),
+            LMSLE | FFXSR | TCE
+        );
+        assert_eq!(
+            optional_supported(&mut all(0x8000_0001)),
+            FFXSR | TCE,
+            "no leaf 8: no LMSLE"
+        );
+        assert_eq!(optional_supported(&mut all(0x8000_0000)), 0);
+        let mut zen = cpu(
+            0x8000_0021,
+            (CPUID_EXT1_ECX_TCE, 0),
+            CPUID_EXT8_EBX_LMSLE_UNSUPPORTED,
+            0,
+        );
+        assert_eq!(optional_supported(&mut zen), TCE);
+        let mut old = cpu(0x8000_0008, (0, CPUID_EXT1_EDX_FFXSR), 0, 0);
+        assert_eq!(optional_supported(&mut old), FFXSR | LMSLE);
+        let mut zen4 = cpu(
+            0x8000_0021,
+            (0, 0),
+            CPUID_EXT8_EBX_LMSLE_UNSUPPORTED,
+            CPUID_EXT21_EAX_AUTOIBRS,
+        );
+        assert_eq!(optional_supported(&mut zen4), AUTOIBRS);
+    }
+
+    #[test]
+    fn pat_and_ssbd_helpers() {
+        assert!(pat_valid(PAT_DEFAULT));
+        assert!(pat_valid(0x0407_0506_0007_0406));
+        assert!(!pat_valid(0x02));
+        assert!(!pat_valid(0x0300));
+        assert!(!pat_valid(0x0800_0000_0000_0000));
+        let family = |base: u32, ext: u32| CpuidResult {
+            eax: (ext << 20) | (base << 8),
+            ..Default::default()
+        };
+        assert_eq!(ls_cfg_ssbd_bit(family(0xf, 6)), 1 << 54);
+        assert_eq!(ls_cfg_ssbd_bit(family(0xf, 7)), 1 << 33);
+        assert_eq!(ls_cfg_ssbd_bit(family(0xf, 8)), 1 << 10);
+        assert_eq!(ls_cfg_ssbd_bit(family(0xf, 9)), 1 << 10);
+        assert_eq!(
+            ls_cfg_ssbd_bit(family(0xf, 0xa)),
+            0,
+            "Zen 3+: SSBD in SPEC_CTRL"
+        );
+        assert_eq!(
+            ls_cfg_ssbd_bit(family(6, 0xff)),
+            0,
+            "extended family only counts for 0xf"
+        );
+    }
+}

@@ -174,6 +174,27 @@ pub mod misc2 {
     pub const XSETBV: u32 = 1 << 13;
 }
 
+/// Intercepts every vCPU MicroV runs must have, whatever else its policy
+/// adds: the microkernel refuses a VMCB without them, and the extension
+/// starts every root VMCB from them.
+pub mod required {
+    use super::{misc1, misc2};
+
+    /// MSR and I/O permission maps (the platform stays MicroV's), INIT and
+    /// shutdown (they would reset the CPU from under MicroV), INVLPGA.
+    pub const MISC1: u32 =
+        misc1::MSR_PROT | misc1::IOIO_PROT | misc1::INIT | misc1::SHUTDOWN | misc1::INVLPGA;
+    /// Every SVM instruction (no VMs beneath MicroV, no GIF changes) and
+    /// XSETBV (XCR0 is switched by the microkernel).
+    pub const MISC2: u32 = misc2::VMRUN
+        | misc2::VMLOAD
+        | misc2::VMSAVE
+        | misc2::STGI
+        | misc2::CLGI
+        | misc2::SKINIT
+        | misc2::XSETBV;
+}
+
 /// [`Control::np_control`]: enable nested paging.
 pub const NP_ENABLE: u64 = 1 << 0;
 

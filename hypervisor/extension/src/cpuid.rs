@@ -30,6 +30,83 @@ pub fn root_view(leaf: u32, real: CpuidResult) -> CpuidResult {
     }
 }
 
+/// Leaf 1 ECX bit 27 (OSXSAVE) and leaf 7 ECX bit 4 (OSPKE) mirror CR4.
+const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+const LEAF7_ECX_OSPKE: u32 = 1 << 4;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const CR4_PKE: u64 = 1 << 22;
+/// Leaf 0xD, and the size of the legacy area plus the XSAVE header.
+const LEAF_XSAVE: u32 = 0xd;
+const XSAVE_BASE_SIZE: u32 = 576;
+
+/// The root's state that some CPUID bits depend on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dynamic {
+    pub cr4: u64,
+    pub xcr0: u64,
+    /// IA32_XSS (the supervisor XSAVE components).
+    pub xss: u64,
+}
+
+/// Bits that describe the *current* CPU state. The CPU answers CPUID in
+/// host mode, with MicroV's CR4 and XCR0; these are recomputed for the
+/// root's: OSXSAVE, OSPKE and the XSAVE area sizes of leaf 0xD (from the
+/// per-component sizes `component(i)` = CPUID 0xD.i).
+pub fn dynamic_bits(
+    leaf: u32,
+    subleaf: u32,
+    r: CpuidResult,
+    root: &Dynamic,
+    component: &mut dyn FnMut(u32) -> CpuidResult,
+) -> CpuidResult {
+    let mirror = |reg: u32, bit: u32, on: bool| if on { reg | bit } else { reg & !bit };
+    match (leaf, subleaf) {
+        (1, _) => CpuidResult {
+            ecx: mirror(r.ecx, LEAF1_ECX_OSXSAVE, root.cr4 & CR4_OSXSAVE != 0),
+            ..r
+        },
+        (7, 0) => CpuidResult {
+            ecx: mirror(r.ecx, LEAF7_ECX_OSPKE, root.cr4 & CR4_PKE != 0),
+            ..r
+        },
+        (LEAF_XSAVE, 0) => CpuidResult {
+            ebx: standard_size(root.xcr0, component),
+            ..r
+        },
+        (LEAF_XSAVE, 1) => CpuidResult {
+            ebx: compacted_size(root.xcr0 | root.xss, component),
+            ..r
+        },
+        _ => r,
+    }
+}
+
+/// The extended components (2..63) set in `mask`.
+fn components(mask: u64) -> impl Iterator<Item = u32> {
+    (2..64u32).filter(move |i| mask & (1u64 << i) != 0)
+}
+
+/// Bytes of a standard-format XSAVE area for `mask`: the end of the
+/// furthest component (CPUID 0xD.i: EAX size, EBX offset).
+fn standard_size(mask: u64, component: &mut dyn FnMut(u32) -> CpuidResult) -> u32 {
+    components(mask)
+        .map(|i| {
+            let c = component(i);
+            c.ebx.saturating_add(c.eax)
+        })
+        .fold(XSAVE_BASE_SIZE, u32::max)
+}
+
+/// Bytes of a compacted XSAVE area for `mask`: components packed in order,
+/// those with CPUID 0xD.i ECX bit 1 aligned to 64 bytes.
+fn compacted_size(mask: u64, component: &mut dyn FnMut(u32) -> CpuidResult) -> u32 {
+    components(mask).fold(XSAVE_BASE_SIZE, |size, i| {
+        let c = component(i);
+        let start = if c.ecx & 2 != 0 { size.div_ceil(64) * 64 } else { size };
+        start.saturating_add(c.eax)
+    })
+}
+
 /// True for leaves whose answer does not come from the real CPU.
 pub fn is_synthetic(leaf: u32) -> bool {
     (LEAF_HYPERVISOR..=0x4000_00ff).contains(&leaf)
@@ -38,6 +115,43 @@ pub fn is_synthetic(leaf: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zen-like XSAVE components: AVX (256 bytes at 576), PKRU (8 at 2432,
+    /// aligned in compacted form).
+    fn zen_component(i: u32) -> CpuidResult {
+        match i {
+            2 => CpuidResult { eax: 256, ebx: 576, ..Default::default() },
+            9 => CpuidResult { eax: 8, ebx: 2432, ecx: 2, ..Default::default() },
+            11 => CpuidResult { eax: 16, ebx: 0, ecx: 0, ..Default::default() },
+            _ => CpuidResult::default(),
+        }
+    }
+
+    #[test]
+    fn state_bits_follow_the_root_not_the_host() {
+        let root = Dynamic { cr4: CR4_OSXSAVE, xcr0: 0x207, xss: 1 << 11 };
+        let r = dynamic_bits(1, 0, CpuidResult::default(), &root, &mut zen_component);
+        assert_eq!(r.ecx, LEAF1_ECX_OSXSAVE);
+        let r = dynamic_bits(1, 0, ALL, &Dynamic::default(), &mut zen_component);
+        assert_eq!(r.ecx, !LEAF1_ECX_OSXSAVE);
+        let r = dynamic_bits(7, 0, ALL, &root, &mut zen_component);
+        assert_eq!(r.ecx, !LEAF7_ECX_OSPKE, "no PKE in the root's CR4");
+        let pke = Dynamic { cr4: CR4_PKE, ..root };
+        assert_eq!(dynamic_bits(7, 0, CpuidResult::default(), &pke, &mut zen_component).ecx, LEAF7_ECX_OSPKE);
+        assert_eq!(dynamic_bits(7, 1, ALL, &pke, &mut zen_component), ALL);
+        assert_eq!(dynamic_bits(0xd, 0, ALL, &root, &mut zen_component).ebx, 2440);
+        let sse_only = Dynamic { xcr0: 3, ..root };
+        assert_eq!(dynamic_bits(0xd, 0, ALL, &sse_only, &mut zen_component).ebx, 576);
+        // Compacted: 576 + 256 (AVX) = 832 (already 64-byte aligned for
+        // PKRU) + 8, then the supervisor component 11 (16 bytes).
+        assert_eq!(dynamic_bits(0xd, 1, ALL, &root, &mut zen_component).ebx, 856);
+        let unaligned = Dynamic { xcr0: 0x201 | 1 << 11, ..root };
+        let mut comp = |i: u32| if i == 11 { CpuidResult { eax: 4, ..Default::default() } } else { zen_component(i) };
+        // 576 + 4 (component 11 comes after 9 in order, so PKRU first).
+        assert_eq!(dynamic_bits(0xd, 1, ALL, &unaligned, &mut comp).ebx, 576 + 8 + 4);
+        assert_eq!(dynamic_bits(0xd, 2, ALL, &root, &mut zen_component), ALL);
+        assert_eq!(dynamic_bits(0x8000_0001, 0, ALL, &root, &mut zen_component), ALL);
+    }
 
     const ALL: CpuidResult = CpuidResult {
         eax: u32::MAX,

@@ -1,16 +1,22 @@
 //! Handling the root VM's exits. The root takes as few exits as possible:
-//! CPUID (to hide SVM and identify MicroV), a few MSRs (EFER and the SVM
-//! control MSRs), hypercalls, SVM instructions (they must fault as on a CPU
-//! without SVM), INIT and shutdown.
+//! CPUID (to hide SVM and identify MicroV), the MSRs the allow-list does
+//! not pass (`docs/msr-policy.md`), hypercalls, SVM instructions (they must
+//! fault as on a CPU without SVM), XSETBV, PCI configuration ports
+//! (`docs/io-ports.md`), nested page faults beyond the initial map, INIT
+//! and shutdown. Whatever the root does to itself gets the bare-metal
+//! answer; only a triple fault or an unrunnable state stops MicroV.
 
 use microv_abi::hypercall::Status;
 use microv_abi::launch::gpr;
+use microv_abi::syscall::VsRegs;
 use microv_abi::{ExitKind, StartError};
 use microv_arch::svm::{event, exit, vector, Vmcb};
+use microv_arch::xsave;
 
 use crate::cpuid;
 use crate::host::Host;
 use crate::hypercall::{self, Args, CallerInfo, Outcome};
+use crate::io;
 use crate::msr::{self, MsrOutcome};
 use crate::state::HvState;
 
@@ -18,6 +24,7 @@ use crate::state::HvState;
 const CPUID_LEN: u64 = 2;
 const MSR_LEN: u64 = 2;
 const VMMCALL_LEN: u64 = 3;
+const XSETBV_LEN: u64 = 3;
 const CR0_PG: u64 = 1 << 31;
 
 /// What to do after an exit.
@@ -56,16 +63,17 @@ pub fn classify(code: u64, info1: u64) -> ExitKind {
         exit::INIT => ExitKind::Init,
         exit::SHUTDOWN => ExitKind::Shutdown,
         exit::XSETBV => ExitKind::Xsetbv,
+        exit::IOIO => ExitKind::Io,
         _ => ExitKind::Other,
     }
 }
 
-fn reg(gprs: &[u64; 16], i: usize) -> u64 {
-    gprs.get(i).copied().unwrap_or(0)
+fn reg(regs: &VsRegs, i: usize) -> u64 {
+    regs.gprs.get(i).copied().unwrap_or(0)
 }
 
-fn set_reg(gprs: &mut [u64; 16], i: usize, v: u64) {
-    if let Some(slot) = gprs.get_mut(i) {
+fn set_reg(regs: &mut VsRegs, i: usize, v: u64) {
+    if let Some(slot) = regs.gprs.get_mut(i) {
         *slot = v;
     }
 }
@@ -84,7 +92,7 @@ fn inject(vmcb: &mut Vmcb, ev: u64) {
 /// Handles the exit recorded in `vmcb` for the root vCPU of CPU `cpu`.
 pub fn handle(
     vmcb: &mut Vmcb,
-    gprs: &mut [u64; 16],
+    gprs: &mut VsRegs,
     cpu: usize,
     hv: &HvState,
     host: &mut dyn Host,
@@ -105,7 +113,18 @@ pub fn handle(
             } else {
                 host.cpuid(leaf, subleaf)
             };
-            let r = cpuid::root_view(leaf, real);
+            let root = cpuid::Dynamic {
+                cr4: vmcb.save.cr4,
+                xcr0: gprs.xcr0,
+                xss: if (leaf, subleaf) == (xsave::LEAF_XSAVE, 1) {
+                    host.msr_read(microv_arch::msr::XSS).unwrap_or(0)
+                } else {
+                    0
+                },
+            };
+            let r = cpuid::dynamic_bits(leaf, subleaf, cpuid::root_view(leaf, real), &root, &mut |i| {
+                host.cpuid(xsave::LEAF_XSAVE, i)
+            });
             vmcb.save.rax = u64::from(r.eax);
             set_reg(gprs, gpr::RBX, u64::from(r.ebx));
             set_reg(gprs, gpr::RCX, u64::from(r.ecx));
@@ -115,39 +134,18 @@ pub fn handle(
         }
         exit::MSR => {
             let index = reg(gprs, gpr::RCX) as u32;
-            let outcome = if vmcb.control.exit_info1 == 0 {
-                msr::read(index, vmcb.save.efer)
-            } else {
-                let value = (reg(gprs, gpr::RDX) << 32) | (vmcb.save.rax & 0xffff_ffff);
-                msr::write(index, value, vmcb.save.efer, vmcb.save.cr0 & CR0_PG != 0)
-            };
-            match outcome {
+            let value = (reg(gprs, gpr::RDX) << 32) | (vmcb.save.rax & 0xffff_ffff);
+            let write = (vmcb.control.exit_info1 != 0).then_some(value);
+            let paging = vmcb.save.cr0 & CR0_PG != 0;
+            match msr::access(vmcb, host, index, write, paging) {
                 MsrOutcome::Value(v) => {
                     vmcb.save.rax = v & 0xffff_ffff;
                     set_reg(gprs, gpr::RDX, v >> 32);
                     skip(vmcb, MSR_LEN);
                 }
-                MsrOutcome::SetEfer(v) => {
-                    vmcb.save.efer = v;
-                    skip(vmcb, MSR_LEN);
-                }
+                MsrOutcome::Written => skip(vmcb, MSR_LEN),
                 MsrOutcome::GeneralProtection => {
                     inject(vmcb, event::exception_with_code(vector::GP, 0))
-                }
-                MsrOutcome::PassThrough => {
-                    let done = if vmcb.control.exit_info1 == 0 {
-                        host.msr_read(index).map(|v| {
-                            vmcb.save.rax = v & 0xffff_ffff;
-                            set_reg(gprs, gpr::RDX, v >> 32);
-                        })
-                    } else {
-                        let value = (reg(gprs, gpr::RDX) << 32) | (vmcb.save.rax & 0xffff_ffff);
-                        host.msr_write(index, value).then_some(())
-                    };
-                    match done {
-                        Some(()) => skip(vmcb, MSR_LEN),
-                        None => inject(vmcb, event::exception_with_code(vector::GP, 0)),
-                    }
                 }
             }
             Action::Resume
@@ -157,7 +155,7 @@ pub fn handle(
                 cpl: vmcb.save.cpl,
                 cpu,
             };
-            match hypercall::dispatch(vmcb.save.rax, Args::from_gprs(gprs), caller, hv, host) {
+            match hypercall::dispatch(vmcb.save.rax, Args::from_gprs(&gprs.gprs), caller, hv, host) {
                 Outcome::InvalidOpcode => {
                     inject(vmcb, event::exception(vector::UD));
                     Action::Resume
@@ -165,7 +163,7 @@ pub fn handle(
                 Outcome::Done(status, out) => {
                     vmcb.save.rax = status.as_u64();
                     if status == Status::Success {
-                        out.to_gprs(gprs);
+                        out.to_gprs(&mut gprs.gprs);
                     }
                     skip(vmcb, VMMCALL_LEN);
                     Action::Resume
@@ -183,6 +181,29 @@ pub fn handle(
             inject(vmcb, event::exception(vector::UD));
             Action::Resume
         }
+        exit::XSETBV => {
+            xsetbv(vmcb, gprs, host);
+            Action::Resume
+        }
+        exit::IOIO => {
+            let access = io::decode(vmcb.control.exit_info1);
+            match io::emulate(&access, vmcb.save.rax, host) {
+                io::Outcome::Rax(rax) => {
+                    vmcb.save.rax = rax;
+                    // EXITINFO2 holds the next RIP for I/O exits.
+                    vmcb.save.rip = vmcb.control.exit_info2;
+                    vmcb.control.interrupt_shadow &= !1;
+                }
+                io::Outcome::Unsupported => {
+                    host.log(format_args!(
+                        "cpu {cpu}: string I/O on port {:#x} refused (#GP)",
+                        access.port
+                    ));
+                    inject(vmcb, event::exception_with_code(vector::GP, 0));
+                }
+            }
+            Action::Resume
+        }
         exit::INIT => {
             // CPU hot-plug is blocked while MicroV runs; an INIT here would
             // reset the CPU from under the hypervisor. Drop it, loudly.
@@ -190,27 +211,60 @@ pub fn handle(
             Action::Resume
         }
         exit::NPF => {
-            host.log(format_args!(
-                "cpu {cpu}: root nested page fault at {:#x} (error {:#x}, rip {:#x})",
-                vmcb.control.exit_info2, vmcb.control.exit_info1, vmcb.save.rip
-            ));
-            Action::Fail(StartError::ExtensionError, vmcb.control.exit_info2)
+            // Only guest-physical space beyond the initial map faults: map
+            // it as bare metal has it. Beyond what the CPU can address there
+            // is nothing to map: #GP, and MicroV carries on.
+            let gpa = vmcb.control.exit_info2;
+            if !host.map_root_gpa(gpa) {
+                host.log(format_args!(
+                    "cpu {cpu}: root access to {gpa:#x} beyond the physical address space (#GP, rip {:#x})",
+                    vmcb.save.rip
+                ));
+                inject(vmcb, event::exception_with_code(vector::GP, 0));
+            }
+            Action::Resume
         }
         exit::SHUTDOWN => {
+            // A triple fault resets a bare-metal machine: MicroV steps
+            // aside and the root's reset happens natively.
             host.log(format_args!(
                 "cpu {cpu}: the root VM shut down (triple fault) at rip {:#x}",
+                vmcb.save.rip
+            ));
+            Action::Fail(StartError::RootShutdown, code)
+        }
+        exit::INVALID => {
+            host.log(format_args!(
+                "cpu {cpu}: the root's state is not runnable (VMRUN failed) at rip {:#x}",
                 vmcb.save.rip
             ));
             Action::Fail(StartError::ExtensionError, code)
         }
         _ => {
+            // An exit MicroV never asked for: the root gets #UD, as for an
+            // instruction the CPU does not have, and MicroV carries on.
             host.log(format_args!(
-                "cpu {cpu}: unexpected exit {code:#x} (info1 {:#x}, info2 {:#x}, rip {:#x})",
+                "cpu {cpu}: unexpected exit {code:#x} (info1 {:#x}, info2 {:#x}, rip {:#x}): #UD",
                 vmcb.control.exit_info1, vmcb.control.exit_info2, vmcb.save.rip
             ));
-            Action::Fail(StartError::ExtensionError, code)
+            inject(vmcb, event::exception(vector::UD));
+            Action::Resume
         }
     }
+}
+
+/// XSETBV by the root: accepted exactly when the CPU would accept it
+/// (CPL 0, XCR0 index, a valid value); the microkernel switches the new
+/// XCR0 in around the root from then on.
+fn xsetbv(vmcb: &mut Vmcb, regs: &mut VsRegs, host: &mut dyn Host) {
+    let value = (reg(regs, gpr::RDX) << 32) | (vmcb.save.rax & 0xffff_ffff);
+    let supported = xsave::supported_xcr0(host.cpuid(xsave::LEAF_XSAVE, 0));
+    if vmcb.save.cpl != 0 || reg(regs, gpr::RCX) as u32 != 0 || !xsave::xcr0_valid(value, supported) {
+        inject(vmcb, event::exception_with_code(vector::GP, 0));
+        return;
+    }
+    regs.xcr0 = value;
+    skip(vmcb, XSETBV_LEN);
 }
 
 #[cfg(test)]
@@ -221,13 +275,13 @@ mod tests {
     use microv_arch::msr::{self as arch_msr, efer};
     use zerocopy::FromZeros;
 
-    fn vcpu(code: u64) -> (Box<Vmcb>, [u64; 16]) {
+    fn vcpu(code: u64) -> (Box<Vmcb>, VsRegs) {
         let mut v = Box::new(Vmcb::new_zeroed());
         v.control.exit_code = code;
         v.save.rip = 0x1000;
         v.save.efer = efer::LME | efer::LMA | efer::SVME;
         v.save.cr0 = CR0_PG;
-        (v, [0; 16])
+        (v, VsRegs::default())
     }
 
     #[test]
@@ -240,14 +294,14 @@ mod tests {
         assert_eq!(v.save.rip, 0x1002);
         assert_eq!(v.control.interrupt_shadow, 0);
         assert_eq!(v.save.rax, 0x4000_0001);
-        assert_eq!(g[gpr::RBX] as u32, u32::from_le_bytes(*b"Micr"));
+        assert_eq!(g.gprs[gpr::RBX] as u32, u32::from_le_bytes(*b"Micr"));
         let (mut v, mut g) = vcpu(exit::CPUID);
         v.save.rax = 0x8000_0001;
-        g[gpr::RCX] = 5;
+        g.gprs[gpr::RCX] = 5;
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(v.save.rax, 0x8000_0001, "fake host echoes the leaf");
-        assert_eq!(g[gpr::RBX], 5, "and the subleaf");
-        assert_eq!(g[gpr::RCX] as u32 & microv_arch::cpuid::EXT1_ECX_SVM, 0);
+        assert_eq!(g.gprs[gpr::RBX], 5, "and the subleaf");
+        assert_eq!(g.gprs[gpr::RCX] as u32 & microv_arch::cpuid::EXT1_ECX_SVM, 0);
         assert_eq!(hv.exit_count(0, ExitKind::Cpuid as usize), 2);
     }
 
@@ -255,7 +309,7 @@ mod tests {
     fn msr_reads_writes_and_faults() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
         let (mut v, mut g) = vcpu(exit::MSR);
-        g[gpr::RCX] = u64::from(arch_msr::EFER);
+        g.gprs[gpr::RCX] = u64::from(arch_msr::EFER);
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(v.save.rax, (efer::LME | efer::LMA) & 0xffff_ffff);
         assert_eq!(v.save.rip, 0x1002);
@@ -268,7 +322,7 @@ mod tests {
 
         let (mut v, mut g) = vcpu(exit::MSR);
         v.control.exit_info1 = 1;
-        g[gpr::RCX] = u64::from(arch_msr::EFER);
+        g.gprs[gpr::RCX] = u64::from(arch_msr::EFER);
         v.save.rax = efer::LME | efer::LMA | efer::NXE;
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(v.save.efer, efer::LME | efer::LMA | efer::NXE | efer::SVME);
@@ -276,7 +330,7 @@ mod tests {
 
         let (mut v, mut g) = vcpu(exit::MSR);
         v.control.exit_info1 = 1;
-        g[gpr::RCX] = u64::from(arch_msr::EFER);
+        g.gprs[gpr::RCX] = u64::from(arch_msr::EFER);
         v.save.rax = efer::LME | efer::SVME;
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(
@@ -286,10 +340,10 @@ mod tests {
         assert_eq!(v.save.rip, 0x1000, "a faulting instruction is not skipped");
 
         let (mut v, mut g) = vcpu(exit::MSR);
-        g[gpr::RCX] = u64::from(arch_msr::VM_CR);
+        g.gprs[gpr::RCX] = u64::from(arch_msr::VM_CR);
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(v.save.rax, arch_msr::vm_cr::SVMDIS | arch_msr::vm_cr::LOCK);
-        assert_eq!(g[gpr::RDX], 0);
+        assert_eq!(g.gprs[gpr::RDX], 0);
     }
 
     #[test]
@@ -297,17 +351,17 @@ mod tests {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
         host.msrs.insert(0xc000_2001, 0x1234_5678_9abc_def0);
         let (mut v, mut g) = vcpu(exit::MSR);
-        g[gpr::RCX] = 0xc000_2001;
+        g.gprs[gpr::RCX] = 0xc000_2001;
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(
-            (v.save.rax, g[gpr::RDX], v.save.rip),
+            (v.save.rax, g.gprs[gpr::RDX], v.save.rip),
             (0x9abc_def0, 0x1234_5678, 0x1002)
         );
 
         let (mut v, mut g) = vcpu(exit::MSR);
         v.control.exit_info1 = 1;
-        g[gpr::RCX] = 0xc000_2001;
-        g[gpr::RDX] = 0x1;
+        g.gprs[gpr::RCX] = 0xc000_2001;
+        g.gprs[gpr::RDX] = 0x1;
         v.save.rax = 0xffff_ffff_0000_0002;
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(
@@ -319,7 +373,7 @@ mod tests {
         for write in [0, 1] {
             let (mut v, mut g) = vcpu(exit::MSR);
             v.control.exit_info1 = write;
-            g[gpr::RCX] = 0xc000_2fff;
+            g.gprs[gpr::RCX] = 0xc000_2fff;
             handle(&mut v, &mut g, 0, &hv, &mut host);
             assert_eq!(
                 v.control.event_inj,
@@ -338,16 +392,16 @@ mod tests {
         v.save.cpl = 3;
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(v.save.rax, 0);
-        assert_eq!(g[gpr::R10], microv_abi::hypercall::ABI_VERSION);
+        assert_eq!(g.gprs[gpr::R10], microv_abi::hypercall::ABI_VERSION);
         assert_eq!(v.save.rip, 0x1003);
 
         let (mut v, mut g) = vcpu(exit::VMMCALL);
         v.save.rax = encode(Hypercall::HandleOpen);
         v.save.cpl = 3;
-        g[gpr::R10] = 77;
+        g.gprs[gpr::R10] = 77;
         handle(&mut v, &mut g, 0, &hv, &mut host);
         assert_eq!(v.save.rax, Status::PermissionDenied.as_u64());
-        assert_eq!(g[gpr::R10], 77, "failed calls leave outputs alone");
+        assert_eq!(g.gprs[gpr::R10], 77, "failed calls leave outputs alone");
 
         let (mut v, mut g) = vcpu(exit::VMMCALL);
         v.save.rax = 42;
@@ -362,20 +416,27 @@ mod tests {
         hv.handle.store(9, core::sync::atomic::Ordering::Relaxed);
         let (mut v, mut g) = vcpu(exit::VMMCALL);
         v.save.rax = encode(Hypercall::HvStopPp);
-        g[gpr::R10] = 9;
+        g.gprs[gpr::R10] = 9;
         assert_eq!(
             handle(&mut v, &mut g, 0, &hv, &mut host),
             Action::StopThisCpu
         );
         assert_eq!((v.save.rax, v.save.rip), (0, 0x1003));
+        // hv.test_fault with a valid kind: the test image faults on purpose,
+        // the normal one answers NotImplemented and moves on.
+        let kind = microv_abi::hypercall::test_fault::EXTENSION_PAGE_FAULT;
         v.save.rax = encode(Hypercall::HvTestFault);
         v.control.exit_code = exit::VMMCALL;
-        let expected = if hypercall::TEST_HOOKS {
-            Action::TestFault(0)
+        g.gprs[gpr::R11] = kind;
+        if hypercall::TEST_HOOKS {
+            assert_eq!(
+                handle(&mut v, &mut g, 0, &hv, &mut host),
+                Action::TestFault(kind)
+            );
         } else {
-            Action::Resume
-        };
-        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), expected);
+            assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+            assert_eq!(v.save.rax, Status::NotImplemented.as_u64());
+        }
     }
 
     #[test]
@@ -402,26 +463,83 @@ mod tests {
     }
 
     #[test]
-    fn fatal_exits_fail_with_detail() {
+    fn only_shutdown_and_unrunnable_states_stop_microv() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
-        let (mut v, mut g) = vcpu(exit::NPF);
-        v.control.exit_info2 = 0xfee0_0000;
-        assert_eq!(
-            handle(&mut v, &mut g, 0, &hv, &mut host),
-            Action::Fail(StartError::ExtensionError, 0xfee0_0000)
-        );
         let (mut v, mut g) = vcpu(exit::SHUTDOWN);
         assert_eq!(
             handle(&mut v, &mut g, 0, &hv, &mut host),
-            Action::Fail(StartError::ExtensionError, exit::SHUTDOWN)
+            Action::Fail(StartError::RootShutdown, exit::SHUTDOWN)
         );
         let (mut v, mut g) = vcpu(exit::INVALID);
         assert_eq!(
             handle(&mut v, &mut g, 0, &hv, &mut host),
             Action::Fail(StartError::ExtensionError, exit::INVALID)
         );
+        // An exit MicroV never asked for gets #UD, and MicroV carries on.
+        let (mut v, mut g) = vcpu(exit::HLT);
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!(v.control.event_inj, event::exception(vector::UD));
+        assert_eq!(v.save.rip, 0x1000);
         assert_eq!(classify(exit::XSETBV, 0), ExitKind::Xsetbv);
+        assert_eq!(classify(exit::IOIO, 0), ExitKind::Io);
         assert_eq!(classify(exit::HLT, 0), ExitKind::Other);
         assert_eq!(host.lines.len(), 3);
+    }
+
+    #[test]
+    fn nested_page_faults_map_or_raise_gp() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        host.gpa_limit = 1 << 40;
+        let (mut v, mut g) = vcpu(exit::NPF);
+        v.control.exit_info2 = 0xfe_0000_1000;
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!(host.mapped_gpas, vec![0xfe_0000_1000]);
+        assert_eq!((v.control.event_inj, v.save.rip), (0, 0x1000), "retried as is");
+        let (mut v, mut g) = vcpu(exit::NPF);
+        v.control.exit_info2 = 1 << 41;
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!(v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        assert_eq!(hv.exit_count(0, ExitKind::NestedPageFault as usize), 2);
+    }
+
+    #[test]
+    fn xsetbv_is_checked_like_the_cpu_does() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        // The fake CPU's CPUID 0xD.0 echoes the leaf in EAX (0xd: x87, AVX,
+        // BNDREGS) and EDX = 0x1234: x87|AVX alone is refused (no SSE).
+        let try_value = |value: u64, cpl: u8, ecx: u64, host: &mut FakeHost| {
+            let (mut v, mut g) = vcpu(exit::XSETBV);
+            v.save.rax = value & 0xffff_ffff;
+            v.save.cpl = cpl;
+            g.gprs[gpr::RDX] = value >> 32;
+            g.gprs[gpr::RCX] = ecx;
+            g.xcr0 = 3;
+            handle(&mut v, &mut g, 0, &hv, host);
+            (v.control.event_inj, v.save.rip, g.xcr0)
+        };
+        assert_eq!(try_value(1, 0, 0, &mut host), (0, 0x1003, 1), "x87 only");
+        let gp = event::exception_with_code(vector::GP, 0);
+        assert_eq!(try_value(5, 0, 0, &mut host), (gp, 0x1000, 3), "AVX without SSE");
+        assert_eq!(try_value(1, 3, 0, &mut host), (gp, 0x1000, 3), "CPL 3");
+        assert_eq!(try_value(1, 0, 1, &mut host), (gp, 0x1000, 3), "XCR1");
+        assert_eq!(try_value(1 << 40, 0, 0, &mut host), (gp, 0x1000, 3), "unsupported");
+        assert_eq!(hv.exit_count(0, ExitKind::Xsetbv as usize), 5);
+    }
+
+    #[test]
+    fn pci_config_ports_are_replayed() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        host.ports.insert(0xcfc, 0x1022_1450);
+        let (mut v, mut g) = vcpu(exit::IOIO);
+        v.control.exit_info1 = (0xcfc << 16) | (1 << 6) | 1;
+        v.control.exit_info2 = 0x1001;
+        v.control.interrupt_shadow = 1;
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!((v.save.rax, v.save.rip, v.control.interrupt_shadow), (0x1022_1450, 0x1001, 0));
+        let (mut v, mut g) = vcpu(exit::IOIO);
+        v.control.exit_info1 = (0xcf8 << 16) | (1 << 4) | (1 << 2);
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!(v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        assert_eq!(hv.exit_count(0, ExitKind::Io as usize), 2);
     }
 }

@@ -19,6 +19,13 @@ pub trait Host {
     fn msr_read(&mut self, index: u32) -> Option<u64>;
     /// Writes an MSR on the real CPU; false if that raised #GP.
     fn msr_write(&mut self, index: u32, value: u64) -> bool;
+    /// Reads `size` bytes from an I/O port in [`crate::io::INTERCEPTED`].
+    fn port_in(&mut self, port: u16, size: u8) -> u32;
+    /// Writes `size` bytes to an I/O port in [`crate::io::INTERCEPTED`].
+    fn port_out(&mut self, port: u16, size: u8, value: u32);
+    /// Identity-maps the root's guest-physical address `gpa`, which took a
+    /// nested page fault; false if it lies beyond what the CPU can address.
+    fn map_root_gpa(&mut self, gpa: u64) -> bool;
 }
 
 /// Test double.
@@ -32,6 +39,14 @@ pub mod fake {
         pub next_entropy: u64,
         /// MSRs that exist on the fake CPU; others raise #GP.
         pub msrs: std::collections::BTreeMap<u32, u64>,
+        /// Values the fake I/O ports read as.
+        pub ports: std::collections::BTreeMap<u16, u32>,
+        /// Port writes: (port, size, value).
+        pub port_writes: Vec<(u16, u8, u32)>,
+        /// Guest-physical addresses mapped on demand; at or above
+        /// `gpa_limit` (when non-zero) mapping fails.
+        pub mapped_gpas: Vec<u64>,
+        pub gpa_limit: u64,
     }
 
     impl Host for FakeHost {
@@ -57,6 +72,19 @@ pub mod fake {
         }
         fn msr_write(&mut self, index: u32, value: u64) -> bool {
             self.msrs.get_mut(&index).map(|v| *v = value).is_some()
+        }
+        fn port_in(&mut self, port: u16, _size: u8) -> u32 {
+            self.ports.get(&port).copied().unwrap_or(u32::MAX)
+        }
+        fn port_out(&mut self, port: u16, size: u8, value: u32) {
+            self.port_writes.push((port, size, value));
+        }
+        fn map_root_gpa(&mut self, gpa: u64) -> bool {
+            if self.gpa_limit != 0 && gpa >= self.gpa_limit {
+                return false;
+            }
+            self.mapped_gpas.push(gpa);
+            true
         }
     }
 }

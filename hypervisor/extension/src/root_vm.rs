@@ -4,10 +4,9 @@
 
 use microv_abi::launch::CHUNK_SIZE;
 use microv_arch::mapper::{self, MapError, TableMemory};
+use microv_arch::msr::policy::{self, Action};
 use microv_arch::paging::{ENTRIES, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PRESENT, USER, WRITABLE};
-use microv_arch::svm::{self, misc1, misc2, tlb, Vmcb, NP_ENABLE};
-
-use crate::msr;
+use microv_arch::svm::{self, misc1, misc2, required, tlb, Vmcb, NP_ENABLE};
 
 /// Nested-table entries: nested walks are user accesses, so U is required.
 const NPT_FLAGS: u64 = PRESENT | WRITABLE | USER;
@@ -74,12 +73,50 @@ pub fn build_npt(
     Ok(())
 }
 
-/// Sets the read and write intercept bits of the MSRs MicroV handles.
+/// Maps the 2 MiB identity page holding `gpa` after a nested page fault
+/// (root accesses beyond the initial map, such as high PCI BARs on large
+/// machines). `max_pa` is the first address the CPU cannot address: false
+/// for a `gpa` at or above it. Pool chunks stay hidden; a page another CPU
+/// mapped meanwhile counts as mapped.
+pub fn map_on_demand(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    gpa: u64,
+    max_pa: u64,
+    hidden: &[u64],
+    hiding_table: u64,
+) -> Result<bool, MapError> {
+    if gpa >= max_pa {
+        return Ok(false);
+    }
+    let base = gpa & !(LARGE_PAGE_SIZE - 1);
+    let done = if hidden.contains(&base) {
+        mapper::link_table(mem, root_pa, base, 2, hiding_table, NPT_FLAGS)
+    } else {
+        mapper::map(mem, root_pa, base, base, 2, NPT_FLAGS, NPT_FLAGS)
+    };
+    match done {
+        Ok(()) | Err(MapError::AlreadyMapped) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Builds the MSR permission map from the policy table: every access
+/// exits, except the directions the table marks `Pass`.
 pub fn fill_msrpm(map: &mut [u8; svm::MSRPM_SIZE]) {
-    for index in msr::INTERCEPTED {
-        if let Some((byte, bit)) = svm::msrpm_position(index) {
-            if let Some(b) = map.get_mut(byte) {
-                *b |= 0b11 << bit;
+    map.fill(0xff);
+    let passes = policy::RULES
+        .iter()
+        .filter(|r| r.read == Action::Pass || r.write == Action::Pass);
+    for rule in passes {
+        // The read bit of an MSR, then its write bit.
+        let open =
+            u8::from(rule.read == Action::Pass) | (u8::from(rule.write == Action::Pass) << 1);
+        for index in rule.first..=rule.last {
+            if let Some((byte, bit)) = svm::msrpm_position(index) {
+                if let Some(b) = map.get_mut(byte) {
+                    *b &= !(open << bit);
+                }
             }
         }
     }
@@ -100,15 +137,10 @@ pub fn configure_vmcb(vmcb: &mut Vmcb, t: &RootTables) {
     c.intercept_dr = 0;
     c.intercept_exceptions = 0;
     // Interrupts and NMIs go straight to the root: no exits for them.
-    c.intercept_misc1 =
-        misc1::CPUID | misc1::MSR_PROT | misc1::INIT | misc1::SHUTDOWN | misc1::INVLPGA;
-    c.intercept_misc2 = misc2::VMRUN
-        | misc2::VMMCALL
-        | misc2::VMLOAD
-        | misc2::VMSAVE
-        | misc2::STGI
-        | misc2::CLGI
-        | misc2::SKINIT;
+    // What the microkernel requires (svm::required), plus MicroV's policy:
+    // CPUID (to hide SVM and identify MicroV) and VMMCALL (hypercalls).
+    c.intercept_misc1 = required::MISC1 | misc1::CPUID;
+    c.intercept_misc2 = required::MISC2 | misc2::VMMCALL;
     c.intercept_misc3 = 0;
     c.iopm_base_pa = t.iopm;
     c.msrpm_base_pa = t.msrpm;
@@ -200,6 +232,45 @@ mod tests {
     }
 
     #[test]
+    fn maps_faulting_addresses_on_demand() {
+        let (mut m, root) = FakeTables::new(16);
+        let hiding = m.alloc_table().unwrap();
+        fill_hiding_table(m.table(hiding).unwrap(), DUMMY);
+        let pool = [0x80_0000_0000u64];
+        assert_eq!(
+            map_on_demand(&mut m, root, 0x50_0000_1234, 1 << 48, &pool, hiding),
+            Ok(true)
+        );
+        assert_eq!(
+            translate(&mut m, root, 0x50_0000_1234).map(|t| t.0),
+            Some(0x50_0000_1234)
+        );
+        assert_eq!(
+            map_on_demand(&mut m, root, 0x50_0010_0000, 1 << 48, &pool, hiding),
+            Ok(true),
+            "raced"
+        );
+        assert_eq!(
+            map_on_demand(&mut m, root, 0x80_0000_0010, 1 << 48, &pool, hiding),
+            Ok(true)
+        );
+        assert_eq!(
+            translate(&mut m, root, 0x80_0000_0010).map(|t| t.0),
+            Some(DUMMY + 0x10),
+            "pool stays hidden"
+        );
+        assert_eq!(
+            map_on_demand(&mut m, root, 1 << 48, 1 << 48, &pool, hiding),
+            Ok(false)
+        );
+        let (mut small, root) = FakeTables::new(1);
+        assert_eq!(
+            map_on_demand(&mut small, root, 0x1000, 1 << 48, &[], 0),
+            Err(MapError::OutOfMemory)
+        );
+    }
+
+    #[test]
     fn limits() {
         assert_eq!(phys_limit(40, true), 1 << 40);
         assert_eq!(phys_limit(48, true), 1 << 42);
@@ -207,14 +278,67 @@ mod tests {
         assert_eq!(phys_limit(20, true), 1 << 32);
     }
 
+    /// The (read, write) intercept bits of `index` in `map`.
+    fn bits(map: &[u8; svm::MSRPM_SIZE], index: u32) -> (bool, bool) {
+        let (byte, bit) = svm::msrpm_position(index).unwrap();
+        (map[byte] >> bit & 1 == 1, map[byte] >> (bit + 1) & 1 == 1)
+    }
+
     #[test]
-    fn msrpm_intercepts_exactly_efer_and_the_svm_msrs() {
+    fn msrpm_intercepts_all_but_the_passed_directions() {
         let mut map = [0u8; svm::MSRPM_SIZE];
         fill_msrpm(&mut map);
-        assert_eq!(map[0x820], 0b11);
-        assert_eq!(map[0x1045], 0b11 | 0b11 << 6);
-        assert_eq!(map.iter().map(|b| b.count_ones()).sum::<u32>(), 6);
-        let _ = arch_msr::EFER;
+        for (index, expected) in [
+            (arch_msr::APIC_BASE, (true, true)),
+            (arch_msr::FS_BASE, (false, false)),
+            (arch_msr::KERNEL_GS_BASE, (false, false)),
+            (arch_msr::LSTAR, (false, false)),
+            (arch_msr::SPEC_CTRL, (false, false)),
+            (arch_msr::X2APIC_FIRST + 0x0b, (false, false)),
+            (arch_msr::TSC_DEADLINE, (false, false)),
+            (arch_msr::PATCH_LOADER, (true, true)),
+            (arch_msr::TSC, (false, true)),
+            (arch_msr::MTRR_FIRST, (false, true)),
+            (arch_msr::MTRR_DEF_TYPE, (false, true)),
+            (arch_msr::PAT, (true, true)),
+            (arch_msr::EFER, (true, true)),
+            (arch_msr::VM_CR, (true, true)),
+            (arch_msr::VM_HSAVE_PA, (true, true)),
+            (arch_msr::HWCR, (true, true)),
+            (arch_msr::SYSCFG, (false, true)),
+            (arch_msr::DEBUGCTL, (true, true)),
+            (arch_msr::XSS, (false, true)),
+            (0x1234, (true, true)),
+            (0xc001_1fff, (true, true)),
+        ] {
+            assert_eq!(bits(&map, index), expected, "{index:#x}");
+        }
+        // The map's unused last quarter stays all-intercept.
+        assert!(map[0x1800..].iter().all(|&b| b == 0xff));
+    }
+
+    #[test]
+    fn msrpm_matches_the_policy_for_every_mapped_msr() {
+        let mut map = [0u8; svm::MSRPM_SIZE];
+        fill_msrpm(&mut map);
+        let ranges = [
+            0..0x2000u32,
+            0xc000_0000..0xc000_2000,
+            0xc001_0000..0xc001_2000,
+        ];
+        for index in ranges.into_iter().flatten() {
+            let r = policy::rule(index);
+            assert_eq!(
+                bits(&map, index),
+                (r.read != Action::Pass, r.write != Action::Pass),
+                "{index:#x}"
+            );
+        }
+        for (first, last) in policy::NEVER_WRITTEN {
+            for index in (first..=last).filter(|&i| !svm::msr_always_exits(i)) {
+                assert!(bits(&map, index).1, "{index:#x}: writes must exit");
+            }
+        }
     }
 
     #[test]

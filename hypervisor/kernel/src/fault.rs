@@ -29,10 +29,14 @@ pub fn is_msr_fixup(frame: &ExceptionFrame, fixable: &[u64]) -> bool {
     frame.vector == GENERAL_PROTECTION && frame.cs & 3 == 0 && fixable.contains(&frame.rip)
 }
 
-/// MSRs the extension may read or write on the root's behalf: only those
-/// outside the MSR permission map's ranges (every access to them exits).
-pub fn msr_passthrough_allowed(index: u32) -> bool {
-    microv_arch::svm::msr_always_exits(index)
+/// True if the extension may read (`write` false) or write MSR `index` on
+/// the real CPU on the root's behalf: only what the shared MSR policy marks
+/// `Checked`, never an MSR the microkernel owns (EFER, the syscall and
+/// segment-base MSRs, PAT, XSS, the SVM MSRs, …) and never a write of a
+/// platform MSR that steers the hypervisor's memory, caches, clock or code.
+/// The extension's permission map and exit handling use the same table.
+pub fn msr_passthrough_allowed(index: u32, write: bool) -> bool {
+    microv_arch::msr::policy::real_access_allowed(index, write)
 }
 
 /// The fault record for an exception taken with `frame` and CR2 `cr2`.
@@ -127,16 +131,56 @@ mod tests {
     }
 
     #[test]
-    fn passthrough_is_limited_to_msrs_the_bitmap_cannot_cover() {
-        assert!(
-            msr_passthrough_allowed(0xc000_2000),
-            "AMD SMCA machine-check bank 0"
-        );
-        assert!(msr_passthrough_allowed(0x4000_0000));
-        assert!(!msr_passthrough_allowed(0xc000_0080), "EFER");
-        assert!(!msr_passthrough_allowed(0xc000_0082), "LSTAR");
-        assert!(!msr_passthrough_allowed(0xc001_0117), "VM_HSAVE_PA");
-        assert!(!msr_passthrough_allowed(0x277), "PAT");
+    fn passthrough_is_limited_to_checked_msrs() {
+        use microv_arch::msr;
+        for write in [false, true] {
+            assert!(msr_passthrough_allowed(0xc000_2000, write), "SMCA bank 0");
+            assert!(msr_passthrough_allowed(0x401, write), "MC0_STATUS");
+            for (index, what) in [
+                (msr::EFER, "EFER"),
+                (msr::STAR, "STAR"),
+                (msr::LSTAR, "LSTAR"),
+                (msr::CSTAR, "CSTAR"),
+                (msr::SFMASK, "SFMASK"),
+                (msr::FS_BASE, "FS_BASE"),
+                (msr::GS_BASE, "GS_BASE"),
+                (msr::KERNEL_GS_BASE, "KERNEL_GS_BASE"),
+                (msr::SYSENTER_CS, "SYSENTER_CS"),
+                (msr::SYSENTER_EIP, "SYSENTER_EIP"),
+                (msr::VM_CR, "VM_CR"),
+                (msr::VM_HSAVE_PA, "VM_HSAVE_PA"),
+                (msr::PAT, "PAT"),
+                (msr::XSS, "XSS"),
+                (msr::DEBUGCTL, "DEBUGCTL"),
+                (msr::PATCH_LOADER, "PATCH_LOADER"),
+                (msr::SMM_CTL, "SMM_CTL"),
+                (msr::HYPERVISOR_FIRST, "an outer hypervisor's MSRs"),
+                (msr::SPEC_CTRL, "passes without exits"),
+                (0x1234, "unlisted inside the map"),
+            ] {
+                assert!(!msr_passthrough_allowed(index, write), "{what}");
+            }
+        }
+        for (index, what) in [
+            (msr::APIC_BASE, "APIC_BASE"),
+            (msr::MTRR_FIRST, "MTRR"),
+            (msr::MTRR_DEF_TYPE, "MTRRdefType"),
+            (msr::SYSCFG, "SYSCFG"),
+            (msr::HWCR, "HWCR"),
+            (msr::TOP_MEM, "TOP_MEM"),
+            (msr::TOP_MEM2, "TOP_MEM2"),
+            (msr::IORR_FIRST, "IORR"),
+            (msr::SMM_BASE + 1, "SMM_ADDR"),
+            (msr::SMM_MASK, "SMM_MASK"),
+            (msr::TSC, "TSC"),
+            (msr::TSC_ADJUST, "TSC_ADJUST"),
+        ] {
+            assert!(!msr_passthrough_allowed(index, true), "{what} write");
+        }
+        // Reads the extension needs to check a write against.
+        assert!(msr_passthrough_allowed(msr::APIC_BASE, false));
+        assert!(msr_passthrough_allowed(msr::HWCR, false));
+        assert!(msr_passthrough_allowed(msr::LS_CFG, true));
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub fn promote_frame(save: &SaveArea, gprs: &[u64; 16]) -> PromoteFrame {
     frame.rsp = save.rsp;
     frame.rflags = save.rflags;
     frame.cr3 = save.cr3;
+    frame.dr7 = save.dr7;
     frame.efer = save.efer & !efer::SVME;
     frame.cs = u64::from(save.cs.selector);
     frame.ss = u64::from(save.ss.selector);
@@ -103,6 +104,7 @@ pub fn early_frame(c: &CapturedState, status: u64) -> PromoteFrame {
     frame.rsp = c.rsp;
     frame.rflags = c.rflags;
     frame.cr3 = c.cr3;
+    frame.dr7 = c.dr7;
     frame.efer = c.efer & !efer::SVME;
     frame.cs = u64::from(c.cs);
     frame.ss = u64::from(c.ss);
@@ -207,6 +209,7 @@ mod tests {
         assert_eq!((f.cs, f.ss, f.ds, f.es), (0x10, 0x18, 0, 0));
         assert_eq!(f.gdtr, c.gdtr);
         assert_eq!(f.idtr, c.idtr);
+        assert_eq!(f.dr7, 0x400);
     }
 
     #[test]
@@ -219,5 +222,6 @@ mod tests {
             (c.rip, c.rsp, c.cr3, 0x10, c.efer)
         );
         assert_eq!(f.gdtr, c.gdtr);
+        assert_eq!(f.dr7, c.dr7);
     }
 }

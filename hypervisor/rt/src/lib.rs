@@ -30,13 +30,16 @@ mod mem {
             // SAFETY: copying forwards is safe when dest is below src or past its end.
             return unsafe { memcpy(dest, src, n) };
         }
+        // The last byte of each range (n > 0 here: dest lies inside src's
+        // range); address arithmetic only, nothing is read yet.
+        let (last_dest, last_src) = (dest.wrapping_add(n - 1), src.wrapping_add(n - 1));
         // SAFETY: overlapping with dest above src: copy backwards with DF set,
         // restoring DF (the ABI requires it clear) before returning.
         unsafe {
             asm!("std", "rep movsb", "cld",
                 inout("rcx") n => _,
-                inout("rdi") dest.add(n - 1) => _,
-                inout("rsi") src.add(n - 1) => _,
+                inout("rdi") last_dest => _,
+                inout("rsi") last_src => _,
                 options(nostack));
         }
         dest
@@ -60,8 +63,12 @@ mod mem {
     pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         let mut i = 0;
         while i < n {
-            // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
-            let (x, y) = unsafe { (*a.add(i), *b.add(i)) };
+            let (pa, pb) = (a.wrapping_add(i), b.wrapping_add(i));
+            // SAFETY: the caller guarantees both ranges are valid for `n`
+            // bytes, and i < n.
+            let x = unsafe { pa.read() };
+            // SAFETY: as above.
+            let y = unsafe { pb.read() };
             if x != y {
                 return i32::from(x) - i32::from(y);
             }

@@ -1,13 +1,15 @@
 //! The extension on the real machine: entry point, bootstrap of the root
 //! VM on each CPU, and the exit loop. Built only into the image.
 
+mod port_io;
 mod sys;
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use microv_abi::launch::{BootInfo, ImageHeader, EXTENSION_HEAP, EXTENSION_IMAGE_MAGIC, PAGE_SIZE};
-use microv_abi::syscall::{vs_layout, Upcall, EXTENSION_BOOT_INFO};
+use microv_abi::hypercall::Status;
+use microv_abi::syscall::{vs_layout, SysStatus, Upcall, VsRegs, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
 use microv_arch::cpuid::{CpuidResult, EXT1_EDX_PAGE1GB, LEAF_ADDRESS_SIZES};
 use microv_arch::instr;
@@ -44,6 +46,12 @@ static HV: HvState = HvState::new();
 /// 0: root tables not built; 1: being built; 2: ready; 3: failed.
 static ROOT_STATE: AtomicU8 = AtomicU8::new(0);
 static NPT_ROOT: AtomicU64 = AtomicU64::new(0);
+/// The page table every hidden chunk points to, and the first physical
+/// address the CPU cannot address (for on-demand nested mappings).
+static HIDING_TABLE: AtomicU64 = AtomicU64::new(0);
+static MAX_PA: AtomicU64 = AtomicU64::new(0);
+/// Serializes changes to the root's nested tables after start.
+static NPT_LOCK: AtomicBool = AtomicBool::new(false);
 static IOPM: AtomicU64 = AtomicU64::new(0);
 static MSRPM: AtomicU64 = AtomicU64::new(0);
 
@@ -98,6 +106,15 @@ impl Host for Machine {
     fn msr_write(&mut self, index: u32, value: u64) -> bool {
         sys::msr_write(index, value)
     }
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        port_io::read(port, size)
+    }
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        port_io::write(port, size, value)
+    }
+    fn map_root_gpa(&mut self, gpa: u64) -> bool {
+        map_root_gpa(gpa)
+    }
 }
 
 fn boot_info() -> &'static BootInfo {
@@ -123,10 +140,15 @@ impl TableMemory for HeapTables {
     }
 }
 
-fn heap<T>(pages: u64) -> Result<(&'static mut T, u64), StartError> {
+/// Allocates zeroed pages for one `T` (all-zero must be a valid `T`).
+fn heap<T: zerocopy::FromZeros>(pages: u64) -> Result<(&'static mut T, u64), StartError> {
+    if core::mem::size_of::<T>() as u64 > pages * PAGE_SIZE {
+        return Err(StartError::ExtensionError);
+    }
     let (va, pa) = sys::mem_alloc(pages).map_err(|_| StartError::OutOfMemory)?;
-    debug_assert!(core::mem::size_of::<T>() as u64 <= pages * PAGE_SIZE);
-    // SAFETY: freshly allocated, zeroed, mapped read-write, large enough.
+    // SAFETY: the pages were just allocated for this caller alone (no other
+    // reference exists), are zeroed (a valid `T`), mapped read-write and
+    // large enough (checked above); they are never freed.
     Ok((unsafe { &mut *(va as *mut T) }, pa))
 }
 
@@ -134,7 +156,8 @@ fn heap<T>(pages: u64) -> Result<(&'static mut T, u64), StartError> {
 fn build_root_tables() -> Result<(), StartError> {
     let (msrpm, msrpm_pa) = heap::<[u8; svm::MSRPM_SIZE]>(2)?;
     root_vm::fill_msrpm(msrpm);
-    let (_iopm, iopm_pa) = heap::<[u8; svm::IOPM_SIZE]>(3)?;
+    let (iopm, iopm_pa) = heap::<[u8; svm::IOPM_SIZE]>(3)?;
+    crate::io::fill_iopm(iopm);
     let (_dummy, dummy_pa) = heap::<[u8; 4096]>(1)?;
     let (hiding, hiding_pa) = heap::<[u64; ENTRIES]>(1)?;
     root_vm::fill_hiding_table(hiding, dummy_pa);
@@ -152,20 +175,52 @@ fn build_root_tables() -> Result<(), StartError> {
         limit >> 30, if huge { "1 GiB" } else { "2 MiB" }, chunks.len() * 2
     ));
     NPT_ROOT.store(npt_root, Ordering::Relaxed);
+    HIDING_TABLE.store(hiding_pa, Ordering::Relaxed);
+    MAX_PA.store(1u64 << phys_bits.clamp(32, 52), Ordering::Relaxed);
     IOPM.store(iopm_pa, Ordering::Relaxed);
     MSRPM.store(msrpm_pa, Ordering::Release);
     Ok(())
 }
 
-fn vmcb(id: u64) -> &'static mut Vmcb {
-    // SAFETY: the microkernel maps state `id`'s VMCB here; only the CPU
-    // running that state touches it.
+/// Maps a root guest-physical address after a nested page fault.
+fn map_root_gpa(gpa: u64) -> bool {
+    while NPT_LOCK
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    let bi = boot_info();
+    let chunks = bi.chunks.get(..bi.chunk_count as usize).unwrap_or_default();
+    let done = root_vm::map_on_demand(
+        &mut HeapTables,
+        NPT_ROOT.load(Ordering::Relaxed),
+        gpa,
+        MAX_PA.load(Ordering::Relaxed),
+        chunks,
+        HIDING_TABLE.load(Ordering::Relaxed),
+    );
+    NPT_LOCK.store(false, Ordering::Release);
+    matches!(done, Ok(true))
+}
+
+/// The VMCB of vCPU state `id`.
+///
+/// # Safety
+/// `id` is a state the microkernel created (it maps the VMCB here) and
+/// runs on this CPU only; the caller holds no other reference to it.
+unsafe fn vmcb(id: u64) -> &'static mut Vmcb {
+    // SAFETY: see the function's contract.
     unsafe { &mut *(vs_layout::vmcb(id) as *mut Vmcb) }
 }
 
-fn gprs(id: u64) -> &'static mut [u64; 16] {
-    // SAFETY: as for `vmcb`, for the register page.
-    unsafe { &mut *(vs_layout::gprs(id) as *mut [u64; 16]) }
+/// The register page of vCPU state `id`.
+///
+/// # Safety
+/// As for [`vmcb`], for the register page.
+unsafe fn regs(id: u64) -> &'static mut VsRegs {
+    // SAFETY: see the function's contract.
+    unsafe { &mut *(vs_layout::gprs(id) as *mut VsRegs) }
 }
 
 fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
@@ -195,7 +250,9 @@ fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
         iopm: IOPM.load(Ordering::Relaxed),
         msrpm: MSRPM.load(Ordering::Acquire),
     };
-    root_vm::configure_vmcb(vmcb(root_vs), &tables);
+    // SAFETY: the microkernel created this CPU's root state for it; nothing
+    // else refers to its VMCB on this CPU.
+    root_vm::configure_vmcb(unsafe { vmcb(root_vs) }, &tables);
     log(format_args!("cpu {cpu}: starting the root vCPU"));
     run(root_vs)
 }
@@ -206,15 +263,25 @@ fn run(id: u64) -> ! {
 }
 
 fn on_exit(cpu: u64, id: u64) -> ! {
-    let v = vmcb(id);
+    // SAFETY: the microkernel upcalls with the state that just exited on
+    // this CPU; this is the only reference to its VMCB.
+    let v = unsafe { vmcb(id) };
+    // SAFETY: as above, for its register page.
+    let r = unsafe { regs(id) };
     // A first-run flush is done; keep the TLB from here on.
     v.control.tlb_control = svm::tlb::DO_NOTHING;
-    match exit::handle(v, gprs(id), cpu as usize, &HV, &mut Machine) {
+    match exit::handle(v, r, cpu as usize, &HV, &mut Machine) {
         Action::Resume => run(id),
         Action::StopThisCpu => {
-            log(format_args!("cpu {cpu}: leaving; the CPU is native again"));
-            let status = sys::vs_promote(id);
-            sys::fail(StartError::ExtensionError, status as u64)
+            log(format_args!("cpu {cpu}: asked to stop; waiting for every CPU"));
+            match sys::vs_promote(id) {
+                // Not every CPU asked in time: MicroV stays, the call fails.
+                SysStatus::Busy => {
+                    v.save.rax = Status::Busy.as_u64();
+                    run(id)
+                }
+                status => sys::fail(StartError::ExtensionError, status as u64),
+            }
         }
         Action::Fail(code, detail) => sys::fail(code, detail),
         Action::TestFault(kind) => test_fault(kind),

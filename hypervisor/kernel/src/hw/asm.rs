@@ -1,28 +1,87 @@
 //! The microkernel's assembly: image entry, the syscall gate, exception
-//! stubs, the upcall into the extension, the world switch and the jump to
-//! the loader's promotion routine. Offsets into `PerCpu` and `SwitchArgs`
-//! are checked against the Rust layouts in `percpu.rs`.
+//! stubs, the upcall into the extension, the world switch and the last
+//! steps of promotion. Every offset and selector is a `const` operand taken
+//! from the Rust layouts (`offset_of!`, `gpr::*`, `selector::*`).
 
 use core::arch::global_asm;
+use core::mem::offset_of;
+use core::sync::atomic::AtomicU64;
+
+use microv_abi::launch::{
+    gpr, BootInfo, ImageHeader, KERNEL_STACK_SIZE, MAX_CPUS, PAGE_SIZE, POOL_VA,
+};
+use microv_abi::syscall::VsRegs;
+use microv_arch::descriptor::selector;
+use microv_arch::msr;
+use microv_arch::xsave::HOST_XCR0;
+
+use super::cpu::PromoteRegs;
+use super::percpu::{PerCpu, SwitchArgs};
+
+/// Bit *i* set once CPU *i* entered: a second entry with the same landing
+/// page (which would share its stack) halts instead.
+static CLAIMED: AtomicU64 = AtomicU64::new(0);
+
+const fn reg(i: usize) -> usize {
+    offset_of!(VsRegs, gprs) + 8 * i
+}
+
+/// RFLAGS for ring 3: reserved bit 1 only (IF clear; GIF is clear anyway).
+const USER_RFLAGS: u64 = 0x2;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+/// Offset of XSTATE_BV in an XSAVE area (the header follows the 512-byte
+/// legacy area).
+const XSTATE_BV_OFFSET: usize = 512;
 
 global_asm!(
     r#"
     .section .text.entry, "ax"
     .globl microv_kernel_entry
 microv_kernel_entry:
-    // RDI = this CPU's landing page; RSP = this CPU's kernel stack top.
-    and rsp, -16
+    // RDI = this CPU's landing page (the loader's address). RSP is the
+    // loader's and is never written: the stack comes from the boot info,
+    // which lies in the pool, right after this image.
+    mov rax, qword ptr [rip + {header} + {hdr_size}]
+    add rax, {page_size} - 1
+    and rax, -{page_size}
+    movabs rbx, {pool_va}
+    add rax, rbx
+    mov ecx, dword ptr [rax + {bi_cpu_count}]
+    cmp rcx, {max_cpus}
+    ja 9f
+    xor edx, edx
+2:
+    cmp rdx, rcx
+    jae 9f
+    cmp rdi, qword ptr [rax + {bi_landing} + rdx * 8]
+    je 3f
+    inc rdx
+    jmp 2b
+3:
+    lock bts qword ptr [rip + {claimed}], rdx
+    jc 9f
+    mov rsp, qword ptr [rax + {bi_stacks}]
+    add rsp, rbx
+    lea rcx, [rdx + 1]
+    imul rcx, rcx, {stack_size}
+    add rsp, rcx
+    mov rsi, rdx
+    mov rdx, rax
     xor ebp, ebp
     call microv_kernel_main
     ud2
+9:
+    cli
+    hlt
+    jmp 9b
 
     .text
     // ---- syscall gate (LSTAR) ----
     .globl microv_syscall_entry
 microv_syscall_entry:
     swapgs
-    mov gs:[16], rsp
-    mov rsp, gs:[8]
+    mov gs:[{pc_user_rsp}], rsp
+    mov rsp, gs:[{pc_kernel_rsp}]
     push 0                      // keeps the call below 16-byte aligned
     push r11
     push rcx
@@ -34,6 +93,7 @@ microv_syscall_entry:
     push rdi
     push rax
     mov rdi, rsp
+    mov rsi, gs:[{pc_self}]
     cld
     call microv_syscall
     pop rax
@@ -45,7 +105,7 @@ microv_syscall_entry:
     pop r9
     pop rcx
     pop r11
-    mov rsp, gs:[16]
+    mov rsp, gs:[{pc_user_rsp}]
     swapgs
     sysretq
 
@@ -53,10 +113,9 @@ microv_syscall_entry:
     .globl microv_enter_extension
 microv_enter_extension:
     mov r8, rcx
-    mov rcx, gs:[24]            // extension entry
-    mov r11, gs:[32]            // extension stack top
-    mov rsp, r11
-    mov r11, 0x2                // RFLAGS for ring 3: IF clear (GIF is clear anyway)
+    mov rcx, gs:[{pc_ext_entry}]
+    mov rsp, gs:[{pc_ext_stack}]
+    mov r11, {user_rflags}
     xor eax, eax
     xor ebx, ebx
     xor ebp, ebp
@@ -70,7 +129,6 @@ microv_enter_extension:
     sysretq
 
     // ---- world switch: microv_world_switch(&SwitchArgs) ----
-    // SwitchArgs: [0] VMCB PA, [8] host VMCB PA, [16] GPR array, [24] FPU area.
     .globl microv_world_switch
 microv_world_switch:
     push rbp
@@ -80,55 +138,92 @@ microv_world_switch:
     push r14
     push r15
     push rdi
-    mov r8, [rdi + 24]
+    // The guest's XCR0 (checked by the caller), then its FPU state under it.
+    xor ecx, ecx
+    mov eax, dword ptr [rdi + {sa_xcr0}]
+    mov edx, dword ptr [rdi + {sa_xcr0} + 4]
+    xsetbv
+    // XRSTOR faults on a component XCR0 does not enable. The area may hold
+    // one from before the guest lowered XCR0 (XSAVE leaves the bits of
+    // disabled components alone), so restore only what is enabled now.
+    mov r8, [rdi + {sa_fpu}]
+    mov rax, [rdi + {sa_xcr0}]
+    and qword ptr [r8 + {xstate_bv}], rax
     mov eax, -1
     mov edx, -1
     xrstor64 [r8]
-    mov rsi, [rdi + 16]
-    mov rax, [rdi]
-    mov rcx, [rsi + 8]
-    mov rdx, [rsi + 16]
-    mov rbx, [rsi + 24]
-    mov rbp, [rsi + 40]
-    mov r8,  [rsi + 64]
-    mov r9,  [rsi + 72]
-    mov r10, [rsi + 80]
-    mov r11, [rsi + 88]
-    mov r12, [rsi + 96]
-    mov r13, [rsi + 104]
-    mov r14, [rsi + 112]
-    mov r15, [rsi + 120]
-    mov rdi, [rsi + 56]
-    mov rsi, [rsi + 48]
+    mov rsi, [rdi + {sa_regs}]
+    mov rax, [rdi + {sa_vmcb}]
+    mov rcx, [rsi + {r_rcx}]
+    mov rdx, [rsi + {r_rdx}]
+    mov rbx, [rsi + {r_rbx}]
+    mov rbp, [rsi + {r_rbp}]
+    mov r8,  [rsi + {r_r8}]
+    mov r9,  [rsi + {r_r9}]
+    mov r10, [rsi + {r_r10}]
+    mov r11, [rsi + {r_r11}]
+    mov r12, [rsi + {r_r12}]
+    mov r13, [rsi + {r_r13}]
+    mov r14, [rsi + {r_r14}]
+    mov r15, [rsi + {r_r15}]
+    mov rdi, [rsi + {r_rdi}]
+    mov rsi, [rsi + {r_rsi}]
     vmload rax
     vmrun rax
+    // #VMEXIT disables the guest's breakpoints (AMD APM vol. 2), but QEMU
+    // before 8.0 only rewrote DR7 and left the guest's breakpoints armed
+    // inside the emulator, where rewriting the same DR7 value does not
+    // reach them. Host mode must never take a #DB the guest set up (the
+    // guest's TR is loaded until the host VMLOAD), so disarm them before
+    // anything else: a DR7 that differs outside the enable bits makes the
+    // emulator drop every breakpoint, then the real value.
+    push rax
+    mov eax, {dr7_flush}
+    mov dr7, rax
+    mov eax, {dr7_init}
+    mov dr7, rax
+    pop rax
     vmsave rax
     push rdi
     mov rdi, [rsp + 8]
-    mov rdi, [rdi + 16]
-    mov [rdi + 8], rcx
-    mov [rdi + 16], rdx
-    mov [rdi + 24], rbx
-    mov [rdi + 40], rbp
-    mov [rdi + 48], rsi
-    mov [rdi + 64], r8
-    mov [rdi + 72], r9
-    mov [rdi + 80], r10
-    mov [rdi + 88], r11
-    mov [rdi + 96], r12
-    mov [rdi + 104], r13
-    mov [rdi + 112], r14
-    mov [rdi + 120], r15
+    mov rdi, [rdi + {sa_regs}]
+    mov [rdi + {r_rcx}], rcx
+    mov [rdi + {r_rdx}], rdx
+    mov [rdi + {r_rbx}], rbx
+    mov [rdi + {r_rbp}], rbp
+    mov [rdi + {r_rsi}], rsi
+    mov [rdi + {r_r8}], r8
+    mov [rdi + {r_r9}], r9
+    mov [rdi + {r_r10}], r10
+    mov [rdi + {r_r11}], r11
+    mov [rdi + {r_r12}], r12
+    mov [rdi + {r_r13}], r13
+    mov [rdi + {r_r14}], r14
+    mov [rdi + {r_r15}], r15
     pop rax
-    mov [rdi + 56], rax
+    mov [rdi + {r_rdi}], rax
     pop rdi
-    mov r8, [rdi + 24]
+    // Record the guest's XCR0 as the CPU has it: the XSETBV intercept lets
+    // MicroV check every change, but an emulator without that intercept
+    // (QEMU 7.2's TCG) lets the guest change XCR0 directly, and the guest
+    // must get back what it set. Then save its FPU state under that XCR0
+    // and switch to MicroV's own.
+    mov rsi, [rdi + {sa_regs}]
+    xor ecx, ecx
+    xgetbv
+    mov dword ptr [rsi + {r_xcr0}], eax
+    mov dword ptr [rsi + {r_xcr0} + 4], edx
+    mov r8, [rdi + {sa_fpu}]
     mov eax, -1
     mov edx, -1
     xsave64 [r8]
+    xor ecx, ecx
+    mov eax, {host_xcr0}
+    xor edx, edx
+    xsetbv
     fninit
     ldmxcsr [rip + microv_host_mxcsr]
-    mov rax, [rdi + 8]
+    mov rax, [rdi + {sa_host_vmcb}]
     vmload rax
     pop r15
     pop r14
@@ -138,24 +233,46 @@ microv_world_switch:
     pop rbp
     ret
 
-    // ---- microv_promote_jump(landing, fpu_or_null, entry) -> ! ----
-    .globl microv_promote_jump
-microv_promote_jump:
-    mov r8, rdx
-    test rsi, rsi
-    jz 1f
+    // ---- microv_promote_final(&PromoteRegs) -> ! ----
+    // Every value was checked by the caller, so nothing here faults; the
+    // root's TR and GS arrive last (VMLOAD), and CR3 is handed to the
+    // trampoline in RAX: host mode reads no root-writable memory here.
+    .globl microv_promote_final
+microv_promote_final:
+    mov r8, rdi
+    xor ecx, ecx
+    mov eax, dword ptr [r8 + {pr_xcr0}]
+    mov edx, dword ptr [r8 + {pr_xcr0} + 4]
+    xsetbv
+    mov r9, [r8 + {pr_fpu}]
+    mov rax, [r8 + {pr_xcr0}]
+    and qword ptr [r9 + {xstate_bv}], rax
     mov eax, -1
     mov edx, -1
-    xrstor64 [rsi]
-1:
-    jmp r8
+    xrstor64 [r9]
+    mov ecx, {msr_pat}
+    mov eax, dword ptr [r8 + {pr_pat}]
+    mov edx, dword ptr [r8 + {pr_pat} + 4]
+    wrmsr
+    mov rax, [r8 + {pr_cr2}]
+    mov cr2, rax
+    mov rax, [r8 + {pr_cr4}]
+    mov cr4, rax
+    mov rax, [r8 + {pr_cr0}]
+    mov cr0, rax
+    mov rax, [r8 + {pr_vmcb}]
+    vmload rax
+    mov rdi, [r8 + {pr_landing}]
+    mov rcx, [r8 + {pr_entry}]
+    mov rax, [r8 + {pr_cr3}]
+    jmp rcx
 
     // ---- load_host_segments(gdtr_ptr, idtr_ptr) ----
     .globl microv_load_host_segments
 microv_load_host_segments:
     lgdt [rdi]
     lidt [rsi]
-    mov ax, 0x10
+    mov ax, {kernel_data}
     mov ds, ax
     mov es, ax
     mov ss, ax
@@ -163,11 +280,11 @@ microv_load_host_segments:
     mov fs, ax
     mov gs, ax
     lea rax, [rip + 2f]
-    push 0x08
+    push {kernel_code}
     push rax
     retfq
 2:
-    mov ax, 0x30
+    mov ax, {tss}
     ltr ax
     ret
 
@@ -242,6 +359,7 @@ microv_exception_stubs:
     .endr
     stub_noerr 31
 
+    // GS is not used here: the handler finds its CPU from this (IST) stack.
 microv_exception_common:
     push rax
     push rbx
@@ -258,11 +376,6 @@ microv_exception_common:
     push r13
     push r14
     push r15
-    // From ring 3 GS still holds the extension's base: reach the per-CPU data.
-    test qword ptr [rsp + 18*8], 3
-    jz 3f
-    swapgs
-3:
     mov rdi, rsp
     mov rbx, rsp
     and rsp, -16
@@ -291,8 +404,63 @@ microv_exception_common:
     .section .rodata
     .balign 4
 microv_host_mxcsr:
-    .long 0x1f80
-"#
+    .long {mxcsr}
+"#,
+    header = sym super::MICROV_KERNEL_HEADER,
+    claimed = sym CLAIMED,
+    hdr_size = const offset_of!(ImageHeader, image_size),
+    page_size = const PAGE_SIZE,
+    pool_va = const POOL_VA,
+    bi_cpu_count = const offset_of!(BootInfo, cpu_count),
+    bi_landing = const offset_of!(BootInfo, landing),
+    bi_stacks = const offset_of!(BootInfo, stacks_offset),
+    max_cpus = const MAX_CPUS,
+    stack_size = const KERNEL_STACK_SIZE,
+    pc_self = const offset_of!(PerCpu, self_va),
+    pc_kernel_rsp = const offset_of!(PerCpu, kernel_rsp),
+    pc_user_rsp = const offset_of!(PerCpu, user_rsp),
+    pc_ext_entry = const offset_of!(PerCpu, ext_entry),
+    pc_ext_stack = const offset_of!(PerCpu, ext_stack_top),
+    user_rflags = const USER_RFLAGS,
+    sa_vmcb = const offset_of!(SwitchArgs, vmcb_pa),
+    sa_host_vmcb = const offset_of!(SwitchArgs, host_vmcb_pa),
+    sa_regs = const offset_of!(SwitchArgs, regs),
+    sa_fpu = const offset_of!(SwitchArgs, fpu),
+    sa_xcr0 = const offset_of!(SwitchArgs, xcr0),
+    r_rcx = const reg(gpr::RCX),
+    r_rdx = const reg(gpr::RDX),
+    r_rbx = const reg(gpr::RBX),
+    r_rbp = const reg(gpr::RBP),
+    r_rsi = const reg(gpr::RSI),
+    r_rdi = const reg(gpr::RDI),
+    r_r8 = const reg(gpr::R8),
+    r_r9 = const reg(gpr::R9),
+    r_r10 = const reg(gpr::R10),
+    r_r11 = const reg(gpr::R11),
+    r_r12 = const reg(gpr::R12),
+    r_r13 = const reg(gpr::R13),
+    r_r14 = const reg(gpr::R14),
+    r_r15 = const reg(gpr::R15),
+    r_xcr0 = const offset_of!(VsRegs, xcr0),
+    host_xcr0 = const HOST_XCR0,
+    pr_xcr0 = const offset_of!(PromoteRegs, xcr0),
+    pr_fpu = const offset_of!(PromoteRegs, fpu),
+    pr_pat = const offset_of!(PromoteRegs, pat),
+    pr_cr2 = const offset_of!(PromoteRegs, cr2),
+    pr_cr4 = const offset_of!(PromoteRegs, cr4),
+    pr_cr0 = const offset_of!(PromoteRegs, cr0),
+    pr_vmcb = const offset_of!(PromoteRegs, vmcb_pa),
+    pr_landing = const offset_of!(PromoteRegs, landing),
+    pr_entry = const offset_of!(PromoteRegs, entry),
+    pr_cr3 = const offset_of!(PromoteRegs, cr3),
+    msr_pat = const msr::PAT,
+    kernel_data = const selector::KERNEL_DATA,
+    kernel_code = const selector::KERNEL_CODE,
+    tss = const selector::TSS,
+    mxcsr = const MXCSR_DEFAULT,
+    xstate_bv = const XSTATE_BV_OFFSET,
+    dr7_init = const super::cpu::DR7_INIT,
+    dr7_flush = const super::cpu::DR7_INIT | (1 << 16),
 );
 
 extern "C" {
@@ -303,9 +471,9 @@ extern "C" {
     /// Enters the extension; never returns.
     pub fn microv_enter_extension(kind: u64, index: u64, a: u64, b: u64) -> !;
     /// Runs a vCPU until its next #VMEXIT.
-    pub fn microv_world_switch(args: *mut super::percpu::SwitchArgs);
-    /// Loads the FPU state (if any) and jumps to the loader's promotion routine.
-    pub fn microv_promote_jump(landing: u64, fpu: u64, entry: u64) -> !;
+    pub fn microv_world_switch(args: *mut SwitchArgs);
+    /// Loads the root's checked state and jumps to the trampoline.
+    pub fn microv_promote_final(regs: *const PromoteRegs) -> !;
     /// RDMSR that returns 1 instead of faulting on #GP.
     pub fn microv_rdmsr_safe(index: u32, value: *mut u64) -> u64;
     /// WRMSR that returns 1 instead of faulting on #GP.

@@ -1,20 +1,25 @@
 //! Bringing a CPU under MicroV, running vCPUs on it, and handing it back.
+//!
+//! The house rule (ARCHITECTURE.md, "Host mode trusts nothing the root can
+//! write"): host mode runs on MicroV's own GDT, IDT, TSS, GS, CR0, CR4,
+//! DR7 and XCR0. Promotion checks every root value first, loads nothing of
+//! the root's while a fault is still possible, takes the root's TR and GS
+//! last, and leaves CR3 and everything after it to the trampoline.
 
-use core::sync::atomic::Ordering;
+use core::mem::offset_of;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use microv_abi::launch::{
-    self, BootInfo, CpuLanding, FaultRecord, BOOT_INFO_MAGIC, EXTENSION_STACKS,
-    EXTENSION_STACK_SIZE, EXTENSION_STACK_STRIDE, LAUNCH_VERSION, MAX_CHUNKS, MAX_CPUS, PAGE_SIZE,
-    POOL_VA, SEGMENT_W, SEGMENT_X,
+    self, BootInfo, CpuLanding, FaultRecord, PromoteFrame, EXTENSION_STACKS, EXTENSION_STACK_SIZE,
+    EXTENSION_STACK_STRIDE, KERNEL_STACK_SIZE, PAGE_SIZE, POOL_VA, SEGMENT_W, SEGMENT_X,
 };
-use microv_abi::syscall::{Upcall, EXTENSION_BOOT_INFO};
+use microv_abi::syscall::{SysStatus, Upcall, VsRegs, EXTENSION_BOOT_INFO, EXTENSION_PORTS};
 use microv_abi::StartError;
-use microv_arch::descriptor::{
-    attrib, encode_code_data, encode_interrupt_gate, encode_tss, selector,
-};
+use microv_arch::descriptor::selector;
 use microv_arch::instr;
 use microv_arch::msr;
-use microv_arch::svm::Vmcb;
+use microv_arch::svm::{exit, SaveArea, Vmcb};
+use microv_arch::xsave;
 
 use super::asm;
 use super::log::{self, log};
@@ -22,37 +27,131 @@ use super::mm::MEMORY;
 use super::percpu::{self, PerCpu, SwitchArgs};
 use super::vs;
 use super::FAILED;
+use crate::cpu_state::{self, Limits};
+use crate::descriptors;
+use crate::rendezvous::{Outcome, StopBarrier};
 use crate::root;
+use crate::vmcb_check::{self, RootTables};
 
-const CR4_SMAP: u64 = 1 << 21;
-const CR4_PKE: u64 = 1 << 22;
-const CR4_CET: u64 = 1 << 23;
-const CR4_OSXSAVE: u64 = 1 << 18;
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
 const SFMASK: u64 = 0x4_7700;
-const IST_STACK_PAGES: usize = 4;
+const IST_STACK_PAGES: u64 = 4;
+/// Bytes of each CPU's exception (IST) stack.
+pub const IST_STACK_SIZE: u64 = IST_STACK_PAGES * PAGE_SIZE;
 const EXT_STACK_PAGES: u64 = EXTENSION_STACK_SIZE / PAGE_SIZE;
+/// Largest XSAVE area MicroV gives a vCPU.
+const MAX_FPU_PAGES: u64 = 4;
+/// DR7 with every breakpoint disabled.
+pub const DR7_INIT: u64 = 0x400;
+/// How long a CPU waits at the stop rendezvous for the others (TSC ticks;
+/// about a second on current CPUs).
+const STOP_TIMEOUT_TICKS: u64 = 3_000_000_000;
 
-fn boot_info(landing: &CpuLanding) -> Option<&'static BootInfo> {
-    // SAFETY: the loader put the boot info in the pool at this address; it
-    // is read-only for MicroV's lifetime.
-    let bi = unsafe { (landing.boot_info as *const BootInfo).as_ref()? };
-    (bi.magic == BOOT_INFO_MAGIC
-        && bi.launch_version == LAUNCH_VERSION
-        && bi.chunk_count as usize <= MAX_CHUNKS
-        && bi.cpu_count as usize <= MAX_CPUS
-        && bi.free_offset <= bi.pool_size())
-    .then_some(bi)
+/// CPUs in MicroV: entered (bring-up counts, so a stop cannot leave a CPU
+/// behind that is still being brought up) and not yet left.
+static IN_MICROV: AtomicU64 = AtomicU64::new(0);
+
+/// Counts this CPU in; called once per CPU, first thing at entry.
+pub fn entered() {
+    IN_MICROV.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Counts this CPU out, just before it leaves.
+fn leaving() {
+    IN_MICROV.fetch_sub(1, Ordering::AcqRel);
+}
+static STOP: StopBarrier = StopBarrier::new();
+/// The root's nested tables and permission maps, fixed by the first root
+/// vCPU that runs (at start, before the root runs anywhere).
+static ROOT_TABLES: spin::Mutex<Option<RootTables>> = spin::Mutex::new(None);
+
+/// What `microv_promote_final` loads (offsets used by the assembly).
+#[repr(C)]
+pub struct PromoteRegs {
+    pub xcr0: u64,
+    pub fpu: u64,
+    pub pat: u64,
+    pub cr2: u64,
+    pub cr4: u64,
+    pub cr0: u64,
+    pub vmcb_pa: u64,
+    pub landing: u64,
+    pub entry: u64,
+    pub cr3: u64,
+}
+
+/// A CPU's landing page. The root can write it at any time (other CPUs run
+/// the root while this one is in host mode), so MicroV only ever writes it,
+/// with volatile stores, and reads it once, at entry, into a private copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Landing(*mut CpuLanding);
+
+impl Landing {
+    /// # Safety
+    /// `va` is a landing page the loader mapped for MicroV's lifetime.
+    pub unsafe fn new(va: u64) -> Self {
+        Landing(va as *mut CpuLanding)
+    }
+
+    pub fn va(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// One copy of the page: checked and used from then on.
+    pub fn snapshot(self) -> CpuLanding {
+        // SAFETY: the page is mapped (see `new`); a volatile read takes one
+        // copy whatever the root writes meanwhile.
+        unsafe { core::ptr::read_volatile(self.0) }
+    }
+
+    /// A field of the page, by offset (no reference to root-writable memory
+    /// is ever made).
+    fn field<T>(self, offset: usize) -> *mut T {
+        self.0.cast::<u8>().wrapping_add(offset).cast::<T>()
+    }
+
+    fn store<T>(self, offset: usize, value: T) {
+        let p = self.field::<T>(offset);
+        // SAFETY: `offset` is a field of the mapped page (callers pass
+        // `offset_of!` of a field of type T); a volatile store of it.
+        unsafe { p.write_volatile(value) }
+    }
+
+    pub fn set_running(self, running: u32) {
+        self.store(offset_of!(CpuLanding, running), running);
+    }
+
+    pub fn set_status(self, status: u64, detail: u64) {
+        self.store(offset_of!(CpuLanding, status), status);
+        self.store(offset_of!(CpuLanding, detail), detail);
+    }
+
+    pub fn set_fault(self, record: FaultRecord) {
+        self.store(offset_of!(CpuLanding, fault), record);
+    }
+
+    pub fn set_promote(self, frame: PromoteFrame) {
+        self.store(offset_of!(CpuLanding, promote), frame);
+    }
+}
+
+/// The boot info, found from this image's own size (see `asm.rs`).
+pub fn boot_info(va: u64) -> Option<&'static BootInfo> {
+    // SAFETY: the entry code computed `va` from the sealed image size; the
+    // loader put the boot info there, read-only for MicroV's lifetime.
+    let bi = unsafe { (va as *const BootInfo).as_ref()? };
+    bi.is_sane().then_some(bi)
 }
 
 /// Shared set-up, done by the first CPU: the frame allocator, the log, and
 /// the extension's image in its address space.
-pub fn global_init(landing: &CpuLanding) -> Result<(), StartError> {
-    let bi = boot_info(landing).ok_or(StartError::BadImage)?;
+pub fn global_init(bi: &'static BootInfo, bi_va: u64) -> Result<(), StartError> {
     *log::RING.lock() = (bi.log, bi.log_size);
+    percpu::set_kernel_stacks(POOL_VA + bi.stacks_offset, u64::from(bi.cpu_count));
     let mut mem = MEMORY.lock();
     mem.boot = bi;
-    mem.root_pa = landing.kernel_cr3;
+    // SAFETY: ring 0; the trampoline switched to MicroV's tables.
+    mem.root_pa = unsafe { instr::read_cr3() } & !(PAGE_SIZE - 1);
     let total = (bi.pool_size() / PAGE_SIZE) as usize;
     let reserved = bi.free_offset.div_ceil(PAGE_SIZE) as usize;
     mem.frames
@@ -74,8 +173,7 @@ pub fn global_init(landing: &CpuLanding) -> Result<(), StartError> {
         )
         .map_err(|_| StartError::OutOfMemory)?;
     }
-    let bi_offset = landing.boot_info - POOL_VA;
-    let bi_pa = bi.pool_pa(bi_offset).ok_or(StartError::BadImage)?;
+    let bi_pa = bi.pool_pa(bi_va - POOL_VA).ok_or(StartError::BadImage)?;
     mem.map_user(EXTENSION_BOOT_INFO, bi_pa, 2, false, false)
         .map_err(|_| StartError::OutOfMemory)?;
     drop(mem);
@@ -88,224 +186,254 @@ pub fn global_init(landing: &CpuLanding) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Returns to the loader before anything on this CPU was changed.
-pub fn early_return(landing: &mut CpuLanding, status: u64) -> ! {
-    landing.status = status;
-    landing.running = 0;
-    landing.promote = root::early_frame(&landing.captured, status);
-    let entry = landing.promote_entry;
-    // SAFETY: the trampoline's promotion routine and the landing page are
-    // mapped at the same address on both sides; CR0/CR4/TR/GS are unchanged.
-    unsafe { asm::microv_promote_jump(landing as *mut CpuLanding as u64, 0, entry) }
+/// Returns to the loader before anything on this CPU was changed: the CPU
+/// still has the state it entered with, so only CR3 and the frame matter.
+pub fn early_return(
+    landing: Landing,
+    captured: &launch::CapturedState,
+    entry: u64,
+    status: u64,
+    detail: u64,
+) -> ! {
+    landing.set_status(status, detail);
+    landing.set_running(0);
+    landing.set_promote(root::early_frame(captured, status));
+    leaving();
+    // SAFETY: `entry` is the promotion routine of MicroV's private copy of
+    // the trampoline, mapped at the same address on both sides; nothing of
+    // the CPU's state was changed, so it takes RDI = landing, RAX = CR3.
+    unsafe {
+        core::arch::asm!("jmp {}", in(reg) entry, in("rdi") landing.va(), in("rax") captured.cr3,
+            options(noreturn))
+    }
 }
 
-fn alloc_va(pages: usize) -> Result<super::mm::Page, StartError> {
+fn alloc_va(pages: u64) -> Result<super::mm::Page, StartError> {
     MEMORY
         .lock()
-        .alloc(pages)
+        .alloc(pages as usize)
         .map_err(|_| StartError::OutOfMemory)
 }
 
-/// Per-CPU bring-up, then the first upcall into the extension.
-pub fn bring_up(landing: &mut CpuLanding) -> ! {
-    let index = u64::from(landing.index);
-    let percpu_page = match alloc_va(1) {
-        Ok(p) => p,
-        Err(e) => early_return(landing, e as u64),
+/// Everything a CPU allocates at bring-up.
+struct CpuPages {
+    percpu: super::mm::Page,
+    idt: super::mm::Page,
+    ist: super::mm::Page,
+    host_vmcb: super::mm::Page,
+    hsave: super::mm::Page,
+    root_vs: u64,
+}
+
+fn alloc_cpu(index: u64, limits: &Limits, root_xcr0: u64) -> Result<CpuPages, StartError> {
+    let fpu_pages = limits.xsave_size.div_ceil(PAGE_SIZE).max(1);
+    if fpu_pages > MAX_FPU_PAGES {
+        return Err(StartError::UnsupportedCpuState);
+    }
+    let pages = CpuPages {
+        percpu: alloc_va(1)?,
+        idt: alloc_va(1)?,
+        ist: alloc_va(IST_STACK_PAGES)?,
+        host_vmcb: alloc_va(1)?,
+        hsave: alloc_va(1)?,
+        root_vs: vs::create(Some(index), fpu_pages, root_xcr0)
+            .map_err(|_| StartError::OutOfMemory)?,
     };
-    let idt = alloc_va(1);
-    let ist = alloc_va(IST_STACK_PAGES);
-    let host_vmcb = alloc_va(1);
-    let hsave = alloc_va(1);
-    let ext_stack = alloc_va(EXT_STACK_PAGES as usize);
-    let root_vs = vs::create(Some(index));
-    let (Ok(idt), Ok(ist), Ok(host_vmcb), Ok(hsave), Ok(ext_stack), Ok(root_vs)) =
-        (idt, ist, host_vmcb, hsave, ext_stack, root_vs)
-    else {
-        early_return(landing, StartError::OutOfMemory as u64)
-    };
-    let ext_stack_base = EXTENSION_STACKS + index * EXTENSION_STACK_STRIDE;
-    if MEMORY
+    let ext_stack = alloc_va(EXT_STACK_PAGES)?;
+    MEMORY
         .lock()
-        .map_user(ext_stack_base, ext_stack.pa, EXT_STACK_PAGES, true, false)
-        .is_err()
-    {
-        early_return(landing, StartError::OutOfMemory as u64)
+        .map_user(ext_stack_base(index), ext_stack.pa, EXT_STACK_PAGES, true, false)
+        .map_err(|_| StartError::OutOfMemory)?;
+    Ok(pages)
+}
+
+fn ext_stack_base(index: u64) -> u64 {
+    EXTENSION_STACKS + index * EXTENSION_STACK_STRIDE
+}
+
+/// Per-CPU bring-up, then the first upcall into the extension.
+pub fn bring_up(landing: Landing, captured: launch::CapturedState, index: u64, bi: &'static BootInfo) -> ! {
+    let entry = bi.promote_entry;
+    let mut cpuid = instr::cpuid;
+    let limits = cpu_state::limits(&mut cpuid);
+    if !xsave::xcr0_valid(captured.xcr0, limits.xcr0) {
+        let code = StartError::UnsupportedCpuState as u64;
+        early_return(landing, &captured, entry, code, captured.xcr0)
     }
-    let Some(root) = vs::get(root_vs) else {
-        early_return(landing, StartError::KernelFault as u64)
+    let pages = match alloc_cpu(index, &limits, captured.xcr0) {
+        Ok(p) => p,
+        Err(e) => early_return(landing, &captured, entry, e as u64, 0),
     };
-    // SAFETY: CR4 is readable in ring 0.
-    if unsafe { instr::read_cr4() } & CR4_OSXSAVE == 0 {
-        early_return(landing, StartError::UnsupportedCpuState as u64)
-    }
+    let Some(root) = vs::get(pages.root_vs) else {
+        early_return(landing, &captured, entry, StartError::KernelFault as u64, 0)
+    };
 
     // Capture what VMSAVE covers (FS, GS, TR, LDTR, syscall MSRs) exactly
-    // as the OS had it; the rest comes from the landing page.
+    // as the OS had it; the rest comes from the captured state.
     // SAFETY: EFER.SVME is set (trampoline); the VMCB page is ours.
     unsafe { instr::vmsave(root.vmcb_pa) };
-    // SAFETY: the VMCB page is ours and mapped at vmcb_va.
+    // SAFETY: the VMCB page is this CPU's root vCPU state; the extension
+    // has not been told about it yet, so no other reference exists.
     let vmcb = unsafe { &mut *(root.vmcb_va as *mut Vmcb) };
-    if let Err((e, detail)) = root::root_save_area(&landing.captured, &mut vmcb.save, 0) {
-        landing.detail = detail;
-        early_return(landing, e as u64)
+    if let Err((e, detail)) = root::root_save_area(&captured, &mut vmcb.save, 0) {
+        early_return(landing, &captured, entry, e as u64, detail)
     }
 
-    // This CPU's descriptor tables and per-CPU page.
-    // SAFETY: the page was just allocated for this CPU.
-    let pc = unsafe { &mut *(percpu_page.va as *mut PerCpu) };
-    pc.self_va = percpu_page.va;
-    pc.kernel_rsp = landing.kernel_stack_top;
-    pc.ext_stack_top = ext_stack_base + EXTENSION_STACK_SIZE;
+    // SAFETY: the page was just allocated for this CPU and is referenced
+    // nowhere else; from here on `pc` is the only reference.
+    let pc = unsafe { &mut *(pages.percpu.va as *mut PerCpu) };
+    pc.self_va = pages.percpu.va;
+    pc.kernel_rsp = POOL_VA + bi.stacks_offset + (index + 1) * KERNEL_STACK_SIZE;
+    pc.ext_stack_top = ext_stack_base(index) + EXTENSION_STACK_SIZE;
+    pc.ext_entry = bi.extension.entry;
     pc.index = index;
-    pc.landing = landing as *mut CpuLanding as u64;
-    pc.root_vs = root_vs;
+    pc.landing = landing.va();
+    pc.root_vs = pages.root_vs;
     pc.root = root;
-    pc.host_vmcb_pa = host_vmcb.pa;
-    pc.promote_entry = landing.promote_entry;
+    pc.host_vmcb_pa = pages.host_vmcb.pa;
+    pc.promote_entry = entry;
+    pc.limits = limits;
+    pc.root_tables = None;
     pc.root_started = false;
-    {
-        let mem = MEMORY.lock();
-        // SAFETY: boot is set by global_init.
-        pc.ext_entry = unsafe { mem.boot.as_ref() }.map_or(0, |b| b.extension.entry);
-    }
-    let code = attrib::TYPE_CODE_RX_ACCESSED
-        | attrib::S
-        | attrib::PRESENT
-        | attrib::LONG
-        | attrib::GRANULARITY;
-    let data = attrib::TYPE_DATA_RW_ACCESSED
-        | attrib::S
-        | attrib::PRESENT
-        | attrib::DB
-        | attrib::GRANULARITY;
-    pc.gdt = [0; selector::GDT_ENTRIES];
-    pc.gdt[1] = encode_code_data(code);
-    pc.gdt[2] = encode_code_data(data);
-    pc.gdt[4] = encode_code_data(data | attrib::dpl(3));
-    pc.gdt[5] = encode_code_data(code | attrib::dpl(3));
-    let tss_base = &pc.tss as *const _ as u64;
-    let [tss_low, tss_high] = encode_tss(tss_base, core::mem::size_of_val(&pc.tss) as u32 - 1);
-    pc.gdt[6] = tss_low;
-    pc.gdt[7] = tss_high;
-    pc.tss.ist[0] = ist.va + (IST_STACK_PAGES as u64) * PAGE_SIZE;
-    pc.tss.rsp[0] = landing.kernel_stack_top;
-    pc.tss.iomap_base = core::mem::size_of_val(&pc.tss) as u16;
-    // SAFETY: the IDT page is ours; 32 gates of 16 bytes.
-    let gates = unsafe { &mut *(idt.va as *mut [[u64; 2]; 256]) };
-    for (v, gate) in gates.iter_mut().enumerate().take(32) {
-        *gate = encode_interrupt_gate(
-            asm::microv_exception_stubs as *const () as u64 + 16 * v as u64,
-            selector::KERNEL_CODE,
-            1,
-        );
-    }
-    write_dtr(
-        &mut pc.gdtr,
-        (8 * selector::GDT_ENTRIES - 1) as u16,
-        pc.gdt.as_ptr() as u64,
-    );
-    write_dtr(&mut pc.idtr, 4095, idt.va);
-    // From here `fail` can find this CPU's data; the OS's GS base is safe in
-    // the root vCPU state (VMSAVE above) and comes back on promotion.
-    // SAFETY: ring 0; the page is this CPU's PerCpu.
-    unsafe { instr::wrmsr(msr::GS_BASE, percpu_page.va) };
+    pc.leaving = false;
+    pc.in_exception = false;
+    build_descriptors(pc, pages.idt.va, pages.ist.va + IST_STACK_SIZE);
+    percpu::register(index, pages.percpu.va, pages.ist.va);
 
-    if let Some(code) = injected_failure(index) {
-        fail(code, index)
-    }
-
-    // From here the CPU runs on MicroV's state; failures go through `fail`,
-    // which restores the root from its vCPU state.
-    // SAFETY: ring 0; each value below is MicroV's own and valid: CR4 keeps
-    // the OS's paging features minus SMAP/PKE/CET (the microkernel reads
-    // extension memory), the GDT/IDT/TSS were built above, GS points at
-    // this CPU's page, and the syscall MSRs at the gate.
-    unsafe {
-        let cr4 = instr::read_cr4() & !(CR4_SMAP | CR4_PKE | CR4_CET);
-        instr::write_cr4(cr4);
-        asm::microv_load_host_segments(pc.gdtr.as_ptr(), pc.idtr.as_ptr());
-        instr::wrmsr(msr::GS_BASE, percpu_page.va);
-        instr::wrmsr(msr::KERNEL_GS_BASE, 0);
-        instr::wrmsr(msr::FS_BASE, 0);
-        instr::wrmsr(
-            msr::STAR,
-            (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32),
-        );
-        instr::wrmsr(msr::LSTAR, asm::microv_syscall_entry as *const () as u64);
-        instr::wrmsr(msr::CSTAR, 0);
-        instr::wrmsr(msr::SFMASK, SFMASK);
-        instr::wrmsr(msr::EFER, instr::rdmsr(msr::EFER) | msr::efer::SCE);
-        instr::vmsave(host_vmcb.pa);
-        instr::wrmsr(msr::VM_HSAVE_PA, hsave.pa);
+    // From here the CPU runs on MicroV's own state; failures go through
+    // `fail`, which promotes the root vCPU state built above. The root's own
+    // values are safe in that state (VMSAVE and the captured state above).
+    load_host_state(pc, &limits, pages.host_vmcb.pa, pages.hsave.pa);
+    if bi.injected_failure_cpu() == Some(index) {
+        fail(pc, StartError::InjectedFailure, index)
     }
     log!("cpu {}: microkernel ready", index);
-    // SAFETY: the per-CPU state is complete; the extension's entry and stack are mapped.
+    // SAFETY: the per-CPU state is complete; the extension's entry and
+    // stack are mapped; GS is this CPU's page.
     unsafe {
         asm::microv_enter_extension(
             Upcall::Bootstrap as u64,
             index,
-            root_vs,
-            u64::from(cpu_count(landing)),
+            pages.root_vs,
+            u64::from(bi.cpu_count),
         )
     }
 }
 
-fn cpu_count(landing: &CpuLanding) -> u32 {
-    boot_info(landing).map_or(0, |b| b.cpu_count)
-}
-
-fn injected_failure(index: u64) -> Option<StartError> {
-    let flags = MEMORY.lock().boot_flags();
-    let wanted = (flags >> launch::boot_flags::FAIL_CPU_SHIFT) & 0xff;
-    (flags & launch::boot_flags::FAIL_CPU != 0 && wanted == index)
-        .then_some(StartError::InjectedFailure)
-}
-
-fn write_dtr(buf: &mut [u8; 16], limit: u16, base: u64) {
-    let mut bytes = [0u8; 16];
-    let (l, b) = bytes.split_at_mut(2);
-    l.copy_from_slice(&limit.to_le_bytes());
-    if let Some(dst) = b.get_mut(..8) {
-        dst.copy_from_slice(&base.to_le_bytes());
+/// Loads MicroV's own CPU state: control registers, XCR0, DR7, descriptor
+/// tables, segment bases, PAT and syscall MSRs; then saves it as the host
+/// state VMRUN returns to.
+fn load_host_state(pc: &PerCpu, limits: &Limits, host_vmcb_pa: u64, hsave_pa: u64) {
+    // SAFETY: ring 0; DR7 = 0x400 disarms every breakpoint.
+    unsafe { instr::write_dr7(DR7_INIT) };
+    // SAFETY: ring 0; protected mode with paging as now, MicroV's flags.
+    unsafe { instr::write_cr0(cpu_state::HOST_CR0) };
+    // SAFETY: ring 0; PAE stays on, only bits this CPU has (`limits`).
+    unsafe { instr::write_cr4(cpu_state::host_cr4(limits)) };
+    // SAFETY: CR4.OSXSAVE is set; x87|SSE is valid on every x86-64 CPU.
+    unsafe { instr::xsetbv0(xsave::HOST_XCR0) };
+    // SAFETY: the GDT, IDT and TSS in `pc` were built for this CPU and
+    // stay mapped; the selectors match them.
+    unsafe { asm::microv_load_host_segments(pc.gdtr.as_ptr(), pc.idtr.as_ptr()) };
+    let syscall_cs = (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32);
+    let msrs = [
+        (msr::EFER, cpu_state::HOST_EFER),
+        (msr::GS_BASE, pc.self_va),
+        (msr::KERNEL_GS_BASE, 0),
+        (msr::FS_BASE, 0),
+        (msr::PAT, msr::PAT_DEFAULT),
+        (msr::STAR, syscall_cs),
+        (msr::LSTAR, asm::microv_syscall_entry as *const () as u64),
+        (msr::CSTAR, 0),
+        (msr::SFMASK, SFMASK),
+    ];
+    for (index, value) in msrs {
+        // SAFETY: ring 0; each is an architectural MSR given MicroV's own
+        // valid value (EFER keeps LME/LMA/SVME as they are).
+        unsafe { instr::wrmsr(index, value) };
     }
-    *buf = bytes;
+    // SAFETY: EFER.SVME is set; the page is this CPU's host VMCB.
+    unsafe { instr::vmsave(host_vmcb_pa) };
+    // SAFETY: ring 0; the page is this CPU's host save area.
+    unsafe { instr::wrmsr(msr::VM_HSAVE_PA, hsave_pa) };
+}
+
+/// This CPU's GDT, TSS (with the I/O bitmap that lets ring 3 reach
+/// [`EXTENSION_PORTS`]) and IDT (every exception on IST 1, whose top is `ist_top`).
+fn build_descriptors(pc: &mut PerCpu, idt_va: u64, ist_top: u64) {
+    let tss_limit = core::mem::size_of_val(&pc.tss) + core::mem::size_of_val(&pc.iomap) - 1;
+    pc.gdt = descriptors::gdt(&pc.tss as *const _ as u64, tss_limit as u32);
+    pc.tss = Default::default();
+    pc.tss.ist[0] = ist_top;
+    pc.tss.rsp[0] = pc.kernel_rsp;
+    pc.tss.iomap_base = core::mem::size_of_val(&pc.tss) as u16;
+    pc.iomap = crate::iomap::bitmap(EXTENSION_PORTS);
+    // SAFETY: the IDT page is this CPU's, just allocated and zeroed; 256
+    // gates of 16 bytes fill it exactly; nothing else refers to it yet.
+    let gates = unsafe { &mut *(idt_va as *mut [[u64; 2]; 256]) };
+    descriptors::exception_gates(gates, asm::microv_exception_stubs as *const () as u64);
+    pc.gdtr = descriptors::dtr((8 * selector::GDT_ENTRIES - 1) as u16, pc.gdt.as_ptr() as u64);
+    pc.idtr = descriptors::dtr(4095, idt_va);
+}
+
+/// The root's tables as pinned by the first root vCPU to run.
+fn root_tables(pc: &mut PerCpu, vmcb: &Vmcb) -> RootTables {
+    if let Some(t) = pc.root_tables {
+        return t;
+    }
+    let t = *ROOT_TABLES
+        .lock()
+        .get_or_insert(RootTables::of(&vmcb.control));
+    pc.root_tables = Some(t);
+    t
 }
 
 /// Runs vCPU state `id` on this CPU until it exits, then hands the exit to
-/// the extension. Never returns.
-pub fn run(id: u64) -> Result<core::convert::Infallible, microv_abi::syscall::SysStatus> {
-    let pc = percpu::current();
-    let vs = lookup(pc, id).ok_or(microv_abi::syscall::SysStatus::InvalidArgument)?;
+/// the extension. Returns only if the state may not run here.
+pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysStatus> {
+    let vs = lookup(pc, id).ok_or(SysStatus::InvalidArgument)?;
     if vs.root_of.is_some_and(|cpu| cpu != pc.index) {
-        return Err(microv_abi::syscall::SysStatus::InvalidArgument);
+        return Err(SysStatus::InvalidArgument);
+    }
+    // SAFETY: the VMCB and register pages are this vCPU state's; the
+    // extension on this CPU is suspended in this syscall. (Another CPU's
+    // extension could write them: see "Known gaps" in ARCHITECTURE.md.)
+    let vmcb = unsafe { &*(vs.vmcb_va as *const Vmcb) };
+    let xcr0_field = (vs.regs_va as *const u8).wrapping_add(offset_of!(VsRegs, xcr0));
+    // SAFETY: the register page is this state's and mapped; one read.
+    let xcr0 = unsafe { core::ptr::read_volatile(xcr0_field.cast::<u64>()) };
+    let root = vs.root_of.map(|_| root_tables(pc, vmcb));
+    if let Err(e) = vmcb_check::check(&vmcb.control, xcr0, pc.limits.xcr0, root.as_ref()) {
+        log!("cpu {}: refused to run vCPU state {}: {:?}", pc.index, id, e);
+        return Err(SysStatus::InvalidArgument);
     }
     let first_root_run = id == pc.root_vs && !pc.root_started;
     if first_root_run {
         // The loader's call returns as soon as the root runs: say so first.
-        if let Some(l) = landing_of(pc) {
-            l.running = 1;
-        }
+        landing_of(pc).set_running(1);
     }
     let mut args = SwitchArgs {
         vmcb_pa: vs.vmcb_pa,
         host_vmcb_pa: pc.host_vmcb_pa,
-        gprs: vs.gprs_va as *mut [u64; 16],
+        regs: vs.regs_va as *mut VsRegs,
         fpu: vs.fpu_va as *mut u8,
+        xcr0,
     };
-    // SAFETY: the VMCB, register page and FPU area belong to this vCPU state;
-    // the extension configured the VMCB; host state is in host_vmcb.
+    // SAFETY: the VMCB, register page and FPU area belong to this vCPU
+    // state; the VMCB passed the checks above and XCR0 is valid; host
+    // state is in host_vmcb.
     unsafe { asm::microv_world_switch(&mut args) };
-    // SAFETY: the VMCB page is this vCPU state's.
-    let exit_code = unsafe { (*(vs.vmcb_va as *const Vmcb)).control.exit_code };
-    if first_root_run && exit_code != microv_arch::svm::exit::INVALID {
+    // SAFETY: `vmcb` is this state's VMCB, mapped; VMRUN wrote the exit
+    // code behind the compiler's back, hence the volatile read.
+    let exit_code = unsafe { core::ptr::read_volatile(&vmcb.control.exit_code) };
+    if first_root_run && exit_code != exit::INVALID {
         // The root ran: its RAX is its own now, not the loader's status.
         pc.root_started = true;
     }
     if FAILED.load(Ordering::Acquire) != 0 {
         // MicroV is going down: give the CPU back without handling the exit,
         // so the root re-executes the intercepted instruction natively.
-        promote(pc.root_vs)
+        promote_or_halt(pc)
     }
     // SAFETY: the extension's entry and this CPU's stack are mapped.
     unsafe { asm::microv_enter_extension(Upcall::Exit as u64, pc.index, id, 0) }
@@ -320,63 +448,112 @@ fn lookup(pc: &PerCpu, id: u64) -> Option<vs::Vs> {
     }
 }
 
-fn landing_of(pc: &PerCpu) -> Option<&'static mut CpuLanding> {
-    // SAFETY: the landing page stays mapped for MicroV's lifetime.
-    unsafe { (pc.landing as *mut CpuLanding).as_mut() }
+fn landing_of(pc: &PerCpu) -> Landing {
+    // SAFETY: bring-up stored this CPU's landing page, which the loader
+    // maps for MicroV's lifetime.
+    unsafe { Landing::new(pc.landing) }
 }
 
-/// Puts this CPU's root vCPU state back onto the real CPU. Never returns.
-pub fn promote(id: u64) -> ! {
-    let pc = percpu::current();
-    let (Some(vs), Some(landing)) = (lookup(pc, id), landing_of(pc)) else {
-        log!("cpu {}: no root state to promote; halting", pc.index);
-        instr::halt_forever()
-    };
-    // SAFETY: the VMCB and register pages are this vCPU state's.
-    let (save, gprs) = unsafe {
-        (
-            &(*(vs.vmcb_va as *const Vmcb)).save,
-            &*(vs.gprs_va as *const [u64; 16]),
-        )
-    };
-    landing.promote = root::promote_frame(save, gprs);
-    landing.running = 0;
-    let entry = pc.promote_entry;
-    let landing_va = landing as *mut CpuLanding as u64;
-    log!("cpu {}: handing the CPU back to the root", pc.index);
-    // SAFETY: from here the CPU takes on the root's state piece by piece;
-    // nothing below touches GS-relative data (VMLOAD replaces GS) and the
-    // last step jumps to the trampoline mapped on both sides.
-    unsafe {
-        instr::vmload(vs.vmcb_pa);
-        instr::wrmsr(msr::PAT, save.g_pat);
-        instr::wrmsr(msr::VM_HSAVE_PA, 0);
-        core::arch::asm!("mov dr7, {}", in(reg) save.dr7, options(nostack));
-        instr::write_cr2(save.cr2);
-        instr::write_cr0(save.cr0);
-        instr::write_cr4(save.cr4);
-        asm::microv_promote_jump(landing_va, vs.fpu_va, entry)
+/// `VsPromote`: leaves this CPU together with every other CPU that runs
+/// the root (the stop rendezvous). Returns only if refused.
+pub fn stop(pc: &mut PerCpu, id: u64) -> SysStatus {
+    if id != pc.root_vs {
+        return SysStatus::InvalidArgument;
     }
+    if let Err(e) = check_root(pc) {
+        log!("cpu {}: root state cannot be loaded: {:?}", pc.index, e);
+        return SysStatus::InvalidArgument;
+    }
+    let start = instr::rdtsc();
+    let outcome = STOP.arrive_and_wait(&|| IN_MICROV.load(Ordering::Acquire), &mut || {
+        instr::rdtsc().wrapping_sub(start) > STOP_TIMEOUT_TICKS
+    });
+    match outcome {
+        Outcome::Leave => promote_or_halt(pc),
+        Outcome::Refused => {
+            log!("cpu {}: stop refused: not every CPU asked to stop", pc.index);
+            SysStatus::Busy
+        }
+    }
+}
+
+/// A copy of this CPU's root vCPU state (save area, registers), taken once:
+/// the pages are writable by the extension, the copy is not.
+fn root_copy(pc: &PerCpu) -> (SaveArea, VsRegs) {
+    let save = (pc.root.vmcb_va as *const u8)
+        .wrapping_add(offset_of!(Vmcb, save))
+        .cast::<SaveArea>();
+    // SAFETY: the VMCB is this CPU's root vCPU state's, mapped; a volatile
+    // read takes one snapshot that later writes cannot change.
+    let save = unsafe { core::ptr::read_volatile(save) };
+    // SAFETY: as above, for the register page.
+    let regs = unsafe { core::ptr::read_volatile(pc.root.regs_va as *const VsRegs) };
+    (save, regs)
+}
+
+fn check_root(pc: &PerCpu) -> Result<(), cpu_state::Refused> {
+    let (save, regs) = root_copy(pc);
+    cpu_state::check_promotable(&save, regs.xcr0, &pc.limits)
+}
+
+/// Puts this CPU's root vCPU state back onto the real CPU; if it cannot be
+/// loaded safely, halts this CPU (stopping MicroV's use of it) instead.
+fn promote_or_halt(pc: &mut PerCpu) -> ! {
+    if pc.leaving {
+        log!("cpu {}: promotion started twice; halting", pc.index);
+        instr::halt_forever()
+    }
+    pc.leaving = true;
+    let (save, regs) = root_copy(pc);
+    if let Err(e) = cpu_state::check_promotable(&save, regs.xcr0, &pc.limits) {
+        log!("cpu {}: root state cannot be loaded ({:?}); halting", pc.index, e);
+        instr::halt_forever()
+    }
+    let landing = landing_of(pc);
+    landing.set_promote(root::promote_frame(&save, &regs.gprs));
+    landing.set_running(0);
+    leaving();
+    log!("cpu {}: handing the CPU back to the root", pc.index);
+    // SAFETY: ring 0; the host save area is not needed once this CPU leaves.
+    unsafe { instr::wrmsr(msr::VM_HSAVE_PA, 0) };
+    let out = PromoteRegs {
+        xcr0: regs.xcr0,
+        fpu: pc.root.fpu_va,
+        pat: save.g_pat,
+        cr2: save.cr2,
+        cr4: save.cr4,
+        cr0: save.cr0,
+        vmcb_pa: pc.root.vmcb_pa,
+        landing: pc.landing,
+        entry: pc.promote_entry,
+        cr3: save.cr3,
+    };
+    // SAFETY: every value was checked above (check_promotable), so the
+    // final sequence cannot fault; the FPU area and VMCB are this CPU's root
+    // vCPU state; `entry` is MicroV's private trampoline copy.
+    unsafe { asm::microv_promote_final(&out) }
 }
 
 /// MicroV cannot go on on this CPU: record why, make every CPU leave at its
 /// next exit, and give this CPU back to the root.
-pub fn fail(code: StartError, detail: u64) -> ! {
-    fail_with(FaultRecord {
-        code: code as u32,
-        vector: u32::MAX,
-        error_code: 0,
-        rip: 0,
-        cr2: 0,
-        cpl: 0,
-        detail,
-    })
+pub fn fail(pc: &mut PerCpu, code: StartError, detail: u64) -> ! {
+    fail_with(
+        pc,
+        FaultRecord {
+            code: code as u32,
+            vector: u32::MAX,
+            error_code: 0,
+            rip: 0,
+            cr2: 0,
+            cpl: 0,
+            detail,
+        },
+    )
 }
 
 /// As [`fail`], with a full fault record.
-pub fn fail_with(record: FaultRecord) -> ! {
+pub fn fail_with(pc: &mut PerCpu, record: FaultRecord) -> ! {
     FAILED.store(record.code, Ordering::Release);
-    let pc = percpu::current();
     log!(
         "cpu {}: MicroV stops: error {} (vector {:#x}, rip {:#x}, detail {:#x})",
         pc.index,
@@ -385,17 +562,13 @@ pub fn fail_with(record: FaultRecord) -> ! {
         record.rip,
         record.detail
     );
-    if let Some(l) = landing_of(pc) {
-        l.fault = record;
-        l.status = u64::from(record.code);
-        l.detail = record.detail;
-    }
+    let l = landing_of(pc);
+    l.set_fault(record);
+    l.set_status(u64::from(record.code), record.detail);
     if !pc.root_started {
         // Bring-up failed: the loader's call returns the error.
-        if let Some(vs) = lookup(pc, pc.root_vs) {
-            // SAFETY: the VMCB page is this CPU's root vCPU state.
-            unsafe { (*(vs.vmcb_va as *mut Vmcb)).save.rax = u64::from(record.code) };
-        }
+        // SAFETY: the VMCB page is this CPU's root vCPU state.
+        unsafe { (*(pc.root.vmcb_va as *mut Vmcb)).save.rax = u64::from(record.code) };
     }
-    promote(pc.root_vs)
+    promote_or_halt(pc)
 }

@@ -2,7 +2,7 @@
 //! virtual translation, and MicroV's own page tables.
 
 use microv_abi::launch::{
-    BootInfo, CpuLanding, CHUNK_SIZE, KERNEL_STACK_SIZE, MAX_CPUS, PAGE_SIZE, POOL_VA,
+    BootInfo, CHUNK_SIZE, KERNEL_STACK_SIZE, MAX_CPUS, PAGE_SIZE, POOL_VA,
 };
 use microv_arch::instr;
 use microv_arch::mapper::{self, MapError, TableMemory};
@@ -41,11 +41,6 @@ impl Memory {
         // SAFETY: set once at start to the boot info page in the pool, which
         // stays mapped and unchanged for MicroV's lifetime.
         unsafe { self.boot.as_ref() }
-    }
-
-    /// Test-only behaviour requested by the loader.
-    pub fn boot_flags(&self) -> u64 {
-        self.boot().map_or(0, |b| b.flags)
     }
 
     /// Allocates `count` zeroed contiguous pages.
@@ -101,7 +96,9 @@ impl Memory {
             .map(|off| POOL_VA + off)
     }
 
-    /// Maps `count` pages at `va` (extension space) to pool memory at `pa`.
+    /// Maps `count` pages at `va` (extension space) to pool memory at `pa`:
+    /// all of them or none (see `mapper::map_all_or_none`), so on failure
+    /// the caller may free the frames.
     pub fn map_user(
         &mut self,
         va: u64,
@@ -110,6 +107,15 @@ impl Memory {
         writable: bool,
         executable: bool,
     ) -> Result<(), MapError> {
+        let pages = (0..count).map(|i| (va + i * PAGE_SIZE, pa + i * PAGE_SIZE));
+        self.map_user_pages(pages, writable, executable)
+    }
+
+    /// Maps single pages `(va, pa)` for the extension: all of them or none.
+    pub fn map_user_pages<I>(&mut self, pages: I, writable: bool, executable: bool) -> Result<(), MapError>
+    where
+        I: Iterator<Item = (u64, u64)> + Clone,
+    {
         let mut flags = USER;
         if writable {
             flags |= WRITABLE;
@@ -118,18 +124,15 @@ impl Memory {
             flags |= NO_EXECUTE;
         }
         let root = self.root_pa;
-        for i in 0..count {
-            mapper::map(
-                self,
-                root,
-                va + i * PAGE_SIZE,
-                pa + i * PAGE_SIZE,
-                1,
-                flags,
-                USER | WRITABLE,
-            )?;
+        let done = mapper::map_all_or_none(self, root, pages.clone(), flags, USER | WRITABLE);
+        if done.is_err() {
+            // The pages were mapped moments ago by this CPU only.
+            for (va, _) in pages {
+                // SAFETY: ring 0; dropping a TLB entry has no other effect.
+                unsafe { instr::invlpg(va) };
+            }
         }
-        Ok(())
+        done
     }
 }
 
@@ -140,11 +143,9 @@ impl Memory {
     pub fn harden(&mut self, bi: &BootInfo) -> Result<(), MapError> {
         let mut guards = [u64::MAX; MAX_CPUS];
         let cpus = (bi.cpu_count as usize).min(MAX_CPUS);
-        for (guard, &landing) in guards.iter_mut().zip(bi.landing.iter()).take(cpus) {
-            // SAFETY: the loader maps every landing page at its own address
-            // for MicroV's lifetime; only `kernel_stack_top` is read.
-            let top = unsafe { (*(landing as *const CpuLanding)).kernel_stack_top };
-            *guard = layout::stack_guard(top.wrapping_sub(POOL_VA), KERNEL_STACK_SIZE);
+        for (i, guard) in (1u64..).zip(guards.iter_mut()).take(cpus) {
+            let top = bi.stacks_offset + i * KERNEL_STACK_SIZE;
+            *guard = layout::stack_guard(top, KERNEL_STACK_SIZE);
         }
         let guards = guards.get(..cpus).unwrap_or_default();
         let root = self.root_pa;
@@ -171,9 +172,11 @@ impl Memory {
             // One write: the chunk may hold the very tables being walked.
             mapper::replace_entry(self, root, va, 2, new)?;
         }
+        // SAFETY: reading CR3 in ring 0 has no effect.
+        let cr3 = unsafe { instr::read_cr3() };
         // SAFETY: reloading CR3 with its own value only flushes the TLB
         // (MicroV's entries are never global).
-        unsafe { instr::write_cr3(instr::read_cr3()) };
+        unsafe { instr::write_cr3(cr3) };
         Ok(())
     }
 }

@@ -11,10 +11,8 @@ mod vs;
 
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
-use microv_abi::launch::{self, CpuLanding, ImageHeader, KERNEL_IMAGE_MAGIC};
+use microv_abi::launch::{self, ImageHeader, KERNEL_IMAGE_MAGIC};
 use microv_abi::StartError;
-
-use self::log::log;
 
 /// The image header the loader checks (size and checksum filled by the build).
 #[used]
@@ -32,35 +30,48 @@ static GLOBAL_STATE: AtomicU8 = AtomicU8::new(0);
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     // Lints forbid panicking paths; this catches what slips through (for
-    // example an arithmetic overflow check) and stops MicroV on this CPU.
-    log!("microkernel panic: {}", info.message());
-    cpu::fail(StartError::KernelFault, 0)
+    // example an arithmetic overflow check). The CPU is found from the
+    // stack, never from GS, which is the root's early in bring-up.
+    log::log!("microkernel panic: {}", info.message());
+    let rsp: u64;
+    // SAFETY: reads the stack pointer only.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    // SAFETY: a panic never returns to the code that holds this CPU's
+    // PerCpu reference, so the one made here is the only one used.
+    match unsafe { percpu::from_stack(rsp) } {
+        Some(pc) => cpu::fail(pc, StartError::KernelFault, 0),
+        // Before this CPU's data exists there is no safe way back.
+        None => microv_arch::instr::halt_forever(),
+    }
 }
 
-/// Validates the landing page the trampoline handed us.
-fn landing(ptr: u64) -> Option<&'static mut CpuLanding> {
-    // SAFETY: the trampoline passes the landing page, mapped here at the
-    // loader's address; it belongs to this CPU.
-    let l = unsafe { (ptr as *mut CpuLanding).as_mut()? };
-    (l.magic == launch::LANDING_MAGIC && l.launch_version == launch::LAUNCH_VERSION).then_some(l)
-}
-
-/// Called by `microv_kernel_entry` on each CPU, on its kernel stack.
+/// Called by `microv_kernel_entry` on each CPU, on its kernel stack, with
+/// the landing page the entry code matched in the boot info, the CPU's
+/// index and the boot info's address.
 #[no_mangle]
-extern "C" fn microv_kernel_main(landing_ptr: u64) -> ! {
-    let Some(landing) = landing(landing_ptr) else {
-        // Without a valid landing page there is no way back: stop here.
+extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
+    cpu::entered();
+    let Some(bi) = cpu::boot_info(bi_va) else {
+        // Without a valid boot info there is no way back: stop here.
         microv_arch::instr::halt_forever()
     };
+    // SAFETY: the entry code found this address in the boot info's landing
+    // list; the loader maps each landing page for MicroV's lifetime.
+    let landing = unsafe { cpu::Landing::new(landing_va) };
+    let copy = landing.snapshot();
+    let captured = copy.captured;
+    if copy.magic != launch::LANDING_MAGIC || copy.launch_version != launch::LAUNCH_VERSION {
+        cpu::early_return(landing, &captured, bi.promote_entry, StartError::BadImage as u64, 0)
+    }
     if GLOBAL_STATE
         .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
-        match cpu::global_init(landing) {
+        match cpu::global_init(bi, bi_va) {
             Ok(()) => GLOBAL_STATE.store(2, Ordering::Release),
             Err(e) => {
                 GLOBAL_STATE.store(0, Ordering::Release);
-                cpu::early_return(landing, e as u64)
+                cpu::early_return(landing, &captured, bi.promote_entry, e as u64, 0)
             }
         }
     }
@@ -68,7 +79,8 @@ extern "C" fn microv_kernel_main(landing_ptr: u64) -> ! {
         core::hint::spin_loop();
     }
     if GLOBAL_STATE.load(Ordering::Acquire) != 2 {
-        cpu::early_return(landing, StartError::KernelFault as u64)
+        let code = StartError::KernelFault as u64;
+        cpu::early_return(landing, &captured, bi.promote_entry, code, 0)
     }
-    cpu::bring_up(landing)
+    cpu::bring_up(landing, captured, index, bi)
 }

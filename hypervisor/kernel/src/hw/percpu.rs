@@ -1,11 +1,25 @@
-//! Per-CPU data, reached through GS in ring 0.
+//! Per-CPU data. The syscall gate reaches it through GS (after `swapgs`,
+//! GS is KERNEL_GS_BASE, which only the microkernel writes); exceptions and
+//! panics find it from the stack pointer (`from_stack`), never from GS,
+//! which may hold anything when they strike.
 
 use core::mem::offset_of;
+use core::sync::atomic::{AtomicU64, Ordering};
 
+use microv_abi::launch::MAX_CPUS;
+use microv_abi::syscall::EXTENSION_PORTS;
 use microv_arch::descriptor::{selector, Tss};
 
+use crate::cpu_state::Limits;
+use crate::stacks;
+use crate::vmcb_check::RootTables;
+
+/// Bytes of the TSS I/O permission bitmap: one bit per port up to the last
+/// port ring 3 may use, then the 0xFF byte the CPU requires after it.
+pub const IOMAP_BYTES: usize = crate::iomap::bytes_for(*EXTENSION_PORTS.end());
+
 /// One page per CPU. The first fields are read by the assembly at fixed
-/// offsets (checked below).
+/// offsets (`asm.rs` takes them from `offset_of!`).
 #[repr(C, align(4096))]
 pub struct PerCpu {
     pub self_va: u64,
@@ -14,28 +28,38 @@ pub struct PerCpu {
     pub ext_entry: u64,
     pub ext_stack_top: u64,
     pub index: u64,
+    /// This CPU's landing page: written (status, fault record, promotion
+    /// frame), never trusted.
     pub landing: u64,
     pub root_vs: u64,
     /// The root vCPU state's pages, copied at bring-up so the exit path
     /// needs no look-up under the global vCPU-state lock.
     pub root: super::vs::Vs,
     pub host_vmcb_pa: u64,
-    /// The trampoline's promotion routine, copied at bring-up: the landing
-    /// page is Linux's memory, so it is not read again when leaving.
+    /// The trampoline's promotion routine (from the boot info).
     pub promote_entry: u64,
+    /// What the CPU supports (CPUID, read at bring-up).
+    pub limits: Limits,
+    /// The root's nested tables and permission maps, once known.
+    pub root_tables: Option<RootTables>,
     /// Set once the root vCPU has run: a failure after that must not
     /// overwrite the root's RAX with an error code.
     pub root_started: bool,
+    /// Set when promotion begins: a fault from then on halts the CPU
+    /// rather than promoting again.
+    pub leaving: bool,
+    /// Set while the exception handler runs: a nested fault halts.
+    pub in_exception: bool,
     pub gdt: [u64; selector::GDT_ENTRIES],
     pub gdtr: [u8; 16],
     pub idtr: [u8; 16],
     pub tss: Tss,
+    /// The TSS's I/O permission bitmap (directly after it).
+    pub iomap: [u8; IOMAP_BYTES],
 }
 const _: () = {
-    assert!(offset_of!(PerCpu, kernel_rsp) == 8);
-    assert!(offset_of!(PerCpu, user_rsp) == 16);
-    assert!(offset_of!(PerCpu, ext_entry) == 24);
-    assert!(offset_of!(PerCpu, ext_stack_top) == 32);
+    assert!(offset_of!(PerCpu, self_va) == 0);
+    assert!(offset_of!(PerCpu, iomap) == offset_of!(PerCpu, tss) + core::mem::size_of::<Tss>());
     assert!(core::mem::size_of::<PerCpu>() <= 4096);
 };
 
@@ -44,24 +68,74 @@ const _: () = {
 pub struct SwitchArgs {
     pub vmcb_pa: u64,
     pub host_vmcb_pa: u64,
-    pub gprs: *mut [u64; 16],
+    pub regs: *mut microv_abi::syscall::VsRegs,
     pub fpu: *mut u8,
+    /// The guest's XCR0, checked: loaded before its FPU state and VMRUN.
+    pub xcr0: u64,
 }
-const _: () = {
-    assert!(offset_of!(SwitchArgs, host_vmcb_pa) == 8);
-    assert!(offset_of!(SwitchArgs, gprs) == 16);
-    assert!(offset_of!(SwitchArgs, fpu) == 24);
-};
 
-/// This CPU's data.
-pub fn current() -> &'static mut PerCpu {
-    let p: u64;
-    // SAFETY: in ring 0 GS.base always points at this CPU's PerCpu page,
-    // whose first field holds its own address.
-    unsafe {
-        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
-    };
-    // SAFETY: the page is owned by this CPU alone; ring 0 code on this CPU
-    // runs one thing at a time (GIF is clear), so no other reference is live.
-    unsafe { &mut *(p as *mut PerCpu) }
+/// Where every CPU's data and exception stack are, for `from_stack`.
+struct Slot {
+    percpu: AtomicU64,
+    ist_low: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Slot = Slot {
+    percpu: AtomicU64::new(0),
+    ist_low: AtomicU64::new(0),
+};
+static SLOTS: [Slot; MAX_CPUS] = [EMPTY; MAX_CPUS];
+/// Hypervisor address of the first CPU's kernel stack and the CPU count.
+static KERNEL_STACKS: AtomicU64 = AtomicU64::new(0);
+static CPU_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Records where the kernel stacks are (first CPU, at start).
+pub fn set_kernel_stacks(va: u64, cpu_count: u64) {
+    KERNEL_STACKS.store(va, Ordering::Release);
+    CPU_COUNT.store(cpu_count, Ordering::Release);
+}
+
+/// Records CPU `index`'s data page and exception stack.
+pub fn register(index: u64, percpu: u64, ist_low: u64) {
+    if let Some(s) = usize::try_from(index).ok().and_then(|i| SLOTS.get(i)) {
+        s.ist_low.store(ist_low, Ordering::Release);
+        s.percpu.store(percpu, Ordering::Release);
+    }
+}
+
+/// The CPU whose kernel or exception stack holds `rsp`.
+pub fn cpu_of_stack(rsp: u64) -> Option<usize> {
+    let count = (CPU_COUNT.load(Ordering::Acquire) as usize).min(MAX_CPUS);
+    let ists = SLOTS.iter().map(|s| s.ist_low.load(Ordering::Acquire));
+    stacks::cpu_of(
+        rsp,
+        KERNEL_STACKS.load(Ordering::Acquire),
+        count,
+        ists,
+        super::cpu::IST_STACK_SIZE,
+    )
+}
+
+/// This CPU's data, found from the stack pointer `rsp`.
+///
+/// # Safety
+/// The caller must hold no other reference to this CPU's `PerCpu` that it
+/// will use again (exception and panic paths, which never return to code
+/// holding one, except the MSR fix-up, which does not call this).
+pub unsafe fn from_stack(rsp: u64) -> Option<&'static mut PerCpu> {
+    let cpu = cpu_of_stack(rsp)?;
+    let p = SLOTS.get(cpu)?.percpu.load(Ordering::Acquire);
+    // SAFETY: a registered page is this CPU's PerCpu for MicroV's lifetime;
+    // the caller guarantees no other live reference.
+    unsafe { (p as *mut PerCpu).as_mut() }
+}
+
+/// This CPU's data as the syscall gate passes it (`gs:[0]`).
+///
+/// # Safety
+/// `p` is this CPU's `PerCpu` and no other reference to it is live.
+pub unsafe fn from_gate(p: u64) -> Option<&'static mut PerCpu> {
+    // SAFETY: see the function's contract.
+    unsafe { (p as *mut PerCpu).as_mut() }
 }

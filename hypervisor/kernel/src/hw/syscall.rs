@@ -1,7 +1,7 @@
 //! The syscall gate and the exception handler: the two ways into ring 0
 //! from the extension.
 
-use microv_abi::launch::{EXTENSION_HEAP, PAGE_SIZE};
+use microv_abi::launch::EXTENSION_HEAP;
 use microv_abi::syscall::{SysStatus, Syscall, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
 use microv_arch::instr;
@@ -10,7 +10,7 @@ use super::asm;
 use super::cpu;
 use super::log::log;
 use super::mm::MEMORY;
-use super::percpu;
+use super::percpu::{self, PerCpu};
 use super::vs;
 use crate::fault::{self, ExceptionFrame};
 
@@ -36,17 +36,23 @@ const MAX_LOG_WRITE: u64 = 1024;
 const USER_TOP: u64 = 0x0000_8000_0000_0000;
 
 #[no_mangle]
-extern "C" fn microv_syscall(f: &mut SyscallFrame) {
+extern "C" fn microv_syscall(f: &mut SyscallFrame, percpu: u64) {
+    // SAFETY: the gate passes `gs:[0]` (GS is the microkernel's after
+    // `swapgs`: KERNEL_GS_BASE is only written by MicroV); this is the one
+    // reference to this CPU's data for the whole syscall.
+    let Some(pc) = (unsafe { percpu::from_gate(percpu) }) else {
+        microv_arch::instr::halt_forever()
+    };
     let (status, a, b) = match Syscall::from_u64(f.rax) {
         None => (SysStatus::UnknownSyscall, 0, 0),
-        Some(call) => dispatch(call, f.rdi, f.rsi),
+        Some(call) => dispatch(pc, call, f.rdi, f.rsi),
     };
     f.rax = status as u64;
     f.rdx = a;
     f.r8 = b;
 }
 
-fn dispatch(call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
+fn dispatch(pc: &mut PerCpu, call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
     match call {
         Syscall::LogWrite => log_write(a0, a1),
         Syscall::MsrRead => msr_access(a0, None),
@@ -60,35 +66,36 @@ fn dispatch(call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
                 mem.frames.free_pages() as u64,
             )
         }
-        Syscall::VsCreate => match vs::create(None) {
-            Ok(id) => (SysStatus::Success, id, 0),
-            Err(vs::VsError::OutOfMemory) => (SysStatus::OutOfMemory, 0, 0),
-            Err(vs::VsError::TooMany) => (SysStatus::InvalidArgument, 0, 0),
-        },
-        Syscall::VsRun => match cpu::run(a0) {
+        Syscall::VsCreate => {
+            let fpu_pages = pc.root.fpu_pages;
+            match vs::create(None, fpu_pages, vs::RESET_XCR0) {
+                Ok(id) => (SysStatus::Success, id, 0),
+                Err(vs::VsError::OutOfMemory) => (SysStatus::OutOfMemory, 0, 0),
+                Err(vs::VsError::TooMany) => (SysStatus::InvalidArgument, 0, 0),
+            }
+        }
+        Syscall::VsRun => match cpu::run(pc, a0) {
             Err(status) => (status, 0, 0),
         },
-        Syscall::VsPromote => {
-            if a0 != percpu::current().root_vs {
-                return (SysStatus::InvalidArgument, 0, 0);
-            }
-            cpu::promote(a0)
-        }
+        Syscall::VsPromote => (cpu::stop(pc, a0), 0, 0),
         Syscall::Fail => {
             let code = u32::try_from(a0)
                 .ok()
                 .and_then(StartError::from_u32)
                 .unwrap_or(StartError::ExtensionError);
             // Reported by the extension: record it as a ring-3 failure.
-            cpu::fail_with(microv_abi::launch::FaultRecord {
-                code: code as u32,
-                vector: u32::MAX,
-                error_code: 0,
-                rip: 0,
-                cr2: 0,
-                cpl: 3,
-                detail: a1,
-            })
+            cpu::fail_with(
+                pc,
+                microv_abi::launch::FaultRecord {
+                    code: code as u32,
+                    vector: u32::MAX,
+                    error_code: 0,
+                    rip: 0,
+                    cr2: 0,
+                    cpl: 3,
+                    detail: a1,
+                },
+            )
         }
     }
 }
@@ -120,19 +127,20 @@ fn log_write(ptr: u64, len: u64) -> (SysStatus, u64, u64) {
 fn msr_access(index: u64, value: Option<u64>) -> (SysStatus, u64, u64) {
     let Some(index) = u32::try_from(index)
         .ok()
-        .filter(|&i| fault::msr_passthrough_allowed(i))
+        .filter(|&i| fault::msr_passthrough_allowed(i, value.is_some()))
     else {
         return (SysStatus::InvalidArgument, 0, 0);
     };
     let mut read = 0;
     // SAFETY: ring 0; the routines recover from #GP through the exception
-    // handler's fix-up, and only MSRs outside the permission map's ranges
-    // (never MicroV's own: EFER, syscall MSRs, VM_HSAVE_PA …) get here.
-    let faulted = unsafe {
-        match value {
-            None => asm::microv_rdmsr_safe(index, &mut read),
-            Some(v) => asm::microv_wrmsr_safe(index, v),
-        }
+    // handler's fix-up, and only MSRs the shared policy marks `Checked` get
+    // here (never MicroV's own: EFER, syscall MSRs, VM_HSAVE_PA …, and no
+    // write of a platform MSR that steers the hypervisor).
+    let faulted = match value {
+        // SAFETY: see above.
+        None => unsafe { asm::microv_rdmsr_safe(index, &mut read) },
+        // SAFETY: see above.
+        Some(v) => unsafe { asm::microv_wrmsr_safe(index, v) },
     };
     if faulted != 0 {
         (SysStatus::Fault, 0, 0)
@@ -150,10 +158,9 @@ fn mem_alloc(pages: u64) -> (SysStatus, u64, u64) {
         return (SysStatus::OutOfMemory, 0, 0);
     };
     let va = EXTENSION_HEAP + page.offset;
+    // `map_user` maps all pages or none, so the frames can go back safely.
     if mem.map_user(va, page.pa, pages, true, false).is_err() {
-        let _ = mem
-            .frames
-            .free((page.offset / PAGE_SIZE) as usize, pages as usize);
+        mem.free(page, pages as usize);
         return (SysStatus::OutOfMemory, 0, 0);
     }
     (SysStatus::Success, va, page.pa)
@@ -172,6 +179,18 @@ extern "C" fn microv_exception(frame: &mut ExceptionFrame) {
         frame.rip = asm::microv_msr_fixup as *const () as u64;
         return;
     }
+    // SAFETY: the handler runs on this CPU's IST stack and never returns
+    // to code holding a PerCpu reference (only the MSR fix-up above does).
+    let Some(pc) = (unsafe { percpu::from_stack(frame as *const ExceptionFrame as u64) }) else {
+        microv_arch::instr::halt_forever()
+    };
+    if pc.in_exception || pc.leaving {
+        // A fault while handling a fault, or during promotion: going on
+        // could only repeat it. This CPU stops here; the others carry on.
+        log!("cpu {}: fault (vector {}) while failing or leaving; halting", pc.index, frame.vector);
+        microv_arch::instr::halt_forever()
+    }
+    pc.in_exception = true;
     // SAFETY: CR2 is readable in ring 0.
     let cr2 = unsafe { instr::read_cr2() };
     let record = fault::record(frame, cr2);
@@ -189,5 +208,5 @@ extern "C" fn microv_exception(frame: &mut ExceptionFrame) {
         cr2,
         frame.rsp
     );
-    cpu::fail_with(record)
+    cpu::fail_with(pc, record)
 }
