@@ -65,6 +65,16 @@ case "$PROBE_LINE" in
 *) fail "mvprobe printed no MSR line natively (got: ${PROBE_LINE:-nothing})" ;;
 esac
 
+# PCI configuration space goes through ports 0xCF8/0xCFC on this machine
+# (i440FX, configuration mechanism 1): beneath MicroV those ports exit and
+# the extension replays each access on the real port.
+PCI_DEV=/sys/bus/pci/devices/0000:00:00.0/config
+check "control, natively: the host bridge's PCI configuration space"
+[ -r "$PCI_DEV" ] || fail "no $PCI_DEV to read"
+native_pci=$(od -An -tx1 -v "$PCI_DEV" | tr -d ' \n')
+[ -n "$native_pci" ] || fail "empty PCI configuration space natively"
+echo "  first bytes: $(echo "$native_pci" | cut -c1-16)"
+
 check "control, natively: mvprobe reads a page of known contents"
 mv-physpage "$CONTROL" >"$MVT_TMP/physpage" &
 physpage_pid=$!
@@ -181,6 +191,20 @@ done
 echo "  rdmsr+wrmsr exits: $exits_before -> $exits_after"
 [ "$exits_after" -ge $((exits_before + 2)) ] ||
     fail "the MSR accesses did not exit to MicroV ($exits_before -> $exits_after)"
+
+check "beneath MicroV, PCI configuration reads give exactly the native bytes, through MicroV"
+status_json
+io_before=0
+for cpu in $(online_cpus); do io_before=$((io_before + $(cpu_field "$cpu" exits.io))); done
+pci_now=$(od -An -tx1 -v "$PCI_DEV" | tr -d ' \n')
+[ "$pci_now" = "$native_pci" ] || fail "PCI configuration space differs beneath MicroV"
+status_json
+io_after=0
+for cpu in $(online_cpus); do io_after=$((io_after + $(cpu_field "$cpu" exits.io))); done
+echo "  io exits: $io_before -> $io_after"
+# 256 bytes read as 64 dwords: an address write and a data read each.
+[ "$io_after" -ge $((io_before + 64)) ] ||
+    fail "the PCI configuration accesses did not exit to MicroV ($io_before -> $io_after)"
 
 check "MicroV still runs after the probes, and the kernel is fine"
 expect_running_on_all

@@ -1,12 +1,13 @@
 //! End-to-end tests: each executable `tests/e2e/*.sh` runs in its own boot
-//! of the emulated machine and passes when it exits 0.
+//! of the emulated machine and passes when it exits 0. A script can ask for
+//! extra QEMU arguments in its leading comment block (see [`qemu_header`]).
 
 use crate::initramfs::Add;
 use crate::machine::{self, MachineArgs};
 use crate::prereq::Kernel;
 use crate::util;
 use crate::vm::{self, Outcome};
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -61,8 +62,18 @@ pub fn run_script(
         .into_owned();
     let logs = stage.join("e2e");
     fs::create_dir_all(&logs)?;
+    let text =
+        fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
+    let header = qemu_header(&text).map_err(|why| anyhow!("{name}: {why}"))?;
     let vm_path = format!("/tests/{name}");
     let mut cfg = machine::config(root, args, vec![vm_path.clone()]);
+    if header.iter().any(|a| vm::is_cpu_option(a))
+        && args.qemu_arg.iter().any(|a| vm::is_cpu_option(a))
+    {
+        eprintln!("[xtask] e2e: {name}: the command line's --qemu-arg=-cpu overrides the script's {QEMU_HEADER} -cpu");
+    }
+    // The script's arguments first, so the command line's come later and win.
+    cfg.qemu_args = header.iter().chain(&args.qemu_arg).cloned().collect();
     cfg.adds = vec![Add {
         host: script.to_path_buf(),
         vm: vm_path,
@@ -70,7 +81,11 @@ pub fn run_script(
     cfg.console_log = Some(logs.join(format!("{name}.console.log")));
     cfg.debugcon = logs.join(format!("{name}.debugcon.log"));
 
-    println!("==== e2e: {name} ====");
+    if header.is_empty() {
+        println!("==== e2e: {name} ====");
+    } else {
+        println!("==== e2e: {name} (QEMU: {}) ====", header.join(" "));
+    }
     let start = Instant::now();
     let outcome = vm::run(stage, kernel, &cfg)?;
     let secs = start.elapsed().as_secs_f64();
@@ -91,4 +106,141 @@ pub fn run_script(
         passed,
         detail,
     })
+}
+
+/// The comment that gives a script extra QEMU arguments.
+pub const QEMU_HEADER: &str = "e2e-qemu:";
+
+/// Options the harness sets itself and a script may not: a second copy
+/// would be ignored or break the machine (`-cpu` is not here: a script's
+/// `-cpu` replaces the harness's, see `vm::cpu_and_rest`).
+const HARNESS_OPTIONS: &[&str] = &[
+    "-accel",
+    "-append",
+    "-debugcon",
+    "-initrd",
+    "-kernel",
+    "-m",
+    "-nographic",
+    "-no-reboot",
+    "-serial",
+    "-smp",
+];
+
+/// The extra QEMU arguments a script asks for: every comment line
+/// `# e2e-qemu: ARG ARG...` in its leading comment block (the lines from the
+/// top that start with `#`; blank lines do not end it, the first other line
+/// does), the words split at white space, in order. No quoting: one word is
+/// one argument. `-cpu MODEL` replaces the machine's default CPU. An
+/// `e2e-qemu:` comment after the block, a line with no argument, quotes or
+/// backslashes, an option the harness owns ([`HARNESS_OPTIONS`]) or a
+/// `-cpu` without a model are errors, so a typo never silently runs the
+/// script on the wrong machine.
+pub fn qemu_header(script: &str) -> Result<Vec<String>, String> {
+    let mut args = Vec::new();
+    let mut in_header = true;
+    for (index, line) in script.lines().enumerate() {
+        let number = index + 1;
+        let trimmed = line.trim();
+        let comment = trimmed.strip_prefix('#').map(str::trim_start);
+        if comment.is_none() && !trimmed.is_empty() {
+            in_header = false;
+        }
+        let Some(words) = comment.and_then(|c| c.strip_prefix(QEMU_HEADER)) else {
+            continue;
+        };
+        if !in_header {
+            return Err(format!(
+                "line {number}: `{QEMU_HEADER}` only counts in the comment block at the top of the script"
+            ));
+        }
+        if words.contains(['\'', '"', '\\']) {
+            return Err(format!(
+                "line {number}: no quoting in `{QEMU_HEADER}`: each word is one QEMU argument"
+            ));
+        }
+        let before = args.len();
+        args.extend(words.split_whitespace().map(str::to_string));
+        if args.len() == before {
+            return Err(format!("line {number}: `{QEMU_HEADER}` names no argument"));
+        }
+    }
+    let mut words = args.iter().peekable();
+    while let Some(word) = words.next() {
+        // QEMU takes `--opt` for `-opt`.
+        let option = word
+            .strip_prefix('-')
+            .filter(|o| o.starts_with('-'))
+            .unwrap_or(word);
+        if HARNESS_OPTIONS.contains(&option) {
+            return Err(format!(
+                "`{QEMU_HEADER} {word}`: the harness sets {option} itself"
+            ));
+        }
+        if vm::is_cpu_option(word) && words.next_if(|m| !m.starts_with('-')).is_none() {
+            return Err(format!("`{QEMU_HEADER} {word}` needs a CPU model after it"));
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qemu_header;
+
+    fn ok(script: &str) -> Vec<String> {
+        qemu_header(script).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn err(script: &str) -> String {
+        qemu_header(script).expect_err("a bad header was accepted")
+    }
+
+    #[test]
+    fn no_header_means_no_arguments() {
+        assert!(ok("#!/bin/sh\n# a test\nset -eu\necho hi\n").is_empty());
+        assert!(ok("").is_empty());
+    }
+
+    #[test]
+    fn header_lines_in_the_leading_comment_block_are_collected_in_order() {
+        let script = "#!/bin/sh\n\
+            # Attack: reads far above RAM.\n\
+            # e2e-qemu: -cpu EPYC,+svm,+npt,phys-bits=48\n\
+            \n\
+            #e2e-qemu:   -icount  shift=0\t-d guest_errors \n\
+            set -eu\n";
+        assert_eq!(
+            ok(script),
+            [
+                "-cpu",
+                "EPYC,+svm,+npt,phys-bits=48",
+                "-icount",
+                "shift=0",
+                "-d",
+                "guest_errors"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_header_after_the_comment_block_is_an_error() {
+        let e = err("#!/bin/sh\nset -eu\n# e2e-qemu: -cpu EPYC\n");
+        assert!(e.contains("line 3") && e.contains("at the top"), "{e}");
+        // Other text that merely mentions it is fine.
+        assert!(ok("#!/bin/sh\nset -eu\necho 'e2e-qemu: -cpu x'\n").is_empty());
+    }
+
+    #[test]
+    fn malformed_headers_are_errors() {
+        assert!(err("# e2e-qemu:\n").contains("names no argument"));
+        assert!(err("# e2e-qemu:   \n").contains("names no argument"));
+        assert!(err("# e2e-qemu: -append 'a b'\n").contains("no quoting"));
+        assert!(err("# e2e-qemu: -cpu\n").contains("needs a CPU model"));
+        assert!(err("# e2e-qemu: -cpu -icount shift=0\n").contains("needs a CPU model"));
+        for owned in ["-smp 4", "-m 2G", "--kernel x", "-accel kvm", "-no-reboot"] {
+            let e = err(&format!("# e2e-qemu: {owned}\n"));
+            assert!(e.contains("the harness sets"), "{owned}: {e}");
+        }
+    }
 }

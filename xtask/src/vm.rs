@@ -102,8 +102,9 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
 
     let mut qemu = qemu_command(kernel, &cpio, &debugcon, cfg);
     eprintln!(
-        "[xtask] booting {} in QEMU (smp {}, mem {})",
+        "[xtask] booting {} in QEMU (cpu {}, smp {}, mem {})",
         kernel.image.display(),
+        cpu_and_rest(&cfg.qemu_args).0,
         cfg.smp,
         cfg.mem
     );
@@ -144,7 +145,8 @@ fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -
     // KVM guest inside the machine (kvm-smoke) soft-locks now and then, with
     // or without MicroV loaded. Single-threaded TCG still interleaves the
     // vCPUs, so MicroV's cross-CPU paths still run concurrently.
-    cmd.args(["-accel", "tcg,thread=single", "-cpu", "EPYC,+svm,+npt"])
+    let (cpu, extra) = cpu_and_rest(&cfg.qemu_args);
+    cmd.args(["-accel", "tcg,thread=single", "-cpu", &cpu])
         .args(["-smp", &cfg.smp.to_string(), "-m", &cfg.mem])
         .args(["-nographic", "-no-reboot"])
         // No network card: nothing uses one, and its boot ROM costs time.
@@ -157,8 +159,37 @@ fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -
         // The hypervisor's debug output: bytes written to port 0xE9.
         .arg("-debugcon")
         .arg(format!("file:{}", debugcon.display()))
-        .args(&cfg.qemu_args);
+        .args(extra);
     cmd
+}
+
+/// The emulated CPU unless the extra arguments name another one.
+pub const DEFAULT_CPU: &str = "EPYC,+svm,+npt";
+
+/// Splits the extra QEMU arguments into the `-cpu` model to use and the
+/// rest: the last `-cpu X` (or `--cpu X`) among them replaces
+/// [`DEFAULT_CPU`] instead of adding a second `-cpu`, and every `-cpu` pair
+/// is taken out of the rest. A trailing `-cpu` without a value stays in the
+/// rest, for QEMU to refuse.
+pub fn cpu_and_rest(extra: &[String]) -> (String, Vec<String>) {
+    let mut cpu = DEFAULT_CPU.to_string();
+    let mut rest = Vec::new();
+    let mut args = extra.iter();
+    while let Some(arg) = args.next() {
+        if is_cpu_option(arg) {
+            if let Some(model) = args.next() {
+                cpu.clone_from(model);
+                continue;
+            }
+        }
+        rest.push(arg.clone());
+    }
+    (cpu, rest)
+}
+
+/// `-cpu` or `--cpu` (QEMU takes either).
+pub fn is_cpu_option(arg: &str) -> bool {
+    arg == "-cpu" || arg == "--cpu"
 }
 
 /// Streams the console until the marker appears, the machine dies, or the
@@ -330,7 +361,42 @@ fn save_debugcon(from: &Path, to: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_terminal_resets;
+    use super::{cpu_and_rest, strip_terminal_resets, DEFAULT_CPU};
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn the_last_cpu_option_replaces_the_default() {
+        assert_eq!(
+            cpu_and_rest(&strings(&["-icount", "shift=0"])),
+            (DEFAULT_CPU.to_string(), strings(&["-icount", "shift=0"]))
+        );
+        assert_eq!(
+            cpu_and_rest(&strings(&[
+                "-cpu",
+                "EPYC,+svm,+npt,phys-bits=48",
+                "-icount",
+                "shift=0"
+            ])),
+            (
+                "EPYC,+svm,+npt,phys-bits=48".to_string(),
+                strings(&["-icount", "shift=0"])
+            )
+        );
+        // Script first, then the command line: the later one wins, and no
+        // -cpu is left over.
+        assert_eq!(
+            cpu_and_rest(&strings(&["-cpu", "A", "-m", "2G", "--cpu", "B"])),
+            ("B".to_string(), strings(&["-m", "2G"]))
+        );
+        // Without a value it is QEMU's to refuse.
+        assert_eq!(
+            cpu_and_rest(&strings(&["-cpu"])),
+            (DEFAULT_CPU.to_string(), strings(&["-cpu"]))
+        );
+    }
 
     #[test]
     fn resets_are_stripped_across_chunks() {

@@ -279,24 +279,38 @@ pub fn bring_up(landing: Landing, captured: launch::CapturedState, index: u64, b
         early_return(landing, &captured, entry, e as u64, detail)
     }
 
-    // SAFETY: the page was just allocated for this CPU and is referenced
-    // nowhere else; from here on `pc` is the only reference.
-    let pc = unsafe { &mut *(pages.percpu.va as *mut PerCpu) };
-    pc.self_va = pages.percpu.va;
-    pc.kernel_rsp = POOL_VA + bi.stacks_offset + (index + 1) * KERNEL_STACK_SIZE;
-    pc.ext_stack_top = ext_stack_base(index) + EXTENSION_STACK_SIZE;
-    pc.ext_entry = bi.extension.entry;
-    pc.index = index;
-    pc.landing = landing.va();
-    pc.root_vs = pages.root_vs;
-    pc.root = root;
-    pc.host_vmcb_pa = pages.host_vmcb.pa;
-    pc.promote_entry = entry;
-    pc.limits = limits;
-    pc.root_tables = None;
-    pc.root_started = false;
-    pc.leaving = false;
-    pc.in_exception = false;
+    let pc_ptr = pages.percpu.va as *mut PerCpu;
+    // SAFETY: the page was just allocated for this CPU, is page-aligned and
+    // a page long (PerCpu fits, checked in percpu.rs); nothing else refers
+    // to it. Writing a whole value makes every field valid.
+    unsafe {
+        pc_ptr.write(PerCpu {
+            self_va: pages.percpu.va,
+            kernel_rsp: POOL_VA + bi.stacks_offset + (index + 1) * KERNEL_STACK_SIZE,
+            user_rsp: 0,
+            ext_entry: bi.extension.entry,
+            ext_stack_top: ext_stack_base(index) + EXTENSION_STACK_SIZE,
+            index,
+            landing: landing.va(),
+            root_vs: pages.root_vs,
+            root,
+            host_vmcb_pa: pages.host_vmcb.pa,
+            promote_entry: entry,
+            limits,
+            root_tables: None,
+            root_started: false,
+            leaving: false,
+            in_exception: false,
+            gdt: [0; selector::GDT_ENTRIES],
+            gdtr: [0; 16],
+            idtr: [0; 16],
+            tss: Default::default(),
+            iomap: [0; percpu::IOMAP_BYTES],
+        })
+    };
+    // SAFETY: initialized just above; from here on `pc` is the only
+    // reference to this CPU's data during bring-up.
+    let pc = unsafe { &mut *pc_ptr };
     build_descriptors(pc, pages.idt.va, pages.ist.va + IST_STACK_SIZE);
     percpu::register(index, pages.percpu.va, pages.ist.va);
 
