@@ -451,6 +451,8 @@ static int do_start(struct mv_start_args *a)
 	a->error_cpu = U32_MAX;
 	if (mv_inst)
 		return MV_ERR_ALREADY_RUNNING;
+	/* A new attempt: an older fault must not be reported next to its result. */
+	memset(&mv_last_fault, 0, sizeof(mv_last_fault));
 	if (!a->pool_size || a->pool_size % MV_CHUNK_SIZE ||
 	    a->pool_size > MV_MAX_CHUNKS * MV_CHUNK_SIZE)
 		return MV_ERR_BAD_REQUEST;
