@@ -211,6 +211,10 @@ pub mod test_fault {
     pub const EXTENSION_PAGE_FAULT: u64 = 1;
     /// Execute `ud2` in the extension.
     pub const EXTENSION_INVALID_OPCODE: u64 = 2;
+    /// Play a compromised extension: turn nested paging and the VMRUN
+    /// intercept off in the root's VMCB and ask the microkernel to run it.
+    /// The microkernel must refuse (`vmcb_check`), and MicroV stops.
+    pub const EXTENSION_LOOSEN_VMCB: u64 = 3;
 }
 
 #[cfg(test)]

@@ -56,6 +56,10 @@ pub enum Command {
     },
     /// Print the hypervisor's log.
     Log,
+    /// Boot a micro VM from a kernel image; its serial console is this
+    /// terminal (Ctrl-A X ends it).
+    #[command(long_about = crate::run::RUN_HELP)]
+    Run(crate::run::RunOpts),
     /// Test only: make the extension fault on a CPU (needs the test
     /// extension image); MicroV must stop everywhere and say why.
     #[command(hide = true)]
@@ -76,6 +80,9 @@ pub enum FaultKind {
     PageFault,
     /// Execute an invalid instruction in the extension.
     InvalidOpcode,
+    /// Play a compromised extension: ask the microkernel to run the root
+    /// with nested paging off (it must refuse).
+    LoosenVmcb,
 }
 
 impl FaultKind {
@@ -85,6 +92,7 @@ impl FaultKind {
         match self {
             FaultKind::PageFault => test_fault::EXTENSION_PAGE_FAULT as u32,
             FaultKind::InvalidOpcode => test_fault::EXTENSION_INVALID_OPCODE as u32,
+            FaultKind::LoosenVmcb => test_fault::EXTENSION_LOOSEN_VMCB as u32,
         }
     }
 }

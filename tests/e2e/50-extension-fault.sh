@@ -82,6 +82,33 @@ fault_round() {
 fault_round 1 page-fault 14
 fault_round 0 invalid-opcode 6
 
+# A compromised extension: it turns nested paging and the VMRUN intercept
+# off in the root's VMCB and asks the microkernel to run it. The microkernel
+# must refuse that VMCB (vmcb_check), so the root never runs loose; the
+# extension then stops MicroV with ExtensionError (detail 2: the syscall's
+# InvalidArgument).
+check "start with the test extension (compromised-extension round)"
+must microv start --extension "$TEST_EXT"
+expect_running_on_all
+check "microv test-fault --cpu 1 --kind loosen-vmcb: the microkernel refuses the loosened VMCB"
+must microv test-fault --cpu 1 --kind loosen-vmcb
+status_json
+expect_eq "state after the refused VMCB" "$(jget state)" failed
+expect_eq "fault.name" "$(jget fault.name)" extension_error
+expect_eq "fault.detail (SysStatus::InvalidArgument)" "$(jget fault.detail)" 2
+expect_eq "fault.cpl" "$(jget fault.cpl)" 3
+# The driver copies the failed instance's log to the kernel log.
+dmesg | grep -F "refused to run vCPU state" >"$MVT_TMP/refused" ||
+    fail "the microkernel did not log the refused VMCB"
+sed 's/^/  /' "$MVT_TMP/refused"
+check "the root never ran without nested paging: MicroV left every CPU, Linux is fine"
+native_everywhere
+for c in $(online_cpus); do
+    taskset -c "$c" sh -c ". $MVT_DIR/e2e-lib.sh; workload $MVT_TMP/loose$c $LINES"
+    expect_eq "checksums on CPU $c after the refused VMCB" "$(cat "$MVT_TMP/loose$c/sums")" "$sums_native"
+done
+kernel_healthy
+
 check "Linux's KVM works (modprobe kvm_amd; kvm-smoke)"
 kvm_works
 

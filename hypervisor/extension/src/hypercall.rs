@@ -206,7 +206,9 @@ pub fn dispatch(
         // Served by test images only.
         Hypercall::HvTestFault if !TEST_HOOKS => done(Status::NotImplemented),
         Hypercall::HvTestFault => match args.r11 {
-            test_fault::EXTENSION_PAGE_FAULT | test_fault::EXTENSION_INVALID_OPCODE => {
+            test_fault::EXTENSION_PAGE_FAULT
+            | test_fault::EXTENSION_INVALID_OPCODE
+            | test_fault::EXTENSION_LOOSEN_VMCB => {
                 Outcome::TestFault(args.r11)
             }
             _ => done(Status::InvalidArgument),
@@ -485,6 +487,13 @@ mod tests {
             call(&hv, &mut host, Hypercall::HvTestFault, KERNEL, a(1, 0)),
             expected
         );
+        if TEST_HOOKS {
+            let loosen = test_fault::EXTENSION_LOOSEN_VMCB;
+            assert_eq!(
+                call(&hv, &mut host, Hypercall::HvTestFault, KERNEL, a(loosen, 0)),
+                Outcome::TestFault(loosen)
+            );
+        }
         let bad_kind = if TEST_HOOKS {
             Status::InvalidArgument
         } else {

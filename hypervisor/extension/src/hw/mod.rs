@@ -284,16 +284,24 @@ fn on_exit(cpu: u64, id: u64) -> ! {
             }
         }
         Action::Fail(code, detail) => sys::fail(code, detail),
-        Action::TestFault(kind) => test_fault(kind),
+        Action::TestFault(kind) => test_fault(kind, id, v),
     }
 }
 
 /// Faults on purpose (test images): the microkernel must catch it.
-fn test_fault(kind: u64) -> ! {
+fn test_fault(kind: u64, id: u64, vmcb: &mut Vmcb) -> ! {
+    use microv_abi::hypercall::test_fault;
     log(format_args!(
         "extension: faulting on purpose (hv.test_fault {kind})"
     ));
-    if kind == microv_abi::hypercall::test_fault::EXTENSION_INVALID_OPCODE {
+    if kind == test_fault::EXTENSION_LOOSEN_VMCB {
+        // A compromised extension's move: let the root loose. The
+        // microkernel must refuse to run this VMCB.
+        vmcb.control.np_control = 0;
+        vmcb.control.intercept_misc2 &= !svm::misc2::VMRUN;
+        run(id)
+    }
+    if kind == test_fault::EXTENSION_INVALID_OPCODE {
         // SAFETY: raises #UD on purpose; the microkernel stops MicroV.
         unsafe { core::arch::asm!("ud2", options(noreturn)) }
     }
