@@ -79,6 +79,8 @@ start_errors! {
         "the root's own kernel failed, not MicroV: see `microv log` for where",
     StopRefused = 24 : "not every CPU joined the stop in time (MicroV waited about a second for all of them); nothing changed, MicroV keeps running on every CPU",
         "run `microv stop` again; if it keeps being refused, look for a CPU stuck with interrupts off (`dmesg`) and see `microv log`",
+    PageTableIsolation = 25 : "kernel page-table isolation (pti=on) is active; MicroV's hand-back path needs the kernel mapped in every page table",
+        "boot without pti=on (AMD CPUs are not affected by Meltdown and do not need it)",
 }
 
 #[cfg(test)]

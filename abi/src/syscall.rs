@@ -66,6 +66,12 @@ numbered! {
         /// Write RSI to MSR RDI on the real CPU for the root; same rules as
         /// [`Syscall::MsrRead`].
         MsrWrite = 8,
+        /// The root took a nested page fault at guest-physical address RDI:
+        /// map it as bare metal has it (identity; pool chunks stay hidden).
+        /// RDX = 1 if mapped (or already mapped), 0 if RDI is beyond what
+        /// the CPU can address. The root's nested tables are the
+        /// microkernel's: the extension cannot change them otherwise.
+        RootMapGpa = 9,
     }
 }
 

@@ -214,6 +214,20 @@ mod tests {
              hint: run `microv stop` again; if it keeps being refused, look for a CPU stuck with \
              interrupts off (`dmesg`) and see `microv log`\n"
         );
+        // The driver refuses to start under kernel page-table isolation.
+        let e = CliError::ioctl_failed(
+            Op::Start,
+            libc::EIO,
+            StartError::PageTableIsolation as u32,
+            u32::MAX,
+            0,
+        );
+        assert_eq!(
+            e.render(),
+            "microv: start failed: kernel page-table isolation (pti=on) is active; MicroV's \
+             hand-back path needs the kernel mapped in every page table\n\
+             hint: boot without pti=on (AMD CPUs are not affected by Meltdown and do not need it)\n"
+        );
         // A CPU that stayed behind while others left is not a refusal.
         let e = CliError::ioctl_failed(
             Op::Stop,

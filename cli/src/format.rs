@@ -612,5 +612,9 @@ cpus           2
         assert_eq!(error_name(StartError::ExtensionFault), "extension_fault");
         assert_eq!(error_name(StartError::NoDevice), "no_device");
         assert_eq!(error_name(StartError::SvmUnsupported), "svm_unsupported");
+        assert_eq!(
+            error_name(StartError::PageTableIsolation),
+            "page_table_isolation"
+        );
     }
 }

@@ -139,7 +139,11 @@ long mv_cpu_start(void *p)
 	return status;
 }
 
-/* handle.open on this CPU; stores the handle in the instance. */
+/*
+ * handle.open on this CPU; stores the handle in the instance. On failure
+ * arg->detail is the status: MV_STATUS_BUSY if a handle is already open,
+ * MV_HC_HANDLE_OPEN itself if MicroV does not run on this CPU (#UD).
+ */
 long mv_cpu_open_handle(void *p)
 {
 	struct mv_cpu_arg *arg = p;

@@ -21,6 +21,7 @@
 #include <linux/cpuhotplug.h>
 #include <linux/moduleparam.h>
 #include <linux/stop_machine.h>
+#include <asm/cpufeature.h>
 #include "microv.h"
 
 #define PTE_W	(1ULL << 1)
@@ -255,13 +256,58 @@ static void dump_log(struct mv_instance *inst)
 }
 
 /*
+ * `hv.stop_pp`, like every management call, needs the handle. A start whose
+ * handle.open failed (or never ran) left the instance without one, and a
+ * stop with handle 0 only ever gets InvalidHandle: open it now, on a CPU
+ * that runs MicroV (a hypercall is served only there). Returns 0 when the
+ * stop can go ahead: a handle is open, or no CPU needs one (MicroV runs on
+ * none, or it has failed: every CPU then leaves at its next exit, the stop
+ * call included, whatever the handle). Otherwise MV_ERR_UNRESPONSIVE with
+ * the CPU and what handle.open returned; MV_STATUS_BUSY means someone else
+ * in the root kernel holds the one handle, and MicroV cannot be stopped
+ * until it is closed.
+ */
+static int open_handle_for_stop(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
+{
+	unsigned int i;
+
+	if (inst->handle)
+		return 0;
+	for (i = 0; i < inst->cpu_count; i++) {
+		struct mv_cpu_arg arg = { .inst = inst, .index = i };
+
+		if (!READ_ONCE(inst->landing[i]->running))
+			continue;
+		if (!work_on_cpu(inst->os_cpu[i], mv_cpu_open_handle, &arg)) {
+			WRITE_ONCE(mv_handle, inst->handle);
+			return 0;
+		}
+		/* #UD: MicroV has just left this CPU, so it failed (see above). */
+		if (mv_hypercall_failed_natively(MV_HC_HANDLE_OPEN, arg.detail))
+			return 0;
+		*err_cpu = inst->os_cpu[i];
+		*detail = arg.detail;
+		if (arg.detail == MV_STATUS_BUSY)
+			pr_crit("microv: cannot stop MicroV: the driver has no management handle, and handle.open on CPU %d answers Busy: something else in the root kernel opened the handle first. MicroV keeps running; the driver retries\n",
+				inst->os_cpu[i]);
+		else
+			pr_crit("microv: cannot stop MicroV: the driver has no management handle, and handle.open on CPU %d failed (status 0x%llx). MicroV keeps running; the driver retries\n",
+				inst->os_cpu[i], arg.detail);
+		return MV_ERR_UNRESPONSIVE;
+	}
+	return 0;
+}
+
+/*
  * Takes MicroV out of every CPU at once: `hv.stop_pp` on all online CPUs
  * together (stop_machine, see mv_cpu_stop_rendezvous). Returns 0 once no
  * CPU of the instance runs MicroV. MV_ERR_STOP_REFUSED (*err_cpu = U32_MAX,
  * *detail = 0) when MicroV refused the stop because not every
  * CPU joined it in time and still runs on every CPU it ran on (nothing
  * changed). Otherwise MV_ERR_UNRESPONSIVE with the first CPU that still runs
- * MicroV and what its call returned, when some CPUs left and others did not.
+ * MicroV and what its call returned, when some CPUs left and others did not,
+ * or with the CPU and status of a handle.open that failed
+ * (open_handle_for_stop), when the instance had no handle and nothing left.
  *
  * Called with mv_lock held and without cpus_read_lock (stop_machine takes
  * it; CPU hot-plug is refused while mv_inst is set).
@@ -269,7 +315,7 @@ static void dump_log(struct mv_instance *inst)
 static int stop_all(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
 {
 	unsigned int i, left = 0, busy = 0, absent = 0, still = 0;
-	int first = -1;
+	int first = -1, err;
 
 	for (i = 0; i < inst->cpu_count; i++)
 		if (inst->started[i] || READ_ONCE(inst->landing[i]->running))
@@ -285,6 +331,9 @@ static int stop_all(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
 				return MV_ERR_UNRESPONSIVE;
 			}
 	}
+	err = open_handle_for_stop(inst, err_cpu, detail);
+	if (err)
+		return err;
 	for (i = 0; i < inst->cpu_count; i++)
 		inst->stop[i] = (struct mv_cpu_stop){ .status = MV_STOP_NOT_ISSUED };
 	inst->stop_skip_cpu = READ_ONCE(stop_skip_cpu);
@@ -453,6 +502,19 @@ static int do_start(struct mv_start_args *a)
 		return MV_ERR_ALREADY_RUNNING;
 	/* A new attempt: an older fault must not be reported next to its result. */
 	memset(&mv_last_fault, 0, sizeof(mv_last_fault));
+	/*
+	 * With kernel page-table isolation a CPU at CPL 3 runs on the user
+	 * page tables, which map neither the trampoline nor the landing pages.
+	 * A failure-time hand-back at an exit from user mode switches to the
+	 * root's CR3 before it runs them, and would triple-fault. AMD CPUs
+	 * are not affected by Meltdown and do not need PTI.
+	 */
+	if (boot_cpu_has(X86_FEATURE_PTI)) {
+		pr_err("microv: kernel page-table isolation (pti=on) is active; MicroV cannot run with it\n");
+		a->error_detail = 0;
+		err = MV_ERR_PAGE_TABLE_ISOLATION;
+		goto failed;
+	}
 	if (!a->pool_size || a->pool_size % MV_CHUNK_SIZE ||
 	    a->pool_size > MV_MAX_CHUNKS * MV_CHUNK_SIZE)
 		return MV_ERR_BAD_REQUEST;
@@ -510,7 +572,8 @@ static int do_start(struct mv_start_args *a)
 		mv_inst->started[i] = true;
 		if (i == 0) {
 			/* Hypercalls need a handle (stopping and rollback too); the
-			 * call must run on a CPU that MicroV already runs on. */
+			 * call must run on a CPU that MicroV already runs on. If it
+			 * fails, the rollback tries again (open_handle_for_stop). */
 			struct mv_cpu_arg open = { .inst = mv_inst, .index = 0 };
 			long st = work_on_cpu(mv_inst->os_cpu[0], mv_cpu_open_handle, &open);
 

@@ -199,7 +199,6 @@ pub mod policy {
     use core::cmp::Ordering;
 
     use super::*;
-    use crate::svm;
 
     /// What one direction (read or write) of an MSR access gets.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,16 +303,13 @@ pub mod policy {
         r(IBS_FIRST, IBS_LAST, Refuse, Refuse),
     ];
 
-    /// The rule for MSRs [`RULES`] does not list: inside the permission
-    /// map's ranges every access exits and raises #GP; outside them (the
-    /// map cannot cover those, every access exits anyway) accesses are
-    /// passed through checked, as AMD's machine-check MSRs there need.
+    /// The rule for MSRs [`RULES`] does not list, wherever they lie: every
+    /// access exits and raises #GP. Inside the permission map's ranges the
+    /// map's intercept bits make it exit; outside them (the map cannot
+    /// cover those) every access exits anyway. MSRs there that Linux uses
+    /// have rows of their own (AMD's SMCA banks are `Checked`).
     pub const fn default_rule(index: u32) -> Rule {
-        if svm::msr_always_exits(index) {
-            r(index, index, Checked, Checked)
-        } else {
-            r(index, index, Refuse, Refuse)
-        }
+        r(index, index, Refuse, Refuse)
     }
 
     /// The rule that applies to MSR `index`.
@@ -435,7 +431,19 @@ mod tests {
         assert_eq!(rule(MTRR_FIRST + 0x50).write, Action::Refuse);
         assert_eq!(rule(X2APIC_FIRST + 0x30).write, Action::Pass);
         assert_eq!(rule(0xC000_2001).read, Action::Checked);
-        for index in [0, 0x1234, 0xC000_0085, 0xC001_1FFF] {
+        // Unlisted MSRs are refused inside the permission map's ranges and
+        // outside them alike.
+        for index in [
+            0,
+            0x1234,
+            0xC000_0085,
+            0xC001_1FFF,
+            0x2000,
+            0xC000_3000,
+            0xC001_2000,
+            0x8000_0000,
+            u32::MAX,
+        ] {
             assert_eq!(rule(index), default_rule(index));
             assert_eq!(
                 (rule(index).read, rule(index).write),
@@ -443,13 +451,14 @@ mod tests {
                 "{index:#x}"
             );
         }
-        for index in [0x2000, 0xC000_3000, 0xC001_2000, u32::MAX] {
-            assert_eq!(
-                (rule(index).read, rule(index).write),
-                (Action::Checked, Action::Checked),
-                "{index:#x}"
-            );
-        }
+        // Outside the map, only listed rows are anything but refused: the
+        // SMCA banks (checked), whose first bank the e2e test compares
+        // with the native value.
+        assert_eq!(
+            (rule(SMCA_FIRST).read, rule(SMCA_FIRST).write),
+            (Action::Checked, Action::Checked)
+        );
+        assert_eq!(rule(0xC000_2FFF).read, Action::Checked);
     }
 
     #[test]
@@ -542,7 +551,12 @@ mod tests {
             allowed(0xC000_2001, false) && allowed(0xC000_2001, true),
             "SMCA"
         );
-        assert!(allowed(0xC000_3000, true), "outside the map, unlisted");
+        for index in [0x2000, 0xC000_3000, 0xC001_2000, u32::MAX] {
+            assert!(
+                !allowed(index, false) && !allowed(index, true),
+                "{index:#x}: outside the map, unlisted"
+            );
+        }
         assert!(allowed(0x401, true) && allowed(0x401, false), "MC0_STATUS");
         assert!(allowed(LS_CFG, false) && allowed(LS_CFG, true));
         assert!(allowed(HWCR, false) && !allowed(HWCR, true));

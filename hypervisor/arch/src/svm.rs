@@ -155,6 +155,7 @@ pub mod misc1 {
     pub const SMI: u32 = 1 << 2;
     pub const INIT: u32 = 1 << 3;
     pub const CPUID: u32 = 1 << 18;
+    pub const INVD: u32 = 1 << 22;
     pub const HLT: u32 = 1 << 24;
     pub const INVLPGA: u32 = 1 << 26;
     pub const IOIO_PROT: u32 = 1 << 27;
@@ -181,9 +182,14 @@ pub mod required {
     use super::{misc1, misc2};
 
     /// MSR and I/O permission maps (the platform stays MicroV's), INIT and
-    /// shutdown (they would reset the CPU from under MicroV), INVLPGA.
-    pub const MISC1: u32 =
-        misc1::MSR_PROT | misc1::IOIO_PROT | misc1::INIT | misc1::SHUTDOWN | misc1::INVLPGA;
+    /// shutdown (they would reset the CPU from under MicroV), INVLPGA, and
+    /// INVD (it would drop dirty cache lines of hypervisor memory).
+    pub const MISC1: u32 = misc1::MSR_PROT
+        | misc1::IOIO_PROT
+        | misc1::INIT
+        | misc1::SHUTDOWN
+        | misc1::INVLPGA
+        | misc1::INVD;
     /// Every SVM instruction (no VMs beneath MicroV, no GIF changes) and
     /// XSETBV (XCR0 is switched by the microkernel).
     pub const MISC2: u32 = misc2::VMRUN
@@ -211,6 +217,7 @@ pub mod exit {
     pub const NMI: u64 = 0x61;
     pub const INIT: u64 = 0x63;
     pub const CPUID: u64 = 0x72;
+    pub const INVD: u64 = 0x76;
     pub const HLT: u64 = 0x78;
     pub const INVLPGA: u64 = 0x7a;
     pub const IOIO: u64 = 0x7b;

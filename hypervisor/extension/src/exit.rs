@@ -25,6 +25,7 @@ const CPUID_LEN: u64 = 2;
 const MSR_LEN: u64 = 2;
 const VMMCALL_LEN: u64 = 3;
 const XSETBV_LEN: u64 = 3;
+const INVD_LEN: u64 = 2;
 const CR0_PG: u64 = 1 << 31;
 
 /// What to do after an exit.
@@ -116,15 +117,16 @@ pub fn handle(
             let root = cpuid::Dynamic {
                 cr4: vmcb.save.cr4,
                 xcr0: gprs.xcr0,
-                xss: if (leaf, subleaf) == (xsave::LEAF_XSAVE, 1) {
-                    host.msr_read(microv_arch::msr::XSS).unwrap_or(0)
-                } else {
-                    0
-                },
+                // No supervisor XSAVE components for the root: XSS writes are refused.
+                xss: 0,
             };
-            let r = cpuid::dynamic_bits(leaf, subleaf, cpuid::root_view(leaf, real), &root, &mut |i| {
-                host.cpuid(xsave::LEAF_XSAVE, i)
-            });
+            let r = cpuid::dynamic_bits(
+                leaf,
+                subleaf,
+                cpuid::root_view(leaf, real),
+                &root,
+                &mut |i| host.cpuid(xsave::LEAF_XSAVE, i),
+            );
             vmcb.save.rax = u64::from(r.eax);
             set_reg(gprs, gpr::RBX, u64::from(r.ebx));
             set_reg(gprs, gpr::RCX, u64::from(r.ecx));
@@ -183,6 +185,12 @@ pub fn handle(
         }
         exit::XSETBV => {
             xsetbv(vmcb, gprs, host);
+            Action::Resume
+        }
+        exit::INVD => {
+            // INVD drops dirty cache lines, MicroV's among them. Linux never
+            // uses it; keeping memory coherent (a no-op) is the safe answer.
+            skip(vmcb, INVD_LEN);
             Action::Resume
         }
         exit::IOIO => {
@@ -303,6 +311,16 @@ mod tests {
         assert_eq!(g.gprs[gpr::RBX], 5, "and the subleaf");
         assert_eq!(g.gprs[gpr::RCX] as u32 & microv_arch::cpuid::EXT1_ECX_SVM, 0);
         assert_eq!(hv.exit_count(0, ExitKind::Cpuid as usize), 2);
+        // CPUID 0xD.1 EBX: the compacted size for the root's XCR0 alone,
+        // whatever the real XSS holds. Fake CPUID 0xD.i: 13 bytes, aligned
+        // to 64: x87|SSE|AVX is 576 + 13.
+        host.msrs.insert(microv_arch::msr::XSS, 1 << 11 | 1 << 12);
+        let (mut v, mut g) = vcpu(exit::CPUID);
+        v.save.rax = 0xd;
+        g.gprs[gpr::RCX] = 1;
+        g.xcr0 = 0x7;
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(g.gprs[gpr::RBX], 576 + 13);
     }
 
     #[test]
@@ -484,6 +502,9 @@ mod tests {
         assert_eq!(classify(exit::IOIO, 0), ExitKind::Io);
         assert_eq!(classify(exit::HLT, 0), ExitKind::Other);
         assert_eq!(host.lines.len(), 3);
+        let (mut v, mut g) = vcpu(exit::INVD);
+        assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!((v.save.rip, v.control.event_inj), (0x1002, 0), "INVD is a no-op");
     }
 
     #[test]

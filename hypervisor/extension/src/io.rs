@@ -9,7 +9,6 @@
 use core::ops::RangeInclusive;
 
 use microv_abi::syscall::EXTENSION_PORTS;
-use microv_arch::svm;
 
 use crate::host::Host;
 
@@ -98,15 +97,6 @@ pub fn emulate(a: &Access, rax: u64, host: &mut dyn Host) -> Outcome {
     }
 }
 
-/// Sets the I/O permission map's bits for the intercepted ports.
-pub fn fill_iopm(map: &mut [u8; svm::IOPM_SIZE]) {
-    for port in INTERCEPTED {
-        if let Some(b) = map.get_mut(usize::from(port / 8)) {
-            *b |= 1 << (port % 8);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,13 +143,5 @@ mod tests {
         assert!(host.port_writes.is_empty(), "nothing written past 0xCFF");
         let a = decode(info1(0xcf8, SIZE8 | info::STRING, false));
         assert_eq!(emulate(&a, 0, &mut host), Outcome::Unsupported);
-    }
-
-    #[test]
-    fn iopm_intercepts_exactly_the_ports() {
-        let mut map = [0u8; svm::IOPM_SIZE];
-        fill_iopm(&mut map);
-        assert_eq!(map[0xcf8 / 8], 0xff);
-        assert_eq!(map.iter().map(|b| b.count_ones()).sum::<u32>(), 8);
     }
 }

@@ -663,6 +663,11 @@ mod tests {
             msr::HYPERVISOR_FIRST,
             msr::KVM_FIRST + 1,
             msr::IBS_FIRST,
+            // Unlisted, outside the permission map's ranges: the real MSR
+            // exists in the fake CPU and still never reaches the root.
+            0x2000,
+            0xC000_3000,
+            0xC001_2000,
         ] {
             host.msrs.insert(index, 7);
             assert!(
@@ -764,5 +769,50 @@ mod tests {
              {reads} more with no exit for reads, {writes} more with no exit for writes."
         );
         assert!(doc.contains(&line), "the doc must say: {line}");
+        let checked = Action::Checked;
+        let line = format!(
+            "Checked count: {} MSRs with `checked` reads, {} with `checked` writes; \
+             an MSR no row lists is never `checked`.",
+            count(&|r| r.read == checked),
+            count(&|r| r.write == checked),
+        );
+        assert!(doc.contains(&line), "the doc must say: {line}");
+
+        // MSRs no row lists: one default inside and outside the permission
+        // map's ranges, and the doc names it.
+        let unlisted = [
+            0,
+            0x1234,
+            0xC001_1FFF,
+            0x2000,
+            0xC000_3000,
+            0xC001_2000,
+            u32::MAX,
+        ];
+        for index in unlisted {
+            assert!(
+                !policy::RULES
+                    .iter()
+                    .any(|r| r.first <= index && index <= r.last),
+                "{index:#x} is listed"
+            );
+            assert_eq!(policy::rule(index), policy::default_rule(index));
+        }
+        let name = |a: Action| match a {
+            Action::Pass => "pass",
+            Action::Emulate => "emulate",
+            Action::Checked => "checked",
+            Action::Refuse => "refuse",
+        };
+        for index in unlisted {
+            let d = policy::default_rule(index);
+            let line = format!(
+                "Default for MSRs no row lists, inside and outside the permission map's \
+                 ranges: read `{}`, write `{}`.",
+                name(d.read),
+                name(d.write)
+            );
+            assert!(doc.contains(&line), "{index:#x}: the doc must say: {line}");
+        }
     }
 }

@@ -51,6 +51,8 @@ pub struct Limits {
     pub xcr0: u64,
     /// Bytes of an XSAVE area with every supported component.
     pub xsave_size: u64,
+    /// Physical-address bits (CPUID 0x8000_0008 EAX[7:0]; 36 if absent).
+    pub phys_bits: u32,
 }
 
 const fn bit(reg: u32, n: u32, value: u64) -> u64 {
@@ -69,6 +71,12 @@ pub fn limits(cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult) -> Limits {
         cpuid(7, 0)
     } else {
         CpuidResult::default()
+    };
+    let max_ext = cpuid(0x8000_0000, 0).eax;
+    let phys_bits = if max_ext >= 0x8000_0008 {
+        (cpuid(0x8000_0008, 0).eax & 0xff).clamp(32, 52)
+    } else {
+        36
     };
     let xsave_leaf = if max >= xsave::LEAF_XSAVE {
         cpuid(xsave::LEAF_XSAVE, 0)
@@ -93,6 +101,7 @@ pub fn limits(cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult) -> Limits {
             | efer::optional_supported(cpuid),
         xcr0: xsave::supported_xcr0(xsave_leaf),
         xsave_size: xsave::max_area_size(xsave_leaf),
+        phys_bits,
     }
 }
 
@@ -116,6 +125,7 @@ pub const HOST_EFER: u64 = efer::SCE | efer::LME | efer::LMA | efer::NXE | efer:
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     Cr0(u64),
+    Cr3(u64),
     Cr4(u64),
     Efer(u64),
     Pat(u64),
@@ -128,6 +138,7 @@ impl Refused {
     pub fn value(self) -> u64 {
         match self {
             Refused::Cr0(v)
+            | Refused::Cr3(v)
             | Refused::Cr4(v)
             | Refused::Efer(v)
             | Refused::Pat(v)
@@ -152,6 +163,17 @@ pub fn check_promotable(save: &SaveArea, xcr0: u64, l: &Limits) -> Result<(), Re
     let c4 = save.cr4;
     if c4 & !l.cr4 != 0 || c4 & cr4::PAE == 0 || c4 & cr4::LA57 != 0 {
         return Err(Refused::Cr4(c4));
+    }
+    // CET needs write protection (MOV to CR0 faults otherwise).
+    if c4 & cr4::CET != 0 && c0 & cr0::WP == 0 {
+        return Err(Refused::Cr4(c4));
+    }
+    // CR3: no bits above MAXPHYADDR (bits 62..phys_bits); bit 63 (keep the
+    // PCID's TLB entries) only with PCIDE. The trampoline loads it.
+    let cr3 = save.cr3;
+    let above = ((1u64 << 63) - 1) & !((1u64 << l.phys_bits) - 1);
+    if cr3 & above != 0 || (cr3 >> 63 != 0 && c4 & cr4::PCIDE == 0) {
+        return Err(Refused::Cr3(cr3));
     }
     let e = save.efer;
     if e & !l.efer != 0 || e & (efer::LME | efer::LMA) != efer::LME | efer::LMA {
@@ -201,6 +223,10 @@ mod tests {
                 eax: 0x8000_0008,
                 ..Default::default()
             },
+            0x8000_0008 => CpuidResult {
+                eax: 48,
+                ..Default::default()
+            },
             0x8000_0001 => CpuidResult {
                 edx: 1 << 25,
                 ..Default::default()
@@ -220,6 +246,7 @@ mod tests {
         s.efer = efer::SCE | efer::LME | efer::LMA | efer::NXE | efer::SVME;
         s.g_pat = 0x0407_0506_0007_0406;
         s.dr7 = 0x400;
+        s.cr3 = 0x10_c000;
         s
     }
 
@@ -285,6 +312,19 @@ mod tests {
             "AVX without SSE"
         );
         assert_eq!(Refused::Pat(9).value(), 9);
+        let mut s = linux();
+        s.cr3 = 1 << 50;
+        assert_eq!(check_promotable(&s, 7, &l), Err(Refused::Cr3(1 << 50)), "above MAXPHYADDR");
+        s.cr3 = (1 << 63) | 0x10_c001;
+        assert_eq!(check_promotable(&s, 7, &l), Err(Refused::Cr3(s.cr3)), "no-flush bit without PCIDE");
+        s.cr4 |= cr4::PCIDE;
+        assert_eq!(check_promotable(&s, 7, &l), Ok(()), "PCID and no-flush with PCIDE");
+        let mut s = linux();
+        s.cr4 |= cr4::CET;
+        s.cr0 &= !cr0::WP;
+        let l_cet = Limits { cr4: l.cr4 | cr4::CET, ..l };
+        assert_eq!(check_promotable(&s, 7, &l_cet), Err(Refused::Cr4(s.cr4)), "CET without WP");
+        assert_eq!(zen_limits().phys_bits, 48);
     }
 
 }

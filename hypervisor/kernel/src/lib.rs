@@ -29,6 +29,7 @@ pub mod layout;
 pub mod log;
 pub mod rendezvous;
 pub mod root;
+pub mod root_tables;
 pub mod stacks;
 pub mod vmcb_check;
 

@@ -5,21 +5,19 @@ mod port_io;
 mod sys;
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::Ordering;
 
-use microv_abi::launch::{BootInfo, ImageHeader, EXTENSION_HEAP, EXTENSION_IMAGE_MAGIC, PAGE_SIZE};
+use microv_abi::launch::{BootInfo, ImageHeader, EXTENSION_IMAGE_MAGIC};
 use microv_abi::hypercall::Status;
 use microv_abi::syscall::{vs_layout, SysStatus, Upcall, VsRegs, EXTENSION_BOOT_INFO};
 use microv_abi::StartError;
-use microv_arch::cpuid::{CpuidResult, EXT1_EDX_PAGE1GB, LEAF_ADDRESS_SIZES};
+use microv_arch::cpuid::CpuidResult;
 use microv_arch::instr;
-use microv_arch::mapper::TableMemory;
-use microv_arch::paging::ENTRIES;
 use microv_arch::svm::{self, Vmcb};
 
 use crate::exit::{self, Action};
 use crate::host::Host;
-use crate::root_vm::{self, RootTables};
+use crate::root_vm;
 use crate::state::HvState;
 
 /// The image header the loader checks (size and checksum filled by the build).
@@ -43,17 +41,6 @@ microv_extension_entry:
 );
 
 static HV: HvState = HvState::new();
-/// 0: root tables not built; 1: being built; 2: ready; 3: failed.
-static ROOT_STATE: AtomicU8 = AtomicU8::new(0);
-static NPT_ROOT: AtomicU64 = AtomicU64::new(0);
-/// The page table every hidden chunk points to, and the first physical
-/// address the CPU cannot address (for on-demand nested mappings).
-static HIDING_TABLE: AtomicU64 = AtomicU64::new(0);
-static MAX_PA: AtomicU64 = AtomicU64::new(0);
-/// Serializes changes to the root's nested tables after start.
-static NPT_LOCK: AtomicBool = AtomicBool::new(false);
-static IOPM: AtomicU64 = AtomicU64::new(0);
-static MSRPM: AtomicU64 = AtomicU64::new(0);
 
 /// Formats into a fixed buffer and sends it to the log.
 struct LineBuf {
@@ -113,7 +100,7 @@ impl Host for Machine {
         port_io::write(port, size, value)
     }
     fn map_root_gpa(&mut self, gpa: u64) -> bool {
-        map_root_gpa(gpa)
+        sys::root_map_gpa(gpa)
     }
 }
 
@@ -121,87 +108,6 @@ fn boot_info() -> &'static BootInfo {
     // SAFETY: the microkernel maps the boot info read-only at this address
     // before the first upcall, for MicroV's lifetime.
     unsafe { &*(EXTENSION_BOOT_INFO as *const BootInfo) }
-}
-
-/// Page tables in extension memory: pages from `MemAlloc`, which the
-/// microkernel maps at EXTENSION_HEAP + their pool offset.
-struct HeapTables;
-
-impl TableMemory for HeapTables {
-    fn table(&mut self, pa: u64) -> Option<&mut [u64; ENTRIES]> {
-        let offset = boot_info().pool_offset(pa)?;
-        // SAFETY: every table page was allocated by MemAlloc and is mapped at
-        // EXTENSION_HEAP + offset; table building runs on one CPU at a time
-        // (ROOT_STATE), so no other reference exists.
-        Some(unsafe { &mut *((EXTENSION_HEAP + offset) as *mut [u64; ENTRIES]) })
-    }
-    fn alloc_table(&mut self) -> Option<u64> {
-        sys::mem_alloc(1).ok().map(|(_, pa)| pa)
-    }
-}
-
-/// Allocates zeroed pages for one `T` (all-zero must be a valid `T`).
-fn heap<T: zerocopy::FromZeros>(pages: u64) -> Result<(&'static mut T, u64), StartError> {
-    if core::mem::size_of::<T>() as u64 > pages * PAGE_SIZE {
-        return Err(StartError::ExtensionError);
-    }
-    let (va, pa) = sys::mem_alloc(pages).map_err(|_| StartError::OutOfMemory)?;
-    // SAFETY: the pages were just allocated for this caller alone (no other
-    // reference exists), are zeroed (a valid `T`), mapped read-write and
-    // large enough (checked above); they are never freed.
-    Ok((unsafe { &mut *(va as *mut T) }, pa))
-}
-
-/// Builds the root VM's nested page tables and permission maps (once).
-fn build_root_tables() -> Result<(), StartError> {
-    let (msrpm, msrpm_pa) = heap::<[u8; svm::MSRPM_SIZE]>(2)?;
-    root_vm::fill_msrpm(msrpm);
-    let (iopm, iopm_pa) = heap::<[u8; svm::IOPM_SIZE]>(3)?;
-    crate::io::fill_iopm(iopm);
-    let (_dummy, dummy_pa) = heap::<[u8; 4096]>(1)?;
-    let (hiding, hiding_pa) = heap::<[u64; ENTRIES]>(1)?;
-    root_vm::fill_hiding_table(hiding, dummy_pa);
-    let (_, npt_root) = heap::<[u64; ENTRIES]>(1)?;
-
-    let huge = instr::cpuid(0x8000_0001, 0).edx & EXT1_EDX_PAGE1GB != 0;
-    let phys_bits = instr::cpuid(LEAF_ADDRESS_SIZES, 0).eax & 0xff;
-    let limit = root_vm::phys_limit(phys_bits, huge);
-    let bi = boot_info();
-    let chunks = bi.chunks.get(..bi.chunk_count as usize).unwrap_or_default();
-    root_vm::build_npt(&mut HeapTables, npt_root, limit, huge, chunks, hiding_pa)
-        .map_err(|_| StartError::OutOfMemory)?;
-    log(format_args!(
-        "extension: root nested paging maps {} GiB with {} pages, hiding {} MiB of hypervisor memory",
-        limit >> 30, if huge { "1 GiB" } else { "2 MiB" }, chunks.len() * 2
-    ));
-    NPT_ROOT.store(npt_root, Ordering::Relaxed);
-    HIDING_TABLE.store(hiding_pa, Ordering::Relaxed);
-    MAX_PA.store(1u64 << phys_bits.clamp(32, 52), Ordering::Relaxed);
-    IOPM.store(iopm_pa, Ordering::Relaxed);
-    MSRPM.store(msrpm_pa, Ordering::Release);
-    Ok(())
-}
-
-/// Maps a root guest-physical address after a nested page fault.
-fn map_root_gpa(gpa: u64) -> bool {
-    while NPT_LOCK
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        core::hint::spin_loop();
-    }
-    let bi = boot_info();
-    let chunks = bi.chunks.get(..bi.chunk_count as usize).unwrap_or_default();
-    let done = root_vm::map_on_demand(
-        &mut HeapTables,
-        NPT_ROOT.load(Ordering::Relaxed),
-        gpa,
-        MAX_PA.load(Ordering::Relaxed),
-        chunks,
-        HIDING_TABLE.load(Ordering::Relaxed),
-    );
-    NPT_LOCK.store(false, Ordering::Release);
-    matches!(done, Ok(true))
 }
 
 /// The VMCB of vCPU state `id`.
@@ -227,32 +133,9 @@ fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
     HV.cpu_count.store(cpu_count, Ordering::Relaxed);
     HV.start_mode
         .store(u64::from(boot_info().start_mode), Ordering::Relaxed);
-    if ROOT_STATE
-        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-    {
-        match build_root_tables() {
-            Ok(()) => ROOT_STATE.store(2, Ordering::Release),
-            Err(e) => {
-                ROOT_STATE.store(3, Ordering::Release);
-                sys::fail(e, 0)
-            }
-        }
-    }
-    while ROOT_STATE.load(Ordering::Acquire) == 1 {
-        core::hint::spin_loop();
-    }
-    if ROOT_STATE.load(Ordering::Acquire) != 2 {
-        sys::fail(StartError::ExtensionError, 0)
-    }
-    let tables = RootTables {
-        npt_root: NPT_ROOT.load(Ordering::Relaxed),
-        iopm: IOPM.load(Ordering::Relaxed),
-        msrpm: MSRPM.load(Ordering::Acquire),
-    };
     // SAFETY: the microkernel created this CPU's root state for it; nothing
     // else refers to its VMCB on this CPU.
-    root_vm::configure_vmcb(unsafe { vmcb(root_vs) }, &tables);
+    root_vm::configure_vmcb(unsafe { vmcb(root_vs) });
     log(format_args!("cpu {cpu}: starting the root vCPU"));
     run(root_vs)
 }

@@ -34,11 +34,6 @@ pub fn log(text: &[u8]) {
     let _ = call(Syscall::LogWrite, text.as_ptr() as u64, text.len() as u64);
 }
 
-/// Allocates zeroed pages: (extension address, physical address).
-pub fn mem_alloc(pages: u64) -> Result<(u64, u64), SysStatus> {
-    call(Syscall::MemAlloc, pages, 0)
-}
-
 /// Reads an MSR on the real CPU for the root; None if it raised #GP.
 pub fn msr_read(index: u32) -> Option<u64> {
     call(Syscall::MsrRead, u64::from(index), 0)
@@ -49,6 +44,12 @@ pub fn msr_read(index: u32) -> Option<u64> {
 /// Writes an MSR on the real CPU for the root; false if it raised #GP.
 pub fn msr_write(index: u32, value: u64) -> bool {
     call(Syscall::MsrWrite, u64::from(index), value).is_ok()
+}
+
+/// Asks the microkernel to map the root's faulting guest-physical address;
+/// false if it lies beyond what the CPU can address or no table page is left.
+pub fn root_map_gpa(gpa: u64) -> bool {
+    matches!(call(Syscall::RootMapGpa, gpa, 0), Ok((1, _)))
 }
 
 pub fn mem_stats() -> (u64, u64) {

@@ -170,20 +170,24 @@ microv_world_switch:
     mov rsi, [rsi + {r_rsi}]
     vmload rax
     vmrun rax
+    // Host mode again, but VMRUN does not switch what VMLOAD covers: the
+    // guest's TR, GS base and syscall MSRs are still loaded. Save them and
+    // load MicroV's before anything else, so an exception (a machine
+    // check) can only ever arrive on MicroV's TSS.
+    vmsave rax
+    mov rax, [rsp]
+    mov rax, [rax + {sa_host_vmcb}]
+    vmload rax
     // #VMEXIT disables the guest's breakpoints (AMD APM vol. 2), but QEMU
     // before 8.0 only rewrote DR7 and left the guest's breakpoints armed
     // inside the emulator, where rewriting the same DR7 value does not
-    // reach them. Host mode must never take a #DB the guest set up (the
-    // guest's TR is loaded until the host VMLOAD), so disarm them before
-    // anything else: a DR7 that differs outside the enable bits makes the
+    // reach them. Host mode must never take a #DB the guest set up, so
+    // disarm them: a DR7 that differs outside the enable bits makes the
     // emulator drop every breakpoint, then the real value.
-    push rax
     mov eax, {dr7_flush}
     mov dr7, rax
     mov eax, {dr7_init}
     mov dr7, rax
-    pop rax
-    vmsave rax
     push rdi
     mov rdi, [rsp + 8]
     mov rdi, [rdi + {sa_regs}]
@@ -223,8 +227,6 @@ microv_world_switch:
     xsetbv
     fninit
     ldmxcsr [rip + microv_host_mxcsr]
-    mov rax, [rdi + {sa_host_vmcb}]
-    vmload rax
     pop r15
     pop r14
     pop r13
@@ -265,6 +267,20 @@ microv_promote_final:
     mov rdi, [r8 + {pr_landing}]
     mov rcx, [r8 + {pr_entry}]
     mov rax, [r8 + {pr_cr3}]
+    // Nothing of MicroV's goes along into the root's code: only RDI (the
+    // landing page), RAX (the root's CR3) and RCX (the entry) stay.
+    xor edx, edx
+    xor ebx, ebx
+    xor esi, esi
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
     jmp rcx
 
     // ---- load_host_segments(gdtr_ptr, idtr_ptr) ----

@@ -31,7 +31,7 @@ use crate::cpu_state::{self, Limits};
 use crate::descriptors;
 use crate::rendezvous::{Outcome, StopBarrier};
 use crate::root;
-use crate::vmcb_check::{self, RootTables};
+use crate::vmcb_check;
 
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
 const SFMASK: u64 = 0x4_7700;
@@ -61,10 +61,9 @@ fn leaving() {
     IN_MICROV.fetch_sub(1, Ordering::AcqRel);
 }
 static STOP: StopBarrier = StopBarrier::new();
-/// The root's nested tables and permission maps, fixed by the first root
-/// vCPU that runs (at start, before the root runs anywhere).
-static ROOT_TABLES: spin::Mutex<Option<RootTables>> = spin::Mutex::new(None);
-
+/// The second half of the stop rendezvous: every committed CPU has done its
+/// last work in hypervisor memory and is about to load the root's state.
+static READY: StopBarrier = StopBarrier::new();
 /// What `microv_promote_final` loads (offsets used by the assembly).
 #[repr(C)]
 pub struct PromoteRegs {
@@ -158,6 +157,7 @@ pub fn global_init(bi: &'static BootInfo, bi_va: u64) -> Result<(), StartError> 
         .init(total, reserved)
         .map_err(|_| StartError::PoolTooSmall)?;
     mem.harden(bi).map_err(|_| StartError::OutOfMemory)?;
+    super::root_vm::build(&mut mem, bi)?;
 
     let ext = &bi.extension;
     for seg in ext.segments.iter().take(ext.segment_count as usize) {
@@ -269,15 +269,17 @@ pub fn bring_up(landing: Landing, captured: launch::CapturedState, index: u64, b
     };
 
     // Capture what VMSAVE covers (FS, GS, TR, LDTR, syscall MSRs) exactly
-    // as the OS had it; the rest comes from the captured state.
-    // SAFETY: EFER.SVME is set (trampoline); the VMCB page is ours.
+    // as the OS had it into the private VMCB; the rest comes from the
+    // captured state. Then the extension's shadow gets a copy to start from.
+    // SAFETY: EFER.SVME is set (trampoline); the private VMCB is ours.
     unsafe { instr::vmsave(root.vmcb_pa) };
-    // SAFETY: the VMCB page is this CPU's root vCPU state; the extension
-    // has not been told about it yet, so no other reference exists.
+    // SAFETY: the private VMCB is mapped only in the microkernel, and this
+    // CPU's root state is not running; no other reference exists.
     let vmcb = unsafe { &mut *(root.vmcb_va as *mut Vmcb) };
     if let Err((e, detail)) = root::root_save_area(&captured, &mut vmcb.save, 0) {
         early_return(landing, &captured, entry, e as u64, detail)
     }
+    copy_out(&root);
 
     let pc_ptr = pages.percpu.va as *mut PerCpu;
     // SAFETY: the page was just allocated for this CPU, is page-aligned and
@@ -390,34 +392,52 @@ fn build_descriptors(pc: &mut PerCpu, idt_va: u64, ist_top: u64) {
     pc.idtr = descriptors::dtr(4095, idt_va);
 }
 
-/// The root's tables as pinned by the first root vCPU to run.
-fn root_tables(pc: &mut PerCpu, vmcb: &Vmcb) -> RootTables {
-    if let Some(t) = pc.root_tables {
-        return t;
+/// Copies vCPU state `vs`'s shadow VMCB (the extension's) into its private
+/// VMCB, the one the CPU runs; returns the private copy. For a root vCPU
+/// the microkernel's own tables go in, whatever the shadow says.
+fn copy_in(pc: &mut PerCpu, vs: &vs::Vs) -> &'static mut Vmcb {
+    // SAFETY: both pages are this state's; the private one is mapped only
+    // here and used by this CPU only. The shadow may change under the copy
+    // (another CPU's extension): a torn copy is still a copy, and only the
+    // copy is checked and run.
+    unsafe { core::ptr::copy_nonoverlapping(vs.shadow_va as *const Vmcb, vs.vmcb_va as *mut Vmcb, 1) };
+    // SAFETY: initialized just above (every bit pattern is a valid Vmcb);
+    // the only reference to the private VMCB.
+    let private = unsafe { &mut *(vs.vmcb_va as *mut Vmcb) };
+    if vs.root_of.is_some() {
+        if let Some(t) = pc.root_tables.or_else(super::root_vm::tables) {
+            pc.root_tables = Some(t);
+            private.control.n_cr3 = t.n_cr3;
+            private.control.iopm_base_pa = t.iopm;
+            private.control.msrpm_base_pa = t.msrpm;
+        }
     }
-    let t = *ROOT_TABLES
-        .lock()
-        .get_or_insert(RootTables::of(&vmcb.control));
-    pc.root_tables = Some(t);
-    t
+    private
+}
+
+/// Copies the private VMCB back out to the shadow after an exit, for the
+/// extension to handle.
+fn copy_out(vs: &vs::Vs) {
+    // SAFETY: both pages are this state's; the extension on this CPU is in
+    // the microkernel (this is its syscall), so it reads the copy after.
+    unsafe { core::ptr::copy_nonoverlapping(vs.vmcb_va as *const Vmcb, vs.shadow_va as *mut Vmcb, 1) };
 }
 
 /// Runs vCPU state `id` on this CPU until it exits, then hands the exit to
 /// the extension. Returns only if the state may not run here.
 pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysStatus> {
     let vs = lookup(pc, id).ok_or(SysStatus::InvalidArgument)?;
-    if vs.root_of.is_some_and(|cpu| cpu != pc.index) {
+    // Only this CPU's root vCPU runs here. Guest vCPUs need nested tables
+    // the microkernel owns, which come with micro VMs; until then running
+    // one would let ring 3 choose what a guest maps.
+    if vs.root_of != Some(pc.index) {
         return Err(SysStatus::InvalidArgument);
     }
-    // SAFETY: the VMCB and register pages are this vCPU state's; the
-    // extension on this CPU is suspended in this syscall. (Another CPU's
-    // extension could write them: see "Known gaps" in ARCHITECTURE.md.)
-    let vmcb = unsafe { &*(vs.vmcb_va as *const Vmcb) };
     let xcr0_field = (vs.regs_va as *const u8).wrapping_add(offset_of!(VsRegs, xcr0));
     // SAFETY: the register page is this state's and mapped; one read.
     let xcr0 = unsafe { core::ptr::read_volatile(xcr0_field.cast::<u64>()) };
-    let root = vs.root_of.map(|_| root_tables(pc, vmcb));
-    if let Err(e) = vmcb_check::check(&vmcb.control, xcr0, pc.limits.xcr0, root.as_ref()) {
+    let vmcb = copy_in(pc, &vs);
+    if let Err(e) = vmcb_check::check(&vmcb.control, xcr0, pc.limits.xcr0, pc.root_tables.as_ref()) {
         log!("cpu {}: refused to run vCPU state {}: {:?}", pc.index, id, e);
         return Err(SysStatus::InvalidArgument);
     }
@@ -433,13 +453,12 @@ pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysSta
         fpu: vs.fpu_va as *mut u8,
         xcr0,
     };
-    // SAFETY: the VMCB, register page and FPU area belong to this vCPU
-    // state; the VMCB passed the checks above and XCR0 is valid; host
-    // state is in host_vmcb.
+    // SAFETY: the private VMCB passed the checks above and no one else can
+    // write it; the register page and FPU area belong to this state; XCR0
+    // is valid; host state is in host_vmcb.
     unsafe { asm::microv_world_switch(&mut args) };
-    // SAFETY: `vmcb` is this state's VMCB, mapped; VMRUN wrote the exit
-    // code behind the compiler's back, hence the volatile read.
-    let exit_code = unsafe { core::ptr::read_volatile(&vmcb.control.exit_code) };
+    let exit_code = vmcb.control.exit_code;
+    copy_out(&vs);
     if first_root_run && exit_code != exit::INVALID {
         // The root ran: its RAX is its own now, not the loader's status.
         pc.root_started = true;
@@ -447,7 +466,7 @@ pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysSta
     if FAILED.load(Ordering::Acquire) != 0 {
         // MicroV is going down: give the CPU back without handling the exit,
         // so the root re-executes the intercepted instruction natively.
-        promote_or_halt(pc)
+        promote_or_halt(pc, None)
     }
     // SAFETY: the extension's entry and this CPU's stack are mapped.
     unsafe { asm::microv_enter_extension(Upcall::Exit as u64, pc.index, id, 0) }
@@ -483,7 +502,10 @@ pub fn stop(pc: &mut PerCpu, id: u64) -> SysStatus {
         instr::rdtsc().wrapping_sub(start) > STOP_TIMEOUT_TICKS
     });
     match outcome {
-        Outcome::Leave => promote_or_halt(pc),
+        Outcome::Leave => {
+            let committed = STOP.waiting();
+            promote_or_halt(pc, Some(committed))
+        }
         Outcome::Refused => {
             log!("cpu {}: stop refused: not every CPU asked to stop", pc.index);
             SysStatus::Busy
@@ -491,28 +513,28 @@ pub fn stop(pc: &mut PerCpu, id: u64) -> SysStatus {
     }
 }
 
-/// A copy of this CPU's root vCPU state (save area, registers), taken once:
-/// the pages are writable by the extension, the copy is not.
-fn root_copy(pc: &PerCpu) -> (SaveArea, VsRegs) {
-    let save = (pc.root.vmcb_va as *const u8)
-        .wrapping_add(offset_of!(Vmcb, save))
-        .cast::<SaveArea>();
-    // SAFETY: the VMCB is this CPU's root vCPU state's, mapped; a volatile
-    // read takes one snapshot that later writes cannot change.
-    let save = unsafe { core::ptr::read_volatile(save) };
-    // SAFETY: as above, for the register page.
-    let regs = unsafe { core::ptr::read_volatile(pc.root.regs_va as *const VsRegs) };
+/// This CPU's root vCPU state as it will be loaded: the shadow VMCB copied
+/// into the private one (which `VMLOAD` then reads, so nothing can change
+/// between the checks and the load), and a copy of the registers.
+fn root_copy(pc: &mut PerCpu) -> (SaveArea, VsRegs) {
+    let root = pc.root;
+    let save = copy_in(pc, &root).save;
+    // SAFETY: the register page is this CPU's root state's, mapped; a
+    // volatile read takes one snapshot that later writes cannot change.
+    let regs = unsafe { core::ptr::read_volatile(root.regs_va as *const VsRegs) };
     (save, regs)
 }
 
-fn check_root(pc: &PerCpu) -> Result<(), cpu_state::Refused> {
+fn check_root(pc: &mut PerCpu) -> Result<(), cpu_state::Refused> {
     let (save, regs) = root_copy(pc);
     cpu_state::check_promotable(&save, regs.xcr0, &pc.limits)
 }
 
 /// Puts this CPU's root vCPU state back onto the real CPU; if it cannot be
-/// loaded safely, halts this CPU (stopping MicroV's use of it) instead.
-fn promote_or_halt(pc: &mut PerCpu) -> ! {
+/// loaded safely, halts this CPU (stopping MicroV's use of it) instead. For
+/// a stop, `together` is the number of CPUs leaving: they all finish their
+/// work in hypervisor memory before any of them becomes native.
+fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
     if pc.leaving {
         log!("cpu {}: promotion started twice; halting", pc.index);
         instr::halt_forever()
@@ -542,6 +564,14 @@ fn promote_or_halt(pc: &mut PerCpu) -> ! {
         entry: pc.promote_entry,
         cr3: save.cr3,
     };
+    if let Some(n) = together {
+        let start = instr::rdtsc();
+        // After the commit there is no way back: a CPU that never arrives
+        // (it halted) only delays the others by the timeout.
+        let _ = READY.arrive_and_wait(&|| n, &mut || {
+            instr::rdtsc().wrapping_sub(start) > STOP_TIMEOUT_TICKS
+        });
+    }
     // SAFETY: every value was checked above (check_promotable), so the
     // final sequence cannot fault; the FPU area and VMCB are this CPU's root
     // vCPU state; `entry` is MicroV's private trampoline copy.
@@ -581,8 +611,12 @@ pub fn fail_with(pc: &mut PerCpu, record: FaultRecord) -> ! {
     l.set_status(u64::from(record.code), record.detail);
     if !pc.root_started {
         // Bring-up failed: the loader's call returns the error.
-        // SAFETY: the VMCB page is this CPU's root vCPU state.
-        unsafe { (*(pc.root.vmcb_va as *mut Vmcb)).save.rax = u64::from(record.code) };
+        let rax = (pc.root.shadow_va as *mut u8)
+            .wrapping_add(offset_of!(Vmcb, save) + offset_of!(SaveArea, rax))
+            .cast::<u64>();
+        // SAFETY: the shadow VMCB is this CPU's root state's, mapped; the
+        // store goes into what promotion copies in next.
+        unsafe { rax.write_volatile(u64::from(record.code)) };
     }
-    promote_or_halt(pc)
+    promote_or_halt(pc, None)
 }

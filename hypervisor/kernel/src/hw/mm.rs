@@ -37,7 +37,8 @@ pub struct Page {
 }
 
 impl Memory {
-    fn boot(&self) -> Option<&BootInfo> {
+    /// The boot info (set by the first CPU at start).
+    pub fn boot(&self) -> Option<&'static BootInfo> {
         // SAFETY: set once at start to the boot info page in the pool, which
         // stays mapped and unchanged for MicroV's lifetime.
         unsafe { self.boot.as_ref() }
@@ -126,7 +127,9 @@ impl Memory {
         let root = self.root_pa;
         let done = mapper::map_all_or_none(self, root, pages.clone(), flags, USER | WRITABLE);
         if done.is_err() {
-            // The pages were mapped moments ago by this CPU only.
+            // Drop this CPU's TLB entries for the pages mapped for a moment.
+            // Other CPUs share these tables and may hold entries too: callers
+            // never reuse the frames of a failed mapping.
             for (va, _) in pages {
                 // SAFETY: ring 0; dropping a TLB entry has no other effect.
                 unsafe { instr::invlpg(va) };

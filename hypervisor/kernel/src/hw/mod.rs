@@ -6,6 +6,7 @@ mod cpu;
 mod log;
 mod mm;
 mod percpu;
+mod root_vm;
 mod syscall;
 mod vs;
 

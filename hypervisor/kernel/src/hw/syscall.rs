@@ -78,6 +78,10 @@ fn dispatch(pc: &mut PerCpu, call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64
             Err(status) => (status, 0, 0),
         },
         Syscall::VsPromote => (cpu::stop(pc, a0), 0, 0),
+        Syscall::RootMapGpa => match super::root_vm::map_gpa(a0) {
+            Ok(mapped) => (SysStatus::Success, u64::from(mapped), 0),
+            Err(_) => (SysStatus::OutOfMemory, 0, 0),
+        },
         Syscall::Fail => {
             let code = u32::try_from(a0)
                 .ok()
@@ -158,9 +162,10 @@ fn mem_alloc(pages: u64) -> (SysStatus, u64, u64) {
         return (SysStatus::OutOfMemory, 0, 0);
     };
     let va = EXTENSION_HEAP + page.offset;
-    // `map_user` maps all pages or none, so the frames can go back safely.
+    // `map_user` maps all pages or none; but another CPU may still hold a
+    // TLB entry for a page that was mapped for a moment, so the frames are
+    // never reused (leaked on this out-of-memory path).
     if mem.map_user(va, page.pa, pages, true, false).is_err() {
-        mem.free(page, pages as usize);
         return (SysStatus::OutOfMemory, 0, 0);
     }
     (SysStatus::Success, va, page.pa)

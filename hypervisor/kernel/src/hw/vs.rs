@@ -1,6 +1,9 @@
 //! vCPU states: a VMCB, the guest's register page and its FPU state. The
-//! VMCB and register pages are mapped into the extension, which owns all
-//! policy; the FPU area stays private to the microkernel.
+//! extension owns all policy and edits a *shadow* VMCB and the register
+//! page, both mapped into it; the VMCB the CPU runs is private to the
+//! microkernel, which copies the shadow in, checks the copy and runs it
+//! (so no other CPU can change what was checked), and copies it back out
+//! after the exit. The FPU area is private too.
 
 use microv_abi::syscall::{vs_layout, VsRegs};
 use microv_arch::xsave;
@@ -14,8 +17,11 @@ const MXCSR_DEFAULT: u32 = 0x1f80;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Vs {
+    /// The VMCB the CPU runs: the microkernel's alone.
     pub vmcb_pa: u64,
     pub vmcb_va: u64,
+    /// The VMCB the extension edits (mapped at `vs_layout::vmcb(id)`).
+    pub shadow_va: u64,
     pub regs_va: u64,
     pub fpu_va: u64,
     pub fpu_pages: u64,
@@ -34,19 +40,35 @@ pub enum VsError {
     TooMany,
 }
 
-/// Allocates a state's pages: VMCB, register page, FPU area; all or none.
-fn alloc_pages(mem: &mut Memory, fpu_pages: u64) -> Result<[Page; 3], VsError> {
-    let vmcb = mem.alloc(1).map_err(|_| VsError::OutOfMemory)?;
-    let Ok(regs) = mem.alloc(1) else {
-        mem.free(vmcb, 1);
-        return Err(VsError::OutOfMemory);
+/// A state's pages: the private VMCB, the shadow VMCB, the register page
+/// and the FPU area.
+struct Pages {
+    vmcb: Page,
+    shadow: Page,
+    regs: Page,
+    fpu: Page,
+}
+
+/// Allocates a state's pages; all or none.
+fn alloc_pages(mem: &mut Memory, fpu_pages: u64) -> Result<Pages, VsError> {
+    let mut singles = [None; 3];
+    for slot in singles.iter_mut() {
+        match mem.alloc(1) {
+            Ok(p) => *slot = Some(p),
+            Err(_) => break,
+        }
+    }
+    let fpu = match singles {
+        [Some(_), Some(_), Some(_)] => mem.alloc(fpu_pages as usize).ok(),
+        _ => None,
     };
-    let Ok(fpu) = mem.alloc(fpu_pages as usize) else {
-        mem.free(vmcb, 1);
-        mem.free(regs, 1);
-        return Err(VsError::OutOfMemory);
-    };
-    Ok([vmcb, regs, fpu])
+    match (singles, fpu) {
+        ([Some(vmcb), Some(shadow), Some(regs)], Some(fpu)) => Ok(Pages { vmcb, shadow, regs, fpu }),
+        _ => {
+            singles.into_iter().flatten().for_each(|p| mem.free(p, 1));
+            Err(VsError::OutOfMemory)
+        }
+    }
 }
 
 /// Creates a vCPU state with an FPU area of `fpu_pages` pages and XCR0
@@ -58,28 +80,27 @@ pub fn create(root_of: Option<u64>, fpu_pages: u64, xcr0: u64) -> Result<u64, Vs
         .position(Option::is_none)
         .ok_or(VsError::TooMany)? as u64;
     let mut mem = MEMORY.lock();
-    let [vmcb, regs, fpu] = alloc_pages(&mut mem, fpu_pages)?;
-    // Both pages are mapped or neither: a page must never stay mapped into
-    // the extension after it went back to the allocator.
-    let pages = [(vs_layout::vmcb(id), vmcb.pa), (vs_layout::gprs(id), regs.pa)];
-    if mem.map_user_pages(pages.into_iter(), true, false).is_err()
-    {
-        mem.free(vmcb, 1);
-        mem.free(regs, 1);
-        mem.free(fpu, fpu_pages as usize);
+    let p = alloc_pages(&mut mem, fpu_pages)?;
+    let user = [(vs_layout::vmcb(id), p.shadow.pa), (vs_layout::gprs(id), p.regs.pa)];
+    if mem.map_user_pages(user.into_iter(), true, false).is_err() {
+        // The two user pages may sit in another CPU's TLB for a moment:
+        // they are never reused (leaked); the private ones go back.
+        mem.free(p.vmcb, 1);
+        mem.free(p.fpu, fpu_pages as usize);
         return Err(VsError::OutOfMemory);
     }
     // SAFETY: the FPU area was just allocated (zeroed) and is ours alone; an
     // all-zero XSAVE header means "initial state", MXCSR needs its default.
-    unsafe { core::ptr::write((fpu.va + XSAVE_MXCSR) as *mut u32, MXCSR_DEFAULT) };
-    // SAFETY: the register page was just allocated and is not yet known to
-    // the extension (its id is returned below).
-    unsafe { (*(regs.va as *mut VsRegs)).xcr0 = xcr0 };
+    unsafe { core::ptr::write((p.fpu.va + XSAVE_MXCSR) as *mut u32, MXCSR_DEFAULT) };
+    // SAFETY: the register page was just allocated and zeroed (a valid
+    // VsRegs); the extension learns its id only when this returns.
+    unsafe { (*(p.regs.va as *mut VsRegs)).xcr0 = xcr0 };
     let vs = Vs {
-        vmcb_pa: vmcb.pa,
-        vmcb_va: vmcb.va,
-        regs_va: regs.va,
-        fpu_va: fpu.va,
+        vmcb_pa: p.vmcb.pa,
+        vmcb_va: p.vmcb.va,
+        shadow_va: p.shadow.va,
+        regs_va: p.regs.va,
+        fpu_va: p.fpu.va,
         fpu_pages,
         root_of,
     };

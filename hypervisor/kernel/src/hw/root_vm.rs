@@ -1,0 +1,99 @@
+//! The root VM's nested page tables and permission maps, built by the first
+//! CPU in pool pages ring 3 cannot reach (`crate::root_tables` is the
+//! logic). The microkernel puts them in every root VMCB it runs.
+
+use microv_abi::launch::{BootInfo, PAGE_SIZE};
+use microv_abi::StartError;
+use microv_arch::cpuid::{EXT1_EDX_PAGE1GB, LEAF_ADDRESS_SIZES};
+use microv_arch::instr;
+use microv_arch::paging::ENTRIES;
+use microv_arch::svm::{IOPM_SIZE, MSRPM_SIZE};
+use spin::Mutex;
+
+use super::log::log;
+use super::mm::{Memory, MEMORY};
+use crate::root_tables;
+use crate::vmcb_check::RootTables;
+
+/// What the on-demand mapping needs besides the tables' addresses.
+#[derive(Clone, Copy, Debug)]
+struct Built {
+    tables: RootTables,
+    hiding_table: u64,
+    max_pa: u64,
+    huge_pages: bool,
+}
+
+static BUILT: Mutex<Option<Built>> = Mutex::new(None);
+
+/// Zeroed pool pages for a `T` (all-zero is a valid `T` for the arrays
+/// used here); its hypervisor address and physical address.
+fn pages<T>(mem: &mut Memory) -> Result<(&'static mut T, u64), StartError> {
+    let count = core::mem::size_of::<T>().div_ceil(PAGE_SIZE as usize);
+    let page = mem.alloc(count).map_err(|_| StartError::OutOfMemory)?;
+    // SAFETY: the pages were just allocated, zeroed, for this one use, are
+    // contiguous and large enough, and are never freed or mapped to ring 3.
+    Ok((unsafe { &mut *(page.va as *mut T) }, page.pa))
+}
+
+/// Builds the root's tables (first CPU, at start).
+pub fn build(mem: &mut Memory, bi: &BootInfo) -> Result<RootTables, StartError> {
+    let (msrpm, msrpm_pa) = pages::<[u8; MSRPM_SIZE]>(mem)?;
+    root_tables::fill_msrpm(msrpm);
+    let (iopm, iopm_pa) = pages::<[u8; IOPM_SIZE]>(mem)?;
+    root_tables::fill_iopm(iopm);
+    let (_dummy, dummy_pa) = pages::<[u8; PAGE_SIZE as usize]>(mem)?;
+    let (hiding, hiding_pa) = pages::<[u64; ENTRIES]>(mem)?;
+    root_tables::fill_hiding_table(hiding, dummy_pa);
+    let (_, n_cr3) = pages::<[u64; ENTRIES]>(mem)?;
+
+    let huge = instr::cpuid(0x8000_0001, 0).edx & EXT1_EDX_PAGE1GB != 0;
+    let phys_bits = instr::cpuid(LEAF_ADDRESS_SIZES, 0).eax & 0xff;
+    let limit = root_tables::phys_limit(phys_bits, huge);
+    let chunks = bi.chunks.get(..bi.chunk_count as usize).unwrap_or_default();
+    root_tables::build_npt(mem, n_cr3, limit, huge, chunks, hiding_pa)
+        .map_err(|_| StartError::OutOfMemory)?;
+    let tables = RootTables {
+        n_cr3,
+        iopm: iopm_pa,
+        msrpm: msrpm_pa,
+    };
+    *BUILT.lock() = Some(Built {
+        tables,
+        hiding_table: hiding_pa,
+        max_pa: 1u64 << phys_bits.clamp(32, 52),
+        huge_pages: huge,
+    });
+    log!(
+        "microkernel: root nested paging maps {} GiB with {} pages, hiding {} MiB of hypervisor memory",
+        limit >> 30,
+        if huge { "1 GiB" } else { "2 MiB" },
+        chunks.len() * 2
+    );
+    Ok(tables)
+}
+
+/// The root's tables, once built.
+pub fn tables() -> Option<RootTables> {
+    BUILT.lock().map(|b| b.tables)
+}
+
+/// `RootMapGpa`: maps the root's faulting guest-physical address `gpa`.
+pub fn map_gpa(gpa: u64) -> Result<bool, StartError> {
+    let Some(b) = *BUILT.lock() else {
+        return Err(StartError::KernelFault);
+    };
+    let mut mem = MEMORY.lock();
+    let bi = mem.boot().ok_or(StartError::KernelFault)?;
+    let chunks = bi.chunks.get(..bi.chunk_count as usize).unwrap_or_default();
+    root_tables::map_on_demand(
+        &mut *mem,
+        b.tables.n_cr3,
+        gpa,
+        b.max_pa,
+        b.huge_pages,
+        chunks,
+        b.hiding_table,
+    )
+    .map_err(|_| StartError::OutOfMemory)
+}
