@@ -79,9 +79,20 @@ fn set_reg(regs: &mut VsRegs, i: usize, v: u64) {
     }
 }
 
-/// Moves past the intercepted instruction.
+/// Longest x86 instruction.
+const MAX_INSN_LEN: u64 = 15;
+
+/// Moves past the intercepted instruction: to where the CPU says it ends
+/// (NRIP save, which counts prefixes) when it says so, else by the
+/// instruction's usual length `len` (QEMU's TCG has no NRIP save).
 fn skip(vmcb: &mut Vmcb, len: u64) {
-    vmcb.save.rip = vmcb.save.rip.wrapping_add(len);
+    let rip = vmcb.save.rip;
+    let next = vmcb.control.next_rip;
+    vmcb.save.rip = if next > rip && next - rip <= MAX_INSN_LEN {
+        next
+    } else {
+        rip.wrapping_add(len)
+    };
     // The instruction completed: any STI/MOV SS shadow is over.
     vmcb.control.interrupt_shadow &= !1;
 }
@@ -400,6 +411,19 @@ mod tests {
             );
             assert_eq!(v.save.rip, 0x1000);
         }
+    }
+
+    #[test]
+    fn nrip_save_gives_the_real_length() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        let (mut v, mut g) = vcpu(exit::CPUID);
+        v.control.next_rip = 0x1003; // a prefixed CPUID
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.rip, 0x1003);
+        let (mut v, mut g) = vcpu(exit::CPUID);
+        v.control.next_rip = 0x9000; // not this instruction's end
+        handle(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.save.rip, 0x1002);
     }
 
     #[test]

@@ -135,9 +135,13 @@ impl Landing {
 }
 
 /// The boot info, found from this image's own size (see `asm.rs`).
-pub fn boot_info(va: u64) -> Option<&'static BootInfo> {
-    // SAFETY: the entry code computed `va` from the sealed image size; the
-    // loader put the boot info there, read-only for MicroV's lifetime.
+///
+/// # Safety
+/// `va` is the address the entry code computed from the sealed image size:
+/// mapped, and the boot info page for MicroV's lifetime.
+pub unsafe fn boot_info(va: u64) -> Option<&'static BootInfo> {
+    // SAFETY: see the function's contract; the loader put the boot info
+    // there, read-only for MicroV's lifetime.
     let bi = unsafe { (va as *const BootInfo).as_ref()? };
     bi.is_sane().then_some(bi)
 }
@@ -457,7 +461,13 @@ pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysSta
     // write it; the register page and FPU area belong to this state; XCR0
     // is valid; host state is in host_vmcb.
     unsafe { asm::microv_world_switch(&mut args) };
-    let exit_code = vmcb.control.exit_code;
+    let exit_code_field = (vs.vmcb_va as *const u8)
+        .wrapping_add(offset_of!(Vmcb, control) + offset_of!(microv_arch::svm::Control, exit_code))
+        .cast::<u64>();
+    // SAFETY: the private VMCB is mapped; VMRUN wrote the exit code behind
+    // the compiler's back (the reference above is not used again), hence a
+    // volatile read through a fresh pointer.
+    let exit_code = unsafe { core::ptr::read_volatile(exit_code_field) };
     copy_out(&vs);
     if first_root_run && exit_code != exit::INVALID {
         // The root ran: its RAX is its own now, not the loader's status.

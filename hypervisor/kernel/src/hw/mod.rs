@@ -52,7 +52,8 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 #[no_mangle]
 extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
     cpu::entered();
-    let Some(bi) = cpu::boot_info(bi_va) else {
+    // SAFETY: the entry code computed `bi_va` from this image's sealed size.
+    let Some(bi) = (unsafe { cpu::boot_info(bi_va) }) else {
         // Without a valid boot info there is no way back: stop here.
         microv_arch::instr::halt_forever()
     };
