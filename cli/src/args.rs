@@ -56,6 +56,10 @@ pub enum Command {
     },
     /// Print the hypervisor's log.
     Log,
+    /// Boot a micro VM from a kernel image; its serial console is this
+    /// terminal (Ctrl-A X ends it).
+    #[command(long_about = crate::run::RUN_HELP)]
+    Run(crate::run::RunOpts),
     /// Test only: make the extension fault on a CPU (needs the test
     /// extension image); MicroV must stop everywhere and say why.
     #[command(hide = true)]

@@ -51,6 +51,7 @@ pub fn run(
             Ok(())
         }
         Command::Log => log(opener, out, err),
+        Command::Run(opts) => crate::run::run(opts, err),
         Command::TestFault { cpu, kind } => {
             open(Op::TestFault, opener)?
                 .test_fault(*cpu, kind.code())

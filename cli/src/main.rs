@@ -5,6 +5,7 @@ mod commands;
 mod device;
 mod error;
 mod format;
+mod run;
 mod size;
 
 use std::io::{self, Write};

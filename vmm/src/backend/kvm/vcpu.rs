@@ -1,0 +1,148 @@
+//! A KVM vCPU and the translation of KVM's exits into [`VmExit`].
+
+use std::io;
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_fpu, KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_SIMUL_EX, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::{convert, os, Shared};
+use crate::backend::{BackendError, CpuidEntry, Regs, SpecialRegs, Vcpu, VmExit};
+
+/// x87 control word and MXCSR after FNINIT / reset: all exceptions masked.
+const FPU_CONTROL_WORD: u16 = 0x37f;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+/// A KVM vCPU. Holds the VM's shared part so guest memory outlives it.
+pub struct KvmVcpu {
+    fd: VcpuFd,
+    vm: Arc<Shared>,
+}
+
+impl KvmVcpu {
+    pub(super) fn new(fd: VcpuFd, vm: Arc<Shared>) -> Self {
+        KvmVcpu { fd, vm }
+    }
+}
+
+/// KVM's number for exits we do not translate (`KVM_EXIT_*`), for logs.
+fn unhandled_code(exit: &VcpuExit<'_>) -> u64 {
+    use kvm_bindings::*;
+    u64::from(match exit {
+        VcpuExit::Unknown => KVM_EXIT_UNKNOWN,
+        VcpuExit::Exception => KVM_EXIT_EXCEPTION,
+        VcpuExit::Hypercall(_) => KVM_EXIT_HYPERCALL,
+        VcpuExit::Debug(_) => KVM_EXIT_DEBUG,
+        VcpuExit::IrqWindowOpen => KVM_EXIT_IRQ_WINDOW_OPEN,
+        VcpuExit::Nmi => KVM_EXIT_NMI,
+        VcpuExit::InternalError => KVM_EXIT_INTERNAL_ERROR,
+        VcpuExit::SystemEvent(..) => KVM_EXIT_SYSTEM_EVENT,
+        VcpuExit::IoapicEoi(_) => KVM_EXIT_IOAPIC_EOI,
+        VcpuExit::X86Rdmsr(_) => KVM_EXIT_X86_RDMSR,
+        VcpuExit::X86Wrmsr(_) => KVM_EXIT_X86_WRMSR,
+        VcpuExit::MemoryFault { .. } => KVM_EXIT_MEMORY_FAULT,
+        _ => u32::MAX,
+    })
+}
+
+impl Vcpu for KvmVcpu {
+    fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<(), BackendError> {
+        let kvm_entries: Vec<_> = entries.iter().map(convert::cpuid_to_kvm).collect();
+        let cpuid = kvm_bindings::CpuId::from_entries(&kvm_entries).map_err(|_| {
+            BackendError::Unsupported {
+                backend: "kvm",
+                what: "that many CPUID entries",
+            }
+        })?;
+        self.fd.set_cpuid2(&cpuid).map_err(os("KVM_SET_CPUID2"))
+    }
+
+    fn set_boot_state(&mut self, regs: &Regs, sregs: &SpecialRegs) -> Result<(), BackendError> {
+        let mut k = self.fd.get_sregs().map_err(os("KVM_GET_SREGS"))?;
+        convert::sregs_into_kvm(sregs, &mut k);
+        self.fd.set_sregs(&k).map_err(os("KVM_SET_SREGS"))?;
+        self.fd
+            .set_regs(&convert::regs_to_kvm(regs))
+            .map_err(os("KVM_SET_REGS"))?;
+        let fpu = kvm_fpu {
+            fcw: FPU_CONTROL_WORD,
+            mxcsr: MXCSR_DEFAULT,
+            ..Default::default()
+        };
+        self.fd.set_fpu(&fpu).map_err(os("KVM_SET_FPU"))
+    }
+
+    fn diagnose(&mut self) -> String {
+        let rip = self.fd.get_regs().map_or_else(
+            |e| format!("registers unreadable: {e}"),
+            |r| format!("rip {:#x}", r.rip),
+        );
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
+            return rip;
+        }
+        // SAFETY: exit_reason says KVM filled the `internal` member; it is
+        // plain integers, valid for any bit pattern.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let data: Vec<String> = internal
+            .data
+            .get(..n)
+            .unwrap_or_default()
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
+        let why = if self.vm.emulating {
+            "; this /dev/kvm is kvm_pvm, which runs stock kernels through KVM's \
+             instruction emulator and cannot run Linux guests: use hardware KVM"
+        } else {
+            ""
+        };
+        format!(
+            "{rip}, KVM internal error {} ({}), data [{}]{why}",
+            internal.suberror,
+            match internal.suberror {
+                KVM_INTERNAL_ERROR_EMULATION => "KVM could not emulate an instruction",
+                KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+                KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failed",
+                _ => "other",
+            },
+            data.join(", ")
+        )
+    }
+
+    fn run(&mut self) -> Result<VmExit<'_>, BackendError> {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            // A signal (the VMM kicking this thread) or immediate_exit.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(VmExit::Interrupted)
+            }
+            Err(e) => {
+                return Err(BackendError::os(
+                    "KVM_RUN",
+                    io::Error::from_raw_os_error(e.errno()),
+                ))
+            }
+        };
+        Ok(match exit {
+            VcpuExit::IoIn(port, data) => VmExit::IoIn { port, data },
+            VcpuExit::IoOut(port, data) => VmExit::IoOut { port, data },
+            VcpuExit::MmioRead(gpa, data) => VmExit::MmioRead { gpa, data },
+            VcpuExit::MmioWrite(gpa, data) => VmExit::MmioWrite { gpa, data },
+            VcpuExit::Hlt => VmExit::Hlt,
+            VcpuExit::Shutdown => VmExit::Shutdown,
+            VcpuExit::Intr => VmExit::Interrupted,
+            VcpuExit::FailEntry(reason, _cpu) => VmExit::FailEntry { reason },
+            VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => VmExit::PowerOff,
+            VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => VmExit::Reset,
+            other => VmExit::Unhandled {
+                backend: "kvm",
+                reason: unhandled_code(&other),
+            },
+        })
+    }
+}

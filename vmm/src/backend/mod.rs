@@ -1,0 +1,137 @@
+//! The hypervisor backends behind one set of traits, in the spirit of Cloud
+//! Hypervisor's `hypervisor` crate: a [`Hypervisor`] makes [`Vm`]s, a `Vm`
+//! makes [`Vcpu`]s, and [`Vcpu::run`] answers with a vendor-neutral
+//! [`VmExit`]. Everything above this module (boot set-up, devices, the run
+//! loop) is written against the traits only.
+//!
+//! Backends:
+//! - [`kvm`]: Linux's KVM through `kvm-ioctls`. The in-kernel LAPIC/IOAPIC
+//!   (and PIT, for TSC calibration fallbacks) serve interrupts and timers.
+//! - [`microv`]: `/dev/microv`, MicroV's own driver. **Not implemented
+//!   yet** (its VM, vCPU, memory and run hypercalls do not exist); it will
+//!   implement the same traits, emulating the x2APIC and TSC-deadline timer
+//!   in the extension and the IOAPIC in the VMM, behind the same
+//!   [`InterruptLine`] devices use today.
+//! - `fake` (tests only): scripted exits for the run loop and devices.
+
+pub mod exit;
+#[cfg(test)]
+pub mod fake;
+pub mod kvm;
+pub mod microv;
+pub mod types;
+
+use std::io;
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+pub use exit::{ExitKind, VmExit};
+pub use types::{CpuidEntry, DescriptorTable, Regs, Segment, SpecialRegs};
+
+/// Which backend runs the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// MicroV, beneath Linux (`/dev/microv`).
+    MicroV,
+    /// Linux's KVM (`/dev/kvm`).
+    Kvm,
+}
+
+impl BackendKind {
+    /// The name users type (`--backend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::MicroV => "microv",
+            BackendKind::Kvm => "kvm",
+        }
+    }
+}
+
+/// What a backend can fail with. OS errors keep their errno.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend's device node does not exist.
+    #[error("{device} does not exist")]
+    DeviceMissing { device: &'static str },
+    /// The backend's device node exists but may not be opened by this user.
+    #[error("no permission to open {device}")]
+    NotPermitted { device: &'static str },
+    /// The backend exists but lacks something the VMM needs.
+    #[error("{backend} lacks {what}")]
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+    },
+    /// The backend is not written yet.
+    #[error("the {0} backend is not implemented yet")]
+    NotImplemented(&'static str),
+    /// A backend call failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BackendError {
+    /// An OS error from operation `op`.
+    pub fn os(op: &'static str, source: io::Error) -> Self {
+        BackendError::Os { op, source }
+    }
+}
+
+/// A way to raise one guest interrupt (a GSI of the guest's IOAPIC).
+/// KVM: an irqfd; MicroV: an injection request to the extension.
+pub trait InterruptLine: Send + Sync {
+    /// Raises the interrupt once (edge-triggered).
+    fn trigger(&self) -> Result<(), BackendError>;
+}
+
+/// A hypervisor the VMM can create VMs on.
+pub trait Hypervisor: Send + Sync {
+    /// The backend's name.
+    fn kind(&self) -> BackendKind;
+    /// The CPUID values this backend can give guests, before the VMM's
+    /// filtering ([`crate::boot::cpuid`]).
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>, BackendError>;
+    /// A new, empty VM (no memory, no vCPUs) with its interrupt controller.
+    fn create_vm(&self) -> Result<Box<dyn Vm>, BackendError>;
+}
+
+/// One guest VM.
+pub trait Vm: Send + Sync {
+    /// Makes `memory` the guest's RAM, at the guest-physical addresses its
+    /// regions name. The VM (and its vCPUs) keep `memory` alive.
+    fn map_memory(&mut self, memory: Arc<GuestMemoryMmap>) -> Result<(), BackendError>;
+    /// The line that raises `gsi`.
+    fn interrupt_line(&self, gsi: u32) -> Result<Arc<dyn InterruptLine>, BackendError>;
+    /// A new vCPU with APIC ID `id`; vCPU 0 is the bootstrap processor, the
+    /// others wait for the guest's INIT/SIPI.
+    fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, BackendError>;
+}
+
+/// One virtual CPU, run by one VMM thread.
+pub trait Vcpu: Send {
+    /// Sets the CPUID values the guest sees on this vCPU.
+    fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<(), BackendError>;
+    /// Sets the registers the bootstrap vCPU enters the kernel with.
+    fn set_boot_state(&mut self, regs: &Regs, sregs: &SpecialRegs) -> Result<(), BackendError>;
+    /// Runs the guest until an exit the VMM must see. A signal delivered to
+    /// the calling thread ends the run with [`VmExit::Interrupted`].
+    fn run(&mut self) -> Result<VmExit<'_>, BackendError>;
+    /// Details of the last [`VmExit::Unhandled`] or [`VmExit::FailEntry`]
+    /// for the error report (say, the instruction pointer); empty if none.
+    fn diagnose(&mut self) -> String {
+        String::new()
+    }
+}
+
+/// Opens the backend `kind`.
+pub fn open(kind: BackendKind) -> Result<Box<dyn Hypervisor>, BackendError> {
+    match kind {
+        BackendKind::Kvm => Ok(Box::new(kvm::KvmHypervisor::open()?)),
+        BackendKind::MicroV => microv::open(),
+    }
+}
