@@ -149,7 +149,11 @@ pub unsafe fn boot_info(va: u64) -> Option<&'static BootInfo> {
 /// Shared set-up, done by the first CPU: the frame allocator, the log, and
 /// the extension's image in its address space.
 pub fn global_init(bi: &'static BootInfo, bi_va: u64) -> Result<(), StartError> {
-    *log::RING.lock() = (bi.log, bi.log_size);
+    {
+        let mut ring = log::RING.lock();
+        ring.base = bi.log;
+        ring.size = bi.log_size;
+    }
     percpu::set_kernel_stacks(POOL_VA + bi.stacks_offset, u64::from(bi.cpu_count));
     let mut mem = MEMORY.lock();
     mem.boot = bi;

@@ -4,40 +4,80 @@
 //! set up or when a triple fault loses it, so it shows how far a CPU got.
 
 use core::fmt::Write;
+use core::mem::offset_of;
 
 use microv_abi::launch::LogHeader;
 use spin::Mutex;
 
-use crate::log::LogRing;
+use crate::log::{LogCursor, LogSink, LogWriter};
 
-/// Loader address of the ring (header then data) and its total size.
-pub static RING: Mutex<(u64, u64)> = Mutex::new((0, 0));
+/// The ring: its loader address (header, then data), total size, and
+/// MicroV's own position in it.
+pub struct Ring {
+    pub base: u64,
+    pub size: u64,
+    pub cursor: LogCursor,
+}
+
+pub static RING: Mutex<Ring> = Mutex::new(Ring {
+    base: 0,
+    size: 0,
+    cursor: LogCursor::new(),
+});
+
+/// The ring in the root's memory, written with volatile stores only (the
+/// root may write it at the same time; nothing is read back).
+struct RootRing {
+    base: u64,
+    size: u64,
+}
+
+const HEADER_SIZE: u64 = core::mem::size_of::<LogHeader>() as u64;
+
+impl RootRing {
+    fn store<T>(&self, offset: u64, value: T) {
+        let p = (self.base as *mut u8).wrapping_add(offset as usize).cast::<T>();
+        // SAFETY: the loader maps the ring (`size` bytes from `base`) for
+        // MicroV's lifetime; callers stay inside it (`put` below `capacity`,
+        // the header's fields); a volatile store of plain data.
+        unsafe { p.write_volatile(value) }
+    }
+}
+
+impl LogSink for RootRing {
+    fn capacity(&self) -> u64 {
+        self.size.saturating_sub(HEADER_SIZE)
+    }
+    fn put(&mut self, index: u64, byte: u8) {
+        if index < self.capacity() {
+            self.store(HEADER_SIZE + index, byte);
+        }
+    }
+    fn publish(&mut self, written: u64, lost: u64) {
+        self.store(offset_of!(LogHeader, written) as u64, written);
+        self.store(offset_of!(LogHeader, lost) as u64, lost);
+    }
+}
 
 /// Appends formatted text and a newline to the log.
 pub fn write(args: core::fmt::Arguments) {
-    let ring = RING.lock();
+    let mut ring = RING.lock();
     // Under the lock, so that lines of different CPUs do not interleave.
     #[cfg(feature = "debugcon")]
     debugcon::write_line(args);
-    let (base, size) = *ring;
-    let header_size = core::mem::size_of::<LogHeader>() as u64;
-    if base == 0 || size <= header_size {
+    if ring.base == 0 || ring.size <= HEADER_SIZE {
         return;
     }
-    // SAFETY: the ring's header was mapped by the loader for MicroV's
-    // lifetime and is written only under this lock.
-    let header = unsafe { &mut *(base as *mut LogHeader) };
-    // SAFETY: as the header: the data follows it, `size` bytes in all, and
-    // does not overlap it.
-    let data = unsafe {
-        core::slice::from_raw_parts_mut(
-            (base + header_size) as *mut u8,
-            (size - header_size) as usize,
-        )
+    let mut sink = RootRing {
+        base: ring.base,
+        size: ring.size,
     };
-    let mut w = LogRing { header, data };
+    let mut w = LogWriter {
+        cursor: &mut ring.cursor,
+        sink: &mut sink,
+    };
     let _ = w.write_fmt(args);
-    w.write_bytes(b"\n");
+    let _ = w.write_str("\n");
 }
 
 #[cfg(feature = "debugcon")]
