@@ -3,7 +3,8 @@
 # on CPU 1) sets XCR0 with XSETBV, runs CPUID (leaf 1, leaf 0xD) and a
 # little work with CPUID exits in it, then restores XCR0. Every value must
 # get exactly what bare metal gives it (measured first, before MicroV
-# starts): a lower XCR0 (x87|SSE = 3) is accepted and CPUID 0xD reports the
+# starts): a lower XCR0 (x87|SSE = 3, or x87 alone = 1, where MicroV must
+# still give the root its own XMM registers) is accepted and CPUID 0xD reports the
 # smaller XSAVE area; invalid values (AVX without SSE = 5, x87 clear = 2, a
 # component the CPU does not offer) raise #GP, which the probe's
 # exception-table fix-up catches. MicroV must keep running (no reset), and
@@ -18,7 +19,7 @@ set -eu
 
 # Invalid values first: today they fault in hardware like natively, while the
 # valid lower XCR0 (last) is the one that used to reset the machine.
-VALUES="0x5 0x2 unsupported 0x3"
+VALUES="0x5 0x2 unsupported 0x1 0x3"
 FIELDS="fault readback d0_ebx osxsave sum restore final"
 
 check "the workload natively, for reference"
@@ -34,6 +35,7 @@ for v in $VALUES; do
 done
 check "natively: the lower XCR0 3 is accepted and the invalid values fault"
 expect_eq "native fault for XCR0=0x3" "$native_0x3_fault" 0
+expect_eq "native fault for XCR0=0x1 (x87 only: valid)" "$native_0x1_fault" 0
 expect_eq "native fault for XCR0=0x5" "$native_0x5_fault" 1
 expect_eq "native fault for XCR0=0x2" "$native_0x2_fault" 1
 expect_eq "native fault for an unsupported XCR0 bit" "$native_unsupported_fault" 1

@@ -138,9 +138,12 @@ microv_world_switch:
     push r14
     push r15
     push rdi
-    // The guest's XCR0 (checked by the caller), then its FPU state under it.
+    // The guest's FPU state goes in under its XCR0 (checked by the caller)
+    // plus SSE: SSE registers work whatever XCR0 says, so a guest without
+    // SSE in XCR0 still gets its own XMM registers back (never MicroV's).
     xor ecx, ecx
     mov eax, dword ptr [rdi + {sa_xcr0}]
+    or eax, {xcr0_sse}
     mov edx, dword ptr [rdi + {sa_xcr0} + 4]
     xsetbv
     // XRSTOR faults on a component XCR0 does not enable. The area may hold
@@ -148,10 +151,19 @@ microv_world_switch:
     // disabled components alone), so restore only what is enabled now.
     mov r8, [rdi + {sa_fpu}]
     mov rax, [rdi + {sa_xcr0}]
+    or rax, {xcr0_sse}
     and qword ptr [r8 + {xstate_bv}], rax
     mov eax, -1
     mov edx, -1
     xrstor64 [r8]
+    // Then exactly the guest's XCR0, if SSE was added for the restore.
+    test byte ptr [rdi + {sa_xcr0}], {xcr0_sse}
+    jnz 3f
+    xor ecx, ecx
+    mov eax, dword ptr [rdi + {sa_xcr0}]
+    mov edx, dword ptr [rdi + {sa_xcr0} + 4]
+    xsetbv
+3:
     mov rsi, [rdi + {sa_regs}]
     mov rax, [rdi + {sa_vmcb}]
     mov rcx, [rsi + {r_rcx}]
@@ -217,6 +229,12 @@ microv_world_switch:
     xgetbv
     mov dword ptr [rsi + {r_xcr0}], eax
     mov dword ptr [rsi + {r_xcr0} + 4], edx
+    // Save under the guest's XCR0 plus SSE (see the restore above).
+    test eax, {xcr0_sse}
+    jnz 3f
+    or eax, {xcr0_sse}
+    xsetbv
+3:
     mov r8, [rdi + {sa_fpu}]
     mov eax, -1
     mov edx, -1
@@ -244,14 +262,23 @@ microv_promote_final:
     mov r8, rdi
     xor ecx, ecx
     mov eax, dword ptr [r8 + {pr_xcr0}]
+    or eax, {xcr0_sse}
     mov edx, dword ptr [r8 + {pr_xcr0} + 4]
     xsetbv
     mov r9, [r8 + {pr_fpu}]
     mov rax, [r8 + {pr_xcr0}]
+    or rax, {xcr0_sse}
     and qword ptr [r9 + {xstate_bv}], rax
     mov eax, -1
     mov edx, -1
     xrstor64 [r9]
+    test byte ptr [r8 + {pr_xcr0}], {xcr0_sse}
+    jnz 3f
+    xor ecx, ecx
+    mov eax, dword ptr [r8 + {pr_xcr0}]
+    mov edx, dword ptr [r8 + {pr_xcr0} + 4]
+    xsetbv
+3:
     mov ecx, {msr_pat}
     mov eax, dword ptr [r8 + {pr_pat}]
     mov edx, dword ptr [r8 + {pr_pat} + 4]
@@ -459,6 +486,7 @@ microv_host_mxcsr:
     r_r15 = const reg(gpr::R15),
     r_xcr0 = const offset_of!(VsRegs, xcr0),
     host_xcr0 = const HOST_XCR0,
+    xcr0_sse = const microv_arch::xsave::SSE,
     pr_xcr0 = const offset_of!(PromoteRegs, xcr0),
     pr_fpu = const offset_of!(PromoteRegs, fpu),
     pr_pat = const offset_of!(PromoteRegs, pat),
