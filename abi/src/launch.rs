@@ -287,7 +287,10 @@ c_struct! {
 }
 
 c_struct! {
-    /// What the loader tells the microkernel, in the pool (one page).
+    /// What the loader tells the microkernel, in the pool (two pages), in the
+    /// first page after the microkernel image (which starts at pool offset
+    /// 0): the microkernel finds it from its own sealed image size, so it
+    /// never takes the address from the root.
     pub struct BootInfo as "mv_boot_info" {
         pub magic: u64,
         pub launch_version: u32,
@@ -322,13 +325,6 @@ c_struct! {
     }
 }
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= 2 * PAGE_SIZE as usize);
-
-/// Pool offset of the [`BootInfo`]: the first page after the microkernel
-/// image (which starts at pool offset 0). The microkernel finds it from its
-/// own sealed image size, so it never takes the address from the root.
-pub const fn boot_info_offset(kernel_image_size: u64) -> u64 {
-    kernel_image_size.div_ceil(PAGE_SIZE) * PAGE_SIZE
-}
 
 /// Bits of [`BootInfo::flags`].
 pub mod boot_flags {

@@ -80,7 +80,8 @@ impl StopBarrier {
         }
     }
 
-    /// CPUs waiting now (for tests and the log).
+    /// CPUs that have arrived and not withdrawn: once committed, the number
+    /// of CPUs leaving together.
     pub fn waiting(&self) -> u64 {
         self.state.load(Ordering::Acquire) & !COMMITTED
     }

@@ -7,10 +7,6 @@
 use microv_arch::svm::{required, Control, NP_ENABLE};
 use microv_arch::xsave;
 
-/// Intercepts every vCPU must have (`svm::required`).
-pub const REQUIRED_MISC1: u32 = required::MISC1;
-pub const REQUIRED_MISC2: u32 = required::MISC2;
-
 /// V_GIF enable and AVIC enable in the VINTR control word: either would
 /// let a guest skip exits MicroV relies on.
 pub const VINTR_FORBIDDEN: u64 = (1 << 25) | (1 << 31);
@@ -60,8 +56,8 @@ pub fn check(
     supported_xcr0: u64,
     root: Option<&RootTables>,
 ) -> Result<(), VmcbError> {
-    if c.intercept_misc1 & REQUIRED_MISC1 != REQUIRED_MISC1
-        || c.intercept_misc2 & REQUIRED_MISC2 != REQUIRED_MISC2
+    if c.intercept_misc1 & required::MISC1 != required::MISC1
+        || c.intercept_misc2 & required::MISC2 != required::MISC2
     {
         return Err(VmcbError::MissingIntercept);
     }
@@ -100,8 +96,8 @@ mod tests {
     fn good() -> Box<Vmcb> {
         let mut v = Box::new(Vmcb::new_zeroed());
         let c = &mut v.control;
-        c.intercept_misc1 = REQUIRED_MISC1 | misc1::CPUID;
-        c.intercept_misc2 = REQUIRED_MISC2 | misc2::VMMCALL;
+        c.intercept_misc1 = required::MISC1 | misc1::CPUID;
+        c.intercept_misc2 = required::MISC2 | misc2::VMMCALL;
         c.np_control = NP_ENABLE;
         c.n_cr3 = TABLES.n_cr3;
         c.iopm_base_pa = TABLES.iopm;

@@ -128,6 +128,37 @@ microv_enter_extension:
     swapgs
     sysretq
 
+    // ---- load_guest_fpu BASE, XCR0, FPU: XCR0 and FPU state of a vCPU ----
+    // [BASE + XCR0] is its XCR0 (checked by the caller), [BASE + FPU] its
+    // XSAVE area. The state goes in under that XCR0 plus SSE: SSE registers
+    // work whatever XCR0 says, so a guest without SSE in XCR0 still gets its
+    // own XMM registers back, never MicroV's. XRSTOR faults on a component
+    // XCR0 does not enable, and the area may hold one from before the guest
+    // lowered XCR0 (XSAVE leaves the bits of disabled components alone), so
+    // only what is enabled is restored. Then exactly the vCPU's XCR0.
+    // Clobbers RAX, RCX, RDX, R9.
+    .macro load_guest_fpu base, xcr0, fpu
+    xor ecx, ecx
+    mov eax, dword ptr [\base + \xcr0]
+    or eax, {xcr0_sse}
+    mov edx, dword ptr [\base + \xcr0 + 4]
+    xsetbv
+    mov r9, [\base + \fpu]
+    mov rax, [\base + \xcr0]
+    or rax, {xcr0_sse}
+    and qword ptr [r9 + {xstate_bv}], rax
+    mov eax, -1
+    mov edx, -1
+    xrstor64 [r9]
+    test byte ptr [\base + \xcr0], {xcr0_sse}
+    jnz 3f
+    xor ecx, ecx
+    mov eax, dword ptr [\base + \xcr0]
+    mov edx, dword ptr [\base + \xcr0 + 4]
+    xsetbv
+3:
+    .endm
+
     // ---- world switch: microv_world_switch(&SwitchArgs) ----
     .globl microv_world_switch
 microv_world_switch:
@@ -138,32 +169,7 @@ microv_world_switch:
     push r14
     push r15
     push rdi
-    // The guest's FPU state goes in under its XCR0 (checked by the caller)
-    // plus SSE: SSE registers work whatever XCR0 says, so a guest without
-    // SSE in XCR0 still gets its own XMM registers back (never MicroV's).
-    xor ecx, ecx
-    mov eax, dword ptr [rdi + {sa_xcr0}]
-    or eax, {xcr0_sse}
-    mov edx, dword ptr [rdi + {sa_xcr0} + 4]
-    xsetbv
-    // XRSTOR faults on a component XCR0 does not enable. The area may hold
-    // one from before the guest lowered XCR0 (XSAVE leaves the bits of
-    // disabled components alone), so restore only what is enabled now.
-    mov r8, [rdi + {sa_fpu}]
-    mov rax, [rdi + {sa_xcr0}]
-    or rax, {xcr0_sse}
-    and qword ptr [r8 + {xstate_bv}], rax
-    mov eax, -1
-    mov edx, -1
-    xrstor64 [r8]
-    // Then exactly the guest's XCR0, if SSE was added for the restore.
-    test byte ptr [rdi + {sa_xcr0}], {xcr0_sse}
-    jnz 3f
-    xor ecx, ecx
-    mov eax, dword ptr [rdi + {sa_xcr0}]
-    mov edx, dword ptr [rdi + {sa_xcr0} + 4]
-    xsetbv
-3:
+    load_guest_fpu rdi, {sa_xcr0}, {sa_fpu}
     mov rsi, [rdi + {sa_regs}]
     mov rax, [rdi + {sa_vmcb}]
     mov rcx, [rsi + {r_rcx}]
@@ -260,25 +266,7 @@ microv_world_switch:
     .globl microv_promote_final
 microv_promote_final:
     mov r8, rdi
-    xor ecx, ecx
-    mov eax, dword ptr [r8 + {pr_xcr0}]
-    or eax, {xcr0_sse}
-    mov edx, dword ptr [r8 + {pr_xcr0} + 4]
-    xsetbv
-    mov r9, [r8 + {pr_fpu}]
-    mov rax, [r8 + {pr_xcr0}]
-    or rax, {xcr0_sse}
-    and qword ptr [r9 + {xstate_bv}], rax
-    mov eax, -1
-    mov edx, -1
-    xrstor64 [r9]
-    test byte ptr [r8 + {pr_xcr0}], {xcr0_sse}
-    jnz 3f
-    xor ecx, ecx
-    mov eax, dword ptr [r8 + {pr_xcr0}]
-    mov edx, dword ptr [r8 + {pr_xcr0} + 4]
-    xsetbv
-3:
+    load_guest_fpu r8, {pr_xcr0}, {pr_fpu}
     mov ecx, {msr_pat}
     mov eax, dword ptr [r8 + {pr_pat}]
     mov edx, dword ptr [r8 + {pr_pat} + 4]
