@@ -81,6 +81,8 @@ start_errors! {
         "run `microv stop` again; if it keeps being refused, look for a CPU stuck with interrupts off (`dmesg`) and see `microv log`",
     PageTableIsolation = 25 : "kernel page-table isolation (pti=on) is active; MicroV's hand-back path needs the kernel mapped in every page table",
         "boot without pti=on (AMD CPUs are not affected by Meltdown and do not need it)",
+    VmsRunning = 26 : "micro VMs are running; stopping MicroV would pull the hypervisor from under them",
+        "end them first (`microv status` lists them with their VMM's pid), then stop",
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@ use crate::errors::StartError;
 use crate::exits::EXIT_KINDS_MAX;
 use crate::hypercall::{self, Hypercall, Status};
 use crate::ioctl::{
-    self, CpuStatus, HvStatus, ImageArg, LogArgs, StartArgs, StopArgs, TestFaultArgs,
+    self, CpuStatus, CreateVcpuArgs, CreateVmArgs, HvStatus, ImageArg, LogArgs, MapMemoryArgs,
+    StartArgs, StopArgs, TestFaultArgs, VcpuArgs,
 };
 use crate::launch::{self, *};
+use crate::run::{self, RunExit, RunIo, RunMmio, RunPage, RunRegs, RunSegment, RunTable};
 
 fn define(w: &mut dyn Write, name: &str, value: u64) -> fmt::Result {
     writeln!(w, "#define {name} 0x{value:x}ULL")
@@ -53,6 +55,7 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_MAX_CHUNKS", MAX_CHUNKS as u64)?;
     define(w, "MV_DEFAULT_POOL_SIZE", DEFAULT_POOL_SIZE)?;
     define(w, "MV_MAX_CPUS", MAX_CPUS as u64)?;
+    define(w, "MV_MAX_RAM_RANGES", MAX_RAM_RANGES as u64)?;
     define(w, "MV_KERNEL_STACK_SIZE", KERNEL_STACK_SIZE)?;
     define(w, "MV_EXTENSION_BASE", EXTENSION_BASE)?;
     define(w, "MV_EXTENSION_MAX_SIZE", EXTENSION_MAX_SIZE)?;
@@ -62,7 +65,11 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_KERNEL_IMAGE_MAGIC", KERNEL_IMAGE_MAGIC)?;
     define(w, "MV_EXTENSION_IMAGE_MAGIC", EXTENSION_IMAGE_MAGIC)?;
     define(w, "MV_LAUNCH_VERSION", u64::from(LAUNCH_VERSION))?;
-    define(w, "MV_LANDING_IRET_STACK_WORDS", LANDING_IRET_STACK_WORDS as u64)?;
+    define(
+        w,
+        "MV_LANDING_IRET_STACK_WORDS",
+        LANDING_IRET_STACK_WORDS as u64,
+    )?;
     define(w, "MV_MAX_SEGMENTS", MAX_SEGMENTS as u64)?;
     define(w, "MV_SEGMENT_X", SEGMENT_X)?;
     define(w, "MV_SEGMENT_W", SEGMENT_W)?;
@@ -100,6 +107,40 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_IOC_STATUS", ioctl::IOC_STATUS)?;
     define(w, "MV_IOC_LOG", ioctl::IOC_LOG)?;
     define(w, "MV_IOC_TEST_FAULT", ioctl::IOC_TEST_FAULT)?;
+    define(w, "MV_IOC_CREATE_VM", ioctl::IOC_CREATE_VM)?;
+    define(w, "MV_IOC_VM_MAP_MEMORY", ioctl::IOC_VM_MAP_MEMORY)?;
+    define(w, "MV_IOC_VM_CREATE_VCPU", ioctl::IOC_VM_CREATE_VCPU)?;
+    define(w, "MV_IOC_VCPU_RUN", ioctl::IOC_VCPU_RUN)?;
+    define(w, "MV_IOC_VCPU_GET_REGS", ioctl::IOC_VCPU_GET_REGS)?;
+    define(w, "MV_IOC_VCPU_SET_REGS", ioctl::IOC_VCPU_SET_REGS)?;
+
+    w.write_str("\n/* Micro VMs: the run page */\n")?;
+    define(w, "MV_RUN_PAGE_SIZE", run::RUN_PAGE_SIZE as u64)?;
+    define(w, "MV_EXIT_NONE", u64::from(run::exit_reason::NONE))?;
+    define(w, "MV_EXIT_IO", u64::from(run::exit_reason::IO))?;
+    define(w, "MV_EXIT_MMIO", u64::from(run::exit_reason::MMIO))?;
+    define(w, "MV_EXIT_HLT", u64::from(run::exit_reason::HLT))?;
+    define(w, "MV_EXIT_SHUTDOWN", u64::from(run::exit_reason::SHUTDOWN))?;
+    define(
+        w,
+        "MV_EXIT_INTERRUPTED",
+        u64::from(run::exit_reason::INTERRUPTED),
+    )?;
+    define(
+        w,
+        "MV_EXIT_FAIL_ENTRY",
+        u64::from(run::exit_reason::FAIL_ENTRY),
+    )?;
+    define(
+        w,
+        "MV_EXIT_UNHANDLED",
+        u64::from(run::exit_reason::UNHANDLED),
+    )?;
+    define(w, "MV_MAP_READ", run::map_access::READ)?;
+    define(w, "MV_MAP_WRITE", run::map_access::WRITE)?;
+    define(w, "MV_MAP_EXECUTE", run::map_access::EXECUTE)?;
+    define(w, "MV_MAP_MAX_PAGES", run::MAP_MAX_PAGES)?;
+    define(w, "MV_GUEST_PHYS_LIMIT", run::GUEST_PHYS_LIMIT)?;
 
     w.write_str("\n/* Field offsets, for assembly */\n")?;
     DescriptorTableRegister::write_offsets(w)?;
@@ -148,6 +189,17 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
         HvStatus::write_c_decl,
         LogArgs::write_c_decl,
         TestFaultArgs::write_c_decl,
+        CreateVmArgs::write_c_decl,
+        MapMemoryArgs::write_c_decl,
+        CreateVcpuArgs::write_c_decl,
+        VcpuArgs::write_c_decl,
+        RunSegment::write_c_decl,
+        RunTable::write_c_decl,
+        RunRegs::write_c_decl,
+        RunIo::write_c_decl,
+        RunMmio::write_c_decl,
+        RunExit::write_c_decl,
+        RunPage::write_c_decl,
     ] {
         decl(w)?;
         w.write_str("\n")?;

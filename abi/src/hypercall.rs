@@ -103,15 +103,15 @@ hypercalls! {
     HvMemory = (0x0004, 0x0000, "hv.memory", RootKernel, true),
     HvStopPp = (0x0004, 0x0001, "hv.stop_pp", RootKernel, true),
     HvTestFault = (0x0004, 0x0002, "hv.test_fault", RootKernel, true),
-    VmCreate = (0x0005, 0x0000, "vm.create", RootKernel, false),
-    VmDestroy = (0x0005, 0x0001, "vm.destroy", RootKernel, false),
-    VmMapMemory = (0x0005, 0x0002, "vm.map_memory", RootKernel, false),
-    VmUnmapMemory = (0x0005, 0x0003, "vm.unmap_memory", RootKernel, false),
-    VcpuCreate = (0x0006, 0x0000, "vcpu.create", RootKernel, false),
-    VcpuDestroy = (0x0006, 0x0001, "vcpu.destroy", RootKernel, false),
-    VcpuRun = (0x0007, 0x0000, "run.run", RootKernel, false),
-    VcpuGetRegisters = (0x0007, 0x0001, "run.get_registers", RootKernel, false),
-    VcpuSetRegisters = (0x0007, 0x0002, "run.set_registers", RootKernel, false),
+    VmCreate = (0x0005, 0x0000, "vm.create", RootKernel, true),
+    VmDestroy = (0x0005, 0x0001, "vm.destroy", RootKernel, true),
+    VmMapMemory = (0x0005, 0x0002, "vm.map_memory", RootKernel, true),
+    VmUnmapMemory = (0x0005, 0x0003, "vm.unmap_memory", RootKernel, true),
+    VcpuCreate = (0x0006, 0x0000, "vcpu.create", RootKernel, true),
+    VcpuDestroy = (0x0006, 0x0001, "vcpu.destroy", RootKernel, true),
+    VcpuRun = (0x0007, 0x0000, "run.run", RootKernel, true),
+    VcpuGetRegisters = (0x0007, 0x0001, "run.get_registers", RootKernel, true),
+    VcpuSetRegisters = (0x0007, 0x0002, "run.set_registers", RootKernel, true),
 }
 
 /// The RAX value that selects `call`.
@@ -182,6 +182,7 @@ statuses! {
     VersionMismatch = 6 : "The caller was built for an ABI major version this MicroV does not speak.",
     Busy = 7 : "The resource is in use (for example a handle is already open).",
     OutOfMemory = 8 : "The hypervisor's memory pool is exhausted.",
+    MemoryRefused = 9 : "A root-physical range given to a VM is not ordinary root RAM, or overlaps MicroV's own memory.",
 }
 
 impl Status {

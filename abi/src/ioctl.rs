@@ -132,12 +132,65 @@ c_struct! {
     }
 }
 
+c_struct! {
+    /// `MV_IOC_CREATE_VM` (on `/dev/microv`): a new, empty micro VM. The
+    /// ioctl returns a file descriptor for it; closing the last reference
+    /// destroys the VM, its vCPUs and its mappings, and unpins its memory.
+    pub struct CreateVmArgs as "mv_create_vm_args" {
+        /// Out: MicroV's id of the VM (for reports; the fd names the VM).
+        pub vm_id: u64,
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_VM_MAP_MEMORY` (on a VM fd): `size` bytes of the VMM's memory
+    /// at `user_addr` become guest-physical `gpa`..`gpa + size`. The driver
+    /// pins the pages for the VM's lifetime. All three are 4 KiB multiples.
+    pub struct MapMemoryArgs as "mv_map_memory_args" {
+        pub user_addr: u64,
+        pub size: u64,
+        pub gpa: u64,
+        /// `crate::run::map_access` bits; 0 means all.
+        pub flags: u64,
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_VM_CREATE_VCPU` (on a VM fd): a new vCPU. The ioctl returns
+    /// a file descriptor for it; `mmap` of that fd (offset 0, one page)
+    /// is the vCPU's run page (`crate::run::RunPage`).
+    pub struct CreateVcpuArgs as "mv_create_vcpu_args" {
+        /// The vCPU's APIC ID (0 = the bootstrap processor).
+        pub apic_id: u32,
+        pub reserved: u32,
+        /// Out: MicroV's id of the vCPU.
+        pub vcpu_id: u64,
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_VCPU_RUN`, `MV_IOC_VCPU_GET_REGS`, `MV_IOC_VCPU_SET_REGS`
+    /// (on a vCPU fd): no arguments; the run page carries everything.
+    /// RUN returns 0 with the exit in the run page, or fails with EINTR
+    /// when a signal is pending for the thread (the exit then says
+    /// `INTERRUPTED`).
+    pub struct VcpuArgs as "mv_vcpu_args" {
+        pub reserved: u64,
+    }
+}
+
 /// ioctl request numbers.
 pub const IOC_START: u64 = iowr(1, core::mem::size_of::<StartArgs>());
 pub const IOC_STOP: u64 = iowr(2, core::mem::size_of::<StopArgs>());
 pub const IOC_STATUS: u64 = iowr(3, core::mem::size_of::<HvStatus>());
 pub const IOC_LOG: u64 = iowr(4, core::mem::size_of::<LogArgs>());
 pub const IOC_TEST_FAULT: u64 = iowr(5, core::mem::size_of::<TestFaultArgs>());
+pub const IOC_CREATE_VM: u64 = iowr(6, core::mem::size_of::<CreateVmArgs>());
+pub const IOC_VM_MAP_MEMORY: u64 = iowr(7, core::mem::size_of::<MapMemoryArgs>());
+pub const IOC_VM_CREATE_VCPU: u64 = iowr(8, core::mem::size_of::<CreateVcpuArgs>());
+pub const IOC_VCPU_RUN: u64 = iowr(9, core::mem::size_of::<VcpuArgs>());
+pub const IOC_VCPU_GET_REGS: u64 = iowr(10, core::mem::size_of::<VcpuArgs>());
+pub const IOC_VCPU_SET_REGS: u64 = iowr(11, core::mem::size_of::<VcpuArgs>());
 
 // The ioctl size field has 14 bits.
 const _: () = assert!(core::mem::size_of::<HvStatus>() < (1 << 14));

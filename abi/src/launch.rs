@@ -322,8 +322,18 @@ c_struct! {
         /// Hypervisor virtual address of the trampoline's promotion routine
         /// (the hypervisor's private copy of the trampoline).
         pub promote_entry: u64,
+        /// Ordinary RAM of the root ("System RAM"), as the loader found it
+        /// at start: `ram[i] = [first byte, last byte]`, sorted, at most
+        /// [`MAX_RAM_RANGES`]. Only frames in these ranges (and outside the
+        /// pool) may back a micro VM's memory.
+        pub ram_count: u64,
+        pub ram: [[u64; 2]; MAX_RAM_RANGES],
     }
 }
+
+/// Most RAM ranges the boot info lists (the rest of the RAM is simply not
+/// offered to micro VMs).
+pub const MAX_RAM_RANGES: usize = 64;
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= 2 * PAGE_SIZE as usize);
 
 /// Bits of [`BootInfo::flags`].

@@ -26,6 +26,7 @@ pub mod header;
 pub mod hypercall;
 pub mod ioctl;
 pub mod launch;
+pub mod run;
 pub mod syscall;
 
 pub use errors::StartError;

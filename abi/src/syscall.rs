@@ -4,7 +4,7 @@
 //! describes each call.
 //!
 //! A syscall is the `syscall` instruction with the number in RAX and
-//! arguments in RDI and RSI. On return RAX holds a [`SysStatus`], RDX and R8
+//! arguments in RDI, RSI and (for `VmMap` only) RDX. On return RAX holds a [`SysStatus`], RDX and R8
 //! hold results; RCX and R11 are clobbered (by the instruction). The other
 //! general-purpose registers are preserved; vector registers are not (the
 //! microkernel's Rust code may use them), so callers treat them as
@@ -43,10 +43,14 @@ numbered! {
         MemAlloc = 1,
         /// Pool usage: RDX = total pages, R8 = free pages.
         MemStats = 2,
-        /// Create a vCPU state (VMCB, register page, FPU area). RDX = its id;
-        /// its pages appear at [`vs_layout::vmcb`] and [`vs_layout::gprs`].
+        /// Create a guest vCPU state (VMCB, register page, FPU area) for VM
+        /// RDI, whose run page is root-physical RSI (one page of ordinary
+        /// root RAM). RDX = its id; its pages appear at
+        /// [`vs_layout::vmcb`], [`vs_layout::gprs`] and [`vs_layout::run`].
+        /// It runs on the VM's nested tables only, on one CPU at a time.
         VsCreate = 3,
-        /// Run vCPU state RDI on this CPU. Does not return: the exit arrives
+        /// Run vCPU state RDI on this CPU: this CPU's root state, or a guest
+        /// state no other CPU is running. Does not return: the exit arrives
         /// as an [`Upcall::Exit`].
         VsRun = 4,
         /// Put vCPU state RDI (this CPU's root vCPU) back onto the real CPU
@@ -72,6 +76,26 @@ numbered! {
         /// the CPU can address. The root's nested tables are the
         /// microkernel's: the extension cannot change them otherwise.
         RootMapGpa = 9,
+        /// A new micro VM: empty nested page tables and an address-space
+        /// id of its own. RDX = the VM's id.
+        VmCreate = 10,
+        /// Destroy VM RDI: its tables go back to the pool. Refused
+        /// ([`SysStatus::Busy`]) while a vCPU state of it exists.
+        VmDestroy = 11,
+        /// Map root-physical RDX.. into VM `RDI & 0xffff_ffff` at
+        /// guest-physical `RSI & !0xfff`, `RDI >> 32` pages, with the
+        /// `run::map_access` bits in RSI's low bits. The microkernel checks
+        /// every frame: ordinary root RAM, outside the pool, inside the
+        /// CPU's and the guest's address width, nothing already mapped
+        /// there ([`SysStatus::Refused`] / [`SysStatus::Busy`]).
+        VmMap = 12,
+        /// Unmap `RDI >> 32` pages at guest-physical RSI from VM
+        /// `RDI & 0xffff_ffff`; every CPU flushes the VM's TLB entries
+        /// before it runs the VM again. Refused ([`SysStatus::Busy`])
+        /// while a vCPU of the VM runs.
+        VmUnmap = 13,
+        /// Destroy guest vCPU state RDI (not a root state; not running).
+        VsDestroy = 14,
     }
 }
 
@@ -88,8 +112,12 @@ numbered! {
         /// The instruction raised #GP (for example the MSR does not exist).
         Fault = 4,
         /// `VsPromote`: not every CPU running MicroV asked to stop within
-        /// the rendezvous timeout; MicroV keeps running on this CPU.
+        /// the rendezvous timeout; MicroV keeps running on this CPU. VM
+        /// calls: the VM or vCPU is in use.
         Busy = 5,
+        /// A root-physical range given to a VM is not ordinary root RAM or
+        /// overlaps the pool.
+        Refused = 6,
     }
 }
 
@@ -108,8 +136,9 @@ numbered! {
 pub mod vs_layout {
     /// Base of the window holding every vCPU state's VMCB and register page.
     pub const WINDOW: u64 = 0x0000_2000_0000_0000;
-    /// Bytes per vCPU state in the window: VMCB page, register page.
-    pub const STRIDE: u64 = 2 * 4096;
+    /// Bytes per vCPU state in the window: VMCB page, register page, run
+    /// page (guest states only).
+    pub const STRIDE: u64 = 3 * 4096;
     /// Most vCPU states.
     pub const MAX_VS: u64 = 256;
     /// Extension address of the VMCB of state `id`.
@@ -119,6 +148,11 @@ pub mod vs_layout {
     /// Extension address of the register page ([`super::VsRegs`]) of state `id`.
     pub const fn gprs(id: u64) -> u64 {
         WINDOW + id * STRIDE + 4096
+    }
+    /// Extension address of guest state `id`'s run page
+    /// ([`crate::run::RunPage`]): root memory, writable by the root.
+    pub const fn run(id: u64) -> u64 {
+        WINDOW + id * STRIDE + 2 * 4096
     }
 }
 
@@ -169,7 +203,8 @@ mod tests {
         assert_eq!(vs_layout::vmcb(0), vs_layout::WINDOW);
         assert_eq!(vs_layout::gprs(0), vs_layout::WINDOW + 4096);
         assert_eq!(vs_layout::vmcb(1), vs_layout::WINDOW + vs_layout::STRIDE);
-        assert!(vs_layout::gprs(1) < vs_layout::vmcb(2));
+        assert!(vs_layout::gprs(1) < vs_layout::run(1));
+        assert!(vs_layout::run(1) < vs_layout::vmcb(2));
     }
 
     const _: () = assert!(vs_layout::gprs(vs_layout::MAX_VS) < crate::launch::EXTENSION_STACKS);

@@ -6,6 +6,7 @@
 #include <linux/types.h>
 #include <linux/mm.h>
 #include <linux/io.h>
+#include <linux/mutex.h>
 #include "microv_abi.h"
 
 #define MV_CHUNK_ORDER 9 /* 2 MiB */
@@ -80,6 +81,20 @@ int mv_cpu_check_svm(u64 *detail);
 
 /* microv_main.c: for test modules (tests/vm/mvprobe). */
 u64 microv_test_handle(void);
+
+/*
+ * microv_main.c: for microv_vm.c. mv_lock serialises start, stop, status
+ * and the failure reaper; the generation names one start of MicroV (0: none
+ * runs); it changes only under mv_lock.
+ */
+extern struct mutex mv_lock;
+u64 mv_hv_generation(void);
+bool mv_hv_vm_ready(u64 *gen, u64 *handle);
+
+/* microv_vm.c: micro-VM and vCPU file descriptors. */
+long mv_vm_create_ioctl(void __user *arg);
+unsigned int mv_vm_live_count(void);
+void mv_vm_instance_gone(u64 gen);
 
 /* Trampoline (microv_tramp.S). */
 u64 microv_enter(struct mv_cpu_landing *landing);

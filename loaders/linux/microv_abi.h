@@ -9,6 +9,7 @@
 #define MV_MAX_CHUNKS 0x100ULL
 #define MV_DEFAULT_POOL_SIZE 0x4000000ULL
 #define MV_MAX_CPUS 0x40ULL
+#define MV_MAX_RAM_RANGES 0x40ULL
 #define MV_KERNEL_STACK_SIZE 0x8000ULL
 #define MV_EXTENSION_BASE 0x40000000ULL
 #define MV_EXTENSION_MAX_SIZE 0x4000000ULL
@@ -62,6 +63,7 @@
 #define MV_STATUS_VERSION_MISMATCH 6
 #define MV_STATUS_BUSY 7
 #define MV_STATUS_OUT_OF_MEMORY 8
+#define MV_STATUS_MEMORY_REFUSED 9
 
 /* Start/stop errors */
 #define MV_ERR_ALREADY_RUNNING 1
@@ -89,6 +91,7 @@
 #define MV_ERR_ROOT_SHUTDOWN 23
 #define MV_ERR_STOP_REFUSED 24
 #define MV_ERR_PAGE_TABLE_ISOLATION 25
+#define MV_ERR_VMS_RUNNING 26
 
 /* States */
 #define MV_HV_STOPPED 0x0ULL
@@ -104,6 +107,28 @@
 #define MV_IOC_STATUS 0xe2804d03ULL
 #define MV_IOC_LOG 0xc0204d04ULL
 #define MV_IOC_TEST_FAULT 0xc0184d05ULL
+#define MV_IOC_CREATE_VM 0xc0084d06ULL
+#define MV_IOC_VM_MAP_MEMORY 0xc0204d07ULL
+#define MV_IOC_VM_CREATE_VCPU 0xc0104d08ULL
+#define MV_IOC_VCPU_RUN 0xc0084d09ULL
+#define MV_IOC_VCPU_GET_REGS 0xc0084d0aULL
+#define MV_IOC_VCPU_SET_REGS 0xc0084d0bULL
+
+/* Micro VMs: the run page */
+#define MV_RUN_PAGE_SIZE 0x1000ULL
+#define MV_EXIT_NONE 0x0ULL
+#define MV_EXIT_IO 0x1ULL
+#define MV_EXIT_MMIO 0x2ULL
+#define MV_EXIT_HLT 0x3ULL
+#define MV_EXIT_SHUTDOWN 0x4ULL
+#define MV_EXIT_INTERRUPTED 0x5ULL
+#define MV_EXIT_FAIL_ENTRY 0x6ULL
+#define MV_EXIT_UNHANDLED 0x7ULL
+#define MV_MAP_READ 0x1ULL
+#define MV_MAP_WRITE 0x2ULL
+#define MV_MAP_EXECUTE 0x4ULL
+#define MV_MAP_MAX_PAGES 0x100000ULL
+#define MV_GUEST_PHYS_LIMIT 0x8000000000ULL
 
 /* Field offsets, for assembly */
 #define MVOFF_mv_dtr_pad 0
@@ -392,6 +417,8 @@ struct mv_boot_info {
 	__u64 flags;
 	__u64 stacks_offset;
 	__u64 promote_entry;
+	__u64 ram_count;
+	__u64 ram[64][2];
 };
 _Static_assert(offsetof(struct mv_boot_info, magic) == 0, "mv_boot_info.magic");
 _Static_assert(offsetof(struct mv_boot_info, launch_version) == 8, "mv_boot_info.launch_version");
@@ -408,7 +435,9 @@ _Static_assert(offsetof(struct mv_boot_info, log_size) == 3064, "mv_boot_info.lo
 _Static_assert(offsetof(struct mv_boot_info, flags) == 3072, "mv_boot_info.flags");
 _Static_assert(offsetof(struct mv_boot_info, stacks_offset) == 3080, "mv_boot_info.stacks_offset");
 _Static_assert(offsetof(struct mv_boot_info, promote_entry) == 3088, "mv_boot_info.promote_entry");
-_Static_assert(sizeof(struct mv_boot_info) == 3096, "sizeof mv_boot_info");
+_Static_assert(offsetof(struct mv_boot_info, ram_count) == 3096, "mv_boot_info.ram_count");
+_Static_assert(offsetof(struct mv_boot_info, ram) == 3104, "mv_boot_info.ram");
+_Static_assert(sizeof(struct mv_boot_info) == 4128, "sizeof mv_boot_info");
 
 struct mv_log_header {
 	__u64 written;
@@ -531,6 +560,148 @@ _Static_assert(offsetof(struct mv_test_fault_args, error_code) == 8, "mv_test_fa
 _Static_assert(offsetof(struct mv_test_fault_args, error_cpu) == 12, "mv_test_fault_args.error_cpu");
 _Static_assert(offsetof(struct mv_test_fault_args, error_detail) == 16, "mv_test_fault_args.error_detail");
 _Static_assert(sizeof(struct mv_test_fault_args) == 24, "sizeof mv_test_fault_args");
+
+struct mv_create_vm_args {
+	__u64 vm_id;
+};
+_Static_assert(offsetof(struct mv_create_vm_args, vm_id) == 0, "mv_create_vm_args.vm_id");
+_Static_assert(sizeof(struct mv_create_vm_args) == 8, "sizeof mv_create_vm_args");
+
+struct mv_map_memory_args {
+	__u64 user_addr;
+	__u64 size;
+	__u64 gpa;
+	__u64 flags;
+};
+_Static_assert(offsetof(struct mv_map_memory_args, user_addr) == 0, "mv_map_memory_args.user_addr");
+_Static_assert(offsetof(struct mv_map_memory_args, size) == 8, "mv_map_memory_args.size");
+_Static_assert(offsetof(struct mv_map_memory_args, gpa) == 16, "mv_map_memory_args.gpa");
+_Static_assert(offsetof(struct mv_map_memory_args, flags) == 24, "mv_map_memory_args.flags");
+_Static_assert(sizeof(struct mv_map_memory_args) == 32, "sizeof mv_map_memory_args");
+
+struct mv_create_vcpu_args {
+	__u32 apic_id;
+	__u32 reserved;
+	__u64 vcpu_id;
+};
+_Static_assert(offsetof(struct mv_create_vcpu_args, apic_id) == 0, "mv_create_vcpu_args.apic_id");
+_Static_assert(offsetof(struct mv_create_vcpu_args, reserved) == 4, "mv_create_vcpu_args.reserved");
+_Static_assert(offsetof(struct mv_create_vcpu_args, vcpu_id) == 8, "mv_create_vcpu_args.vcpu_id");
+_Static_assert(sizeof(struct mv_create_vcpu_args) == 16, "sizeof mv_create_vcpu_args");
+
+struct mv_vcpu_args {
+	__u64 reserved;
+};
+_Static_assert(offsetof(struct mv_vcpu_args, reserved) == 0, "mv_vcpu_args.reserved");
+_Static_assert(sizeof(struct mv_vcpu_args) == 8, "sizeof mv_vcpu_args");
+
+struct mv_run_segment {
+	__u64 base;
+	__u32 limit;
+	__u16 selector;
+	__u16 attributes;
+};
+_Static_assert(offsetof(struct mv_run_segment, base) == 0, "mv_run_segment.base");
+_Static_assert(offsetof(struct mv_run_segment, limit) == 8, "mv_run_segment.limit");
+_Static_assert(offsetof(struct mv_run_segment, selector) == 12, "mv_run_segment.selector");
+_Static_assert(offsetof(struct mv_run_segment, attributes) == 14, "mv_run_segment.attributes");
+_Static_assert(sizeof(struct mv_run_segment) == 16, "sizeof mv_run_segment");
+
+struct mv_run_table {
+	__u64 base;
+	__u64 limit;
+};
+_Static_assert(offsetof(struct mv_run_table, base) == 0, "mv_run_table.base");
+_Static_assert(offsetof(struct mv_run_table, limit) == 8, "mv_run_table.limit");
+_Static_assert(sizeof(struct mv_run_table) == 16, "sizeof mv_run_table");
+
+struct mv_run_regs {
+	__u64 gprs[16];
+	__u64 rip;
+	__u64 rflags;
+	__u64 cr0;
+	__u64 cr2;
+	__u64 cr3;
+	__u64 cr4;
+	__u64 efer;
+	struct mv_run_segment cs;
+	struct mv_run_segment ds;
+	struct mv_run_segment es;
+	struct mv_run_segment fs;
+	struct mv_run_segment gs;
+	struct mv_run_segment ss;
+	struct mv_run_segment tr;
+	struct mv_run_segment ldt;
+	struct mv_run_table gdt;
+	struct mv_run_table idt;
+};
+_Static_assert(offsetof(struct mv_run_regs, gprs) == 0, "mv_run_regs.gprs");
+_Static_assert(offsetof(struct mv_run_regs, rip) == 128, "mv_run_regs.rip");
+_Static_assert(offsetof(struct mv_run_regs, rflags) == 136, "mv_run_regs.rflags");
+_Static_assert(offsetof(struct mv_run_regs, cr0) == 144, "mv_run_regs.cr0");
+_Static_assert(offsetof(struct mv_run_regs, cr2) == 152, "mv_run_regs.cr2");
+_Static_assert(offsetof(struct mv_run_regs, cr3) == 160, "mv_run_regs.cr3");
+_Static_assert(offsetof(struct mv_run_regs, cr4) == 168, "mv_run_regs.cr4");
+_Static_assert(offsetof(struct mv_run_regs, efer) == 176, "mv_run_regs.efer");
+_Static_assert(offsetof(struct mv_run_regs, cs) == 184, "mv_run_regs.cs");
+_Static_assert(offsetof(struct mv_run_regs, ds) == 200, "mv_run_regs.ds");
+_Static_assert(offsetof(struct mv_run_regs, es) == 216, "mv_run_regs.es");
+_Static_assert(offsetof(struct mv_run_regs, fs) == 232, "mv_run_regs.fs");
+_Static_assert(offsetof(struct mv_run_regs, gs) == 248, "mv_run_regs.gs");
+_Static_assert(offsetof(struct mv_run_regs, ss) == 264, "mv_run_regs.ss");
+_Static_assert(offsetof(struct mv_run_regs, tr) == 280, "mv_run_regs.tr");
+_Static_assert(offsetof(struct mv_run_regs, ldt) == 296, "mv_run_regs.ldt");
+_Static_assert(offsetof(struct mv_run_regs, gdt) == 312, "mv_run_regs.gdt");
+_Static_assert(offsetof(struct mv_run_regs, idt) == 328, "mv_run_regs.idt");
+_Static_assert(sizeof(struct mv_run_regs) == 344, "sizeof mv_run_regs");
+
+struct mv_run_io {
+	__u16 port;
+	__u8 size;
+	__u8 direction;
+	__u32 reserved;
+	__u64 data;
+};
+_Static_assert(offsetof(struct mv_run_io, port) == 0, "mv_run_io.port");
+_Static_assert(offsetof(struct mv_run_io, size) == 2, "mv_run_io.size");
+_Static_assert(offsetof(struct mv_run_io, direction) == 3, "mv_run_io.direction");
+_Static_assert(offsetof(struct mv_run_io, reserved) == 4, "mv_run_io.reserved");
+_Static_assert(offsetof(struct mv_run_io, data) == 8, "mv_run_io.data");
+_Static_assert(sizeof(struct mv_run_io) == 16, "sizeof mv_run_io");
+
+struct mv_run_mmio {
+	__u64 gpa;
+	__u64 access;
+};
+_Static_assert(offsetof(struct mv_run_mmio, gpa) == 0, "mv_run_mmio.gpa");
+_Static_assert(offsetof(struct mv_run_mmio, access) == 8, "mv_run_mmio.access");
+_Static_assert(sizeof(struct mv_run_mmio) == 16, "sizeof mv_run_mmio");
+
+struct mv_run_exit {
+	__u32 reason;
+	__u32 reserved;
+	__u64 qualification;
+	struct mv_run_io io;
+	struct mv_run_mmio mmio;
+};
+_Static_assert(offsetof(struct mv_run_exit, reason) == 0, "mv_run_exit.reason");
+_Static_assert(offsetof(struct mv_run_exit, reserved) == 4, "mv_run_exit.reserved");
+_Static_assert(offsetof(struct mv_run_exit, qualification) == 8, "mv_run_exit.qualification");
+_Static_assert(offsetof(struct mv_run_exit, io) == 16, "mv_run_exit.io");
+_Static_assert(offsetof(struct mv_run_exit, mmio) == 32, "mv_run_exit.mmio");
+_Static_assert(sizeof(struct mv_run_exit) == 48, "sizeof mv_run_exit");
+
+struct mv_run_page {
+	__u64 request;
+	__u64 raise[4];
+	struct mv_run_exit exit;
+	struct mv_run_regs regs;
+};
+_Static_assert(offsetof(struct mv_run_page, request) == 0, "mv_run_page.request");
+_Static_assert(offsetof(struct mv_run_page, raise) == 8, "mv_run_page.raise");
+_Static_assert(offsetof(struct mv_run_page, exit) == 40, "mv_run_page.exit");
+_Static_assert(offsetof(struct mv_run_page, regs) == 88, "mv_run_page.regs");
+_Static_assert(sizeof(struct mv_run_page) == 432, "sizeof mv_run_page");
 
 #endif /* __ASSEMBLY__ */
 

@@ -4,9 +4,10 @@
  *
  * START loads the hypervisor images into a pool of memory and enters the
  * microkernel on every online CPU (late launch); STOP asks MicroV to leave
- * every CPU and frees the pool; STATUS and LOG report. All policy lives in
- * the hypervisor and the `microv` CLI: this driver only allocates, copies,
- * maps, and calls.
+ * every CPU and frees the pool; STATUS and LOG report; CREATE_VM hands out
+ * micro-VM file descriptors (microv_vm.c). All policy lives in the
+ * hypervisor and the `microv` CLI: this driver only allocates, copies, maps,
+ * and calls.
  */
 #include <linux/module.h>
 #include <linux/miscdevice.h>
@@ -28,7 +29,8 @@
 #define PTE_NX	(1ULL << 63)
 #define LOG_ORDER 2 /* 16 KiB shared log ring */
 
-static DEFINE_MUTEX(mv_lock);
+/* Start, stop, status, the reaper, and micro-VM creation and teardown. */
+DEFINE_MUTEX(mv_lock);
 /*
  * Non-NULL from just before MicroV is entered on the first CPU until it has
  * left every CPU: while MicroV runs, and while a failed MicroV still runs
@@ -38,6 +40,12 @@ static DEFINE_MUTEX(mv_lock);
 static struct mv_instance *mv_inst;
 /* The management handle while an instance has one (microv_test_handle). */
 static u64 mv_handle;
+/*
+ * The generation of mv_inst while it is set, else 0; each start takes a new
+ * one (mv_generations), so a micro VM of an earlier MicroV is never
+ * confused with one of the current (microv_vm.c). Written under mv_lock.
+ */
+static u64 mv_generation, mv_generations;
 static u32 mv_state = MV_HV_STOPPED;
 static u64 mv_start_ns;
 static u32 mv_last_error, mv_last_error_cpu = U32_MAX;
@@ -88,6 +96,27 @@ u64 microv_test_handle(void)
 	return READ_ONCE(mv_handle);
 }
 EXPORT_SYMBOL_GPL(microv_test_handle);
+
+/* The running MicroV's generation, 0 if none (may be read without mv_lock). */
+u64 mv_hv_generation(void)
+{
+	return READ_ONCE(mv_generation);
+}
+
+/*
+ * Whether micro VMs can be created now (MicroV runs on every CPU, has not
+ * failed, and the driver has the handle), and with which generation and
+ * handle. Called with mv_lock held.
+ */
+bool mv_hv_vm_ready(u64 *gen, u64 *handle)
+{
+	lockdep_assert_held(&mv_lock);
+	if (!mv_inst || mv_inst->failed || mv_state != MV_HV_RUNNING || !mv_inst->handle)
+		return false;
+	*gen = mv_generation;
+	*handle = mv_inst->handle;
+	return true;
+}
 
 static void free_instance(struct mv_instance *inst)
 {
@@ -141,6 +170,38 @@ static int load_image(struct mv_instance *inst, const struct mv_image_arg *img, 
 	out->segment_count = img->segment_count;
 	memcpy(out->segments, img->segments, sizeof(out->segments));
 	return 0;
+}
+
+/*
+ * One "System RAM" resource for the boot info: merged with the previous
+ * range when adjacent; the walk stops when the list is full.
+ */
+static int mv_add_ram(struct resource *res, void *arg)
+{
+	struct mv_boot_info *bi = arg;
+	u64 n = bi->ram_count;
+
+	if (n && bi->ram[n - 1][1] + 1 == res->start) {
+		bi->ram[n - 1][1] = res->end;
+		return 0;
+	}
+	if (n >= MV_MAX_RAM_RANGES)
+		return 1;
+	bi->ram[n][0] = res->start;
+	bi->ram[n][1] = res->end;
+	bi->ram_count = n + 1;
+	return 0;
+}
+
+/*
+ * The root's ordinary RAM, for the microkernel: only these frames (outside
+ * the pool) may back a micro VM's memory or a run page.
+ */
+static void mv_collect_ram(struct mv_boot_info *bi)
+{
+	bi->ram_count = 0;
+	walk_iomem_res_desc(IORES_DESC_NONE, IORESOURCE_SYSTEM_RAM | IORESOURCE_BUSY, 0, U64_MAX,
+			    bi, mv_add_ram);
 }
 
 /* Lays out the pool, copies the images and builds the boot page tables. */
@@ -211,6 +272,7 @@ static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 	bi->flags = a->flags;
 	bi->stacks_offset = stacks;
 	bi->promote_entry = (u64)microv_promote;
+	mv_collect_ram(bi);
 	/* Everything the boot tables need is reserved; the rest is the microkernel's. */
 	bi->free_offset = inst->pool.used;
 	if (bi->free_offset + MV_CHUNK_SIZE > (u64)inst->pool.chunk_count * MV_CHUNK_SIZE)
@@ -369,6 +431,9 @@ static int stop_all(struct mv_instance *inst, u32 *err_cpu, u64 *detail)
 /* MicroV has left every CPU: free everything and drop the module reference. */
 static void release_instance(void)
 {
+	/* Its micro VMs are gone with it: no later MicroV may get their ids. */
+	mv_vm_instance_gone(mv_generation);
+	WRITE_ONCE(mv_generation, 0);
 	free_instance(mv_inst);
 	WRITE_ONCE(mv_inst, NULL);
 	WRITE_ONCE(mv_handle, 0);
@@ -556,6 +621,7 @@ static int do_start(struct mv_start_args *a)
 	 * live (module reference, no CPU hot-plug) until it has left them all.
 	 */
 	__module_get(THIS_MODULE);
+	WRITE_ONCE(mv_generation, ++mv_generations);
 	WRITE_ONCE(mv_inst, inst);
 	inst = NULL;
 	for (i = 0; i < mv_inst->cpu_count; i++) {
@@ -634,6 +700,15 @@ static int do_stop(struct mv_stop_args *a)
 			return MV_ERR_NOT_RUNNING;
 		pr_info("microv: stopped; every CPU is native\n");
 		return 0;
+	}
+
+	/*
+	 * Micro VMs live in MicroV's memory: refuse rather than pull it from
+	 * under them (a failed MicroV, above, must go anyway).
+	 */
+	if (mv_vm_live_count()) {
+		pr_info("microv: stop refused: %u micro VMs are running\n", mv_vm_live_count());
+		return MV_ERR_VMS_RUNNING;
 	}
 
 	cancel_delayed_work(&mv_watchdog);
@@ -772,7 +847,8 @@ static int mv_errno(int code)
 {
 	switch (code) {
 	case 0: return 0;
-	case MV_ERR_ALREADY_RUNNING: return -EBUSY;
+	case MV_ERR_ALREADY_RUNNING:
+	case MV_ERR_VMS_RUNNING: return -EBUSY;
 	case MV_ERR_NOT_RUNNING: return -ENODEV;
 	case MV_ERR_OUT_OF_MEMORY: return -ENOMEM;
 	case MV_ERR_POOL_TOO_SMALL: return -ENOSPC;
@@ -791,6 +867,9 @@ static long mv_ioctl(struct file *f, unsigned int cmd, unsigned long uarg)
 
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
+	/* Takes mv_lock itself, only around the hypercall. */
+	if (cmd == MV_IOC_CREATE_VM)
+		return mv_vm_create_ioctl(u);
 	mutex_lock(&mv_lock);
 	switch (cmd) {
 	case MV_IOC_START: {

@@ -19,6 +19,7 @@ pub const PROGRAMS: &[&str] = &[
     "mv-physpage",
     "cpuid-loop",
     "mv-sysbench",
+    "mv-vm-smoke",
 ];
 
 /// The test module's name in the stage and in [`TEST_DIR`].
@@ -40,16 +41,22 @@ pub fn installs() -> Vec<(&'static str, &'static str)> {
 /// `headers` (the kernel headers directory) is given.
 pub fn build(root: &Path, stage: &Path, headers: Option<&Path>) -> Result<()> {
     let vm = root.join("tests/vm");
+    // Programs may include the driver's generated ABI header.
+    let abi = root.join(ABI_HEADER);
+    let abi_dir = abi.parent().context("the ABI header has no directory")?;
     for name in PROGRAMS {
         let src = vm.join(format!("{name}.c"));
         let out = stage.join(name);
-        if stage::is_newer(&out, &src) {
+        if stage::is_newer(&out, &src) && stage::is_newer(&out, &abi) {
             continue;
         }
         let gcc = prereq::tool("gcc", "gcc libc6-dev")?;
         util::run(
             Command::new(gcc)
-                .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+                .args(["-static", "-O2", "-Wall", "-Werror"])
+                .arg("-I")
+                .arg(abi_dir)
+                .arg("-o")
                 .arg(&out)
                 .arg(&src),
         )
@@ -65,8 +72,8 @@ pub fn build(root: &Path, stage: &Path, headers: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The driver's generated ABI header, which mvprobe includes for the
-/// hypercall numbers and statuses.
+/// The driver's generated ABI header, which mvprobe and the programs (e.g.
+/// mv-vm-smoke) include for the hypercall numbers, statuses and ioctls.
 const ABI_HEADER: &str = "loaders/linux/microv_abi.h";
 
 /// Like the driver: Kbuild writes next to its sources, so build a copy of

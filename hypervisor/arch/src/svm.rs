@@ -154,6 +154,7 @@ pub mod misc1 {
     pub const NMI: u32 = 1 << 1;
     pub const SMI: u32 = 1 << 2;
     pub const INIT: u32 = 1 << 3;
+    pub const VINTR: u32 = 1 << 4;
     pub const CPUID: u32 = 1 << 18;
     pub const INVD: u32 = 1 << 22;
     pub const HLT: u32 = 1 << 24;
@@ -208,6 +209,8 @@ pub const NP_ENABLE: u64 = 1 << 0;
 pub mod tlb {
     pub const DO_NOTHING: u8 = 0;
     pub const FLUSH_ALL: u8 = 1;
+    /// Flush this guest's ASID only.
+    pub const FLUSH_GUEST: u8 = 3;
 }
 
 /// #VMEXIT codes.
@@ -215,7 +218,10 @@ pub mod exit {
     pub const EXCEPTION_BASE: u64 = 0x40;
     pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
+    pub const SMI: u64 = 0x62;
     pub const INIT: u64 = 0x63;
+    /// The virtual-interrupt window opened (V_IRQ with the intercept).
+    pub const VINTR: u64 = 0x64;
     pub const CPUID: u64 = 0x72;
     pub const INVD: u64 = 0x76;
     pub const HLT: u64 = 0x78;
@@ -241,6 +247,12 @@ pub mod event {
     pub const VALID: u64 = 1 << 31;
     pub const ERROR_CODE_VALID: u64 = 1 << 11;
     pub const TYPE_EXCEPTION: u64 = 3 << 8;
+    pub const TYPE_INTERRUPT: u64 = 0;
+
+    /// An external interrupt with `vector`.
+    pub const fn interrupt(vector: u8) -> u64 {
+        VALID | TYPE_INTERRUPT | vector as u64
+    }
 
     /// An exception with no error code.
     pub const fn exception(vector: u8) -> u64 {

@@ -18,6 +18,7 @@ use crate::host::Host;
 use crate::hypercall::{self, Args, CallerInfo, Outcome};
 use crate::io;
 use crate::msr::{self, MsrOutcome};
+use crate::neutral::SVM_INSTRUCTIONS;
 use crate::state::HvState;
 
 /// Instruction lengths (TCG's SVM has no next-RIP save: MicroV knows them).
@@ -39,18 +40,13 @@ pub enum Action {
     Fail(StartError, u64),
     /// Fault on purpose (test images): the exit is left unhandled.
     TestFault(u64),
+    /// `run.run`: run guest vCPU `vcpu` on this CPU; the root's call
+    /// completes when the guest gives the CPU back.
+    RunGuest(u64),
+    /// `run.get_registers` (`set` None) or `run.set_registers` (the mask):
+    /// copy between guest vCPU `vcpu` and its run page, then complete.
+    Registers { vcpu: u64, set: Option<u64> },
 }
-
-/// Exits of the SVM instructions, which the root must see fault.
-const SVM_INSTRUCTIONS: [u64; 7] = [
-    exit::VMRUN,
-    exit::VMLOAD,
-    exit::VMSAVE,
-    exit::STGI,
-    exit::CLGI,
-    exit::SKINIT,
-    exit::INVLPGA,
-];
 
 /// The exit-count class of an exit (`info1` tells MSR reads from writes).
 pub fn classify(code: u64, info1: u64) -> ExitKind {
@@ -85,7 +81,7 @@ const MAX_INSN_LEN: u64 = 15;
 /// Moves past the intercepted instruction: to where the CPU says it ends
 /// (NRIP save, which counts prefixes) when it says so, else by the
 /// instruction's usual length `len` (QEMU's TCG has no NRIP save).
-fn skip(vmcb: &mut Vmcb, len: u64) {
+pub fn skip(vmcb: &mut Vmcb, len: u64) {
     let rip = vmcb.save.rip;
     let next = vmcb.control.next_rip;
     vmcb.save.rip = if next > rip && next - rip <= MAX_INSN_LEN {
@@ -119,30 +115,7 @@ pub fn handle(
     };
     match code {
         exit::CPUID => {
-            let (leaf, subleaf) = (vmcb.save.rax as u32, reg(gprs, gpr::RCX) as u32);
-            let real = if cpuid::is_synthetic(leaf) {
-                Default::default()
-            } else {
-                host.cpuid(leaf, subleaf)
-            };
-            let root = cpuid::Dynamic {
-                cr4: vmcb.save.cr4,
-                xcr0: gprs.xcr0,
-                // No supervisor XSAVE components for the root: XSS writes are refused.
-                xss: 0,
-            };
-            let r = cpuid::dynamic_bits(
-                leaf,
-                subleaf,
-                cpuid::root_view(leaf, real),
-                &root,
-                &mut |i| host.cpuid(xsave::LEAF_XSAVE, i),
-            );
-            vmcb.save.rax = u64::from(r.eax);
-            set_reg(gprs, gpr::RBX, u64::from(r.ebx));
-            set_reg(gprs, gpr::RCX, u64::from(r.ecx));
-            set_reg(gprs, gpr::RDX, u64::from(r.edx));
-            skip(vmcb, CPUID_LEN);
+            cpuid(vmcb, gprs, host);
             Action::Resume
         }
         exit::MSR => {
@@ -167,6 +140,7 @@ pub fn handle(
             let caller = CallerInfo {
                 cpl: vmcb.save.cpl,
                 cpu,
+                guest: false,
             };
             match hypercall::dispatch(vmcb.save.rax, Args::from_gprs(&gprs.gprs), caller, hv, host) {
                 Outcome::InvalidOpcode => {
@@ -174,13 +148,12 @@ pub fn handle(
                     Action::Resume
                 }
                 Outcome::Done(status, out) => {
-                    vmcb.save.rax = status.as_u64();
-                    if status == Status::Success {
-                        out.to_gprs(&mut gprs.gprs);
-                    }
-                    skip(vmcb, VMMCALL_LEN);
+                    complete_hypercall(vmcb, gprs, status, out);
                     Action::Resume
                 }
+                // Completed when the guest returns the CPU to the root.
+                Outcome::Run(vcpu) => Action::RunGuest(vcpu),
+                Outcome::Registers { vcpu, set } => Action::Registers { vcpu, set },
                 Outcome::StopThisCpu => {
                     vmcb.save.rax = Status::Success.as_u64();
                     skip(vmcb, VMMCALL_LEN);
@@ -272,10 +245,49 @@ pub fn handle(
     }
 }
 
+/// CPUID for a root or guest vCPU: the root's view of the real CPU (no SVM,
+/// MicroV's leaves), with the bits that follow the vCPU's CR4 and XCR0.
+pub fn cpuid(vmcb: &mut Vmcb, gprs: &mut VsRegs, host: &mut dyn Host) {
+    let (leaf, subleaf) = (vmcb.save.rax as u32, reg(gprs, gpr::RCX) as u32);
+    let real = if cpuid::is_synthetic(leaf) {
+        Default::default()
+    } else {
+        host.cpuid(leaf, subleaf)
+    };
+    let dynamic = cpuid::Dynamic {
+        cr4: vmcb.save.cr4,
+        xcr0: gprs.xcr0,
+        // No supervisor XSAVE components: XSS writes are refused.
+        xss: 0,
+    };
+    let r = cpuid::dynamic_bits(
+        leaf,
+        subleaf,
+        cpuid::root_view(leaf, real),
+        &dynamic,
+        &mut |i| host.cpuid(xsave::LEAF_XSAVE, i),
+    );
+    vmcb.save.rax = u64::from(r.eax);
+    set_reg(gprs, gpr::RBX, u64::from(r.ebx));
+    set_reg(gprs, gpr::RCX, u64::from(r.ecx));
+    set_reg(gprs, gpr::RDX, u64::from(r.edx));
+    skip(vmcb, CPUID_LEN);
+}
+
+/// Completes a `vmmcall`: the status in RAX, the results in R10–R13 on
+/// success, RIP past the instruction.
+pub fn complete_hypercall(vmcb: &mut Vmcb, gprs: &mut VsRegs, status: Status, out: Args) {
+    vmcb.save.rax = status.as_u64();
+    if status == Status::Success {
+        out.to_gprs(&mut gprs.gprs);
+    }
+    skip(vmcb, VMMCALL_LEN);
+}
+
 /// XSETBV by the root: accepted exactly when the CPU would accept it
 /// (CPL 0, XCR0 index, a valid value); the microkernel switches the new
 /// XCR0 in around the root from then on.
-fn xsetbv(vmcb: &mut Vmcb, regs: &mut VsRegs, host: &mut dyn Host) {
+pub fn xsetbv(vmcb: &mut Vmcb, regs: &mut VsRegs, host: &mut dyn Host) {
     let value = (reg(regs, gpr::RDX) << 32) | (vmcb.save.rax & 0xffff_ffff);
     let supported = xsave::supported_xcr0(host.cpuid(xsave::LEAF_XSAVE, 0));
     if vmcb.save.cpl != 0 || reg(regs, gpr::RCX) as u32 != 0 || !xsave::xcr0_valid(value, supported) {

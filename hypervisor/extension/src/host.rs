@@ -3,6 +3,7 @@
 
 use core::fmt;
 
+use microv_abi::hypercall::Status;
 use microv_arch::cpuid::CpuidResult;
 
 /// Services of the running hypervisor.
@@ -26,6 +27,19 @@ pub trait Host {
     /// Identity-maps the root's guest-physical address `gpa`, which took a
     /// nested page fault; false if it lies beyond what the CPU can address.
     fn map_root_gpa(&mut self, gpa: u64) -> bool;
+    /// A new micro VM with empty nested tables; its id.
+    fn vm_create(&mut self) -> Result<u64, Status>;
+    /// Destroys VM `vm` (its vCPUs are gone).
+    fn vm_destroy(&mut self, vm: u64) -> Status;
+    /// `vm.map_memory`'s R11–R13, checked and mapped by the microkernel.
+    fn vm_map(&mut self, vm_pages: u64, gpa_access: u64, hpa: u64) -> Status;
+    /// `vm.unmap_memory`'s R11–R12.
+    fn vm_unmap(&mut self, vm_pages: u64, gpa: u64) -> Status;
+    /// A new guest vCPU of VM `vm` with its run page at root-physical
+    /// `run_pa`, its VMCB in the reset state; its id.
+    fn vcpu_create(&mut self, vm: u64, run_pa: u64) -> Result<u64, Status>;
+    /// Destroys guest vCPU `vcpu` (not running).
+    fn vcpu_destroy(&mut self, vcpu: u64) -> Status;
 }
 
 /// Test double.
@@ -47,6 +61,27 @@ pub mod fake {
         /// `gpa_limit` (when non-zero) mapping fails.
         pub mapped_gpas: Vec<u64>,
         pub gpa_limit: u64,
+        /// Micro VMs: ids handed out so far, and every VM call made, as
+        /// (name, arguments). `vm_status` is what map/unmap/destroy return.
+        pub next_id: u64,
+        pub vm_calls: Vec<(&'static str, [u64; 3])>,
+        pub vm_status: Option<Status>,
+    }
+
+    impl FakeHost {
+        fn vm_call(&mut self, name: &'static str, args: [u64; 3]) -> Status {
+            self.vm_calls.push((name, args));
+            self.vm_status.unwrap_or(Status::Success)
+        }
+        fn new_id(&mut self, name: &'static str, args: [u64; 3]) -> Result<u64, Status> {
+            match self.vm_call(name, args) {
+                Status::Success => {
+                    self.next_id += 1;
+                    Ok(self.next_id)
+                }
+                s => Err(s),
+            }
+        }
     }
 
     impl Host for FakeHost {
@@ -85,6 +120,24 @@ pub mod fake {
             }
             self.mapped_gpas.push(gpa);
             true
+        }
+        fn vm_create(&mut self) -> Result<u64, Status> {
+            self.new_id("vm_create", [0; 3])
+        }
+        fn vm_destroy(&mut self, vm: u64) -> Status {
+            self.vm_call("vm_destroy", [vm, 0, 0])
+        }
+        fn vm_map(&mut self, vm_pages: u64, gpa_access: u64, hpa: u64) -> Status {
+            self.vm_call("vm_map", [vm_pages, gpa_access, hpa])
+        }
+        fn vm_unmap(&mut self, vm_pages: u64, gpa: u64) -> Status {
+            self.vm_call("vm_unmap", [vm_pages, gpa, 0])
+        }
+        fn vcpu_create(&mut self, vm: u64, run_pa: u64) -> Result<u64, Status> {
+            self.new_id("vcpu_create", [vm, run_pa, 0])
+        }
+        fn vcpu_destroy(&mut self, vcpu: u64) -> Status {
+            self.vm_call("vcpu_destroy", [vcpu, 0, 0])
         }
     }
 }

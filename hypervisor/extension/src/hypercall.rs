@@ -56,6 +56,11 @@ pub enum Outcome {
     StopThisCpu,
     /// Make the extension fault on purpose (test images only).
     TestFault(u64),
+    /// `run.run`: give this CPU to guest vCPU `vcpu` (the call completes
+    /// when the guest gives it back).
+    Run(u64),
+    /// `run.get_registers` (`set` None) or `run.set_registers` (the mask).
+    Registers { vcpu: u64, set: Option<u64> },
 }
 
 /// Who is calling.
@@ -65,6 +70,8 @@ pub struct CallerInfo {
     pub cpl: u8,
     /// MicroV's index of the calling CPU.
     pub cpu: usize,
+    /// The caller is a micro VM (which may make discovery calls only).
+    pub guest: bool,
 }
 
 /// This MicroV's version, from the workspace's package version.
@@ -91,37 +98,6 @@ fn done(status: Status) -> Outcome {
     Outcome::Done(status, Args::default())
 }
 
-/// The calls the ABI reserves but this MicroV does not serve: `dispatch`
-/// answers them with [`Status::NotImplemented`]. A pattern, so that
-/// `dispatch`'s match stays exhaustive without a wildcard.
-macro_rules! reserved_calls {
-    () => {
-        Hypercall::VmCreate
-            | Hypercall::VmDestroy
-            | Hypercall::VmMapMemory
-            | Hypercall::VmUnmapMemory
-            | Hypercall::VcpuCreate
-            | Hypercall::VcpuDestroy
-            | Hypercall::VcpuRun
-            | Hypercall::VcpuGetRegisters
-            | Hypercall::VcpuSetRegisters
-    };
-}
-
-// Exactly the calls the ABI marks unimplemented are reserved here: a call
-// marked implemented must have its own arm in `dispatch`, or this fails to
-// compile (as `dispatch` does for a call that is in neither).
-const _: () = {
-    let mut calls = Hypercall::ALL;
-    while let [call, rest @ ..] = calls {
-        assert!(
-            call.implemented() != matches!(call, reserved_calls!()),
-            "a hypercall's `implemented` flag in microv-abi and reserved_calls! disagree"
-        );
-        calls = rest;
-    }
-};
-
 /// Serves one hypercall with RAX `rax` and arguments `args`.
 pub fn dispatch(
     rax: u64,
@@ -136,7 +112,7 @@ pub fn dispatch(
         Decoded::Call(call) => call,
     };
     if call.caller() == Caller::RootKernel {
-        if caller.cpl != 0 {
+        if caller.cpl != 0 || caller.guest {
             return done(Status::PermissionDenied);
         }
         let handle = hv.handle.load(Ordering::Acquire);
@@ -213,7 +189,56 @@ pub fn dispatch(
             }
             _ => done(Status::InvalidArgument),
         },
-        reserved_calls!() => done(Status::NotImplemented),
+        Hypercall::VmCreate => match host.vm_create() {
+            Ok(vm) => out(vm, 0, 0, 0),
+            Err(s) => done(s),
+        },
+        Hypercall::VmDestroy => {
+            if hv.vcpus.vm_has_vcpus(args.r11) {
+                return done(Status::Busy);
+            }
+            status_of(host.vm_destroy(args.r11))
+        }
+        Hypercall::VmMapMemory => status_of(host.vm_map(args.r11, args.r12, args.r13)),
+        Hypercall::VmUnmapMemory => status_of(host.vm_unmap(args.r11, args.r12)),
+        Hypercall::VcpuCreate => match host.vcpu_create(args.r11, args.r12) {
+            Ok(vcpu) => {
+                hv.vcpus.add(vcpu, args.r11);
+                out(vcpu, 0, 0, 0)
+            }
+            Err(s) => done(s),
+        },
+        Hypercall::VcpuDestroy => {
+            // Held while destroyed: no CPU can start running it meanwhile.
+            if !hv.vcpus.claim(args.r11, caller.cpu) {
+                let known = hv.vcpus.vm_of(args.r11).is_some();
+                return done(if known { Status::Busy } else { Status::InvalidArgument });
+            }
+            let s = host.vcpu_destroy(args.r11);
+            if s == Status::Success {
+                hv.vcpus.remove(args.r11);
+            }
+            hv.vcpus.release(args.r11);
+            status_of(s)
+        }
+        Hypercall::VcpuRun => Outcome::Run(args.r11),
+        Hypercall::VcpuGetRegisters => Outcome::Registers {
+            vcpu: args.r11,
+            set: None,
+        },
+        Hypercall::VcpuSetRegisters => Outcome::Registers {
+            vcpu: args.r11,
+            set: Some(args.r12),
+        },
+    }
+}
+
+/// A call that returns only a status (R10–R13 zero on success).
+fn status_of(s: Status) -> Outcome {
+    if s == Status::Success {
+        Outcome::Done(s, Args::default())
+    } else {
+        done(s)
     }
 }
 
@@ -224,8 +249,9 @@ mod tests {
     use microv_abi::hypercall::encode;
     use microv_abi::ExitKind;
 
-    const KERNEL: CallerInfo = CallerInfo { cpl: 0, cpu: 1 };
-    const USER: CallerInfo = CallerInfo { cpl: 3, cpu: 1 };
+    const KERNEL: CallerInfo = CallerInfo { cpl: 0, cpu: 1, guest: false };
+    const USER: CallerInfo = CallerInfo { cpl: 3, cpu: 1, guest: false };
+    const GUEST: CallerInfo = CallerInfo { cpl: 0, cpu: 1, guest: true };
 
     fn open(hv: &HvState, host: &mut FakeHost) -> u64 {
         host.next_entropy = 0x1234_5678_9abc_def0;
@@ -474,10 +500,6 @@ mod tests {
             call(&hv, &mut host, Hypercall::HvStopPp, KERNEL, a(0, 0)),
             Outcome::StopThisCpu
         );
-        assert_eq!(
-            call(&hv, &mut host, Hypercall::VmCreate, KERNEL, a(0, 0)),
-            done(Status::NotImplemented)
-        );
         let expected = if TEST_HOOKS {
             Outcome::TestFault(1)
         } else {
@@ -506,29 +528,65 @@ mod tests {
     }
 
     #[test]
-    fn reserved_calls_are_checked_then_not_implemented() {
+    fn vm_calls_reach_the_microkernel_with_their_arguments() {
         let (hv, mut host) = (HvState::new(), FakeHost::default());
         let h = open(&hv, &mut host);
-        let with = Args {
-            r10: h,
-            ..Args::default()
-        };
-        let reserved: Vec<_> = Hypercall::ALL.iter().filter(|c| !c.implemented()).collect();
-        assert!(!reserved.is_empty());
-        for &c in reserved {
-            assert!(matches!(c, reserved_calls!()), "{}", c.name());
-            assert_eq!(
-                call(&hv, &mut host, c, USER, with),
-                done(Status::PermissionDenied),
-                "{}",
-                c.name()
-            );
-            assert_eq!(
-                call(&hv, &mut host, c, KERNEL, with),
-                done(Status::NotImplemented),
-                "{}",
-                c.name()
-            );
+        let a = |r11, r12, r13| Args { r10: h, r11, r12, r13 };
+        assert!(Hypercall::ALL.iter().all(|c| c.implemented()));
+        let ok = |r10| Outcome::Done(Status::Success, Args { r10, ..Args::default() });
+        assert_eq!(call(&hv, &mut host, Hypercall::VmCreate, KERNEL, a(0, 0, 0)), ok(1));
+        assert_eq!(call(&hv, &mut host, Hypercall::VmMapMemory, KERNEL, a(5, 6, 7)), ok(0));
+        assert_eq!(call(&hv, &mut host, Hypercall::VmUnmapMemory, KERNEL, a(5, 6, 0)), ok(0));
+        assert_eq!(call(&hv, &mut host, Hypercall::VcpuCreate, KERNEL, a(1, 0x9000, 0)), ok(2));
+        assert_eq!(hv.vcpus.vm_of(2), Some(1));
+        // A VM with vCPUs is not destroyed; a running vCPU is not either.
+        assert_eq!(call(&hv, &mut host, Hypercall::VmDestroy, KERNEL, a(1, 0, 0)), done(Status::Busy));
+        assert!(hv.vcpus.claim(2, 0));
+        assert_eq!(call(&hv, &mut host, Hypercall::VcpuDestroy, KERNEL, a(2, 0, 0)), done(Status::Busy));
+        hv.vcpus.release(2);
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::VcpuDestroy, KERNEL, a(9, 0, 0)),
+            done(Status::InvalidArgument)
+        );
+        assert_eq!(call(&hv, &mut host, Hypercall::VcpuDestroy, KERNEL, a(2, 0, 0)), ok(0));
+        assert_eq!(hv.vcpus.vm_of(2), None);
+        assert_eq!(call(&hv, &mut host, Hypercall::VmDestroy, KERNEL, a(1, 0, 0)), ok(0));
+        assert_eq!(
+            host.vm_calls,
+            vec![
+                ("vm_create", [0, 0, 0]),
+                ("vm_map", [5, 6, 7]),
+                ("vm_unmap", [5, 6, 0]),
+                ("vcpu_create", [1, 0x9000, 0]),
+                ("vcpu_destroy", [2, 0, 0]),
+                ("vm_destroy", [1, 0, 0]),
+            ]
+        );
+        // The microkernel's refusals come back as they are.
+        host.vm_status = Some(Status::MemoryRefused);
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::VmMapMemory, KERNEL, a(5, 6, 7)),
+            done(Status::MemoryRefused)
+        );
+        assert_eq!(call(&hv, &mut host, Hypercall::VmCreate, KERNEL, a(0, 0, 0)), done(Status::MemoryRefused));
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::VcpuCreate, KERNEL, a(1, 0, 0)),
+            done(Status::MemoryRefused)
+        );
+        // Running and register calls are the CPU's business (`hw`).
+        assert_eq!(call(&hv, &mut host, Hypercall::VcpuRun, KERNEL, a(2, 0, 0)), Outcome::Run(2));
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::VcpuSetRegisters, KERNEL, a(2, 3, 0)),
+            Outcome::Registers { vcpu: 2, set: Some(3) }
+        );
+        assert_eq!(
+            call(&hv, &mut host, Hypercall::VcpuGetRegisters, KERNEL, a(2, 0, 0)),
+            Outcome::Registers { vcpu: 2, set: None }
+        );
+        // Root user space and guests may make none of them.
+        for c in [Hypercall::VmCreate, Hypercall::VcpuRun] {
+            assert_eq!(call(&hv, &mut host, c, USER, a(0, 0, 0)), done(Status::PermissionDenied));
+            assert_eq!(call(&hv, &mut host, c, GUEST, a(0, 0, 0)), done(Status::PermissionDenied));
         }
     }
 

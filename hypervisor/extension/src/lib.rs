@@ -20,12 +20,16 @@
 
 pub mod cpuid;
 pub mod exit;
+pub mod guest;
 pub mod host;
 pub mod hypercall;
 pub mod io;
+pub mod lapic;
 pub mod msr;
+pub mod neutral;
 pub mod root_vm;
 pub mod state;
+pub mod svm_regs;
 
 #[cfg(feature = "image")]
 pub mod hw;

@@ -14,6 +14,8 @@ pub struct HvState {
     /// How MicroV was started (`launch::StartMode` value; 0 unknown).
     pub start_mode: AtomicU64,
     exits: [[AtomicU64; EXIT_KINDS_MAX]; MAX_CPUS],
+    /// Micro-VM vCPUs and which CPU runs which.
+    pub vcpus: crate::guest::Vcpus,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -28,6 +30,7 @@ impl HvState {
             cpu_count: AtomicU64::new(0),
             start_mode: AtomicU64::new(0),
             exits: [ZERO_ROW; MAX_CPUS],
+            vcpus: crate::guest::Vcpus::new(),
         }
     }
 

@@ -24,6 +24,7 @@ pub mod cpu_state;
 pub mod descriptors;
 pub mod fault;
 pub mod frame;
+pub mod guest_vm;
 pub mod iomap;
 pub mod layout;
 pub mod log;

@@ -4,15 +4,32 @@
 //! paging off, foreign nested tables, SVM instructions or XSETBV not
 //! intercepted). These checks keep the ring-0/ring-3 split meaningful.
 
-use microv_arch::svm::{required, Control, NP_ENABLE};
+use microv_arch::svm::{misc1, required, Control, NP_ENABLE};
 use microv_arch::xsave;
 
 /// V_GIF enable and AVIC enable in the VINTR control word: either would
 /// let a guest skip exits MicroV relies on.
 pub const VINTR_FORBIDDEN: u64 = (1 << 25) | (1 << 31);
 
-/// The tables every root vCPU uses, fixed by the first root vCPU that runs
-/// (at start, before the root runs anywhere).
+/// VINTR's V_INTR_MASKING: with it, the guest's RFLAGS.IF masks only
+/// virtual interrupts, and a host interrupt always ends the guest's run.
+pub const V_INTR_MASKING: u64 = 1 << 24;
+
+/// Intercepts a guest vCPU needs besides [`required`]: a host interrupt or
+/// NMI must give the CPU back to the root at once.
+pub const GUEST_MISC1: u32 = misc1::INTR | misc1::NMI;
+
+/// Whose VMCB is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A root vCPU: it must use the root's tables (when they exist).
+    Root(Option<RootTables>),
+    /// A micro-VM vCPU: its VM's tables, and no way to hold the CPU.
+    Guest(RootTables),
+}
+
+/// The nested tables and permission maps a vCPU runs on (the root's, or
+/// one micro VM's), fixed by the microkernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RootTables {
     pub n_cr3: u64,
@@ -38,8 +55,12 @@ pub enum VmcbError {
     MissingIntercept,
     /// Nested paging is off, or other nested-paging modes (SEV, GMET…) are on.
     NestedPaging,
-    /// A root vCPU uses nested tables or permission maps that are not the root's.
+    /// A vCPU uses nested tables or permission maps that are not its own
+    /// (the root's for a root vCPU, its VM's for a guest vCPU).
     ForeignTables,
+    /// A guest vCPU could keep the CPU from the root: host interrupts or
+    /// NMIs are not intercepted, or V_INTR_MASKING is off.
+    HoldsCpu,
     /// ASID 0 is the host's.
     Asid,
     /// LBR or VMLOAD/VMSAVE virtualization, V_GIF or AVIC is on.
@@ -48,14 +69,8 @@ pub enum VmcbError {
     Xcr0,
 }
 
-/// Checks a VMCB control area and the vCPU's XCR0 before VMRUN. `root` is
-/// the root's tables when the vCPU is a root vCPU.
-pub fn check(
-    c: &Control,
-    xcr0: u64,
-    supported_xcr0: u64,
-    root: Option<&RootTables>,
-) -> Result<(), VmcbError> {
+/// Checks a VMCB control area and the vCPU's XCR0 before VMRUN.
+pub fn check(c: &Control, xcr0: u64, supported_xcr0: u64, owner: Owner) -> Result<(), VmcbError> {
     if c.intercept_misc1 & required::MISC1 != required::MISC1
         || c.intercept_misc2 & required::MISC2 != required::MISC2
     {
@@ -64,7 +79,16 @@ pub fn check(
     if c.np_control != NP_ENABLE {
         return Err(VmcbError::NestedPaging);
     }
-    if root.is_some_and(|r| *r != RootTables::of(c)) {
+    let tables = match owner {
+        Owner::Root(t) => t,
+        Owner::Guest(t) => {
+            if c.intercept_misc1 & GUEST_MISC1 != GUEST_MISC1 || c.vintr & V_INTR_MASKING == 0 {
+                return Err(VmcbError::HoldsCpu);
+            }
+            Some(t)
+        }
+    };
+    if tables.is_some_and(|t| t != RootTables::of(c)) {
         return Err(VmcbError::ForeignTables);
     }
     if c.guest_asid == 0 {
@@ -108,18 +132,36 @@ mod tests {
 
     #[test]
     fn accepts_the_roots_vmcb() {
-        assert_eq!(check(&good().control, 3, 7, Some(&TABLES)), Ok(()));
+        assert_eq!(
+            check(&good().control, 3, 7, Owner::Root(Some(TABLES))),
+            Ok(())
+        );
         assert_eq!(RootTables::of(&good().control), TABLES);
     }
 
     #[test]
     fn refuses_every_loosening() {
         let cases: [(Change, VmcbError); 12] = [
-            (|c| c.intercept_misc1 &= !misc1::MSR_PROT, VmcbError::MissingIntercept),
-            (|c| c.intercept_misc1 &= !misc1::IOIO_PROT, VmcbError::MissingIntercept),
-            (|c| c.intercept_misc1 &= !misc1::SHUTDOWN, VmcbError::MissingIntercept),
-            (|c| c.intercept_misc2 &= !misc2::VMRUN, VmcbError::MissingIntercept),
-            (|c| c.intercept_misc2 &= !misc2::XSETBV, VmcbError::MissingIntercept),
+            (
+                |c| c.intercept_misc1 &= !misc1::MSR_PROT,
+                VmcbError::MissingIntercept,
+            ),
+            (
+                |c| c.intercept_misc1 &= !misc1::IOIO_PROT,
+                VmcbError::MissingIntercept,
+            ),
+            (
+                |c| c.intercept_misc1 &= !misc1::SHUTDOWN,
+                VmcbError::MissingIntercept,
+            ),
+            (
+                |c| c.intercept_misc2 &= !misc2::VMRUN,
+                VmcbError::MissingIntercept,
+            ),
+            (
+                |c| c.intercept_misc2 &= !misc2::XSETBV,
+                VmcbError::MissingIntercept,
+            ),
             (|c| c.np_control = 0, VmcbError::NestedPaging),
             (|c| c.np_control = NP_ENABLE | 2, VmcbError::NestedPaging),
             (|c| c.n_cr3 = 0x2000, VmcbError::ForeignTables),
@@ -131,11 +173,56 @@ mod tests {
         for (change, expected) in cases {
             let mut v = good();
             change(&mut v.control);
-            assert_eq!(check(&v.control, 3, 7, Some(&TABLES)), Err(expected));
+            assert_eq!(
+                check(&v.control, 3, 7, Owner::Root(Some(TABLES))),
+                Err(expected)
+            );
         }
-        assert_eq!(check(&good().control, 5, 7, Some(&TABLES)), Err(VmcbError::Xcr0));
+        assert_eq!(
+            check(&good().control, 5, 7, Owner::Root(Some(TABLES))),
+            Err(VmcbError::Xcr0)
+        );
         let mut v = good();
         v.control.n_cr3 = 0x2000;
-        assert_eq!(check(&v.control, 3, 7, None), Ok(()), "guests have their own tables");
+        assert_eq!(
+            check(&v.control, 3, 7, Owner::Root(None)),
+            Ok(()),
+            "before the root's tables exist"
+        );
+    }
+
+    #[test]
+    fn a_guest_needs_its_own_tables_and_cannot_hold_the_cpu() {
+        let mut v = good();
+        v.control.intercept_misc1 |= GUEST_MISC1;
+        v.control.vintr = V_INTR_MASKING;
+        assert_eq!(check(&v.control, 3, 7, Owner::Guest(TABLES)), Ok(()));
+        let other = RootTables {
+            n_cr3: 0x9000,
+            ..TABLES
+        };
+        assert_eq!(
+            check(&v.control, 3, 7, Owner::Guest(other)),
+            Err(VmcbError::ForeignTables)
+        );
+        let cases: [Change; 3] = [
+            |c| c.intercept_misc1 &= !misc1::INTR,
+            |c| c.intercept_misc1 &= !misc1::NMI,
+            |c| c.vintr = 0,
+        ];
+        for change in cases {
+            let mut w = v.clone();
+            change(&mut w.control);
+            assert_eq!(
+                check(&w.control, 3, 7, Owner::Guest(TABLES)),
+                Err(VmcbError::HoldsCpu)
+            );
+        }
+        // The root's rules still apply to guests.
+        v.control.intercept_misc2 &= !misc2::VMRUN;
+        assert_eq!(
+            check(&v.control, 3, 7, Owner::Guest(TABLES)),
+            Err(VmcbError::MissingIntercept)
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! VM on each CPU, and the exit loop. Built only into the image.
 
 mod port_io;
+mod run_page;
 mod sys;
 
 use core::fmt::{self, Write};
@@ -16,6 +17,10 @@ use microv_arch::instr;
 use microv_arch::svm::{self, Vmcb};
 
 use crate::exit::{self, Action};
+use crate::guest::{self, GuestAction};
+use crate::hypercall;
+use crate::neutral;
+use crate::svm_regs;
 use crate::host::Host;
 use crate::root_vm;
 use crate::state::HvState;
@@ -102,6 +107,28 @@ impl Host for Machine {
     fn map_root_gpa(&mut self, gpa: u64) -> bool {
         sys::root_map_gpa(gpa)
     }
+    fn vm_create(&mut self) -> Result<u64, Status> {
+        sys::vm_create()
+    }
+    fn vm_destroy(&mut self, vm: u64) -> Status {
+        sys::vm_destroy(vm)
+    }
+    fn vm_map(&mut self, vm_pages: u64, gpa_access: u64, hpa: u64) -> Status {
+        sys::vm_map(vm_pages, gpa_access, hpa)
+    }
+    fn vm_unmap(&mut self, vm_pages: u64, gpa: u64) -> Status {
+        sys::vm_unmap(vm_pages, gpa)
+    }
+    fn vcpu_create(&mut self, vm: u64, run_pa: u64) -> Result<u64, Status> {
+        let id = sys::vs_create(vm, run_pa)?;
+        // SAFETY: the microkernel just created this state and mapped its
+        // VMCB; no one else knows its id yet.
+        guest::configure_vmcb(unsafe { vmcb(id) });
+        Ok(id)
+    }
+    fn vcpu_destroy(&mut self, vcpu: u64) -> Status {
+        sys::vs_destroy(vcpu)
+    }
 }
 
 fn boot_info() -> &'static BootInfo {
@@ -129,8 +156,20 @@ unsafe fn regs(id: u64) -> &'static mut VsRegs {
     unsafe { &mut *(vs_layout::gprs(id) as *mut VsRegs) }
 }
 
+/// The VMCB and register page of vCPU state `id`.
+///
+/// # Safety
+/// As for [`vmcb`], for both pages.
+unsafe fn state(id: u64) -> (&'static mut Vmcb, &'static mut VsRegs) {
+    // SAFETY: see the function's contract.
+    let v = unsafe { vmcb(id) };
+    // SAFETY: see the function's contract.
+    (v, unsafe { regs(id) })
+}
+
 fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
     HV.cpu_count.store(cpu_count, Ordering::Relaxed);
+    HV.vcpus.set_root(cpu as usize, root_vs);
     HV.start_mode
         .store(u64::from(boot_info().start_mode), Ordering::Relaxed);
     // SAFETY: the microkernel created this CPU's root state for it; nothing
@@ -146,6 +185,9 @@ fn run(id: u64) -> ! {
 }
 
 fn on_exit(cpu: u64, id: u64) -> ! {
+    if HV.vcpus.running_on(cpu as usize) == Some(id) {
+        on_guest_exit(cpu as usize, id)
+    }
     // SAFETY: the microkernel upcalls with the state that just exited on
     // this CPU; this is the only reference to its VMCB.
     let v = unsafe { vmcb(id) };
@@ -168,7 +210,99 @@ fn on_exit(cpu: u64, id: u64) -> ! {
         }
         Action::Fail(code, detail) => sys::fail(code, detail),
         Action::TestFault(kind) => test_fault(kind, id, v),
+        Action::RunGuest(vcpu) => enter_guest(cpu as usize, id, vcpu),
+        Action::Registers { vcpu, set } => registers(cpu as usize, id, vcpu, set),
     }
+}
+
+/// Completes the root's pending hypercall on this CPU and runs the root.
+fn complete_root(root: u64, status: Status, r10: u64) -> ! {
+    // SAFETY: the root state of this CPU, which is not running (this CPU
+    // is in host mode); the only reference to its pages here.
+    let (v, r) = unsafe { state(root) };
+    let out = hypercall::Args {
+        r10,
+        ..Default::default()
+    };
+    exit::complete_hypercall(v, r, status, out);
+    run(root)
+}
+
+/// `run.run` from the root: this CPU runs guest vCPU `vcpu` until it exits
+/// to the VMM or a host interrupt arrives.
+fn enter_guest(cpu: usize, root: u64, vcpu: u64) -> ! {
+    if !HV.vcpus.claim(vcpu, cpu) {
+        let busy = HV.vcpus.vm_of(vcpu).is_some();
+        complete_root(root, if busy { Status::Busy } else { Status::InvalidArgument }, 0)
+    }
+    HV.vcpus.set_running_on(cpu, Some(vcpu));
+    let input = run_page::take_input(vcpu);
+    // SAFETY: this CPU holds the vCPU (claimed above): no other CPU runs
+    // or edits it; the only references to its pages.
+    let (v, r) = unsafe { state(vcpu) };
+    guest::accept_input(v, r, vcpu, &input, &HV.vcpus);
+    run_guest(cpu, vcpu)
+}
+
+fn run_guest(cpu: usize, vcpu: u64) -> ! {
+    // SAFETY: this CPU holds the vCPU; the only reference to its VMCB.
+    guest::prepare_entry(unsafe { vmcb(vcpu) }, vcpu, &HV.vcpus);
+    let refused = sys::vs_run(vcpu);
+    // Only returns if the microkernel refused to run it.
+    let mut e = <microv_abi::run::RunExit as zerocopy::FromZeros>::new_zeroed();
+    e.reason = microv_abi::run::exit_reason::FAIL_ENTRY;
+    e.qualification = refused as u64;
+    back_to_root(cpu, vcpu, e)
+}
+
+fn on_guest_exit(cpu: usize, vcpu: u64) -> ! {
+    // SAFETY: this CPU holds the vCPU (it ran here for the root's
+    // run.run); the only references to its pages.
+    let (v, r) = unsafe { state(vcpu) };
+    v.control.tlb_control = svm::tlb::DO_NOTHING;
+    HV.count_exit(cpu, exit::classify(v.control.exit_code, v.control.exit_info1));
+    let e = neutral::decode_svm(&v.control);
+    match guest::handle(v, r, e, vcpu, cpu, &HV, &mut Machine) {
+        GuestAction::Resume => run_guest(cpu, vcpu),
+        GuestAction::ToVmm(e) => back_to_root(cpu, vcpu, e),
+    }
+}
+
+/// Ends the root's `run.run`: the exit and the registers go to the run
+/// page, the vCPU is free again, and the root runs (and takes any host
+/// interrupt that ended the guest's run).
+fn back_to_root(cpu: usize, vcpu: u64, e: microv_abi::run::RunExit) -> ! {
+    // SAFETY: this CPU still holds the vCPU; the only references.
+    let (v, r) = unsafe { state(vcpu) };
+    run_page::write_exit(vcpu, &e, &svm_regs::read(v, r));
+    HV.vcpus.set_running_on(cpu, None);
+    HV.vcpus.release(vcpu);
+    complete_root(HV.vcpus.root_of(cpu), Status::Success, u64::from(e.reason))
+}
+
+/// `run.get_registers` / `run.set_registers` (mask bit 0: general
+/// registers, bit 1: special registers).
+fn registers(cpu: usize, root: u64, vcpu: u64, set: Option<u64>) -> ! {
+    if !HV.vcpus.claim(vcpu, cpu) {
+        let busy = HV.vcpus.vm_of(vcpu).is_some();
+        complete_root(root, if busy { Status::Busy } else { Status::InvalidArgument }, 0)
+    }
+    // SAFETY: claimed above; the only references to its pages.
+    let (v, r) = unsafe { state(vcpu) };
+    match set {
+        None => run_page::write_regs(vcpu, &svm_regs::read(v, r)),
+        Some(mask) => {
+            let regs = run_page::read_regs(vcpu);
+            if mask & microv_abi::run::request::SET_REGS != 0 {
+                svm_regs::write_regs(v, r, &regs);
+            }
+            if mask & microv_abi::run::request::SET_SREGS != 0 {
+                svm_regs::write_sregs(v, &regs);
+            }
+        }
+    }
+    HV.vcpus.release(vcpu);
+    complete_root(root, Status::Success, 0)
 }
 
 /// Faults on purpose (test images): the microkernel must catch it.

@@ -2,10 +2,15 @@
 
 use core::arch::asm;
 
+use microv_abi::hypercall::Status;
 use microv_abi::syscall::{SysStatus, Syscall};
 use microv_abi::StartError;
 
 fn raw(nr: Syscall, a0: u64, a1: u64) -> (u64, u64, u64) {
+    raw3(nr, a0, a1, 0)
+}
+
+fn raw3(nr: Syscall, a0: u64, a1: u64, a2: u64) -> (u64, u64, u64) {
     let (status, r1, r2);
     // SAFETY: `syscall` enters the microkernel's gate, which preserves every
     // register but RAX, RDX, R8 (results) and RCX, R11 (the instruction's).
@@ -13,7 +18,7 @@ fn raw(nr: Syscall, a0: u64, a1: u64) -> (u64, u64, u64) {
         asm!("syscall",
             inlateout("rax") nr as u64 => status,
             in("rdi") a0, in("rsi") a1,
-            lateout("rdx") r1, lateout("r8") r2,
+            inlateout("rdx") a2 => r1, lateout("r8") r2,
             lateout("rcx") _, lateout("r11") _,
             clobber_abi("C"),
             options(nostack));
@@ -22,7 +27,11 @@ fn raw(nr: Syscall, a0: u64, a1: u64) -> (u64, u64, u64) {
 }
 
 fn call(nr: Syscall, a0: u64, a1: u64) -> Result<(u64, u64), SysStatus> {
-    let (status, r1, r2) = raw(nr, a0, a1);
+    call3(nr, a0, a1, 0)
+}
+
+fn call3(nr: Syscall, a0: u64, a1: u64, a2: u64) -> Result<(u64, u64), SysStatus> {
+    let (status, r1, r2) = raw3(nr, a0, a1, a2);
     match SysStatus::from_u64(status) {
         Some(SysStatus::Success) => Ok((r1, r2)),
         Some(s) => Err(s),
@@ -75,4 +84,45 @@ pub fn fail(code: StartError, detail: u64) -> ! {
     loop {
         let _ = raw(Syscall::Fail, code as u64, detail);
     }
+}
+
+/// A hypercall status for a syscall's.
+fn status(s: SysStatus) -> Status {
+    match s {
+        SysStatus::Success => Status::Success,
+        SysStatus::OutOfMemory => Status::OutOfMemory,
+        SysStatus::Busy => Status::Busy,
+        SysStatus::Refused => Status::MemoryRefused,
+        SysStatus::InvalidArgument | SysStatus::UnknownSyscall | SysStatus::Fault => {
+            Status::InvalidArgument
+        }
+    }
+}
+
+fn done(r: Result<(u64, u64), SysStatus>) -> Status {
+    r.map_or_else(status, |_| Status::Success)
+}
+
+pub fn vm_create() -> Result<u64, Status> {
+    call(Syscall::VmCreate, 0, 0).map(|(id, _)| id).map_err(status)
+}
+
+pub fn vm_destroy(vm: u64) -> Status {
+    done(call(Syscall::VmDestroy, vm, 0))
+}
+
+pub fn vm_map(vm_pages: u64, gpa_access: u64, hpa: u64) -> Status {
+    done(call3(Syscall::VmMap, vm_pages, gpa_access, hpa))
+}
+
+pub fn vm_unmap(vm_pages: u64, gpa: u64) -> Status {
+    done(call(Syscall::VmUnmap, vm_pages, gpa))
+}
+
+pub fn vs_create(vm: u64, run_pa: u64) -> Result<u64, Status> {
+    call(Syscall::VsCreate, vm, run_pa).map(|(id, _)| id).map_err(status)
+}
+
+pub fn vs_destroy(id: u64) -> Status {
+    done(call(Syscall::VsDestroy, id, 0))
 }

@@ -186,6 +186,10 @@ microv_world_switch:
     mov r15, [rsi + {r_r15}]
     mov rdi, [rsi + {r_rdi}]
     mov rsi, [rsi + {r_rsi}]
+    // IF is what masks host interrupts in a guest with V_INTR_MASKING
+    // (VMRUN keeps the host's IF): set, a host interrupt ends the guest's
+    // run. GIF stays clear in host mode, so none is taken here.
+    sti
     vmload rax
     vmrun rax
     // Host mode again, but VMRUN does not switch what VMLOAD covers: the
@@ -206,6 +210,7 @@ microv_world_switch:
     mov dr7, rax
     mov eax, {dr7_init}
     mov dr7, rax
+    cli
     push rdi
     mov rdi, [rsp + 8]
     mov rdi, [rdi + {sa_regs}]

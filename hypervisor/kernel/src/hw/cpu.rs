@@ -18,7 +18,7 @@ use microv_abi::StartError;
 use microv_arch::descriptor::selector;
 use microv_arch::instr;
 use microv_arch::msr;
-use microv_arch::svm::{exit, SaveArea, Vmcb};
+use microv_arch::svm::{exit, tlb, SaveArea, Vmcb};
 use microv_arch::xsave;
 
 use super::asm;
@@ -29,9 +29,11 @@ use super::vs;
 use super::FAILED;
 use crate::cpu_state::{self, Limits};
 use crate::descriptors;
+use crate::guest_vm::{AsidPool, Flush};
 use crate::rendezvous::{Outcome, StopBarrier};
 use crate::root;
-use crate::vmcb_check;
+use crate::vmcb_check::{self, Owner, RootTables};
+use microv_arch::cpuid::LEAF_SVM_FEATURES;
 
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
 const SFMASK: u64 = 0x4_7700;
@@ -244,13 +246,18 @@ fn alloc_cpu(index: u64, limits: &Limits, root_xcr0: u64) -> Result<CpuPages, St
         ist: alloc_va(IST_STACK_PAGES)?,
         host_vmcb: alloc_va(1)?,
         hsave: alloc_va(1)?,
-        root_vs: vs::create(Some(index), fpu_pages, root_xcr0)
-            .map_err(|_| StartError::OutOfMemory)?,
+        root_vs: vs::create(index, fpu_pages, root_xcr0).map_err(|_| StartError::OutOfMemory)?,
     };
     let ext_stack = alloc_va(EXT_STACK_PAGES)?;
     MEMORY
         .lock()
-        .map_user(ext_stack_base(index), ext_stack.pa, EXT_STACK_PAGES, true, false)
+        .map_user(
+            ext_stack_base(index),
+            ext_stack.pa,
+            EXT_STACK_PAGES,
+            true,
+            false,
+        )
         .map_err(|_| StartError::OutOfMemory)?;
     Ok(pages)
 }
@@ -260,7 +267,12 @@ fn ext_stack_base(index: u64) -> u64 {
 }
 
 /// Per-CPU bring-up, then the first upcall into the extension.
-pub fn bring_up(landing: Landing, captured: launch::CapturedState, index: u64, bi: &'static BootInfo) -> ! {
+pub fn bring_up(
+    landing: Landing,
+    captured: launch::CapturedState,
+    index: u64,
+    bi: &'static BootInfo,
+) -> ! {
     let entry = bi.promote_entry;
     let mut cpuid = instr::cpuid;
     let limits = cpu_state::limits(&mut cpuid);
@@ -308,6 +320,8 @@ pub fn bring_up(landing: Landing, captured: launch::CapturedState, index: u64, b
             promote_entry: entry,
             limits,
             root_tables: None,
+            asids: AsidPool::new(instr::cpuid(LEAF_SVM_FEATURES, 0).ebx),
+            ext_tlb_generation: vs::EXT_TLB_GENERATION.load(Ordering::Acquire),
             root_started: false,
             leaving: false,
             in_exception: false,
@@ -359,7 +373,8 @@ fn load_host_state(pc: &PerCpu, limits: &Limits, host_vmcb_pa: u64, hsave_pa: u6
     // SAFETY: the GDT, IDT and TSS in `pc` were built for this CPU and
     // stay mapped; the selectors match them.
     unsafe { asm::microv_load_host_segments(pc.gdtr.as_ptr(), pc.idtr.as_ptr()) };
-    let syscall_cs = (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32);
+    let syscall_cs =
+        (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32);
     let msrs = [
         (msr::EFER, cpu_state::HOST_EFER),
         (msr::GS_BASE, pc.self_va),
@@ -396,19 +411,25 @@ fn build_descriptors(pc: &mut PerCpu, idt_va: u64, ist_top: u64) {
     // gates of 16 bytes fill it exactly; nothing else refers to it yet.
     let gates = unsafe { &mut *(idt_va as *mut [[u64; 2]; 256]) };
     descriptors::exception_gates(gates, asm::microv_exception_stubs as *const () as u64);
-    pc.gdtr = descriptors::dtr((8 * selector::GDT_ENTRIES - 1) as u16, pc.gdt.as_ptr() as u64);
+    pc.gdtr = descriptors::dtr(
+        (8 * selector::GDT_ENTRIES - 1) as u16,
+        pc.gdt.as_ptr() as u64,
+    );
     pc.idtr = descriptors::dtr(4095, idt_va);
 }
 
 /// Copies vCPU state `vs`'s shadow VMCB (the extension's) into its private
 /// VMCB, the one the CPU runs; returns the private copy. For a root vCPU
-/// the microkernel's own tables go in, whatever the shadow says.
+/// the microkernel's own tables go in, whatever the shadow says (a guest's
+/// go in with [`guest_copy_in`]).
 fn copy_in(pc: &mut PerCpu, vs: &vs::Vs) -> &'static mut Vmcb {
     // SAFETY: both pages are this state's; the private one is mapped only
     // here and used by this CPU only. The shadow may change under the copy
     // (another CPU's extension): a torn copy is still a copy, and only the
     // copy is checked and run.
-    unsafe { core::ptr::copy_nonoverlapping(vs.shadow_va as *const Vmcb, vs.vmcb_va as *mut Vmcb, 1) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(vs.shadow_va as *const Vmcb, vs.vmcb_va as *mut Vmcb, 1)
+    };
     // SAFETY: initialized just above (every bit pattern is a valid Vmcb);
     // the only reference to the private VMCB.
     let private = unsafe { &mut *(vs.vmcb_va as *mut Vmcb) };
@@ -423,37 +444,89 @@ fn copy_in(pc: &mut PerCpu, vs: &vs::Vs) -> &'static mut Vmcb {
     private
 }
 
+/// A guest vCPU's private VMCB: the shadow's copy with its VM's tables and
+/// permission maps, and the ASID and TLB flush the microkernel chose.
+fn guest_copy_in(
+    pc: &mut PerCpu,
+    vs: &vs::Vs,
+    tables: RootTables,
+    asid: u32,
+    flush: Flush,
+) -> &'static mut Vmcb {
+    let private = copy_in(pc, vs);
+    private.control.n_cr3 = tables.n_cr3;
+    private.control.iopm_base_pa = tables.iopm;
+    private.control.msrpm_base_pa = tables.msrpm;
+    private.control.guest_asid = asid;
+    private.control.tlb_control = match flush {
+        Flush::Nothing => tlb::DO_NOTHING,
+        Flush::Asid => tlb::FLUSH_GUEST,
+        Flush::All => tlb::FLUSH_ALL,
+    };
+    private
+}
+
 /// Copies the private VMCB back out to the shadow after an exit, for the
 /// extension to handle.
 fn copy_out(vs: &vs::Vs) {
     // SAFETY: both pages are this state's; the extension on this CPU is in
     // the microkernel (this is its syscall), so it reads the copy after.
-    unsafe { core::ptr::copy_nonoverlapping(vs.vmcb_va as *const Vmcb, vs.shadow_va as *mut Vmcb, 1) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(vs.vmcb_va as *const Vmcb, vs.shadow_va as *mut Vmcb, 1)
+    };
 }
 
 /// Runs vCPU state `id` on this CPU until it exits, then hands the exit to
-/// the extension. Returns only if the state may not run here.
+/// the extension. Returns only if the state may not run here: this CPU's
+/// root state, or a live guest state no other CPU is running.
 pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysStatus> {
     let vs = lookup(pc, id).ok_or(SysStatus::InvalidArgument)?;
-    // Only this CPU's root vCPU runs here. Guest vCPUs need nested tables
-    // the microkernel owns, which come with micro VMs; until then running
-    // one would let ring 3 choose what a guest maps.
-    if vs.root_of != Some(pc.index) {
-        return Err(SysStatus::InvalidArgument);
+    if vs.root_of == Some(pc.index) {
+        run_root(pc, id, &vs)?;
+        if FAILED.load(Ordering::Acquire) != 0 {
+            // MicroV is going down: give the CPU back without handling the
+            // exit, so the root re-executes the intercepted instruction
+            // natively.
+            promote_or_halt(pc, None)
+        }
+    } else {
+        let vm = vs.vm.ok_or(SysStatus::InvalidArgument)?;
+        if !vs::claim(id, pc.index) {
+            return Err(SysStatus::Busy);
+        }
+        let done = run_guest(pc, id, &vs, vm);
+        vs::release(id);
+        done?;
+        if FAILED.load(Ordering::Acquire) != 0 {
+            // The root's pending exit (its run call) is abandoned: the root
+            // re-executes it natively and sees MicroV gone.
+            promote_or_halt(pc, None)
+        }
     }
+    flush_stale_extension_mappings(pc);
+    // SAFETY: the extension's entry and this CPU's stack are mapped.
+    unsafe { asm::microv_enter_extension(Upcall::Exit as u64, pc.index, id, 0) }
+}
+
+/// Drops this CPU's TLB entries for extension pages another CPU unmapped
+/// since this CPU last entered the extension (a destroyed vCPU's run page).
+fn flush_stale_extension_mappings(pc: &mut PerCpu) {
+    let generation = vs::EXT_TLB_GENERATION.load(Ordering::Acquire);
+    if pc.ext_tlb_generation != generation {
+        pc.ext_tlb_generation = generation;
+        super::mm::flush_tlb();
+    }
+}
+
+/// The XCR0 in a state's register page (checked before use).
+fn regs_xcr0(vs: &vs::Vs) -> u64 {
     let xcr0_field = (vs.regs_va as *const u8).wrapping_add(offset_of!(VsRegs, xcr0));
     // SAFETY: the register page is this state's and mapped; one read.
-    let xcr0 = unsafe { core::ptr::read_volatile(xcr0_field.cast::<u64>()) };
-    let vmcb = copy_in(pc, &vs);
-    if let Err(e) = vmcb_check::check(&vmcb.control, xcr0, pc.limits.xcr0, pc.root_tables.as_ref()) {
-        log!("cpu {}: refused to run vCPU state {}: {:?}", pc.index, id, e);
-        return Err(SysStatus::InvalidArgument);
-    }
-    let first_root_run = id == pc.root_vs && !pc.root_started;
-    if first_root_run {
-        // The loader's call returns as soon as the root runs: say so first.
-        landing_of(pc).set_running(1);
-    }
+    unsafe { core::ptr::read_volatile(xcr0_field.cast::<u64>()) }
+}
+
+/// One VMRUN of a checked private VMCB; the exit code.
+fn switch(vs: &vs::Vs, pc: &PerCpu, xcr0: u64) -> u64 {
     let mut args = SwitchArgs {
         vmcb_pa: vs.vmcb_pa,
         host_vmcb_pa: pc.host_vmcb_pa,
@@ -461,29 +534,78 @@ pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysSta
         fpu: vs.fpu_va as *mut u8,
         xcr0,
     };
-    // SAFETY: the private VMCB passed the checks above and no one else can
-    // write it; the register page and FPU area belong to this state; XCR0
-    // is valid; host state is in host_vmcb.
+    // SAFETY: the caller checked the private VMCB, which no one else can
+    // write; the register page and FPU area belong to this state; XCR0 is
+    // valid; host state is in host_vmcb.
     unsafe { asm::microv_world_switch(&mut args) };
     let exit_code_field = (vs.vmcb_va as *const u8)
         .wrapping_add(offset_of!(Vmcb, control) + offset_of!(microv_arch::svm::Control, exit_code))
         .cast::<u64>();
     // SAFETY: the private VMCB is mapped; VMRUN wrote the exit code behind
-    // the compiler's back (the reference above is not used again), hence a
-    // volatile read through a fresh pointer.
+    // the compiler's back (the reference the caller checked is not used
+    // again), hence a volatile read through a fresh pointer.
     let exit_code = unsafe { core::ptr::read_volatile(exit_code_field) };
-    copy_out(&vs);
+    copy_out(vs);
+    exit_code
+}
+
+/// Runs this CPU's root vCPU state once.
+fn run_root(pc: &mut PerCpu, id: u64, vs: &vs::Vs) -> Result<u64, SysStatus> {
+    let xcr0 = regs_xcr0(vs);
+    let vmcb = copy_in(pc, vs);
+    let owner = Owner::Root(pc.root_tables);
+    if let Err(e) = vmcb_check::check(&vmcb.control, xcr0, pc.limits.xcr0, owner) {
+        log!(
+            "cpu {}: refused to run vCPU state {}: {:?}",
+            pc.index,
+            id,
+            e
+        );
+        return Err(SysStatus::InvalidArgument);
+    }
+    let first_root_run = id == pc.root_vs && !pc.root_started;
+    if first_root_run {
+        // The loader's call returns as soon as the root runs: say so first.
+        landing_of(pc).set_running(1);
+    }
+    let exit_code = switch(vs, pc, xcr0);
     if first_root_run && exit_code != exit::INVALID {
         // The root ran: its RAX is its own now, not the loader's status.
         pc.root_started = true;
     }
-    if FAILED.load(Ordering::Acquire) != 0 {
-        // MicroV is going down: give the CPU back without handling the exit,
-        // so the root re-executes the intercepted instruction natively.
-        promote_or_halt(pc, None)
+    Ok(exit_code)
+}
+
+/// Runs guest vCPU state `id` of VM `vm` once (the caller claimed it).
+fn run_guest(pc: &mut PerCpu, id: u64, vs: &vs::Vs, vm: u64) -> Result<u64, SysStatus> {
+    let (tables, generation) = super::guest::enter(vm)?;
+    let done = run_guest_on(pc, id, vs, tables, generation);
+    super::guest::leave(vm);
+    done
+}
+
+fn run_guest_on(
+    pc: &mut PerCpu,
+    id: u64,
+    vs: &vs::Vs,
+    tables: RootTables,
+    generation: u64,
+) -> Result<u64, SysStatus> {
+    let cpu = pc.index;
+    let (asid, flush) =
+        vs::asid(id, &mut pc.asids, cpu, generation).ok_or(SysStatus::InvalidArgument)?;
+    let xcr0 = regs_xcr0(vs);
+    let vmcb = guest_copy_in(pc, vs, tables, asid, flush);
+    if let Err(e) = vmcb_check::check(&vmcb.control, xcr0, pc.limits.xcr0, Owner::Guest(tables)) {
+        log!(
+            "cpu {}: refused to run guest vCPU state {}: {:?}",
+            pc.index,
+            id,
+            e
+        );
+        return Err(SysStatus::InvalidArgument);
     }
-    // SAFETY: the extension's entry and this CPU's stack are mapped.
-    unsafe { asm::microv_enter_extension(Upcall::Exit as u64, pc.index, id, 0) }
+    Ok(switch(vs, pc, xcr0))
 }
 
 /// A vCPU state: this CPU's root from its per-CPU copy, others from the table.
@@ -521,7 +643,10 @@ pub fn stop(pc: &mut PerCpu, id: u64) -> SysStatus {
             promote_or_halt(pc, Some(committed))
         }
         Outcome::Refused => {
-            log!("cpu {}: stop refused: not every CPU asked to stop", pc.index);
+            log!(
+                "cpu {}: stop refused: not every CPU asked to stop",
+                pc.index
+            );
             SysStatus::Busy
         }
     }
@@ -556,7 +681,11 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
     pc.leaving = true;
     let (save, regs) = root_copy(pc);
     if let Err(e) = cpu_state::check_promotable(&save, regs.xcr0, &pc.limits) {
-        log!("cpu {}: root state cannot be loaded ({:?}); halting", pc.index, e);
+        log!(
+            "cpu {}: root state cannot be loaded ({:?}); halting",
+            pc.index,
+            e
+        );
         instr::halt_forever()
     }
     let landing = landing_of(pc);

@@ -1,9 +1,7 @@
 //! The pool as the microkernel sees it: the frame allocator, physical to
 //! virtual translation, and MicroV's own page tables.
 
-use microv_abi::launch::{
-    BootInfo, CHUNK_SIZE, KERNEL_STACK_SIZE, MAX_CPUS, PAGE_SIZE, POOL_VA,
-};
+use microv_abi::launch::{BootInfo, CHUNK_SIZE, KERNEL_STACK_SIZE, MAX_CPUS, PAGE_SIZE, POOL_VA};
 use microv_arch::instr;
 use microv_arch::mapper::{self, MapError, TableMemory};
 use microv_arch::paging::{ENTRIES, NO_EXECUTE, PRESENT, USER, WRITABLE};
@@ -113,7 +111,12 @@ impl Memory {
     }
 
     /// Maps single pages `(va, pa)` for the extension: all of them or none.
-    pub fn map_user_pages<I>(&mut self, pages: I, writable: bool, executable: bool) -> Result<(), MapError>
+    pub fn map_user_pages<I>(
+        &mut self,
+        pages: I,
+        writable: bool,
+        executable: bool,
+    ) -> Result<(), MapError>
     where
         I: Iterator<Item = (u64, u64)> + Clone,
     {
@@ -175,13 +178,18 @@ impl Memory {
             // One write: the chunk may hold the very tables being walked.
             mapper::replace_entry(self, root, va, 2, new)?;
         }
-        // SAFETY: reading CR3 in ring 0 has no effect.
-        let cr3 = unsafe { instr::read_cr3() };
-        // SAFETY: reloading CR3 with its own value only flushes the TLB
-        // (MicroV's entries are never global).
-        unsafe { instr::write_cr3(cr3) };
+        flush_tlb();
         Ok(())
     }
+}
+
+/// Drops every TLB entry of MicroV's address space on this CPU.
+pub fn flush_tlb() {
+    // SAFETY: reading CR3 in ring 0 has no effect.
+    let cr3 = unsafe { instr::read_cr3() };
+    // SAFETY: reloading CR3 with its own value only flushes the TLB
+    // (MicroV's entries are never global: CR4.PGE is off).
+    unsafe { instr::write_cr3(cr3) };
 }
 
 impl TableMemory for Memory {

@@ -3,6 +3,7 @@
 
 mod asm;
 mod cpu;
+mod guest;
 mod log;
 mod mm;
 mod percpu;

@@ -42,6 +42,11 @@ pub struct PerCpu {
     pub limits: Limits,
     /// The root's nested tables and permission maps, once known.
     pub root_tables: Option<RootTables>,
+    /// This CPU's ASIDs for guest vCPUs.
+    pub asids: crate::guest_vm::AsidPool,
+    /// The extension-mapping generation this CPU's TLB is clean for
+    /// (`vs::EXT_TLB_GENERATION`).
+    pub ext_tlb_generation: u64,
     /// Set once the root vCPU has run: a failure after that must not
     /// overwrite the root's RAX with an error code.
     pub root_started: bool,

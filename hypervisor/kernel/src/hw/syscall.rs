@@ -8,6 +8,7 @@ use microv_arch::instr;
 
 use super::asm;
 use super::cpu;
+use super::guest;
 use super::log::log;
 use super::mm::MEMORY;
 use super::percpu::{self, PerCpu};
@@ -45,14 +46,19 @@ extern "C" fn microv_syscall(f: &mut SyscallFrame, percpu: u64) {
     };
     let (status, a, b) = match Syscall::from_u64(f.rax) {
         None => (SysStatus::UnknownSyscall, 0, 0),
-        Some(call) => dispatch(pc, call, f.rdi, f.rsi),
+        Some(call) => dispatch(pc, call, [f.rdi, f.rsi, f.rdx]),
     };
     f.rax = status as u64;
     f.rdx = a;
     f.r8 = b;
 }
 
-fn dispatch(pc: &mut PerCpu, call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64, u64) {
+fn dispatch(pc: &mut PerCpu, call: Syscall, [a0, a1, a2]: [u64; 3]) -> (SysStatus, u64, u64) {
+    let status = |s: SysStatus| (s, 0, 0);
+    let id = |r: Result<u64, SysStatus>| match r {
+        Ok(id) => (SysStatus::Success, id, 0),
+        Err(s) => (s, 0, 0),
+    };
     match call {
         Syscall::LogWrite => log_write(a0, a1),
         Syscall::MsrRead => msr_access(a0, None),
@@ -66,14 +72,12 @@ fn dispatch(pc: &mut PerCpu, call: Syscall, a0: u64, a1: u64) -> (SysStatus, u64
                 mem.frames.free_pages() as u64,
             )
         }
-        Syscall::VsCreate => {
-            let fpu_pages = pc.root.fpu_pages;
-            match vs::create(None, fpu_pages, vs::RESET_XCR0) {
-                Ok(id) => (SysStatus::Success, id, 0),
-                Err(vs::VsError::OutOfMemory) => (SysStatus::OutOfMemory, 0, 0),
-                Err(vs::VsError::TooMany) => (SysStatus::InvalidArgument, 0, 0),
-            }
-        }
+        Syscall::VsCreate => id(vs::create_guest(a0, a1, pc.root.fpu_pages)),
+        Syscall::VsDestroy => status(vs::destroy(a0)),
+        Syscall::VmCreate => id(guest::create()),
+        Syscall::VmDestroy => status(guest::destroy(a0)),
+        Syscall::VmMap => status(guest::map(a0, a1, a2)),
+        Syscall::VmUnmap => status(guest::unmap(a0, a1)),
         Syscall::VsRun => match cpu::run(pc, a0) {
             Err(status) => (status, 0, 0),
         },
@@ -192,7 +196,11 @@ extern "C" fn microv_exception(frame: &mut ExceptionFrame) {
     if pc.in_exception || pc.leaving {
         // A fault while handling a fault, or during promotion: going on
         // could only repeat it. This CPU stops here; the others carry on.
-        log!("cpu {}: fault (vector {}) while failing or leaving; halting", pc.index, frame.vector);
+        log!(
+            "cpu {}: fault (vector {}) while failing or leaving; halting",
+            pc.index,
+            frame.vector
+        );
         microv_arch::instr::halt_forever()
     }
     pc.in_exception = true;

@@ -1,0 +1,727 @@
+//! Micro-VM vCPUs: their VMCB set-up, what the VMM's requests do to them,
+//! and their exits. Policy works on the vendor-neutral [`Exit`]; the VMCB
+//! is only where the registers live (`svm_regs` converts them for the VMM).
+//!
+//! What a guest can reach: its own memory (nested tables the microkernel
+//! built from checked frames), nothing else. Every port, every MSR and
+//! every other guest-physical access exits; SVM instructions raise #UD;
+//! management hypercalls are refused; a host interrupt always takes the
+//! CPU back to the root.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use microv_abi::hypercall::Status;
+use microv_abi::launch::{gpr, MAX_CPUS};
+use microv_abi::run::{exit_reason, io_direction, mmio_access, request, RunExit, RunIo, RunMmio, RunRegs};
+use microv_abi::syscall::{vs_layout, VsRegs};
+use microv_arch::descriptor::Segment;
+use microv_arch::msr::{self, efer};
+use microv_arch::svm::{event, misc1, misc2, required, vector, Vmcb, NP_ENABLE};
+
+use crate::exit::{complete_hypercall, cpuid, skip, xsetbv};
+use crate::host::Host;
+use crate::hypercall::{self, Args, CallerInfo, Outcome};
+use crate::neutral::Exit;
+use crate::svm_regs;
+
+const MAX_VS: usize = vs_layout::MAX_VS as usize;
+const HLT_LEN: u64 = 1;
+const INVD_LEN: u64 = 2;
+const MSR_LEN: u64 = 2;
+const RFLAGS_IF: u64 = 1 << 9;
+/// VINTR: V_IRQ (a virtual interrupt is pending) and V_INTR_MASKING.
+const V_IRQ: u64 = 1 << 8;
+const V_INTR_MASKING: u64 = 1 << 24;
+/// Placeholder ASID: the microkernel sets the real one before every run.
+const ASID_PLACEHOLDER: u32 = 1;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO4: [AtomicU64; 4] = [ZERO; 4];
+
+/// What the extension keeps per guest vCPU (indexed by vCPU state id) and
+/// per CPU. Atomics: every CPU's extension shares it.
+pub struct Vcpus {
+    /// VM id + 1 of each guest vCPU (0: not a guest vCPU).
+    vm: [AtomicU64; MAX_VS],
+    /// CPU index + 1 that holds the vCPU, from `run.run` until the CPU
+    /// returns to the root (0: free). A second `run.run` elsewhere is Busy.
+    owner: [AtomicU64; MAX_VS],
+    /// Size of an `in` the VMM completes at the next `run.run` (0: none).
+    pending_in: [AtomicU64; MAX_VS],
+    /// Interrupt vectors raised and not yet delivered (a 256-bit set).
+    pending_irq: [[AtomicU64; 4]; MAX_VS],
+    /// vCPU id + 1 that runs on each CPU for its root's `run.run`.
+    on_cpu: [AtomicU64; MAX_CPUS],
+    /// Each CPU's root vCPU state.
+    root: [AtomicU64; MAX_CPUS],
+}
+
+impl Vcpus {
+    pub const fn new() -> Self {
+        Vcpus {
+            vm: [ZERO; MAX_VS],
+            owner: [ZERO; MAX_VS],
+            pending_in: [ZERO; MAX_VS],
+            pending_irq: [ZERO4; MAX_VS],
+            on_cpu: [ZERO; MAX_CPUS],
+            root: [ZERO; MAX_CPUS],
+        }
+    }
+
+    fn slot(a: &[AtomicU64], i: u64) -> Option<&AtomicU64> {
+        a.get(usize::try_from(i).ok()?)
+    }
+
+    /// Records a new guest vCPU of VM `vm`.
+    pub fn add(&self, vcpu: u64, vm: u64) {
+        for a in [&self.owner, &self.pending_in] {
+            if let Some(s) = Self::slot(a, vcpu) {
+                s.store(0, Ordering::Relaxed);
+            }
+        }
+        if let Some(irq) = usize::try_from(vcpu).ok().and_then(|i| self.pending_irq.get(i)) {
+            irq.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+        }
+        if let Some(s) = Self::slot(&self.vm, vcpu) {
+            s.store(vm + 1, Ordering::Release);
+        }
+    }
+
+    /// Forgets a destroyed guest vCPU.
+    pub fn remove(&self, vcpu: u64) {
+        if let Some(s) = Self::slot(&self.vm, vcpu) {
+            s.store(0, Ordering::Release);
+        }
+    }
+
+    /// The VM of guest vCPU `vcpu`, if it is one.
+    pub fn vm_of(&self, vcpu: u64) -> Option<u64> {
+        Self::slot(&self.vm, vcpu)
+            .map(|s| s.load(Ordering::Acquire))
+            .and_then(|v| v.checked_sub(1))
+    }
+
+    /// True if some vCPU of VM `vm` exists.
+    pub fn vm_has_vcpus(&self, vm: u64) -> bool {
+        self.vm.iter().any(|s| s.load(Ordering::Acquire) == vm + 1)
+    }
+
+    /// Takes guest vCPU `vcpu` for CPU `cpu`; false if it is not a guest
+    /// vCPU or another CPU holds it.
+    pub fn claim(&self, vcpu: u64, cpu: usize) -> bool {
+        self.vm_of(vcpu).is_some()
+            && Self::slot(&self.owner, vcpu).is_some_and(|s| {
+                s.compare_exchange(0, cpu as u64 + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
+    }
+
+    /// True if some CPU holds `vcpu`.
+    pub fn is_claimed(&self, vcpu: u64) -> bool {
+        Self::slot(&self.owner, vcpu).is_some_and(|s| s.load(Ordering::Acquire) != 0)
+    }
+
+    /// Gives `vcpu` back.
+    pub fn release(&self, vcpu: u64) {
+        if let Some(s) = Self::slot(&self.owner, vcpu) {
+            s.store(0, Ordering::Release);
+        }
+    }
+
+    /// The guest vCPU CPU `cpu` runs for its root, if any.
+    pub fn running_on(&self, cpu: usize) -> Option<u64> {
+        self.on_cpu
+            .get(cpu)
+            .map(|s| s.load(Ordering::Acquire))
+            .and_then(|v| v.checked_sub(1))
+    }
+
+    /// Sets (or clears) the guest vCPU CPU `cpu` runs.
+    pub fn set_running_on(&self, cpu: usize, vcpu: Option<u64>) {
+        if let Some(s) = self.on_cpu.get(cpu) {
+            s.store(vcpu.map_or(0, |v| v + 1), Ordering::Release);
+        }
+    }
+
+    /// Records CPU `cpu`'s root vCPU state.
+    pub fn set_root(&self, cpu: usize, vs: u64) {
+        if let Some(s) = self.root.get(cpu) {
+            s.store(vs, Ordering::Relaxed);
+        }
+    }
+
+    /// CPU `cpu`'s root vCPU state.
+    pub fn root_of(&self, cpu: usize) -> u64 {
+        self.root.get(cpu).map_or(0, |s| s.load(Ordering::Relaxed))
+    }
+
+    fn irq(&self, vcpu: u64) -> Option<&[AtomicU64; 4]> {
+        self.pending_irq.get(usize::try_from(vcpu).ok()?)
+    }
+
+    /// The highest pending vector, taken out of the set.
+    fn take_irq(&self, vcpu: u64) -> Option<u8> {
+        let words = self.irq(vcpu)?;
+        for (i, w) in words.iter().enumerate().rev() {
+            let v = w.load(Ordering::Acquire);
+            if v != 0 {
+                let bit = 63 - v.leading_zeros();
+                w.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+                return Some((i as u32 * 64 + bit) as u8);
+            }
+        }
+        None
+    }
+
+    fn has_irq(&self, vcpu: u64) -> bool {
+        self.irq(vcpu)
+            .is_some_and(|w| w.iter().any(|x| x.load(Ordering::Acquire) != 0))
+    }
+}
+
+impl Default for Vcpus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A new guest vCPU's VMCB: every intercept a guest needs, nested paging,
+/// and the architectural reset state (real mode at 0xF000:FFF0). The
+/// microkernel fills in the VM's tables and the ASID.
+pub fn configure_vmcb(v: &mut Vmcb) {
+    let c = &mut v.control;
+    c.intercept_misc1 = required::MISC1
+        | misc1::INTR
+        | misc1::NMI
+        | misc1::SMI
+        | misc1::CPUID
+        | misc1::HLT;
+    c.intercept_misc2 = required::MISC2 | misc2::VMMCALL;
+    c.np_control = NP_ENABLE;
+    c.vintr = V_INTR_MASKING;
+    c.guest_asid = ASID_PLACEHOLDER;
+    let s = &mut v.save;
+    let data = |selector: u16, base: u64| Segment {
+        selector,
+        attrib: 0x93,
+        limit: 0xffff,
+        base,
+    };
+    s.cs = Segment {
+        attrib: 0x9b,
+        ..data(0xf000, 0xffff_0000)
+    };
+    s.ds = data(0, 0);
+    s.es = data(0, 0);
+    s.fs = data(0, 0);
+    s.gs = data(0, 0);
+    s.ss = data(0, 0);
+    s.tr = Segment {
+        attrib: 0x8b,
+        ..data(0, 0)
+    };
+    s.ldtr = Segment {
+        attrib: 0x82,
+        ..data(0, 0)
+    };
+    s.gdtr = Segment {
+        limit: 0xffff,
+        ..Segment::default()
+    };
+    s.idtr = s.gdtr;
+    s.rip = 0xfff0;
+    s.rflags = 2;
+    s.cr0 = 0x6000_0010;
+    s.efer = efer::SVME;
+    s.dr6 = 0xffff_0ff0;
+    s.dr7 = 0x400;
+    s.g_pat = msr::PAT_DEFAULT;
+}
+
+/// What the VMM put in the run page for this `run.run` (copied once).
+#[derive(Clone, Copy, Debug)]
+pub struct RunInput {
+    pub request: u64,
+    pub raise: [u64; 4],
+    pub io_data: u64,
+    pub regs: RunRegs,
+}
+
+/// Applies the VMM's input before the guest runs again.
+pub fn accept_input(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, input: &RunInput, vcpus: &Vcpus) {
+    if let Some(slot) = Vcpus::slot(&vcpus.pending_in, vcpu) {
+        let size = slot.swap(0, Ordering::AcqRel);
+        if size != 0 {
+            v.save.rax = merge(v.save.rax, input.io_data, size);
+        }
+    }
+    if input.request & request::SET_REGS != 0 {
+        svm_regs::write_regs(v, r, &input.regs);
+    }
+    if input.request & request::SET_SREGS != 0 {
+        svm_regs::write_sregs(v, &input.regs);
+    }
+    if let Some(words) = vcpus.irq(vcpu) {
+        for (w, raised) in words.iter().zip(input.raise) {
+            w.fetch_or(raised, Ordering::AcqRel);
+        }
+    }
+}
+
+/// RAX after an `in` of `size` bytes: the low bytes replaced, and a 4-byte
+/// read zero-extends, as the CPU does.
+fn merge(rax: u64, data: u64, size: u64) -> u64 {
+    match size {
+        1 => (rax & !0xff) | (data & 0xff),
+        2 => (rax & !0xffff) | (data & 0xffff),
+        _ => data & 0xffff_ffff,
+    }
+}
+
+/// Before each run: re-deliver an event the exit interrupted, else
+/// deliver the highest pending interrupt if the guest can take it now, or
+/// ask for an exit as soon as it can.
+pub fn prepare_entry(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus) {
+    let c = &mut v.control;
+    if c.exit_int_info & event::VALID != 0 {
+        c.event_inj = c.exit_int_info;
+        c.exit_int_info = 0;
+        return;
+    }
+    if c.event_inj & event::VALID != 0 || !vcpus.has_irq(vcpu) {
+        return;
+    }
+    let open = v.save.rflags & RFLAGS_IF != 0 && v.control.interrupt_shadow & 1 == 0;
+    if open {
+        if let Some(vector) = vcpus.take_irq(vcpu) {
+            v.control.event_inj = event::interrupt(vector);
+        }
+        v.control.vintr &= !V_IRQ;
+        v.control.intercept_misc1 &= !misc1::VINTR;
+    } else {
+        v.control.vintr |= V_IRQ;
+        v.control.intercept_misc1 |= misc1::VINTR;
+    }
+}
+
+/// What to do after a guest exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestAction {
+    /// Run the guest again.
+    Resume,
+    /// Return to the root: its `run.run` completes with this exit.
+    ToVmm(RunExit),
+}
+
+fn to_vmm(reason: u32) -> GuestAction {
+    let mut e = RunExit::zeroed();
+    e.reason = reason;
+    GuestAction::ToVmm(e)
+}
+
+/// Handles guest vCPU `vcpu`'s exit `exit` on CPU `cpu`.
+pub fn handle(
+    v: &mut Vmcb,
+    r: &mut VsRegs,
+    exit: Exit,
+    vcpu: u64,
+    cpu: usize,
+    hv: &crate::state::HvState,
+    host: &mut dyn Host,
+) -> GuestAction {
+    let vcpus = &hv.vcpus;
+    v.control.event_inj = 0;
+    match exit {
+        Exit::Cpuid => {
+            cpuid(v, r, host);
+            GuestAction::Resume
+        }
+        Exit::Msr { write } => {
+            msr_access(v, r, write);
+            GuestAction::Resume
+        }
+        Exit::Hypercall => {
+            let caller = CallerInfo {
+                cpl: v.save.cpl,
+                cpu,
+                guest: true,
+            };
+            match hypercall::dispatch(v.save.rax, Args::from_gprs(&r.gprs), caller, hv, host) {
+                Outcome::Done(status, out) => complete_hypercall(v, r, status, out),
+                // Not a MicroV hypercall: #UD, as without MicroV.
+                Outcome::InvalidOpcode => v.control.event_inj = event::exception(vector::UD),
+                // Only discovery calls are served to guests; anything
+                // else the dispatcher refuses before it gets here.
+                _ => complete_hypercall(v, r, Status::PermissionDenied, Args::default()),
+            }
+            GuestAction::Resume
+        }
+        Exit::Io { access, next_rip } => {
+            if access.string {
+                let mut e = RunExit::zeroed();
+                e.reason = exit_reason::UNHANDLED;
+                e.qualification = u64::from(access.port);
+                host.log(format_args!(
+                    "vcpu {vcpu}: string I/O on port {:#x} is not emulated",
+                    access.port
+                ));
+                return GuestAction::ToVmm(e);
+            }
+            let mask = (1u64 << (8 * u32::from(access.size))) - 1;
+            let mut e = RunExit::zeroed();
+            e.reason = exit_reason::IO;
+            e.io = RunIo {
+                port: access.port,
+                size: access.size,
+                direction: if access.is_in { io_direction::IN } else { io_direction::OUT },
+                reserved: 0,
+                data: if access.is_in { 0 } else { v.save.rax & mask },
+            };
+            if access.is_in {
+                if let Some(s) = Vcpus::slot(&vcpus.pending_in, vcpu) {
+                    s.store(u64::from(access.size), Ordering::Release);
+                }
+            }
+            v.save.rip = next_rip;
+            v.control.interrupt_shadow &= !1;
+            GuestAction::ToVmm(e)
+        }
+        Exit::NestedFault { gpa, write, fetch } => {
+            let mut e = RunExit::zeroed();
+            e.reason = exit_reason::MMIO;
+            let mut access = 0;
+            if write {
+                access |= mmio_access::WRITE;
+            }
+            if fetch {
+                access |= mmio_access::FETCH;
+            }
+            e.mmio = RunMmio { gpa, access };
+            GuestAction::ToVmm(e)
+        }
+        Exit::Hlt => {
+            skip(v, HLT_LEN);
+            if vcpus.has_irq(vcpu) && v.save.rflags & RFLAGS_IF != 0 {
+                GuestAction::Resume
+            } else {
+                to_vmm(exit_reason::HLT)
+            }
+        }
+        Exit::HostInterrupt => to_vmm(exit_reason::INTERRUPTED),
+        Exit::InterruptWindow => {
+            v.control.vintr &= !V_IRQ;
+            v.control.intercept_misc1 &= !misc1::VINTR;
+            GuestAction::Resume
+        }
+        Exit::Shutdown => to_vmm(exit_reason::SHUTDOWN),
+        Exit::Init => GuestAction::Resume,
+        Exit::VirtInstruction => {
+            v.control.event_inj = event::exception(vector::UD);
+            GuestAction::Resume
+        }
+        Exit::Xsetbv => {
+            xsetbv(v, r, host);
+            GuestAction::Resume
+        }
+        Exit::Invd => {
+            skip(v, INVD_LEN);
+            GuestAction::Resume
+        }
+        Exit::EntryFailed => {
+            let mut e = RunExit::zeroed();
+            e.reason = exit_reason::FAIL_ENTRY;
+            e.qualification = v.control.exit_code;
+            GuestAction::ToVmm(e)
+        }
+        Exit::Other(code) => {
+            let mut e = RunExit::zeroed();
+            e.reason = exit_reason::UNHANDLED;
+            e.qualification = code;
+            GuestAction::ToVmm(e)
+        }
+    }
+}
+
+/// A guest's RDMSR/WRMSR. EFER is the guest's own (SVME stays MicroV's
+/// and hidden); every other MSR raises #GP for now.
+fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool) {
+    let index = r.gprs.get(gpr::RCX).copied().unwrap_or(0) as u32;
+    let value = (r.gprs.get(gpr::RDX).copied().unwrap_or(0) << 32) | (v.save.rax & 0xffff_ffff);
+    let allowed = efer::SCE | efer::LME | efer::LMA | efer::NXE;
+    match (index, write) {
+        (msr::EFER, false) => {
+            let e = v.save.efer & !efer::SVME;
+            v.save.rax = e & 0xffff_ffff;
+            if let Some(rdx) = r.gprs.get_mut(gpr::RDX) {
+                *rdx = e >> 32;
+            }
+            skip(v, MSR_LEN);
+        }
+        (msr::EFER, true) if value & !allowed == 0 => {
+            v.save.efer = value | efer::SVME;
+            skip(v, MSR_LEN);
+        }
+        _ => v.control.event_inj = event::exception_with_code(vector::GP, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use crate::io::Access;
+    use crate::neutral::decode_svm;
+    use crate::state::HvState;
+    use microv_abi::hypercall::{encode, Hypercall};
+    use microv_arch::svm::exit;
+    use zerocopy::FromZeros;
+
+    struct Setup {
+        v: Box<Vmcb>,
+        r: VsRegs,
+        hv: HvState,
+        host: FakeHost,
+    }
+
+    fn setup() -> Setup {
+        let mut v = Box::new(Vmcb::new_zeroed());
+        configure_vmcb(&mut v);
+        v.save.rip = 0x1000;
+        let hv = HvState::new();
+        hv.vcpus.add(7, 2);
+        Setup {
+            v,
+            r: VsRegs::default(),
+            hv,
+            host: FakeHost::default(),
+        }
+    }
+
+    impl Setup {
+        fn exit(&mut self, e: Exit) -> GuestAction {
+            handle(&mut self.v, &mut self.r, e, 7, 0, &self.hv, &mut self.host)
+        }
+    }
+
+    fn input() -> RunInput {
+        RunInput {
+            request: 0,
+            raise: [0; 4],
+            io_data: 0,
+            regs: RunRegs::zeroed(),
+        }
+    }
+
+    #[test]
+    fn the_reset_state_is_refused_nothing_the_microkernel_requires() {
+        let s = setup();
+        let c = &s.v.control;
+        assert_eq!(c.intercept_misc1 & required::MISC1, required::MISC1);
+        assert_eq!(c.intercept_misc2 & required::MISC2, required::MISC2);
+        assert_ne!(c.intercept_misc1 & misc1::INTR, 0);
+        assert_ne!(c.intercept_misc1 & misc1::NMI, 0);
+        assert_ne!(c.vintr & V_INTR_MASKING, 0);
+        assert_eq!(s.v.save.cs.base + s.v.save.rip, 0xffff_0000 + 0x1000);
+        assert_ne!(s.v.save.efer & efer::SVME, 0);
+    }
+
+    #[test]
+    fn vcpus_are_claimed_by_one_cpu_at_a_time() {
+        let s = setup();
+        assert_eq!(s.hv.vcpus.vm_of(7), Some(2));
+        assert_eq!(s.hv.vcpus.vm_of(8), None);
+        assert!(s.hv.vcpus.vm_has_vcpus(2));
+        assert!(!s.hv.vcpus.claim(8, 0), "not a guest vCPU");
+        assert!(s.hv.vcpus.claim(7, 0));
+        assert!(!s.hv.vcpus.claim(7, 1));
+        assert!(s.hv.vcpus.is_claimed(7));
+        s.hv.vcpus.release(7);
+        assert!(s.hv.vcpus.claim(7, 1));
+        s.hv.vcpus.set_running_on(1, Some(7));
+        assert_eq!(s.hv.vcpus.running_on(1), Some(7));
+        s.hv.vcpus.set_running_on(1, None);
+        assert_eq!(s.hv.vcpus.running_on(1), None);
+        s.hv.vcpus.set_root(1, 4);
+        assert_eq!(s.hv.vcpus.root_of(1), 4);
+        s.hv.vcpus.remove(7);
+        assert_eq!(s.hv.vcpus.vm_of(7), None);
+        assert!(!s.hv.vcpus.vm_has_vcpus(2));
+    }
+
+    #[test]
+    fn port_io_goes_to_the_vmm_and_an_in_completes_at_the_next_run() {
+        let mut s = setup();
+        s.v.save.rax = 0x1234_5678_9abc_def0;
+        let out = Access { port: 0x3f8, size: 2, is_in: false, string: false };
+        let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: out, next_rip: 0x1002 }) else {
+            panic!()
+        };
+        assert_eq!((e.reason, e.io.port, e.io.size, e.io.direction, e.io.data), (exit_reason::IO, 0x3f8, 2, io_direction::OUT, 0xdef0));
+        assert_eq!(s.v.save.rip, 0x1002);
+        let inb = Access { port: 0x3fd, size: 1, is_in: true, string: false };
+        let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: inb, next_rip: 0x1003 }) else {
+            panic!()
+        };
+        assert_eq!(e.io.direction, io_direction::IN);
+        let mut i = input();
+        i.io_data = 0x1_2360;
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        assert_eq!(s.v.save.rax, 0x1234_5678_9abc_de60);
+        // Completed once only.
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        assert_eq!(s.v.save.rax, 0x1234_5678_9abc_de60);
+        assert_eq!(merge(u64::MAX, 0x1_2345_6789, 4), 0x2345_6789);
+        assert_eq!(merge(u64::MAX, 0x1_2345_6789, 2), 0xffff_ffff_ffff_6789);
+        // String I/O is not emulated: the VM stops, clearly.
+        let outs = Access { string: true, ..out };
+        let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: outs, next_rip: 0 }) else {
+            panic!()
+        };
+        assert_eq!(e.reason, exit_reason::UNHANDLED);
+    }
+
+    #[test]
+    fn accesses_outside_guest_memory_are_mmio_for_the_vmm() {
+        let mut s = setup();
+        let GuestAction::ToVmm(e) = s.exit(Exit::NestedFault { gpa: 0xfee0_0030, write: true, fetch: false }) else {
+            panic!()
+        };
+        assert_eq!((e.reason, e.mmio.gpa, e.mmio.access), (exit_reason::MMIO, 0xfee0_0030, mmio_access::WRITE));
+        assert_eq!(s.v.save.rip, 0x1000, "the VMM completes the instruction");
+        let GuestAction::ToVmm(e) = s.exit(Exit::NestedFault { gpa: 0x10, write: false, fetch: true }) else {
+            panic!()
+        };
+        assert_eq!(e.mmio.access, mmio_access::FETCH);
+    }
+
+    #[test]
+    fn host_interrupts_shutdown_and_failures_end_the_run() {
+        let mut s = setup();
+        let reason = |a: GuestAction| match a {
+            GuestAction::ToVmm(e) => (e.reason, e.qualification),
+            GuestAction::Resume => (u32::MAX, 0),
+        };
+        assert_eq!(reason(s.exit(Exit::HostInterrupt)), (exit_reason::INTERRUPTED, 0));
+        assert_eq!(reason(s.exit(Exit::Shutdown)), (exit_reason::SHUTDOWN, 0));
+        s.v.control.exit_code = exit::INVALID;
+        assert_eq!(reason(s.exit(Exit::EntryFailed)), (exit_reason::FAIL_ENTRY, exit::INVALID));
+        assert_eq!(reason(s.exit(Exit::Other(0x7e))), (exit_reason::UNHANDLED, 0x7e));
+        assert_eq!(s.exit(Exit::Init), GuestAction::Resume);
+    }
+
+    #[test]
+    fn svm_instructions_fault_and_management_calls_are_refused() {
+        let mut s = setup();
+        assert_eq!(s.exit(Exit::VirtInstruction), GuestAction::Resume);
+        assert_eq!(s.v.control.event_inj, event::exception(vector::UD));
+        // Even with the root's handle in R10, from guest ring 0.
+        s.hv.handle.store(0x55, Ordering::Release);
+        s.r.gprs[gpr::R10] = 0x55;
+        s.v.save.rax = encode(Hypercall::HvStopPp);
+        assert_eq!(s.exit(Exit::Hypercall), GuestAction::Resume);
+        assert_eq!(s.v.save.rax, Status::PermissionDenied.as_u64());
+        assert_eq!(s.v.save.rip, 0x1003);
+        s.v.save.rax = encode(Hypercall::IdVersion);
+        s.exit(Exit::Hypercall);
+        assert_eq!(s.v.save.rax, Status::Success.as_u64());
+        assert_eq!(s.r.gprs[gpr::R10], microv_abi::hypercall::ABI_VERSION);
+        // A foreign vmmcall raises #UD, as without MicroV.
+        s.v.save.rax = 0;
+        s.exit(Exit::Hypercall);
+        assert_eq!(s.v.control.event_inj, event::exception(vector::UD));
+    }
+
+    #[test]
+    fn efer_is_the_guests_and_other_msrs_fault() {
+        let mut s = setup();
+        s.r.gprs[gpr::RCX] = u64::from(msr::EFER);
+        s.v.save.rax = efer::LME | efer::SCE;
+        s.exit(Exit::Msr { write: true });
+        assert_eq!(s.v.save.efer, efer::LME | efer::SCE | efer::SVME);
+        s.exit(Exit::Msr { write: false });
+        assert_eq!(s.v.save.rax, efer::LME | efer::SCE);
+        s.v.save.rax = efer::SVME;
+        s.exit(Exit::Msr { write: true });
+        assert_eq!(s.v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        s.r.gprs[gpr::RCX] = 0x1b;
+        s.exit(Exit::Msr { write: false });
+        assert_eq!(s.v.control.event_inj, event::exception_with_code(vector::GP, 0));
+    }
+
+    #[test]
+    fn interrupts_are_delivered_when_the_guest_can_take_them() {
+        let mut s = setup();
+        let mut i = input();
+        i.raise[0] = 1 << 0x30;
+        i.raise[1] = 1 << (0x41 - 64);
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        // Interrupts off: ask for the window instead.
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
+        assert_eq!(s.v.control.event_inj, 0);
+        assert_ne!(s.v.control.vintr & V_IRQ, 0);
+        assert_eq!(decode_svm(&{
+            let mut c = s.v.control;
+            c.exit_code = exit::VINTR;
+            c
+        }), Exit::InterruptWindow);
+        assert_eq!(s.exit(Exit::InterruptWindow), GuestAction::Resume);
+        s.v.save.rflags = RFLAGS_IF | 2;
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
+        assert_eq!(s.v.control.event_inj, event::interrupt(0x41), "highest first");
+        s.v.control.event_inj = 0;
+        // An interrupted delivery is delivered again first.
+        s.v.control.exit_int_info = event::interrupt(0x41);
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
+        assert_eq!(s.v.control.event_inj, event::interrupt(0x41));
+        s.v.control.event_inj = 0;
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
+        assert_eq!(s.v.control.event_inj, event::interrupt(0x30));
+        // HLT with a pending interrupt and IF set resumes; without, the VMM waits.
+        assert_eq!(reason_of(s.exit(Exit::Hlt)), exit_reason::HLT);
+        i.raise = [0, 0, 0, 1];
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        assert_eq!(s.exit(Exit::Hlt), GuestAction::Resume);
+    }
+
+    fn reason_of(a: GuestAction) -> u32 {
+        match a {
+            GuestAction::ToVmm(e) => e.reason,
+            GuestAction::Resume => u32::MAX,
+        }
+    }
+
+    #[test]
+    fn set_regs_and_sregs_requests_load_the_registers() {
+        let mut s = setup();
+        let mut i = input();
+        i.regs.rip = 0x2000;
+        i.regs.gprs[gpr::RBX] = 9;
+        i.regs.cr0 = 0x11;
+        i.request = request::SET_REGS;
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        assert_eq!((s.v.save.rip, s.r.gprs[gpr::RBX]), (0x2000, 9));
+        assert_eq!(s.v.save.cr0, 0x6000_0010, "special registers only on request");
+        i.request = request::SET_SREGS;
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        assert_eq!(s.v.save.cr0, 0x11);
+    }
+
+    #[test]
+    fn cpuid_xsetbv_and_invd_are_handled_in_place() {
+        let mut s = setup();
+        s.v.save.rax = 0x4000_0000;
+        assert_eq!(s.exit(Exit::Cpuid), GuestAction::Resume);
+        assert_eq!(s.r.gprs[gpr::RBX] as u32, u32::from_le_bytes(*b"Micr"));
+        let rip = s.v.save.rip;
+        s.exit(Exit::Invd);
+        assert_eq!(s.v.save.rip, rip + 2);
+        // XSETBV from the reset state (CPL 0): x87 alone is valid.
+        s.v.save.rax = 1;
+        s.r.gprs[gpr::RCX] = 0;
+        s.r.gprs[gpr::RDX] = 0;
+        s.exit(Exit::Xsetbv);
+        assert_eq!(s.r.xcr0, 1);
+    }
+}

@@ -1,0 +1,424 @@
+//! A guest vCPU's local APIC, in x2APIC mode only (MSRs 0x800–0x8FF and
+//! the TSC-deadline MSR): what a Linux guest needs for its timer,
+//! end-of-interrupt and self-IPIs, with no trip to the VMM. Device
+//! interrupts arrive as vectors from the VMM's IOAPIC (the run page's
+//! `raise` set); the timer fires from the TSC, checked before every entry.
+//!
+//! Pure logic, host-tested: the caller supplies the time (TSC) and delivers
+//! what [`Lapic::next_interrupt`] returns.
+
+/// x2APIC register numbers (MSR index − 0x800).
+pub mod reg {
+    pub const ID: u32 = 0x02;
+    pub const VERSION: u32 = 0x03;
+    pub const TPR: u32 = 0x08;
+    pub const PPR: u32 = 0x0a;
+    pub const EOI: u32 = 0x0b;
+    pub const LDR: u32 = 0x0d;
+    pub const SVR: u32 = 0x0f;
+    pub const ISR0: u32 = 0x10;
+    pub const TMR0: u32 = 0x18;
+    pub const IRR0: u32 = 0x20;
+    pub const ESR: u32 = 0x28;
+    pub const LVT_CMCI: u32 = 0x2f;
+    pub const ICR: u32 = 0x30;
+    pub const LVT_TIMER: u32 = 0x32;
+    pub const LVT_THERMAL: u32 = 0x33;
+    pub const LVT_PERF: u32 = 0x34;
+    pub const LVT_LINT0: u32 = 0x35;
+    pub const LVT_LINT1: u32 = 0x36;
+    pub const LVT_ERROR: u32 = 0x37;
+    pub const TIMER_INITIAL: u32 = 0x38;
+    pub const TIMER_CURRENT: u32 = 0x39;
+    pub const TIMER_DIVIDE: u32 = 0x3e;
+    pub const SELF_IPI: u32 = 0x3f;
+}
+
+/// First x2APIC MSR.
+pub const X2APIC_BASE_MSR: u32 = 0x800;
+/// IA32_TSC_DEADLINE.
+pub const TSC_DEADLINE_MSR: u32 = 0x6e0;
+/// Version register: version 0x14, 7 LVT entries (max LVT index 6).
+const VERSION: u64 = 0x0006_0014;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_VECTOR: u32 = 0xff;
+/// LVT timer mode bits 18:17: 0 one-shot, 1 periodic, 2 TSC-deadline.
+const TIMER_MODE_SHIFT: u32 = 17;
+const TIMER_MODE_DEADLINE: u32 = 2;
+const SVR_ENABLED: u32 = 1 << 8;
+/// ICR delivery mode bits 10:8 (0 fixed) and destination shorthand 19:18.
+const ICR_MODE_SHIFT: u32 = 8;
+const ICR_SHORTHAND_SHIFT: u32 = 18;
+
+/// Why an access is refused (the guest gets #GP, as on hardware).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused;
+
+/// An inter-processor interrupt the guest sent (fixed delivery only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipi {
+    /// To the vCPU with this x2APIC ID.
+    To { apic_id: u32, vector: u8 },
+    /// To every vCPU but the sender.
+    AllButSelf { vector: u8 },
+    /// INIT or STARTUP to `apic_id` (SMP bring-up), with the SIPI vector.
+    Init { apic_id: u32 },
+    Startup { apic_id: u32, vector: u8 },
+}
+
+/// The local APIC state of one vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lapic {
+    pub id: u32,
+    tpr: u32,
+    svr: u32,
+    isr: [u64; 4],
+    irr: [u64; 4],
+    lvt: [u32; 7],
+    esr: u32,
+    /// TSC-deadline: the TSC value at which the timer fires (0: disarmed).
+    deadline: u64,
+    divide: u32,
+}
+
+fn bit(set: &[u64; 4], v: u8) -> bool {
+    set.get(usize::from(v >> 6)).is_some_and(|w| w >> (v & 63) & 1 != 0)
+}
+
+fn set_bit(set: &mut [u64; 4], v: u8, on: bool) {
+    if let Some(w) = set.get_mut(usize::from(v >> 6)) {
+        if on {
+            *w |= 1 << (v & 63);
+        } else {
+            *w &= !(1 << (v & 63));
+        }
+    }
+}
+
+fn highest(set: &[u64; 4]) -> Option<u8> {
+    set.iter()
+        .enumerate()
+        .rev()
+        .find(|(_, &w)| w != 0)
+        .map(|(i, &w)| (i as u32 * 64 + 63 - w.leading_zeros()) as u8)
+}
+
+/// Index into `lvt` for an LVT register.
+fn lvt_index(r: u32) -> Option<usize> {
+    match r {
+        reg::LVT_CMCI => Some(0),
+        reg::LVT_TIMER..=reg::LVT_ERROR => Some((r - reg::LVT_TIMER + 1) as usize),
+        _ => None,
+    }
+}
+
+impl Lapic {
+    /// The state after reset: software-disabled, every LVT masked.
+    pub const fn new(id: u32) -> Self {
+        Lapic {
+            id,
+            tpr: 0,
+            svr: 0xff,
+            isr: [0; 4],
+            irr: [0; 4],
+            lvt: [LVT_MASKED; 7],
+            esr: 0,
+            deadline: 0,
+            divide: 0,
+        }
+    }
+
+    fn ppr(&self) -> u32 {
+        let isrv = highest(&self.isr).map_or(0, u32::from);
+        if self.tpr & 0xf0 >= isrv & 0xf0 {
+            self.tpr
+        } else {
+            isrv & 0xf0
+        }
+    }
+
+    /// RDMSR of x2APIC register `r`.
+    pub fn read(&self, r: u32) -> Result<u64, Refused> {
+        let word = |set: &[u64; 4], i: u32| -> u64 {
+            let w = set.get((i / 2) as usize).copied().unwrap_or(0);
+            (w >> (32 * (i % 2))) & 0xffff_ffff
+        };
+        Ok(match r {
+            reg::ID => u64::from(self.id),
+            reg::VERSION => VERSION,
+            reg::TPR => u64::from(self.tpr),
+            reg::PPR => u64::from(self.ppr()),
+            // Cluster = ID[19:4], bit ID[3:0] within the cluster.
+            reg::LDR => u64::from(((self.id >> 4) << 16) | (1 << (self.id & 0xf))),
+            reg::SVR => u64::from(self.svr),
+            r if (reg::ISR0..reg::ISR0 + 8).contains(&r) => word(&self.isr, r - reg::ISR0),
+            r if (reg::TMR0..reg::TMR0 + 8).contains(&r) => 0,
+            r if (reg::IRR0..reg::IRR0 + 8).contains(&r) => word(&self.irr, r - reg::IRR0),
+            reg::ESR => u64::from(self.esr),
+            reg::TIMER_INITIAL | reg::TIMER_CURRENT => 0,
+            reg::TIMER_DIVIDE => u64::from(self.divide),
+            r => match lvt_index(r).and_then(|i| self.lvt.get(i)) {
+                Some(&v) => u64::from(v),
+                // EOI and SELF_IPI are write-only; ICR reads are allowed.
+                None if r == reg::ICR => 0,
+                None => return Err(Refused),
+            },
+        })
+    }
+
+    /// WRMSR of x2APIC register `r`; an IPI the guest sent, if any.
+    pub fn write(&mut self, r: u32, value: u64) -> Result<Option<Ipi>, Refused> {
+        let low = value as u32;
+        // Only ICR takes 64 bits; every other register refuses high bits.
+        if r != reg::ICR && value >> 32 != 0 {
+            return Err(Refused);
+        }
+        match r {
+            reg::TPR => self.tpr = low & 0xff,
+            reg::EOI => {
+                if low != 0 {
+                    return Err(Refused);
+                }
+                if let Some(v) = highest(&self.isr) {
+                    set_bit(&mut self.isr, v, false);
+                }
+            }
+            reg::SVR => self.svr = low & 0x1ff,
+            reg::ESR => self.esr = 0,
+            reg::ICR => return Ok(self.icr(value)),
+            reg::SELF_IPI => self.raise((low & 0xff) as u8),
+            reg::TIMER_INITIAL => {}
+            reg::TIMER_DIVIDE => self.divide = low & 0xb,
+            r => match lvt_index(r).and_then(|i| self.lvt.get_mut(i)) {
+                Some(slot) => {
+                    *slot = low & 0x7_17ff;
+                    if r == reg::LVT_TIMER && !self.deadline_mode() {
+                        self.deadline = 0;
+                    }
+                }
+                None => return Err(Refused),
+            },
+        }
+        Ok(None)
+    }
+
+    fn icr(&mut self, value: u64) -> Option<Ipi> {
+        let vector = value as u8;
+        let dest = (value >> 32) as u32;
+        let mode = (value as u32 >> ICR_MODE_SHIFT) & 7;
+        match ((value as u32 >> ICR_SHORTHAND_SHIFT) & 3, mode) {
+            // Self.
+            (1, 0) => {
+                self.raise(vector);
+                None
+            }
+            // All but self.
+            (3, 0) => Some(Ipi::AllButSelf { vector }),
+            // All including self.
+            (2, 0) => {
+                self.raise(vector);
+                Some(Ipi::AllButSelf { vector })
+            }
+            (0, 0) if dest == self.id => {
+                self.raise(vector);
+                None
+            }
+            (0, 0) => Some(Ipi::To { apic_id: dest, vector }),
+            (0, 5) => Some(Ipi::Init { apic_id: dest }),
+            (0, 6) => Some(Ipi::Startup { apic_id: dest, vector }),
+            // NMI, SMI, lowest priority, other shorthands: not modelled.
+            _ => None,
+        }
+    }
+
+    fn deadline_mode(&self) -> bool {
+        self.lvt.get(1).is_some_and(|t| (t >> TIMER_MODE_SHIFT) & 3 == TIMER_MODE_DEADLINE)
+    }
+
+    /// RDMSR IA32_TSC_DEADLINE.
+    pub fn deadline(&self) -> u64 {
+        self.deadline
+    }
+
+    /// WRMSR IA32_TSC_DEADLINE: arms (or with 0 disarms) the timer; ignored
+    /// unless the LVT timer is in TSC-deadline mode, as on hardware.
+    pub fn set_deadline(&mut self, tsc: u64) {
+        if self.deadline_mode() {
+            self.deadline = tsc;
+        }
+    }
+
+    /// The TSC value at which the timer fires, if armed: the driver sleeps
+    /// (or arms a host timer) until then.
+    pub fn next_deadline(&self) -> Option<u64> {
+        (self.deadline != 0).then_some(self.deadline)
+    }
+
+    /// Fires the timer if `now` reached its deadline.
+    pub fn tick(&mut self, now: u64) {
+        if self.deadline != 0 && now >= self.deadline {
+            self.deadline = 0;
+            let lvt = self.lvt.get(1).copied().unwrap_or(LVT_MASKED);
+            if lvt & LVT_MASKED == 0 {
+                self.raise((lvt & LVT_VECTOR) as u8);
+            }
+        }
+    }
+
+    /// A fixed interrupt for `vector` arrives (vectors below 16 are
+    /// illegal and dropped, as the APIC does, with an error bit).
+    pub fn raise(&mut self, vector: u8) {
+        if vector < 16 {
+            self.esr |= 1 << 6;
+            return;
+        }
+        set_bit(&mut self.irr, vector, true);
+    }
+
+    /// The vector to deliver now, if one outranks what is in service and the
+    /// task priority; the APIC must be software-enabled.
+    pub fn next_interrupt(&self) -> Option<u8> {
+        if self.svr & SVR_ENABLED == 0 {
+            return None;
+        }
+        let v = highest(&self.irr)?;
+        (u32::from(v) & 0xf0 > self.ppr() & 0xf0).then_some(v)
+    }
+
+    /// The guest accepted `vector`: it moves from requested to in service.
+    pub fn accept(&mut self, vector: u8) {
+        set_bit(&mut self.irr, vector, false);
+        set_bit(&mut self.isr, vector, true);
+    }
+
+    /// True if `vector` waits for delivery.
+    pub fn pending(&self, vector: u8) -> bool {
+        bit(&self.irr, vector)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(id: u32) -> Lapic {
+        let mut a = Lapic::new(id);
+        a.write(reg::SVR, 0x1ff).unwrap();
+        a
+    }
+
+    #[test]
+    fn identity_registers_read_as_an_x2apic() {
+        let a = Lapic::new(0x23);
+        assert_eq!(a.read(reg::ID), Ok(0x23));
+        assert_eq!(a.read(reg::VERSION), Ok(VERSION));
+        assert_eq!(a.read(reg::LDR), Ok(0x2_0008));
+        assert_eq!(a.read(reg::LVT_TIMER), Ok(u64::from(LVT_MASKED)));
+        assert_eq!(a.read(reg::EOI), Err(Refused));
+        assert_eq!(a.read(0x3f), Err(Refused));
+        assert_eq!(a.read(reg::ICR), Ok(0));
+        assert_eq!(a.read(reg::TMR0 + 3), Ok(0));
+    }
+
+    #[test]
+    fn a_disabled_apic_delivers_nothing() {
+        let mut a = Lapic::new(0);
+        a.raise(0x40);
+        assert!(a.pending(0x40));
+        assert_eq!(a.next_interrupt(), None);
+        a.write(reg::SVR, 0x1ff).unwrap();
+        assert_eq!(a.next_interrupt(), Some(0x40));
+    }
+
+    #[test]
+    fn priorities_isr_and_eoi() {
+        let mut a = enabled(0);
+        a.raise(0x31);
+        a.raise(0x52);
+        assert_eq!(a.next_interrupt(), Some(0x52));
+        a.accept(0x52);
+        assert_eq!(a.read(reg::ISR0 + 2), Ok(1 << (0x52 - 64)));
+        // 0x31 is a lower class than the one in service.
+        assert_eq!(a.next_interrupt(), None);
+        assert_eq!(a.read(reg::PPR), Ok(0x50));
+        a.raise(0x61);
+        assert_eq!(a.next_interrupt(), Some(0x61));
+        a.write(reg::EOI, 0).unwrap();
+        assert_eq!(a.next_interrupt(), Some(0x61));
+        // TPR holds off everything at or below its class.
+        a.write(reg::TPR, 0x60).unwrap();
+        assert_eq!(a.next_interrupt(), None);
+        a.write(reg::TPR, 0).unwrap();
+        assert_eq!(a.read(reg::IRR0 + 3), Ok(1 << (0x61 - 96)));
+        assert_eq!(a.write(reg::EOI, 1), Err(Refused));
+        assert_eq!(a.write(reg::TPR, 1 << 32), Err(Refused));
+    }
+
+    #[test]
+    fn the_tsc_deadline_timer_fires_once_at_its_deadline() {
+        let mut a = enabled(0);
+        // Not in deadline mode: the MSR write is ignored.
+        a.set_deadline(1000);
+        assert_eq!(a.next_deadline(), None);
+        a.write(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec)).unwrap();
+        a.set_deadline(1000);
+        assert_eq!((a.deadline(), a.next_deadline()), (1000, Some(1000)));
+        a.tick(999);
+        assert!(!a.pending(0xec));
+        a.tick(1000);
+        assert!(a.pending(0xec));
+        assert_eq!(a.next_deadline(), None);
+        // Masked: disarms without an interrupt.
+        a.accept(0xec);
+        a.write(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | LVT_MASKED | 0xec)).unwrap();
+        a.set_deadline(5);
+        a.tick(6);
+        assert!(!a.pending(0xec));
+        // Leaving deadline mode disarms.
+        a.write(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec)).unwrap();
+        a.set_deadline(50);
+        a.write(reg::LVT_TIMER, 0xec).unwrap();
+        assert_eq!(a.next_deadline(), None);
+    }
+
+    #[test]
+    fn ipis_to_self_stay_and_others_go_out() {
+        let mut a = enabled(1);
+        assert_eq!(a.write(reg::SELF_IPI, 0x45), Ok(None));
+        assert!(a.pending(0x45));
+        assert_eq!(a.write(reg::ICR, 1 << 18 | 0x46), Ok(None));
+        assert!(a.pending(0x46));
+        assert_eq!(a.write(reg::ICR, 1 << 32 | 0x47), Ok(None), "to its own ID");
+        assert!(a.pending(0x47));
+        assert_eq!(a.write(reg::ICR, 2 << 32 | 0x48), Ok(Some(Ipi::To { apic_id: 2, vector: 0x48 })));
+        assert_eq!(a.write(reg::ICR, 3 << 18 | 0x49), Ok(Some(Ipi::AllButSelf { vector: 0x49 })));
+        assert_eq!(a.write(reg::ICR, 2 << 18 | 0x4a), Ok(Some(Ipi::AllButSelf { vector: 0x4a })));
+        assert!(a.pending(0x4a));
+        assert_eq!(a.write(reg::ICR, 2 << 32 | 5 << 8), Ok(Some(Ipi::Init { apic_id: 2 })));
+        assert_eq!(
+            a.write(reg::ICR, 2 << 32 | 6 << 8 | 0x9a),
+            Ok(Some(Ipi::Startup { apic_id: 2, vector: 0x9a }))
+        );
+        assert_eq!(a.write(reg::ICR, 4 << 8), Ok(None), "NMI: not modelled");
+        // Illegal vectors set the error register.
+        a.raise(3);
+        assert!(!a.pending(3));
+        assert_eq!(a.read(reg::ESR), Ok(1 << 6));
+        a.write(reg::ESR, 0).unwrap();
+        assert_eq!(a.read(reg::ESR), Ok(0));
+    }
+
+    #[test]
+    fn other_registers() {
+        let mut a = enabled(0);
+        a.write(reg::TIMER_DIVIDE, 0xff).unwrap();
+        assert_eq!(a.read(reg::TIMER_DIVIDE), Ok(0xb));
+        a.write(reg::TIMER_INITIAL, 5).unwrap();
+        assert_eq!(a.read(reg::TIMER_CURRENT), Ok(0));
+        a.write(reg::LVT_LINT0, 0x700).unwrap();
+        assert_eq!(a.read(reg::LVT_LINT0), Ok(0x700));
+        a.write(reg::LVT_CMCI, 0x10000).unwrap();
+        assert_eq!(a.read(reg::LVT_CMCI), Ok(0x10000));
+        assert_eq!(a.write(0x3d, 0), Err(Refused));
+    }
+}
