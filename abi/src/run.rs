@@ -26,8 +26,9 @@ pub mod exit_reason {
     /// VMM decodes it from guest memory and completes it through the
     /// registers ([`super::RunPage::regs`] and `set_regs`).
     pub const MMIO: u32 = 2;
-    /// The guest executed HLT with interrupts enabled and nothing pending;
-    /// RIP is past the HLT. The VMM waits for a reason to wake it.
+    /// The guest executed HLT and nothing wakes it yet; RIP is past the
+    /// HLT. It sleeps until [`super::RunExit::deadline`] (its APIC timer)
+    /// or until the VMM raises an interrupt for it.
     pub const HLT: u32 = 3;
     /// The guest triple-faulted (a real machine would reset).
     pub const SHUTDOWN: u32 = 4;
@@ -144,6 +145,10 @@ c_struct! {
         pub qualification: u64,
         pub io: RunIo,
         pub mmio: RunMmio,
+        /// When the vCPU's APIC timer fires, as a TSC value (0: disarmed),
+        /// at every exit: the driver arms a host timer for it before it
+        /// runs the vCPU again, and a halted vCPU sleeps until then.
+        pub deadline: u64,
     }
 }
 
@@ -154,7 +159,8 @@ c_struct! {
         pub request: u64,
         /// Interrupt vectors the VMM raises (a 256-bit set, bit v = vector
         /// v): MicroV takes them into the vCPU's interrupt controller at
-        /// the next `run.run` and clears what it took.
+        /// the next `run.run`, each word with one atomic exchange, so bits
+        /// the VMM sets meanwhile (with atomic ORs) are never lost.
         pub raise: [u64; 4],
         pub exit: RunExit,
         /// The registers at the last exit (written by MicroV with every

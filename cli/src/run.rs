@@ -22,8 +22,9 @@ Ctrl-A to the guest.
 The guest's `poweroff` or `reboot` ends the command with status 0; a VMM or \
 backend failure ends it with status 1.
 
-Backends: `microv` runs the guest beneath Linux on MicroV (not implemented \
-yet); `kvm` runs it on Linux's KVM (/dev/kvm).";
+Backends: `microv` (the default) runs the guest beneath Linux on MicroV, \
+which must be running (`microv start`); `kvm` runs it on Linux's KVM \
+(/dev/kvm). The command never falls back from one to the other.";
 
 /// Where the guest runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,32 +195,58 @@ mod tests {
             .unwrap()
             .render_long_help()
             .to_string();
-        for s in ["Ctrl-A X", "--backend", "kvm", "status 0", "--initrd"] {
+        for s in [
+            "Ctrl-A X",
+            "--backend",
+            "kvm",
+            "status 0",
+            "--initrd",
+            "microv start",
+        ] {
             assert!(help.contains(s), "{s} missing from run --help");
         }
     }
 
     #[test]
     fn errors_come_with_hints() {
-        let r = failed(&VmmError::Backend(
-            vmm::backend::BackendError::NotImplemented("microv"),
-        ))
+        let r = failed(&VmmError::Backend(vmm::backend::BackendError::NotRunning {
+            backend: "MicroV",
+        }))
         .render();
         assert_eq!(
             r,
-            "microv: run failed: the microv backend is not implemented yet\n\
-             hint: MicroV guests are not implemented yet; use --backend kvm to run the guest on Linux's KVM\n"
+            "microv: run failed: MicroV is not running\n\
+             hint: start it with `microv start`\n"
+        );
+        let r = failed(&VmmError::Backend(
+            vmm::backend::BackendError::DeviceMissing {
+                device: "/dev/microv",
+            },
+        ))
+        .render();
+        assert!(
+            r.starts_with(
+                "microv: run failed: /dev/microv does not exist\nhint: load MicroV's driver"
+            ),
+            "{r}"
         );
         let r = failed(&VmmError::VcpuStuck(0)).render();
         assert!(r.contains("hint: this is a VMM or backend failure"), "{r}");
     }
 
     #[test]
-    fn microv_backend_refuses_and_missing_kernels_are_named() {
+    fn microv_backend_needs_microv_and_missing_kernels_are_named() {
         let mut err = Vec::new();
         let o = parse(&["--kernel", "/boot/vmlinuz"]).unwrap();
         let r = run(&o, &mut err).unwrap_err().render();
-        assert!(r.contains("use --backend kvm"), "{r}");
+        // No /dev/microv here, or MicroV not running, or no permission:
+        // each says what to do.
+        assert!(r.starts_with("microv: run failed: "), "{r}");
+        assert!(r.contains("\nhint: "), "{r}");
+        if !std::path::Path::new("/dev/microv").exists() {
+            assert!(r.contains("/dev/microv does not exist"), "{r}");
+            assert!(r.contains("`microv start`"), "{r}");
+        }
         let o = parse(&["--kernel", "/nonexistent/vmlinuz", "--backend", "kvm"]).unwrap();
         let r = run(&o, &mut err).unwrap_err().render();
         // Whether /dev/kvm or the kernel is checked first, both say what to do.

@@ -683,13 +683,15 @@ struct mv_run_exit {
 	__u64 qualification;
 	struct mv_run_io io;
 	struct mv_run_mmio mmio;
+	__u64 deadline;
 };
 _Static_assert(offsetof(struct mv_run_exit, reason) == 0, "mv_run_exit.reason");
 _Static_assert(offsetof(struct mv_run_exit, reserved) == 4, "mv_run_exit.reserved");
 _Static_assert(offsetof(struct mv_run_exit, qualification) == 8, "mv_run_exit.qualification");
 _Static_assert(offsetof(struct mv_run_exit, io) == 16, "mv_run_exit.io");
 _Static_assert(offsetof(struct mv_run_exit, mmio) == 32, "mv_run_exit.mmio");
-_Static_assert(sizeof(struct mv_run_exit) == 48, "sizeof mv_run_exit");
+_Static_assert(offsetof(struct mv_run_exit, deadline) == 48, "mv_run_exit.deadline");
+_Static_assert(sizeof(struct mv_run_exit) == 56, "sizeof mv_run_exit");
 
 struct mv_run_page {
 	__u64 request;
@@ -700,8 +702,8 @@ struct mv_run_page {
 _Static_assert(offsetof(struct mv_run_page, request) == 0, "mv_run_page.request");
 _Static_assert(offsetof(struct mv_run_page, raise) == 8, "mv_run_page.raise");
 _Static_assert(offsetof(struct mv_run_page, exit) == 40, "mv_run_page.exit");
-_Static_assert(offsetof(struct mv_run_page, regs) == 88, "mv_run_page.regs");
-_Static_assert(sizeof(struct mv_run_page) == 432, "sizeof mv_run_page");
+_Static_assert(offsetof(struct mv_run_page, regs) == 96, "mv_run_page.regs");
+_Static_assert(sizeof(struct mv_run_page) == 440, "sizeof mv_run_page");
 
 #endif /* __ASSEMBLY__ */
 

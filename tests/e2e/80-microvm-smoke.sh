@@ -9,7 +9,9 @@
 # leave nothing behind: MicroV's free pool and the kernel's page pins return
 # to their baseline. `microv stop` is refused while a VM exists and works
 # after; without MicroV the driver refuses VMs with ENODEV; a second start
-# serves VMs again.
+# serves VMs again. A MicroV failure while a guest spins ends its VMM's run
+# with ENODEV and frees its pins; a VM left open across the failure and a
+# new start never touches the new MicroV's VMs (whose ids start over).
 set -eu
 . /usr/lib/microv-tests/e2e-lib.sh
 
@@ -19,8 +21,10 @@ pool_free() {
     jget pool.free_bytes
 }
 
-# pins: pages pinned with FOLL_PIN and not released yet, machine-wide.
+# pins: pages pinned with FOLL_PIN and not released yet, machine-wide (the
+# per-CPU vmstat counters folded first).
 pins() {
+    echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null || true
     awk '$1 == "nr_foll_pin_acquired" { a = $2; n++ }
          $1 == "nr_foll_pin_released" { r = $2; n++ }
          END { if (n == 2) print a - r; else print "<missing>" }' /proc/vmstat
@@ -50,6 +54,18 @@ back_to_baseline() {
     else
         echo "  $1: free pool $p bytes, pinned pages $n (baseline)"
     fi
+}
+
+# wait_line FILE TEXT PID: waits (30 s at most) until FILE has a line with
+# TEXT; fails if PID exits first.
+wait_line() {
+    local i=0
+    until grep -q "$2" "$1"; do
+        kill -0 "$3" 2>/dev/null || fail "pid $3 exited before printing '$2': $(cat "$1")"
+        i=$((i + 1))
+        [ $i -lt 300 ] || fail "pid $3 did not print '$2' in 30 s: $(cat "$1")"
+        sleep 0.1
+    done
 }
 
 # cpu_ticks PID: utime + stime of PID, in clock ticks.
@@ -118,13 +134,7 @@ workload_reference 20000
 : >"$MVT_TMP/spin.out"
 taskset -c 0 mv-vm-smoke spin >"$MVT_TMP/spin.out" 2>&1 &
 SPIN=$!
-i=0
-until grep -q 'mv-vm-smoke: spinning' "$MVT_TMP/spin.out"; do
-    kill -0 "$SPIN" 2>/dev/null || fail "mv-vm-smoke spin exited: $(cat "$MVT_TMP/spin.out")"
-    i=$((i + 1))
-    [ $i -lt 300 ] || fail "mv-vm-smoke spin did not start its guest: $(cat "$MVT_TMP/spin.out")"
-    sleep 0.1
-done
+wait_line "$MVT_TMP/spin.out" 'mv-vm-smoke: spinning' "$SPIN"
 t0=$(cpu_ticks "$SPIN")
 sleep 1
 t1=$(cpu_ticks "$SPIN")
@@ -168,10 +178,65 @@ run timeout 60 mv-vm-smoke
 [ "$RUN_RC" -eq 1 ] || fail "mv-vm-smoke exited $RUN_RC without MicroV, expected 1"
 out_has "MV_IOC_CREATE_VM" && out_has "ENODEV" || fail "mv-vm-smoke did not fail with ENODEV at CREATE_VM: $RUN_OUT"
 
-check "a second start serves VMs again"
-must microv start
+check "a second start (the test extension) serves VMs again"
+must microv start --extension /usr/lib/microv/microv-extension-test.elf
 smoke_ok
 back_to_baseline "after the guest on the second start" pins
+
+check "MicroV fails (test-fault on CPU 1) while a guest spins on CPU 0 and another VM is held open"
+: >"$MVT_TMP/spin2.out"
+: >"$MVT_TMP/hold.out"
+# The held VM first: it gets the id the next start's first VM will get too.
+mv-vm-smoke hold >"$MVT_TMP/hold.out" 2>&1 &
+HOLD=$!
+wait_line "$MVT_TMP/hold.out" 'mv-vm-smoke: holding' "$HOLD"
+taskset -c 0 mv-vm-smoke spin >"$MVT_TMP/spin2.out" 2>&1 &
+SPIN=$!
+wait_line "$MVT_TMP/spin2.out" 'mv-vm-smoke: spinning' "$SPIN"
+sleep 1
+must taskset -c 1 microv test-fault --cpu 1 --kind page-fault
+rc=0
+wait "$SPIN" || rc=$?
+sed 's/^/  spin: /' "$MVT_TMP/spin2.out"
+expect_eq "exit status of the spinning VMM after the failure" "$rc" 1
+grep -q 'MV_IOC_VCPU_RUN: No such device' "$MVT_TMP/spin2.out" ||
+    fail "the spinning VMM's RUN did not fail with ENODEV"
+expect_not_running
+kernel_healthy
+
+check "the driver cannot be unloaded while a VM fd is open, even with MicroV gone"
+run rmmod microv
+[ "$RUN_RC" -ne 0 ] || fail "rmmod microv succeeded while mv-vm-smoke hold keeps a VM fd open"
+grep -q '^microv ' /proc/modules || fail "microv.ko is gone while a VM fd is open"
+
+check "MicroV starts again; the VM held across the failure never touches the new MicroV's VMs"
+must microv start
+expect_running_on_all
+# The first VMs of this start settle MicroV's own tables (see above).
+smoke_ok
+abuse_ok
+POOL0=$(pool_free)
+: >"$MVT_TMP/spin3.out"
+taskset -c 0 mv-vm-smoke spin >"$MVT_TMP/spin3.out" 2>&1 &
+SPIN=$!
+wait_line "$MVT_TMP/spin3.out" 'mv-vm-smoke: spinning' "$SPIN"
+echo "  held (failed MicroV): $(grep -m1 '^mv-vm-smoke: vm' "$MVT_TMP/hold.out"); spinning (new MicroV): $(grep -m1 '^mv-vm-smoke: vm' "$MVT_TMP/spin3.out")"
+# Ids start over with each MicroV: the held VM's calls and its teardown
+# must not reach the new MicroV's VM of the same id.
+kill -TERM "$HOLD"
+wait "$HOLD" || fail "mv-vm-smoke hold exited $?: $(cat "$MVT_TMP/hold.out")"
+sed 's/^/  hold: /' "$MVT_TMP/hold.out"
+grep -q 'GET_REGS failed: No such device' "$MVT_TMP/hold.out" ||
+    fail "GET_REGS on the VM of the failed MicroV did not fail with ENODEV"
+grep -q 'RUN failed: No such device' "$MVT_TMP/hold.out" ||
+    fail "RUN on the VM of the failed MicroV did not fail with ENODEV"
+sleep 1
+kill -0 "$SPIN" 2>/dev/null || fail "the new MicroV's guest died when the old VM closed: $(cat "$MVT_TMP/spin3.out")"
+run microv stop
+out_has "micro VMs are running" || fail "microv stop was not refused while the new guest runs: $RUN_OUT"
+kill -9 "$SPIN"
+wait "$SPIN" || true
+back_to_baseline "after the new guest was killed"
 must microv stop
 expect_state stopped
 kernel_healthy

@@ -12,6 +12,11 @@
 //   mv-vm-smoke spin     a guest that spins with interrupts off (`cli; jmp $`)
 //                        forever; prints `mv-vm-smoke: spinning` once it is
 //                        about to run (for preemption and kill -9 tests).
+//   mv-vm-smoke hold     a VM with memory and a vCPU, held until SIGTERM;
+//                        prints `mv-vm-smoke: holding`, then after the
+//                        signal what GET_REGS and RUN answer (`... ok` or
+//                        `... failed: <strerror> (errno N)`), and exits 0
+//                        (for tests where MicroV goes away under a VM).
 //   mv-vm-smoke abuse    a hostile VMM: bad sizes, addresses and ranges,
 //                        wrong mmaps, ioctls on the wrong fd, a second thread
 //                        on a running vCPU, fds closed while it runs. Each
@@ -36,6 +41,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -386,6 +392,33 @@ static int spin(void)
 	return 1;
 }
 
+static void report(const char *what, int rc)
+{
+	if (rc)
+		printf("mv-vm-smoke: %s failed: %s (errno %d)\n", what, strerror(errno), errno);
+	else
+		printf("mv-vm-smoke: %s ok\n", what);
+}
+
+static int hold(void)
+{
+	struct vm v;
+	sigset_t set;
+	int sig, rc;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	rc = setup(&v, smoke_code, sizeof(smoke_code));
+	if (rc)
+		return rc;
+	printf("mv-vm-smoke: holding\n");
+	sigwait(&set, &sig);
+	report("GET_REGS", vcpu_ioctl(v.vcpu, MV_IOC_VCPU_GET_REGS));
+	report("RUN", vcpu_ioctl(v.vcpu, MV_IOC_VCPU_RUN));
+	return 0;
+}
+
 // ---- abuse ------------------------------------------------------------------
 
 // expect WHAT RESULT ERRNO: RESULT (an ioctl's or mmap's) failed with ERRNO.
@@ -415,6 +448,34 @@ static void *runner_fn(void *p)
 	r->rc = ioctl(r->vcpu, MV_IOC_VCPU_RUN, &a);
 	r->err = errno;
 	return NULL;
+}
+
+// Creates VMs (vmfd < 0) or vCPUs of vmfd until the driver refuses one
+// (MicroV's tables or pool are full), then closes them all.
+static void exhaust(int dev, int vmfd)
+{
+	enum { MOST = 3000 };
+	static int fds[MOST];
+	struct rlimit rl = { MOST + 100, MOST + 100 };
+	const char *what = vmfd < 0 ? "VM" : "vCPU";
+	int n, e;
+
+	setrlimit(RLIMIT_NOFILE, &rl);
+	for (n = 0; n < MOST; n++) {
+		fds[n] = vmfd < 0 ? create_vm(dev, NULL) : create_vcpu(vmfd, n, NULL);
+		if (fds[n] < 0)
+			break;
+	}
+	e = errno;
+	if (n == MOST)
+		failf("%d %ss and MicroV accepted every one", MOST, what);
+	else if (e != ENOSPC && e != EBUSY && e != EINVAL)
+		failf("%s %d: %s (errno %d); expected ENOSPC, EBUSY or EINVAL", what, n + 1,
+		      strerror(e), e);
+	else
+		printf("refused: %s %d (MicroV is full): %s\n", what, n + 1, strerror(e));
+	while (n--)
+		close(fds[n]);
 }
 
 static int abuse(void)
@@ -457,6 +518,11 @@ static int abuse(void)
 	hole = alloc_aligned(4 * PAGE, PAGE);
 	munmap(hole, 4 * PAGE);
 	expect_err("map unmapped user memory", map_memory(v.vm, hole, 4 * PAGE, 0x200000, 0), EFAULT);
+	hole = alloc_aligned(4 * PAGE, PAGE);
+	memset(hole, 1, 4 * PAGE);
+	munmap(hole + 2 * PAGE, PAGE);
+	expect_err("map a range whose third page is not mapped (two pinned, then unpinned)",
+		   map_memory(v.vm, hole, 4 * PAGE, 0x200000, 0), EFAULT);
 	ro = mmap(NULL, 4 * PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	expect_err("map read-only user memory", map_memory(v.vm, ro, 4 * PAGE, 0x200000, 0), EFAULT);
 	expect_err("map the run page as guest memory",
@@ -546,6 +612,18 @@ static int abuse(void)
 			return die("MV_IOC_CREATE_VM (loop)");
 		close(fd);
 	}
+
+	// Until MicroV says no: VMs, then vCPUs of one VM. Then all closed.
+	exhaust(v.dev, -1);
+	vm2 = create_vm(v.dev, NULL);
+	if (vm2 < 0)
+		return die("MV_IOC_CREATE_VM (after the VMs ran out)");
+	exhaust(v.dev, vm2);
+	close(vm2);
+	fd = create_vm(v.dev, NULL);
+	if (fd < 0)
+		return die("MV_IOC_CREATE_VM (after the vCPUs ran out)");
+	close(fd);
 	if (failures)
 		return 1;
 	printf("mv-vm-smoke: abuse ok\n");
@@ -559,8 +637,10 @@ int main(int argc, char **argv)
 		return smoke();
 	if (argc == 2 && !strcmp(argv[1], "spin"))
 		return spin();
+	if (argc == 2 && !strcmp(argv[1], "hold"))
+		return hold();
 	if (argc == 2 && !strcmp(argv[1], "abuse"))
 		return abuse();
-	fprintf(stderr, "usage: mv-vm-smoke [spin|abuse]\n");
+	fprintf(stderr, "usage: mv-vm-smoke [spin|hold|abuse]\n");
 	return 2;
 }

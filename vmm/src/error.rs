@@ -77,14 +77,25 @@ fn backend_hint(e: &BackendError) -> Option<String> {
         BackendError::NotPermitted { device: "/dev/kvm" } => {
             "run as root, or add yourself to the group that owns /dev/kvm (usually `kvm`)".into()
         }
+        BackendError::DeviceMissing { device: "/dev/microv" } => {
+            "load MicroV's driver (`insmod microv.ko`) and start MicroV with `microv start`; \
+             or use --backend kvm to run the guest on Linux's KVM"
+                .into()
+        }
+        BackendError::NotPermitted { device: "/dev/microv" } => {
+            "run as root: MicroV's driver serves only CAP_SYS_ADMIN".into()
+        }
         BackendError::DeviceMissing { .. } | BackendError::NotPermitted { .. } => {
             "check that the device exists and that you may open it".into()
         }
-        BackendError::NotImplemented("microv") => {
-            "MicroV guests are not implemented yet; use --backend kvm to run the guest on Linux's KVM".into()
-        }
+        BackendError::NotRunning { .. } => "start it with `microv start`".into(),
         BackendError::Unsupported { backend: "kvm", .. } => {
             "this KVM lacks a feature the VMM needs; use a newer host kernel".into()
+        }
+        BackendError::Unsupported { backend: "microv", .. } => {
+            "load the driver and images built with this microv: `microv stop`, \
+             `rmmod microv`, `insmod microv.ko`, `microv start`"
+                .into()
         }
         _ => return None,
     })
@@ -96,9 +107,30 @@ mod tests {
 
     #[test]
     fn backend_errors_have_hints() {
-        let e = VmmError::from(BackendError::NotImplemented("microv"));
-        assert_eq!(e.to_string(), "the microv backend is not implemented yet");
-        assert!(e.hint().unwrap().contains("--backend kvm"));
+        let e = VmmError::from(BackendError::NotRunning { backend: "MicroV" });
+        assert_eq!(e.to_string(), "MicroV is not running");
+        assert_eq!(e.hint().unwrap(), "start it with `microv start`");
+        let e = VmmError::from(BackendError::DeviceMissing {
+            device: "/dev/microv",
+        });
+        assert_eq!(e.to_string(), "/dev/microv does not exist");
+        let h = e.hint().unwrap();
+        assert!(
+            h.contains("insmod microv.ko") && h.contains("`microv start`"),
+            "{h}"
+        );
+        let e = VmmError::from(BackendError::NotPermitted {
+            device: "/dev/microv",
+        });
+        assert!(e.hint().unwrap().contains("root"));
+        let e = VmmError::from(BackendError::Unsupported {
+            backend: "microv",
+            what: "micro VMs",
+        });
+        assert!(e.hint().unwrap().contains("rmmod microv"));
+        let e = VmmError::from(BackendError::NotImplemented("fake"));
+        assert_eq!(e.to_string(), "the fake backend is not implemented yet");
+        assert!(e.hint().is_none());
         let e = VmmError::from(BackendError::DeviceMissing { device: "/dev/kvm" });
         assert_eq!(e.to_string(), "/dev/kvm does not exist");
         assert!(e.hint().unwrap().contains("modprobe kvm_amd"));

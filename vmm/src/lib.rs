@@ -11,11 +11,11 @@
 //!   e820, ACPI tables via `acpi_tables`, page tables, GDT) and the
 //!   bootstrap vCPU's registers.
 //! - [`backend`]: the `Hypervisor`/`Vm`/`Vcpu` traits and the vendor-neutral
-//!   [`backend::VmExit`]; the KVM backend, and the place of the MicroV one.
+//!   [`backend::VmExit`]; the KVM and MicroV backends.
 //!
-//! On KVM the in-kernel LAPIC/IOAPIC deliver interrupts. The MicroV backend
-//! will emulate the x2APIC and TSC-deadline timer in the hypervisor's
-//! extension and the IOAPIC here; devices already raise interrupts only
+//! On KVM the in-kernel LAPIC/IOAPIC deliver interrupts. On MicroV the
+//! hypervisor's extension emulates the x2APIC and TSC-deadline timer and
+//! the VMM the IOAPIC ([`devices::ioapic`]); devices raise interrupts only
 //! through [`backend::InterruptLine`], so they fit both.
 #![cfg_attr(
     test,

@@ -20,6 +20,7 @@ pub const PROGRAMS: &[&str] = &[
     "cpuid-loop",
     "mv-sysbench",
     "mv-vm-smoke",
+    "mv-guest-elf",
 ];
 
 /// The test module's name in the stage and in [`TEST_DIR`].

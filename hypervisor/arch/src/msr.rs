@@ -14,6 +14,7 @@ pub const SPEC_CTRL: u32 = 0x0000_0048;
 pub const PRED_CMD: u32 = 0x0000_0049;
 pub const MTRR_CAP: u32 = 0x0000_00FE;
 pub const SYSENTER_CS: u32 = 0x0000_0174;
+pub const SYSENTER_ESP: u32 = 0x0000_0175;
 pub const SYSENTER_EIP: u32 = 0x0000_0176;
 pub const DEBUGCTL: u32 = 0x0000_01D9;
 /// First of the four legacy last-branch/last-exception records (from/to).

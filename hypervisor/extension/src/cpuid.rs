@@ -1,8 +1,9 @@
 //! What the root VM sees of CPUID: the real CPU, minus SVM (MicroV keeps it
 //! for itself), plus MicroV's hypervisor leaves.
 
+pub use microv_arch::cpuid::CpuidResult;
 use microv_arch::cpuid::{
-    CpuidResult, EXT1_ECX_SVM, LEAF1_ECX_HYPERVISOR, LEAF_HYPERVISOR, LEAF_HYPERVISOR_MAX,
+    EXT1_ECX_SVM, LEAF1_ECX_HYPERVISOR, LEAF_HYPERVISOR, LEAF_HYPERVISOR_MAX,
     LEAF_SVM_FEATURES, MICROV_SIGNATURE,
 };
 
@@ -27,6 +28,44 @@ pub fn root_view(leaf: u32, real: CpuidResult) -> CpuidResult {
         // No MicroV-specific features yet; the rest of the range is reserved.
         0x4000_0001..=0x4000_00ff => CpuidResult::default(),
         _ => real,
+    }
+}
+
+/// Leaf 1 ECX: MONITOR/MWAIT, x2APIC, TSC-deadline timer. EDX: MCE, MTRR,
+/// MCA.
+const LEAF1_ECX_MONITOR: u32 = 1 << 3;
+const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const LEAF1_EDX_MCE: u32 = 1 << 7;
+const LEAF1_EDX_MTRR: u32 = 1 << 12;
+const LEAF1_EDX_MCA: u32 = 1 << 14;
+/// Leaf 0x8000_0001 ECX: MONITORX.
+const EXT1_ECX_MONITORX: u32 = 1 << 29;
+
+/// A micro-VM vCPU's view: the root's, with the x2APIC and TSC-deadline
+/// timer MicroV emulates, the vCPU's own APIC ID, and without what it does
+/// not model (MONITOR/MWAIT, which would idle the CPU outside the
+/// scheduler's sight; machine-check architecture and MTRRs, whose MSRs a
+/// guest cannot reach).
+pub fn guest_view(leaf: u32, subleaf: u32, root: CpuidResult, apic_id: u32) -> CpuidResult {
+    match leaf {
+        1 => CpuidResult {
+            ebx: (root.ebx & 0x00ff_ffff) | (apic_id << 24),
+            ecx: (root.ecx | LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE) & !LEAF1_ECX_MONITOR,
+            edx: root.edx & !(LEAF1_EDX_MCE | LEAF1_EDX_MTRR | LEAF1_EDX_MCA),
+            ..root
+        },
+        5 => CpuidResult::default(),
+        // Extended topology: the x2APIC ID in EDX of every subleaf.
+        0xb | 0x1f => CpuidResult {
+            edx: apic_id,
+            ..if subleaf < 2 { root } else { CpuidResult::default() }
+        },
+        0x8000_0001 => CpuidResult {
+            ecx: root.ecx & !EXT1_ECX_MONITORX,
+            ..root
+        },
+        _ => root,
     }
 }
 
@@ -115,6 +154,23 @@ pub fn is_synthetic(leaf: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_sees_its_apic_and_not_what_microv_does_not_model() {
+        let all = CpuidResult { eax: 7, ebx: u32::MAX, ecx: u32::MAX, edx: u32::MAX };
+        let l1 = guest_view(1, 0, CpuidResult { ecx: 0, ..all }, 3);
+        assert_eq!(l1.ebx >> 24, 3);
+        assert_eq!(l1.ebx & 0xff_ffff, 0xff_ffff);
+        assert_eq!(l1.ecx, LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE);
+        assert_eq!(l1.edx & (LEAF1_EDX_MCE | LEAF1_EDX_MTRR | LEAF1_EDX_MCA), 0);
+        assert_eq!(guest_view(1, 0, all, 0).ecx & LEAF1_ECX_MONITOR, 0);
+        assert_eq!(guest_view(5, 0, all, 0), CpuidResult::default());
+        assert_eq!(guest_view(0xb, 1, all, 9).edx, 9);
+        assert_eq!(guest_view(0xb, 1, all, 9).eax, 7);
+        assert_eq!(guest_view(0xb, 2, all, 9), CpuidResult { edx: 9, ..Default::default() });
+        assert_eq!(guest_view(0x8000_0001, 0, all, 0).ecx & EXT1_ECX_MONITORX, 0);
+        assert_eq!(guest_view(0xd, 0, all, 0), all);
+    }
 
     /// Zen-like XSAVE components: AVX (256 bytes at 576), PKRU (8 at 2432,
     /// aligned in compacted form).

@@ -248,6 +248,16 @@ pub fn handle(
 /// CPUID for a root or guest vCPU: the root's view of the real CPU (no SVM,
 /// MicroV's leaves), with the bits that follow the vCPU's CR4 and XCR0.
 pub fn cpuid(vmcb: &mut Vmcb, gprs: &mut VsRegs, host: &mut dyn Host) {
+    cpuid_with(vmcb, gprs, host, &|_, _, r| r)
+}
+
+/// [`cpuid`] with `view` applied to the root's view first (a guest's).
+pub fn cpuid_with(
+    vmcb: &mut Vmcb,
+    gprs: &mut VsRegs,
+    host: &mut dyn Host,
+    view: &dyn Fn(u32, u32, cpuid::CpuidResult) -> cpuid::CpuidResult,
+) {
     let (leaf, subleaf) = (vmcb.save.rax as u32, reg(gprs, gpr::RCX) as u32);
     let real = if cpuid::is_synthetic(leaf) {
         Default::default()
@@ -263,7 +273,7 @@ pub fn cpuid(vmcb: &mut Vmcb, gprs: &mut VsRegs, host: &mut dyn Host) {
     let r = cpuid::dynamic_bits(
         leaf,
         subleaf,
-        cpuid::root_view(leaf, real),
+        view(leaf, subleaf, cpuid::root_view(leaf, real)),
         &dynamic,
         &mut |i| host.cpuid(xsave::LEAF_XSAVE, i),
     );

@@ -8,7 +8,8 @@
 //! management hypercalls are refused; a host interrupt always takes the
 //! CPU back to the root.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use microv_abi::hypercall::Status;
 use microv_abi::launch::{gpr, MAX_CPUS};
@@ -18,9 +19,10 @@ use microv_arch::descriptor::Segment;
 use microv_arch::msr::{self, efer};
 use microv_arch::svm::{event, misc1, misc2, required, vector, Vmcb, NP_ENABLE};
 
-use crate::exit::{complete_hypercall, cpuid, skip, xsetbv};
+use crate::exit::{complete_hypercall, cpuid_with, skip, xsetbv};
 use crate::host::Host;
 use crate::hypercall::{self, Args, CallerInfo, Outcome};
+use crate::lapic::{self, Ipi, Lapic};
 use crate::neutral::Exit;
 use crate::svm_regs;
 
@@ -34,6 +36,43 @@ const V_IRQ: u64 = 1 << 8;
 const V_INTR_MASKING: u64 = 1 << 24;
 /// Placeholder ASID: the microkernel sets the real one before every run.
 const ASID_PLACEHOLDER: u32 = 1;
+
+/// A value only one CPU at a time may touch (a vCPU's APIC: the CPU that
+/// holds the vCPU). A try-lock makes that a checked fact: a second
+/// concurrent access gets `None` instead of an aliasing reference.
+pub struct Owned<T> {
+    busy: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached through `with`, which hands out one
+// `&mut` at a time (guarded by `busy`); T moves between CPUs, hence Send.
+unsafe impl<T: Send> Sync for Owned<T> {}
+
+impl<T> Owned<T> {
+    pub const fn new(value: T) -> Self {
+        Owned {
+            busy: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Runs `f` on the value, unless another access is under way.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        // SAFETY: `busy` was false and is now set by this call: no other
+        // reference to the value exists until it is cleared below.
+        let r = f(unsafe { &mut *self.value.get() });
+        self.busy.store(false, Ordering::Release);
+        Some(r)
+    }
+}
 
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicU64 = AtomicU64::new(0);
@@ -50,8 +89,12 @@ pub struct Vcpus {
     owner: [AtomicU64; MAX_VS],
     /// Size of an `in` the VMM completes at the next `run.run` (0: none).
     pending_in: [AtomicU64; MAX_VS],
-    /// Interrupt vectors raised and not yet delivered (a 256-bit set).
+    /// Interrupt vectors raised (by the VMM or another vCPU's IPI) and not
+    /// yet taken into the vCPU's APIC (a 256-bit set).
     pending_irq: [[AtomicU64; 4]; MAX_VS],
+    /// Each vCPU's x2APIC ID (for IPIs), and its APIC.
+    apic_id: [AtomicU64; MAX_VS],
+    lapic: [Owned<Lapic>; MAX_VS],
     /// vCPU id + 1 that runs on each CPU for its root's `run.run`.
     on_cpu: [AtomicU64; MAX_CPUS],
     /// Each CPU's root vCPU state.
@@ -65,6 +108,8 @@ impl Vcpus {
             owner: [ZERO; MAX_VS],
             pending_in: [ZERO; MAX_VS],
             pending_irq: [ZERO4; MAX_VS],
+            apic_id: [ZERO; MAX_VS],
+            lapic: [const { Owned::new(Lapic::new(0)) }; MAX_VS],
             on_cpu: [ZERO; MAX_CPUS],
             root: [ZERO; MAX_CPUS],
         }
@@ -74,8 +119,13 @@ impl Vcpus {
         a.get(usize::try_from(i).ok()?)
     }
 
-    /// Records a new guest vCPU of VM `vm`.
-    pub fn add(&self, vcpu: u64, vm: u64) {
+    /// Records a new guest vCPU of VM `vm` with x2APIC ID `apic_id`.
+    pub fn add(&self, vcpu: u64, vm: u64, apic_id: u32) {
+        if let Some(s) = Self::slot(&self.apic_id, vcpu) {
+            s.store(u64::from(apic_id), Ordering::Relaxed);
+        }
+        // A new vCPU's id is not known to anyone yet: the APIC is free.
+        let _ = self.with_lapic(vcpu, |l| *l = Lapic::new(apic_id));
         for a in [&self.owner, &self.pending_in] {
             if let Some(s) = Self::slot(a, vcpu) {
                 s.store(0, Ordering::Relaxed);
@@ -161,23 +211,47 @@ impl Vcpus {
         self.pending_irq.get(usize::try_from(vcpu).ok()?)
     }
 
-    /// The highest pending vector, taken out of the set.
-    fn take_irq(&self, vcpu: u64) -> Option<u8> {
-        let words = self.irq(vcpu)?;
-        for (i, w) in words.iter().enumerate().rev() {
-            let v = w.load(Ordering::Acquire);
-            if v != 0 {
-                let bit = 63 - v.leading_zeros();
-                w.fetch_and(!(1u64 << bit), Ordering::AcqRel);
-                return Some((i as u32 * 64 + bit) as u8);
-            }
-        }
-        None
+    /// Guest vCPU `vcpu`'s x2APIC ID.
+    pub fn apic_id(&self, vcpu: u64) -> u32 {
+        Self::slot(&self.apic_id, vcpu).map_or(0, |s| s.load(Ordering::Relaxed) as u32)
     }
 
-    fn has_irq(&self, vcpu: u64) -> bool {
-        self.irq(vcpu)
-            .is_some_and(|w| w.iter().any(|x| x.load(Ordering::Acquire) != 0))
+    /// Runs `f` on guest vCPU `vcpu`'s APIC (the caller holds the vCPU).
+    pub fn with_lapic<R>(&self, vcpu: u64, f: impl FnOnce(&mut Lapic) -> R) -> Option<R> {
+        self.lapic.get(usize::try_from(vcpu).ok()?)?.with(f)
+    }
+
+    /// Moves the vectors raised for `vcpu` into its APIC.
+    fn collect(&self, vcpu: u64, lapic: &mut Lapic) {
+        let Some(words) = self.irq(vcpu) else {
+            return;
+        };
+        for (i, w) in words.iter().enumerate() {
+            let mut bits = w.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                lapic.raise((i as u32 * 64 + b) as u8);
+            }
+        }
+    }
+
+    /// Raises `vector` for the vCPU of VM `vm` with x2APIC ID `apic_id`
+    /// (or every vCPU of `vm` but `except`); delivered at its next entry.
+    fn send_ipi(&self, vm: u64, target: Option<u32>, except: u64, vector: u8) {
+        for (i, owner_vm) in self.vm.iter().enumerate() {
+            let i = i as u64;
+            if owner_vm.load(Ordering::Acquire) != vm + 1 || i == except && target.is_none() {
+                continue;
+            }
+            let id = Self::slot(&self.apic_id, i).map_or(u64::MAX, |s| s.load(Ordering::Relaxed));
+            if target.is_some_and(|t| u64::from(t) != id) {
+                continue;
+            }
+            if let Some(w) = self.irq(i).and_then(|w| w.get(usize::from(vector >> 6))) {
+                w.fetch_or(1 << (vector & 63), Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -280,30 +354,54 @@ fn merge(rax: u64, data: u64, size: u64) -> u64 {
     }
 }
 
-/// Before each run: re-deliver an event the exit interrupted, else
-/// deliver the highest pending interrupt if the guest can take it now, or
-/// ask for an exit as soon as it can.
-pub fn prepare_entry(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus) {
+/// Before each run, at guest time `now` (TSC): fire the APIC timer if due,
+/// re-deliver an event the exit interrupted, else deliver the APIC's
+/// highest interrupt if the guest can take it now, or ask for an exit as
+/// soon as it can.
+pub fn prepare_entry(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus, now: u64) {
     let c = &mut v.control;
-    if c.exit_int_info & event::VALID != 0 {
+    let reinject = c.exit_int_info & event::VALID != 0;
+    if reinject {
         c.event_inj = c.exit_int_info;
         c.exit_int_info = 0;
-        return;
-    }
-    if c.event_inj & event::VALID != 0 || !vcpus.has_irq(vcpu) {
-        return;
     }
     let open = v.save.rflags & RFLAGS_IF != 0 && v.control.interrupt_shadow & 1 == 0;
-    if open {
-        if let Some(vector) = vcpus.take_irq(vcpu) {
-            v.control.event_inj = event::interrupt(vector);
+    let busy = v.control.event_inj & event::VALID != 0;
+    let next = vcpus.with_lapic(vcpu, |l| {
+        vcpus.collect(vcpu, l);
+        l.tick(now);
+        let next = l.next_interrupt();
+        if let (Some(vector), true, false) = (next, open, busy) {
+            l.accept(vector);
         }
-        v.control.vintr &= !V_IRQ;
-        v.control.intercept_misc1 &= !misc1::VINTR;
-    } else {
-        v.control.vintr |= V_IRQ;
-        v.control.intercept_misc1 |= misc1::VINTR;
+        next
+    });
+    match (next.flatten(), open && !busy) {
+        (None, _) => {
+            v.control.vintr &= !V_IRQ;
+            v.control.intercept_misc1 &= !misc1::VINTR;
+        }
+        (Some(vector), true) => {
+            v.control.event_inj = event::interrupt(vector);
+            v.control.vintr &= !V_IRQ;
+            v.control.intercept_misc1 &= !misc1::VINTR;
+        }
+        (Some(_), false) => {
+            v.control.vintr |= V_IRQ;
+            v.control.intercept_misc1 |= misc1::VINTR;
+        }
     }
+}
+
+/// True if vCPU `vcpu` has an interrupt to take at `now` (for HLT).
+fn wakes(vcpus: &Vcpus, vcpu: u64, now: u64) -> bool {
+    vcpus
+        .with_lapic(vcpu, |l| {
+            vcpus.collect(vcpu, l);
+            l.tick(now);
+            l.next_interrupt().is_some()
+        })
+        .unwrap_or(false)
 }
 
 /// What to do after a guest exit.
@@ -321,8 +419,27 @@ fn to_vmm(reason: u32) -> GuestAction {
     GuestAction::ToVmm(e)
 }
 
-/// Handles guest vCPU `vcpu`'s exit `exit` on CPU `cpu`.
+/// Handles guest vCPU `vcpu`'s exit `exit` on CPU `cpu`. An exit for the
+/// VMM carries the APIC timer's deadline.
 pub fn handle(
+    v: &mut Vmcb,
+    r: &mut VsRegs,
+    exit: Exit,
+    vcpu: u64,
+    cpu: usize,
+    hv: &crate::state::HvState,
+    host: &mut dyn Host,
+) -> GuestAction {
+    match handle_exit(v, r, exit, vcpu, cpu, hv, host) {
+        GuestAction::ToVmm(mut e) => {
+            e.deadline = hv.vcpus.with_lapic(vcpu, |l| l.next_deadline()).flatten().unwrap_or(0);
+            GuestAction::ToVmm(e)
+        }
+        resume => resume,
+    }
+}
+
+fn handle_exit(
     v: &mut Vmcb,
     r: &mut VsRegs,
     exit: Exit,
@@ -335,11 +452,14 @@ pub fn handle(
     v.control.event_inj = 0;
     match exit {
         Exit::Cpuid => {
-            cpuid(v, r, host);
+            let apic_id = vcpus.apic_id(vcpu);
+            cpuid_with(v, r, host, &|leaf, subleaf, root| {
+                crate::cpuid::guest_view(leaf, subleaf, root, apic_id)
+            });
             GuestAction::Resume
         }
         Exit::Msr { write } => {
-            msr_access(v, r, write);
+            msr_access(v, r, write, vcpu, vcpus);
             GuestAction::Resume
         }
         Exit::Hypercall => {
@@ -403,11 +523,10 @@ pub fn handle(
         }
         Exit::Hlt => {
             skip(v, HLT_LEN);
-            if vcpus.has_irq(vcpu) && v.save.rflags & RFLAGS_IF != 0 {
-                GuestAction::Resume
-            } else {
-                to_vmm(exit_reason::HLT)
+            if v.save.rflags & RFLAGS_IF != 0 && wakes(vcpus, vcpu, host.tsc()) {
+                return GuestAction::Resume;
             }
+            to_vmm(exit_reason::HLT)
         }
         Exit::HostInterrupt => to_vmm(exit_reason::INTERRUPTED),
         Exit::InterruptWindow => {
@@ -444,27 +563,113 @@ pub fn handle(
     }
 }
 
-/// A guest's RDMSR/WRMSR. EFER is the guest's own (SVME stays MicroV's
-/// and hidden); every other MSR raises #GP for now.
-fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool) {
+/// IA32_APIC_BASE: the APIC at its usual address, enabled, in x2APIC
+/// mode from reset (no firmware would switch it, and Linux keeps an x2APIC
+/// it finds enabled); bit 8 marks the bootstrap processor.
+const APIC_BASE_VALUE: u64 = 0xfee0_0000 | 1 << 11 | 1 << 10;
+const APIC_BASE_BSP: u64 = 1 << 8;
+
+/// A guest's RDMSR/WRMSR. The guest's own MSRs live in the VMCB (EFER,
+/// the SYSCALL/SYSENTER MSRs, FS/GS bases, PAT); the x2APIC and the
+/// TSC deadline are the APIC's. EFER.SVME stays MicroV's and hidden. Every
+/// other MSR raises #GP.
+fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpus) {
     let index = r.gprs.get(gpr::RCX).copied().unwrap_or(0) as u32;
     let value = (r.gprs.get(gpr::RDX).copied().unwrap_or(0) << 32) | (v.save.rax & 0xffff_ffff);
-    let allowed = efer::SCE | efer::LME | efer::LMA | efer::NXE;
-    match (index, write) {
-        (msr::EFER, false) => {
-            let e = v.save.efer & !efer::SVME;
-            v.save.rax = e & 0xffff_ffff;
-            if let Some(rdx) = r.gprs.get_mut(gpr::RDX) {
-                *rdx = e >> 32;
+    let done = if write {
+        msr_write(v, index, value, vcpu, vcpus).then_some(None)
+    } else {
+        msr_read(v, index, vcpu, vcpus).map(Some)
+    };
+    match done {
+        Some(read) => {
+            if let Some(x) = read {
+                v.save.rax = x & 0xffff_ffff;
+                if let Some(rdx) = r.gprs.get_mut(gpr::RDX) {
+                    *rdx = x >> 32;
+                }
             }
             skip(v, MSR_LEN);
         }
-        (msr::EFER, true) if value & !allowed == 0 => {
-            v.save.efer = value | efer::SVME;
-            skip(v, MSR_LEN);
-        }
-        _ => v.control.event_inj = event::exception_with_code(vector::GP, 0),
+        None => v.control.event_inj = event::exception_with_code(vector::GP, 0),
     }
+}
+
+fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
+    let s = &v.save;
+    Some(match index {
+        msr::EFER => s.efer & !efer::SVME,
+        msr::STAR => s.star,
+        msr::LSTAR => s.lstar,
+        msr::CSTAR => s.cstar,
+        msr::SFMASK => s.sfmask,
+        msr::FS_BASE => s.fs.base,
+        msr::GS_BASE => s.gs.base,
+        msr::KERNEL_GS_BASE => s.kernel_gs_base,
+        msr::SYSENTER_CS => s.sysenter_cs,
+        msr::SYSENTER_ESP => s.sysenter_esp,
+        msr::SYSENTER_EIP => s.sysenter_eip,
+        msr::PAT => s.g_pat,
+        msr::APIC_BASE => {
+            let id = vcpus.with_lapic(vcpu, |l| l.id)?;
+            APIC_BASE_VALUE | if id == 0 { APIC_BASE_BSP } else { 0 }
+        }
+        lapic::TSC_DEADLINE_MSR => vcpus.with_lapic(vcpu, |l| l.deadline())?,
+        i if (lapic::X2APIC_BASE_MSR..lapic::X2APIC_BASE_MSR + 0x100).contains(&i) => {
+            vcpus.with_lapic(vcpu, |l| l.read(i - lapic::X2APIC_BASE_MSR))?.ok()?
+        }
+        _ => return None,
+    })
+}
+
+/// True if the write was accepted.
+fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> bool {
+    let s = &mut v.save;
+    let canonical = microv_arch::paging::is_canonical(value);
+    match index {
+        msr::EFER => {
+            let allowed = efer::SCE | efer::LME | efer::LMA | efer::NXE;
+            if value & !allowed != 0 {
+                return false;
+            }
+            s.efer = value | efer::SVME;
+        }
+        msr::STAR => s.star = value,
+        msr::LSTAR if canonical => s.lstar = value,
+        msr::CSTAR if canonical => s.cstar = value,
+        msr::SFMASK => s.sfmask = value & 0xffff_ffff,
+        msr::FS_BASE if canonical => s.fs.base = value,
+        msr::GS_BASE if canonical => s.gs.base = value,
+        msr::KERNEL_GS_BASE if canonical => s.kernel_gs_base = value,
+        msr::SYSENTER_CS => s.sysenter_cs = value & 0xffff,
+        msr::SYSENTER_ESP if canonical => s.sysenter_esp = value,
+        msr::SYSENTER_EIP if canonical => s.sysenter_eip = value,
+        msr::PAT if msr::pat_valid(value) => s.g_pat = value,
+        // The base cannot move and x2APIC mode cannot be left: a write of
+        // the value it has is accepted, anything else refused.
+        msr::APIC_BASE => {
+            return msr_read(v, index, vcpu, vcpus).is_some_and(|now| now == value);
+        }
+        lapic::TSC_DEADLINE_MSR => {
+            return vcpus.with_lapic(vcpu, |l| l.set_deadline(value)).is_some();
+        }
+        i if (lapic::X2APIC_BASE_MSR..lapic::X2APIC_BASE_MSR + 0x100).contains(&i) => {
+            let done = vcpus.with_lapic(vcpu, |l| l.write(i - lapic::X2APIC_BASE_MSR, value));
+            let Some(Ok(ipi)) = done else {
+                return false;
+            };
+            if let (Some(ipi), Some(vm)) = (ipi, vcpus.vm_of(vcpu)) {
+                match ipi {
+                    Ipi::To { apic_id, vector } => vcpus.send_ipi(vm, Some(apic_id), vcpu, vector),
+                    Ipi::AllButSelf { vector } => vcpus.send_ipi(vm, None, vcpu, vector),
+                    // SMP bring-up comes with multi-vCPU guests.
+                    Ipi::Init { .. } | Ipi::Startup { .. } => {}
+                }
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 #[cfg(test)]
@@ -472,7 +677,6 @@ mod tests {
     use super::*;
     use crate::host::fake::FakeHost;
     use crate::io::Access;
-    use crate::neutral::decode_svm;
     use crate::state::HvState;
     use microv_abi::hypercall::{encode, Hypercall};
     use microv_arch::svm::exit;
@@ -490,7 +694,7 @@ mod tests {
         configure_vmcb(&mut v);
         v.save.rip = 0x1000;
         let hv = HvState::new();
-        hv.vcpus.add(7, 2);
+        hv.vcpus.add(7, 2, 0);
         Setup {
             v,
             r: VsRegs::default(),
@@ -645,51 +849,146 @@ mod tests {
         s.v.save.rax = efer::SVME;
         s.exit(Exit::Msr { write: true });
         assert_eq!(s.v.control.event_inj, event::exception_with_code(vector::GP, 0));
-        s.r.gprs[gpr::RCX] = 0x1b;
-        s.exit(Exit::Msr { write: false });
-        assert_eq!(s.v.control.event_inj, event::exception_with_code(vector::GP, 0));
     }
 
+    impl Setup {
+        fn wrmsr(&mut self, index: u32, value: u64) -> bool {
+            self.r.gprs[gpr::RCX] = u64::from(index);
+            self.r.gprs[gpr::RDX] = value >> 32;
+            self.v.save.rax = value & 0xffff_ffff;
+            self.v.control.event_inj = 0;
+            self.exit(Exit::Msr { write: true });
+            self.v.control.event_inj == 0
+        }
+        fn rdmsr(&mut self, index: u32) -> Option<u64> {
+            self.r.gprs[gpr::RCX] = u64::from(index);
+            self.v.control.event_inj = 0;
+            self.exit(Exit::Msr { write: false });
+            (self.v.control.event_inj == 0).then(|| self.r.gprs[gpr::RDX] << 32 | self.v.save.rax)
+        }
+    }
+
+    const SVR: u32 = lapic::X2APIC_BASE_MSR + lapic::reg::SVR;
+    const EOI: u32 = lapic::X2APIC_BASE_MSR + lapic::reg::EOI;
+    const LVT_TIMER: u32 = lapic::X2APIC_BASE_MSR + lapic::reg::LVT_TIMER;
+    const ICR: u32 = lapic::X2APIC_BASE_MSR + lapic::reg::ICR;
+
     #[test]
-    fn interrupts_are_delivered_when_the_guest_can_take_them() {
+    fn interrupts_are_delivered_through_the_apic_when_the_guest_can_take_them() {
         let mut s = setup();
+        assert!(s.wrmsr(SVR, 0x1ff));
         let mut i = input();
         i.raise[0] = 1 << 0x30;
         i.raise[1] = 1 << (0x41 - 64);
         accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
         // Interrupts off: ask for the window instead.
-        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
         assert_eq!(s.v.control.event_inj, 0);
         assert_ne!(s.v.control.vintr & V_IRQ, 0);
-        assert_eq!(decode_svm(&{
-            let mut c = s.v.control;
-            c.exit_code = exit::VINTR;
-            c
-        }), Exit::InterruptWindow);
+        assert_ne!(s.v.control.intercept_misc1 & misc1::VINTR, 0);
         assert_eq!(s.exit(Exit::InterruptWindow), GuestAction::Resume);
         s.v.save.rflags = RFLAGS_IF | 2;
-        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
         assert_eq!(s.v.control.event_inj, event::interrupt(0x41), "highest first");
+        assert_eq!(s.v.control.intercept_misc1 & misc1::VINTR, 0);
+        // 0x30 waits for the EOI of 0x41 (a lower priority class).
         s.v.control.event_inj = 0;
-        // An interrupted delivery is delivered again first.
-        s.v.control.exit_int_info = event::interrupt(0x41);
-        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
-        assert_eq!(s.v.control.event_inj, event::interrupt(0x41));
-        s.v.control.event_inj = 0;
-        prepare_entry(&mut s.v, 7, &s.hv.vcpus);
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, 0);
+        assert!(s.wrmsr(EOI, 0));
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
         assert_eq!(s.v.control.event_inj, event::interrupt(0x30));
-        // HLT with a pending interrupt and IF set resumes; without, the VMM waits.
-        assert_eq!(reason_of(s.exit(Exit::Hlt)), exit_reason::HLT);
-        i.raise = [0, 0, 0, 1];
-        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
-        assert_eq!(s.exit(Exit::Hlt), GuestAction::Resume);
+        // An interrupted delivery is delivered again first.
+        s.v.control.event_inj = 0;
+        s.v.control.exit_int_info = event::interrupt(0x30);
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, event::interrupt(0x30));
+        assert_eq!(s.v.control.exit_int_info, 0);
     }
 
-    fn reason_of(a: GuestAction) -> u32 {
-        match a {
-            GuestAction::ToVmm(e) => e.reason,
-            GuestAction::Resume => u32::MAX,
+    #[test]
+    fn the_tsc_deadline_timer_wakes_a_halted_guest() {
+        let mut s = setup();
+        s.v.save.rflags = RFLAGS_IF | 2;
+        assert!(s.wrmsr(SVR, 0x1ff));
+        assert!(s.wrmsr(LVT_TIMER, 2 << 17 | 0xec));
+        assert!(s.wrmsr(lapic::TSC_DEADLINE_MSR, 5000));
+        assert_eq!(s.rdmsr(lapic::TSC_DEADLINE_MSR), Some(5000));
+        // HLT before the deadline: the VMM learns when to wake it.
+        s.host.tsc = 4000;
+        let GuestAction::ToVmm(e) = s.exit(Exit::Hlt) else {
+            panic!()
+        };
+        assert_eq!((e.reason, e.deadline), (exit_reason::HLT, 5000));
+        // At the next entry after the deadline the timer interrupt goes in.
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 5000);
+        assert_eq!(s.v.control.event_inj, event::interrupt(0xec));
+        // HLT after the deadline resumes at once.
+        s.v.control.event_inj = 0;
+        assert!(s.wrmsr(EOI, 0));
+        assert!(s.wrmsr(lapic::TSC_DEADLINE_MSR, 6000));
+        s.host.tsc = 7000;
+        assert_eq!(s.exit(Exit::Hlt), GuestAction::Resume);
+        // With interrupts off HLT goes to the VMM, deadline 0 when disarmed.
+        s.v.save.rflags = 2;
+        let GuestAction::ToVmm(e) = s.exit(Exit::Hlt) else {
+            panic!()
+        };
+        assert_eq!(e.deadline, 0);
+    }
+
+    #[test]
+    fn ipis_reach_the_other_vcpus_of_the_same_vm_only() {
+        let mut s = setup();
+        s.hv.vcpus.add(8, 2, 1);
+        s.hv.vcpus.add(9, 3, 1);
+        assert!(s.wrmsr(ICR, 1 << 32 | 0x50));
+        assert!(s.wrmsr(ICR, 3 << 18 | 0x51));
+        let pending = |v: u64| s.hv.vcpus.with_lapic(v, |l| {
+            s.hv.vcpus.collect(v, l);
+            (l.pending(0x50), l.pending(0x51))
+        });
+        assert_eq!(pending(8), Some((true, true)));
+        assert_eq!(pending(9), Some((false, false)), "another VM's vCPU with the same APIC ID");
+        assert_eq!(pending(7), Some((false, false)), "all-but-self excludes the sender");
+        // INIT/SIPI are accepted and not modelled yet.
+        assert!(s.wrmsr(ICR, 1 << 32 | 5 << 8));
+    }
+
+    #[test]
+    fn the_guests_own_msrs_live_in_its_state() {
+        let mut s = setup();
+        for (index, value) in [
+            (msr::STAR, 0x0023_0010_0000_0000),
+            (msr::LSTAR, 0xffff_ffff_8100_0000),
+            (msr::CSTAR, 0xffff_ffff_8100_1000),
+            (msr::SFMASK, 0x4_7700),
+            (msr::FS_BASE, 0x7f00_0000_0000),
+            (msr::GS_BASE, 0xffff_8880_0000_0000),
+            (msr::KERNEL_GS_BASE, 0x1000),
+            (msr::SYSENTER_CS, 0x10),
+            (msr::SYSENTER_ESP, 0x2000),
+            (msr::SYSENTER_EIP, 0x3000),
+            (msr::PAT, 0x0007_0406_0007_0406),
+        ] {
+            assert!(s.wrmsr(index, value), "{index:#x}");
+            assert_eq!(s.rdmsr(index), Some(value), "{index:#x}");
         }
+        // Non-canonical bases and a bad PAT fault, as on hardware.
+        assert!(!s.wrmsr(msr::LSTAR, 0x8000_0000_0000));
+        assert!(!s.wrmsr(msr::PAT, 0x08));
+        // APIC_BASE: x2APIC mode, BSP for APIC ID 0; it cannot be changed.
+        let base = s.rdmsr(msr::APIC_BASE).unwrap();
+        assert_eq!(base, 0xfee0_0000 | 1 << 11 | 1 << 10 | 1 << 8);
+        assert!(s.wrmsr(msr::APIC_BASE, base));
+        assert!(!s.wrmsr(msr::APIC_BASE, base & !(1 << 10)));
+        // x2APIC registers through their MSRs; reserved ones fault.
+        assert_eq!(s.rdmsr(lapic::X2APIC_BASE_MSR + lapic::reg::ID), Some(0));
+        assert_eq!(s.rdmsr(lapic::X2APIC_BASE_MSR + 0x3d), None);
+        assert!(!s.wrmsr(EOI, 1));
+        // Platform MSRs stay out of reach.
+        assert_eq!(s.rdmsr(msr::MTRR_CAP), None);
+        assert!(!s.wrmsr(0xc001_0015, 0));
     }
 
     #[test]

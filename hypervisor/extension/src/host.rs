@@ -27,6 +27,8 @@ pub trait Host {
     /// Identity-maps the root's guest-physical address `gpa`, which took a
     /// nested page fault; false if it lies beyond what the CPU can address.
     fn map_root_gpa(&mut self, gpa: u64) -> bool;
+    /// The time-stamp counter (guest time: guests run without a TSC offset).
+    fn tsc(&mut self) -> u64;
     /// A new micro VM with empty nested tables; its id.
     fn vm_create(&mut self) -> Result<u64, Status>;
     /// Destroys VM `vm` (its vCPUs are gone).
@@ -66,6 +68,7 @@ pub mod fake {
         pub next_id: u64,
         pub vm_calls: Vec<(&'static str, [u64; 3])>,
         pub vm_status: Option<Status>,
+        pub tsc: u64,
     }
 
     impl FakeHost {
@@ -120,6 +123,9 @@ pub mod fake {
             }
             self.mapped_gpas.push(gpa);
             true
+        }
+        fn tsc(&mut self) -> u64 {
+            self.tsc
         }
         fn vm_create(&mut self) -> Result<u64, Status> {
             self.new_id("vm_create", [0; 3])

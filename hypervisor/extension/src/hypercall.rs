@@ -203,7 +203,7 @@ pub fn dispatch(
         Hypercall::VmUnmapMemory => status_of(host.vm_unmap(args.r11, args.r12)),
         Hypercall::VcpuCreate => match host.vcpu_create(args.r11, args.r12) {
             Ok(vcpu) => {
-                hv.vcpus.add(vcpu, args.r11);
+                hv.vcpus.add(vcpu, args.r11, args.r13 as u32);
                 out(vcpu, 0, 0, 0)
             }
             Err(s) => done(s),

@@ -1,6 +1,6 @@
 //! The vendor-neutral description of why a vCPU stopped running guest code.
 //!
-//! Every backend translates its own exit (KVM's `kvm_run`, later MicroV's
+//! Every backend translates its own exit (KVM's `kvm_run`, MicroV's
 //! run page, filled by the extension from the VMCB or VMCS) into this enum,
 //! so the run loop and the device models never see a vendor's field.
 

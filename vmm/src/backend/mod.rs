@@ -7,11 +7,14 @@
 //! Backends:
 //! - [`kvm`]: Linux's KVM through `kvm-ioctls`. The in-kernel LAPIC/IOAPIC
 //!   (and PIT, for TSC calibration fallbacks) serve interrupts and timers.
-//! - [`microv`]: `/dev/microv`, MicroV's own driver. **Not implemented
-//!   yet** (its VM, vCPU, memory and run hypercalls do not exist); it will
-//!   implement the same traits, emulating the x2APIC and TSC-deadline timer
-//!   in the extension and the IOAPIC in the VMM, behind the same
-//!   [`InterruptLine`] devices use today.
+//! - [`microv`]: `/dev/microv`, MicroV's own driver: VM and vCPU file
+//!   descriptors and a shared run page (`microv_abi::run`). MMIO arrives
+//!   undecoded, so the backend decodes and completes the instruction; the
+//!   x2APIC and TSC-deadline timer are MicroV's, the IOAPIC is the VMM's
+//!   ([`crate::devices::ioapic`], on the MMIO bus through
+//!   [`Vm::mmio_devices`]), behind the same [`InterruptLine`] devices use.
+//!   Written against the ABI only: the driver and hypervisor sides do not
+//!   serve it yet.
 //! - `fake` (tests only): scripted exits for the run loop and devices.
 
 pub mod exit;
@@ -25,6 +28,8 @@ use std::io;
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
+
+use crate::bus::SharedDevice;
 
 pub use exit::{ExitKind, VmExit};
 pub use types::{CpuidEntry, DescriptorTable, Regs, Segment, SpecialRegs};
@@ -63,6 +68,10 @@ pub enum BackendError {
         backend: &'static str,
         what: &'static str,
     },
+    /// The backend's device exists but the hypervisor behind it is not
+    /// running (MicroV: not started, or stopped after a fault).
+    #[error("{backend} is not running")]
+    NotRunning { backend: &'static str },
     /// The backend is not written yet.
     #[error("the {0} backend is not implemented yet")]
     NotImplemented(&'static str),
@@ -83,10 +92,18 @@ impl BackendError {
 }
 
 /// A way to raise one guest interrupt (a GSI of the guest's IOAPIC).
-/// KVM: an irqfd; MicroV: an injection request to the extension.
+/// KVM: an irqfd; MicroV: a pulse on the VMM's IOAPIC, which raises the
+/// vector in the destination vCPU's run page and kicks it.
 pub trait InterruptLine: Send + Sync {
     /// Raises the interrupt once (edge-triggered).
     fn trigger(&self) -> Result<(), BackendError>;
+}
+
+/// A device the backend brings to the guest's MMIO bus.
+pub struct MmioDevice {
+    pub base: u64,
+    pub len: u64,
+    pub device: SharedDevice,
 }
 
 /// A hypervisor the VMM can create VMs on.
@@ -110,11 +127,17 @@ pub trait Vm: Send + Sync {
     /// A new vCPU with APIC ID `id`; vCPU 0 is the bootstrap processor, the
     /// others wait for the guest's INIT/SIPI.
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, BackendError>;
+    /// Devices of the platform the backend does not emulate itself but the
+    /// VMM must put on the MMIO bus (MicroV: the IOAPIC). None by default.
+    fn mmio_devices(&self) -> Vec<MmioDevice> {
+        Vec::new()
+    }
 }
 
 /// One virtual CPU, run by one VMM thread.
 pub trait Vcpu: Send {
-    /// Sets the CPUID values the guest sees on this vCPU.
+    /// Sets the CPUID values the guest sees on this vCPU (MicroV: ignored,
+    /// its extension owns the guest's CPUID; see [`microv`]).
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<(), BackendError>;
     /// Sets the registers the bootstrap vCPU enters the kernel with.
     fn set_boot_state(&mut self, regs: &Regs, sregs: &SpecialRegs) -> Result<(), BackendError>;
@@ -132,6 +155,6 @@ pub trait Vcpu: Send {
 pub fn open(kind: BackendKind) -> Result<Box<dyn Hypervisor>, BackendError> {
     match kind {
         BackendKind::Kvm => Ok(Box::new(kvm::KvmHypervisor::open()?)),
-        BackendKind::MicroV => microv::open(),
+        BackendKind::MicroV => Ok(Box::new(microv::MicrovHypervisor::open()?)),
     }
 }

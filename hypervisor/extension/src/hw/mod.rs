@@ -107,6 +107,9 @@ impl Host for Machine {
     fn map_root_gpa(&mut self, gpa: u64) -> bool {
         sys::root_map_gpa(gpa)
     }
+    fn tsc(&mut self) -> u64 {
+        instr::rdtsc()
+    }
     fn vm_create(&mut self) -> Result<u64, Status> {
         sys::vm_create()
     }
@@ -246,7 +249,7 @@ fn enter_guest(cpu: usize, root: u64, vcpu: u64) -> ! {
 
 fn run_guest(cpu: usize, vcpu: u64) -> ! {
     // SAFETY: this CPU holds the vCPU; the only reference to its VMCB.
-    guest::prepare_entry(unsafe { vmcb(vcpu) }, vcpu, &HV.vcpus);
+    guest::prepare_entry(unsafe { vmcb(vcpu) }, vcpu, &HV.vcpus, instr::rdtsc());
     let refused = sys::vs_run(vcpu);
     // Only returns if the microkernel refused to run it.
     let mut e = <microv_abi::run::RunExit as zerocopy::FromZeros>::new_zeroed();
