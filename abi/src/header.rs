@@ -8,10 +8,10 @@ use crate::exits::EXIT_KINDS_MAX;
 use crate::hypercall::{self, Hypercall, Status};
 use crate::ioctl::{
     self, CpuStatus, CreateVcpuArgs, CreateVmArgs, HvStatus, ImageArg, LogArgs, MapMemoryArgs,
-    StartArgs, StopArgs, TestFaultArgs, VcpuArgs,
+    StartArgs, StopArgs, TestFaultArgs, VcpuArgs, VmExitCounts, VmInfo, VmList,
 };
 use crate::launch::{self, *};
-use crate::run::{self, RunExit, RunIo, RunMmio, RunPage, RunRegs, RunSegment, RunTable};
+use crate::run::{self, RunApic, RunExit, RunIo, RunMmio, RunPage, RunRegs, RunSegment, RunTable};
 
 fn define(w: &mut dyn Write, name: &str, value: u64) -> fmt::Result {
     writeln!(w, "#define {name} 0x{value:x}ULL")
@@ -113,6 +113,12 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_IOC_VCPU_RUN", ioctl::IOC_VCPU_RUN)?;
     define(w, "MV_IOC_VCPU_GET_REGS", ioctl::IOC_VCPU_GET_REGS)?;
     define(w, "MV_IOC_VCPU_SET_REGS", ioctl::IOC_VCPU_SET_REGS)?;
+    define(w, "MV_IOC_VCPU_KICK", ioctl::IOC_VCPU_KICK)?;
+    define(w, "MV_IOC_LIST_VMS", ioctl::IOC_LIST_VMS)?;
+    define(w, "MV_VM_LIST_MAX", ioctl::VM_LIST_MAX as u64)?;
+    define(w, "MV_VM_LIVE", u64::from(ioctl::vm_state::LIVE))?;
+    define(w, "MV_VM_ZOMBIE", u64::from(ioctl::vm_state::ZOMBIE))?;
+    define(w, "MV_VM_ORPHANED", u64::from(ioctl::vm_state::ORPHANED))?;
 
     w.write_str("\n/* Micro VMs: the run page */\n")?;
     define(w, "MV_RUN_PAGE_SIZE", run::RUN_PAGE_SIZE as u64)?;
@@ -141,6 +147,10 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_MAP_EXECUTE", run::map_access::EXECUTE)?;
     define(w, "MV_MAP_MAX_PAGES", run::MAP_MAX_PAGES)?;
     define(w, "MV_GUEST_PHYS_LIMIT", run::GUEST_PHYS_LIMIT)?;
+    define(w, "MV_APIC_MMIO_BASE", run::APIC_MMIO_BASE)?;
+    define(w, "MV_REQUEST_SET_REGS", run::request::SET_REGS)?;
+    define(w, "MV_REQUEST_SET_SREGS", run::request::SET_SREGS)?;
+    define(w, "MV_REQUEST_APIC_ACCESS", run::request::APIC_ACCESS)?;
 
     w.write_str("\n/* Field offsets, for assembly */\n")?;
     DescriptorTableRegister::write_offsets(w)?;
@@ -193,12 +203,16 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
         MapMemoryArgs::write_c_decl,
         CreateVcpuArgs::write_c_decl,
         VcpuArgs::write_c_decl,
+        VmExitCounts::write_c_decl,
+        VmInfo::write_c_decl,
+        VmList::write_c_decl,
         RunSegment::write_c_decl,
         RunTable::write_c_decl,
         RunRegs::write_c_decl,
         RunIo::write_c_decl,
         RunMmio::write_c_decl,
         RunExit::write_c_decl,
+        RunApic::write_c_decl,
         RunPage::write_c_decl,
     ] {
         decl(w)?;

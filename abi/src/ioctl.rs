@@ -169,13 +169,95 @@ c_struct! {
 }
 
 c_struct! {
-    /// `MV_IOC_VCPU_RUN`, `MV_IOC_VCPU_GET_REGS`, `MV_IOC_VCPU_SET_REGS`
-    /// (on a vCPU fd): no arguments; the run page carries everything.
+    /// `MV_IOC_VCPU_RUN`, `MV_IOC_VCPU_GET_REGS`, `MV_IOC_VCPU_SET_REGS`,
+    /// `MV_IOC_VCPU_KICK` (on a vCPU fd): no arguments (the driver does
+    /// not read this struct; NULL will do); the run page carries
+    /// everything.
+    ///
     /// RUN returns 0 with the exit in the run page, or fails with EINTR
     /// when a signal is pending for the thread (the exit then says
-    /// `INTERRUPTED`).
+    /// `INTERRUPTED`). It handles some exits itself and goes back in:
+    /// `INTERRUPTED`, and a `HLT` with interrupts enabled and the APIC
+    /// timer armed, which sleeps in the host until the timer's deadline, a
+    /// KICK, a signal, or a vector raised in the run page before it slept.
+    /// (A HLT with interrupts disabled or no timer armed returns to the
+    /// VMM.) If a signal cuts that sleep short, the next RUN sleeps on
+    /// until one of those (the guest never leaves a HLT without a reason),
+    /// unless the VMM set `request` bits or SET_REGS since. While the guest runs, a host timer at its APIC timer's
+    /// deadline makes it exit, so the timer fires on time.
+    ///
+    /// KICK (any thread; it never waits for RUN): makes the vCPU look at
+    /// its raised vectors now. A RUN sleeping in a HLT wakes and enters
+    /// the guest; a vCPU in the guest is interrupted (an IPI to its CPU)
+    /// and entered again; otherwise the kick is kept until the vCPU's next
+    /// entry, so a HLT sleep that follows returns at once. RUN does not
+    /// return to the VMM for a kick: a signal does that.
     pub struct VcpuArgs as "mv_vcpu_args" {
         pub reserved: u64,
+    }
+}
+
+c_struct! {
+    /// A VM's `run.run` exits as the driver counted them, by reason,
+    /// summed over its vCPUs (every exit, also those RUN handles itself:
+    /// `interrupted` and the halts it sleeps through).
+    pub struct VmExitCounts as "mv_vm_exit_counts" {
+        pub io: u64,
+        pub mmio: u64,
+        pub hlt: u64,
+        pub interrupted: u64,
+        pub shutdown: u64,
+        /// `FAIL_ENTRY`, `UNHANDLED` and reasons the driver does not know.
+        pub other: u64,
+    }
+}
+
+/// [`VmInfo::state`] values.
+pub mod vm_state {
+    /// It has a file descriptor and belongs to the running MicroV (such a
+    /// VM keeps `MV_IOC_STOP` from stopping MicroV).
+    pub const LIVE: u32 = 0;
+    /// Its file descriptor is closed but MicroV did not destroy it: the
+    /// driver keeps its pages until that MicroV is gone.
+    pub const ZOMBIE: u32 = 1;
+    /// The MicroV it was made in is gone (stopped or failed); its VMM
+    /// still holds the file descriptor, whose calls fail with ENODEV.
+    pub const ORPHANED: u32 = 2;
+}
+
+/// Most VMs one [`VmList`] holds (MicroV serves 64 at a time).
+pub const VM_LIST_MAX: usize = 64;
+
+c_struct! {
+    /// One VM in [`VmList`].
+    pub struct VmInfo as "mv_vm_info" {
+        /// MicroV's id of the VM (ids start over with each start of MicroV).
+        pub vm_id: u64,
+        /// The process (thread group) that created it.
+        pub pid: u32,
+        pub vcpu_count: u32,
+        /// A [`vm_state`] value.
+        pub state: u32,
+        pub reserved: u32,
+        /// The creating process's command name, NUL-padded (Linux's
+        /// `comm`: at most 15 bytes and a NUL).
+        pub comm: [u8; 16],
+        /// Guest memory the driver pinned for it.
+        pub memory_bytes: u64,
+        pub exits: VmExitCounts,
+    }
+}
+
+c_struct! {
+    /// `MV_IOC_LIST_VMS` (on `/dev/microv`): the micro VMs the driver
+    /// holds, in creation order. Everything is output.
+    pub struct VmList as "mv_vm_list" {
+        /// Entries filled in `vms`.
+        pub count: u32,
+        /// VMs the driver holds in all (more than [`VM_LIST_MAX`]: the
+        /// newest are left off).
+        pub total: u32,
+        pub vms: [VmInfo; VM_LIST_MAX],
     }
 }
 
@@ -191,6 +273,10 @@ pub const IOC_VM_CREATE_VCPU: u64 = iowr(8, core::mem::size_of::<CreateVcpuArgs>
 pub const IOC_VCPU_RUN: u64 = iowr(9, core::mem::size_of::<VcpuArgs>());
 pub const IOC_VCPU_GET_REGS: u64 = iowr(10, core::mem::size_of::<VcpuArgs>());
 pub const IOC_VCPU_SET_REGS: u64 = iowr(11, core::mem::size_of::<VcpuArgs>());
+pub const IOC_VCPU_KICK: u64 = iowr(12, core::mem::size_of::<VcpuArgs>());
+pub const IOC_LIST_VMS: u64 = iowr(13, core::mem::size_of::<VmList>());
 
 // The ioctl size field has 14 bits.
 const _: () = assert!(core::mem::size_of::<HvStatus>() < (1 << 14));
+const _: () = assert!(core::mem::size_of::<VmList>() < (1 << 14));
+const _: () = assert!(core::mem::size_of::<VmInfo>() == 96);

@@ -64,7 +64,19 @@ pub mod request {
     /// Load the special registers (segments, tables, control registers,
     /// EFER) too.
     pub const SET_SREGS: u64 = 1 << 1;
+    /// Perform [`super::RunPage::apic`] on the vCPU's local APIC, after the
+    /// registers are loaded (see [`super::APIC_MMIO_BASE`]).
+    pub const APIC_ACCESS: u64 = 1 << 2;
 }
+
+/// Where a vCPU's local APIC answers MMIO once the guest has switched it
+/// from x2APIC to xAPIC mode (Linux does, under a hypervisor it does not
+/// know, when it finds no interrupt remapping). MicroV cannot decode
+/// instructions (the CPU gives no decode assists), so such an access exits
+/// to the VMM as MMIO; the VMM decodes it and hands it back with
+/// [`request::APIC_ACCESS`] and [`RunApic`], together with
+/// [`request::SET_REGS`] and RIP past the instruction.
+pub const APIC_MMIO_BASE: u64 = 0xfee0_0000;
 
 c_struct! {
     /// A segment register as the architecture defines it (not a vendor's
@@ -153,6 +165,20 @@ c_struct! {
 }
 
 c_struct! {
+    /// A decoded xAPIC MMIO access for MicroV's local APIC.
+    pub struct RunApic as "mv_run_apic" {
+        /// Offset in the APIC page (the register's address − [`APIC_MMIO_BASE`]).
+        pub offset: u32,
+        /// 1: a 32-bit write of `value`; 0: a 32-bit read into `gpr`.
+        pub write: u32,
+        pub value: u32,
+        /// The x86 register number (RAX = 0 … R15 = 15) a read loads,
+        /// zero-extended to 64 bits as a 32-bit `mov` does.
+        pub gpr: u32,
+    }
+}
+
+c_struct! {
     /// The shared page ([`RUN_PAGE_SIZE`] bytes; the rest is reserved).
     pub struct RunPage as "mv_run_page" {
         /// [`request`] bits, set by the VMM.
@@ -167,6 +193,8 @@ c_struct! {
         /// exit to the VMM and by `run.get_registers`); loaded by
         /// `run.set_registers` and by [`request::SET_REGS`].
         pub regs: RunRegs,
+        /// The access [`request::APIC_ACCESS`] asks for.
+        pub apic: RunApic,
     }
 }
 

@@ -11,7 +11,8 @@ pub const DEFAULT_IMAGE_DIR: &str = "/usr/lib/microv";
 
 const STATUS_HELP: &str = "\
 Prints MicroV's state, how it was started, its ABI version and capabilities, \
-its uptime, the memory it owns, each CPU's state and VM-exit counts, and the \
+its uptime, the memory it owns, each CPU's state and VM-exit counts, the micro \
+VMs (each with its VMM's pid and command, vCPUs, memory and exits), and the \
 last error and fault record if there is one.
 
 With --json, prints one JSON object with these fields (names are stable):
@@ -27,6 +28,13 @@ With --json, prints one JSON object with these fields (names are stable):
   cpus              [{os_cpu, state (\"native\", \"running\" or \"failed\"),
                     exits_total, exits: {cpuid, rdmsr, wrmsr, vmmcall, npf,
                     svm_insn, init, shutdown, xsetbv, other}}]
+  vm_count          micro VMs the driver holds (null: the driver cannot list
+                    them)
+  vms               null or [{id, pid (the VMM's), command, state (\"live\";
+                    \"zombie\": closed but not yet destroyed; \"orphaned\": its
+                    MicroV is gone), vcpus, memory_bytes, exits_total, exits:
+                    {io, mmio, hlt, interrupted, shutdown, other}}] (RUN exits
+                    counted by the driver; at most 64 listed)
   last_error        null or {code, name, message, advice, cpu (null when not
                     CPU-specific)}
   fault             null or {code, name, message, vector (null when not an
@@ -47,7 +55,7 @@ pub enum Command {
     Start(StartOpts),
     /// Stop MicroV and return every CPU to native.
     Stop,
-    /// Show MicroV's state, memory, CPUs and exit counts.
+    /// Show MicroV's state, memory, CPUs, exit counts and micro VMs.
     #[command(long_about = STATUS_HELP)]
     Status {
         /// Print one JSON object instead of text (fields: see `microv status --help`).
@@ -224,6 +232,9 @@ mod tests {
             "last_error",
             "fault",
             "exits_total",
+            "vm_count",
+            "vms",
+            "memory_bytes",
         ] {
             assert!(status.contains(field), "{field} missing from status --help");
         }

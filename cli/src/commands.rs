@@ -40,13 +40,14 @@ pub fn run(
             Ok(())
         }
         Command::Status { json } => {
-            let st = open(Op::Status, opener)?
-                .status()
-                .map_err(failed(Op::Status))?;
+            let mut dev = open(Op::Status, opener)?;
+            let st = dev.status().map_err(failed(Op::Status))?;
+            // A driver without the list (ENOTTY) still has a status.
+            let vms = dev.list_vms().ok();
             if *json {
-                writeln!(out, "{}", status_json(&st))?;
+                writeln!(out, "{}", status_json(&st, vms.as_ref()))?;
             } else {
-                out.write_all(status_text(&st).as_bytes())?;
+                out.write_all(status_text(&st, vms.as_ref()).as_bytes())?;
             }
             Ok(())
         }
@@ -415,6 +416,16 @@ mod tests {
         r.result.unwrap();
         let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
         assert_eq!(v["cpu_count"], 2);
+        assert!(v["vms"].is_null(), "a driver without MV_IOC_LIST_VMS");
+        dev.0.borrow_mut().vms = Some(crate::format::tests::two_vms());
+        let r = run_with(&dev, &["status"]);
+        r.result.unwrap();
+        assert!(r.out.contains("\nvms            2\n"), "{}", r.out);
+        assert!(r.out.contains("     4242  mv-vm-smoke "), "{}", r.out);
+        let r = run_with(&dev, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+        assert_eq!(v["vms"][0]["pid"], 4242);
+        assert_eq!(r.opened, 1, "one open for the status and the list");
 
         dev.0.borrow_mut().log = b"microv: hello\nmicrov: no newline".to_vec();
         dev.0.borrow_mut().lost = 10;

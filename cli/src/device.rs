@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use microv_abi::ioctl::{
-    HvStatus, ImageArg, LogArgs, StartArgs, StopArgs, TestFaultArgs, IOC_LOG, IOC_START,
-    IOC_STATUS, IOC_STOP, IOC_TEST_FAULT,
+    HvStatus, ImageArg, LogArgs, StartArgs, StopArgs, TestFaultArgs, VmList, IOC_LIST_VMS, IOC_LOG,
+    IOC_START, IOC_STATUS, IOC_STOP, IOC_TEST_FAULT,
 };
 use microv_abi::launch::MAX_SEGMENTS;
 use microv_image::FlatImage;
@@ -58,6 +58,8 @@ pub trait Device {
     fn start(&mut self, req: &StartRequest<'_>) -> Result<(), IoctlError>;
     fn stop(&mut self) -> Result<(), IoctlError>;
     fn status(&mut self) -> Result<HvStatus, IoctlError>;
+    /// The micro VMs the driver holds (ENOTTY: a driver without the list).
+    fn list_vms(&mut self) -> Result<VmList, IoctlError>;
     /// Copies the log into `buf`.
     fn log(&mut self, buf: &mut [u8]) -> Result<LogRead, IoctlError>;
     /// Makes the extension fault on CPU `os_cpu` (test images).
@@ -166,6 +168,13 @@ impl Device for LinuxDevice {
         Ok(status)
     }
 
+    fn list_vms(&mut self) -> Result<VmList, IoctlError> {
+        let mut list = VmList::zeroed();
+        // SAFETY: IOC_LIST_VMS takes a VmList, which holds no addresses.
+        unsafe { self.ioctl(IOC_LIST_VMS, &mut list) }.map_err(IoctlError::errno)?;
+        Ok(list)
+    }
+
     fn log(&mut self, buf: &mut [u8]) -> Result<LogRead, IoctlError> {
         let mut args = LogArgs::zeroed();
         args.user_addr = buf.as_mut_ptr() as u64;
@@ -212,6 +221,7 @@ mod tests {
         };
         let enotty = IoctlError::errno(libc::ENOTTY);
         assert_eq!(dev.status().err(), Some(enotty));
+        assert_eq!(dev.list_vms().err(), Some(enotty));
         assert_eq!(dev.stop().err(), Some(enotty));
         let mut buf = [0u8; 16];
         assert_eq!(dev.log(&mut buf).err(), Some(enotty));
@@ -246,6 +256,9 @@ pub mod fake {
         pub stops: usize,
         /// What `status` returns (`None`: fails with errno EIO).
         pub status: Option<HvStatus>,
+        /// What `list_vms` returns (`None`: fails with ENOTTY, as an
+        /// older driver does).
+        pub vms: Option<VmList>,
         pub log: Vec<u8>,
         pub lost: u64,
         /// (os_cpu, kind) of each test fault asked for.
@@ -274,6 +287,9 @@ pub mod fake {
         }
         fn status(&mut self) -> Result<HvStatus, IoctlError> {
             self.0.borrow().status.ok_or(IoctlError::errno(libc::EIO))
+        }
+        fn list_vms(&mut self) -> Result<VmList, IoctlError> {
+            self.0.borrow().vms.ok_or(IoctlError::errno(libc::ENOTTY))
         }
         fn log(&mut self, buf: &mut [u8]) -> Result<LogRead, IoctlError> {
             let s = self.0.borrow();

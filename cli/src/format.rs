@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use microv_abi::hypercall::{abi_major, capability};
-use microv_abi::ioctl::{cpu_state, hv_state, CpuStatus, HvStatus};
+use microv_abi::ioctl::{
+    cpu_state, hv_state, vm_state, CpuStatus, HvStatus, VmExitCounts, VmInfo, VmList, VM_LIST_MAX,
+};
 use microv_abi::launch::{FaultRecord, StartMode, CHUNK_SIZE, MAX_CPUS};
 use microv_abi::{ExitKind, StartError, EXIT_KINDS_MAX};
 use serde::Serialize;
@@ -28,6 +30,71 @@ fn cpu_state_name(state: u32) -> String {
         cpu_state::FAILED => "failed".into(),
         n => format!("unknown({n})"),
     }
+}
+
+fn vm_state_name(state: u32) -> String {
+    match state {
+        vm_state::LIVE => "live".into(),
+        vm_state::ZOMBIE => "zombie".into(),
+        vm_state::ORPHANED => "orphaned".into(),
+        n => format!("unknown({n})"),
+    }
+}
+
+/// A process's command name from the driver: the bytes before the first
+/// NUL, with anything but printable ASCII shown as `?` (a process names
+/// itself; its name must not steer the terminal).
+pub fn comm_text(comm: &[u8]) -> String {
+    comm.iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The VMs a list holds.
+fn vms(list: &VmList) -> &[VmInfo] {
+    let n = (list.count as usize).min(VM_LIST_MAX);
+    list.vms.get(..n).unwrap_or(&[])
+}
+
+/// A VM's RUN exits by reason, in the ABI's order.
+fn vm_exits(e: &VmExitCounts) -> [(&'static str, u64); 6] {
+    [
+        ("io", e.io),
+        ("mmio", e.mmio),
+        ("hlt", e.hlt),
+        ("interrupted", e.interrupted),
+        ("shutdown", e.shutdown),
+        ("other", e.other),
+    ]
+}
+
+fn vm_exits_total(e: &VmExitCounts) -> u64 {
+    vm_exits(e)
+        .iter()
+        .fold(0u64, |a, &(_, n)| a.saturating_add(n))
+}
+
+/// The `vms` line: how many, and how many of them are listed.
+fn vm_count_text(list: &VmList) -> String {
+    let listed = vms(list).len();
+    if (list.total as usize) > listed {
+        format!("{} ({listed} listed)", list.total)
+    } else {
+        list.total.to_string()
+    }
+}
+
+/// Whether the status shows the VMs at all: while MicroV runs, or while
+/// the driver still holds some.
+fn show_vms<'a>(st: &HvStatus, list: Option<&'a VmList>) -> Option<&'a VmList> {
+    list.filter(|l| st.state == hv_state::RUNNING || l.total > 0)
 }
 
 fn start_mode_name(mode: u32) -> Option<String> {
@@ -171,8 +238,9 @@ fn fault_present(f: &FaultRecord) -> bool {
     f.code != 0
 }
 
-/// The human-readable status.
-pub fn status_text(st: &HvStatus) -> String {
+/// The human-readable status; `list` is the driver's VM list (`None`:
+/// the driver cannot list VMs, and the VM section is left out).
+pub fn status_text(st: &HvStatus, list: Option<&VmList>) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: String| {
         let _ = writeln!(s, "{k:<14} {v}");
@@ -226,6 +294,10 @@ pub fn status_text(st: &HvStatus) -> String {
         },
     );
     line("cpus", st.cpu_count.to_string());
+    let list = show_vms(st, list);
+    if let Some(l) = list {
+        line("vms", vm_count_text(l));
+    }
 
     let cpus = cpus(st);
     if !cpus.is_empty() {
@@ -247,6 +319,39 @@ pub fn status_text(st: &HvStatus) -> String {
                 c.os_cpu,
                 cpu_state_name(c.state),
                 total,
+                kinds
+            );
+        }
+    }
+
+    let listed = list.map_or(&[][..], vms);
+    if !listed.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{:>4}  {:>7}  {:<15}  {:<8} {:>5} {:>10} {:>10}  by kind",
+            "vm", "pid", "command", "state", "vcpus", "memory", "exits"
+        );
+        for vm in listed {
+            let kinds: Vec<String> = vm_exits(&vm.exits)
+                .iter()
+                .filter(|(_, n)| *n != 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let kinds = if kinds.is_empty() {
+                "-".to_owned()
+            } else {
+                kinds.join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "{:>4}  {:>7}  {:<15}  {:<8} {:>5} {:>10} {:>10}  {}",
+                vm.vm_id,
+                vm.pid,
+                comm_text(&vm.comm),
+                vm_state_name(vm.state),
+                vm.vcpu_count,
+                mib(vm.memory_bytes),
+                vm_exits_total(&vm.exits),
                 kinds
             );
         }
@@ -304,6 +409,8 @@ struct JsonStatus {
     pool: JsonPool,
     cpu_count: u32,
     cpus: Vec<JsonCpu>,
+    vm_count: Option<u32>,
+    vms: Option<Vec<JsonVm>>,
     last_error: Option<JsonError>,
     fault: Option<JsonFault>,
 }
@@ -321,6 +428,18 @@ struct JsonPool {
 struct JsonCpu {
     os_cpu: u32,
     state: String,
+    exits_total: u64,
+    exits: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct JsonVm {
+    id: u64,
+    pid: u32,
+    command: String,
+    state: String,
+    vcpus: u32,
+    memory_bytes: u64,
     exits_total: u64,
     exits: BTreeMap<String, u64>,
 }
@@ -348,8 +467,10 @@ struct JsonFault {
     detail: u64,
 }
 
-/// The status as one JSON object (field names documented in `microv status --help`).
-pub fn status_json(st: &HvStatus) -> String {
+/// The status as one JSON object (field names documented in `microv status
+/// --help`); `list` as for [`status_text`] (`None`: `vm_count` and `vms`
+/// are null).
+pub fn status_json(st: &HvStatus, list: Option<&VmList>) -> String {
     let known = |code: u32| StartError::from_u32(code);
     let json = JsonStatus {
         state: state_name(st.state),
@@ -381,6 +502,25 @@ pub fn status_json(st: &HvStatus) -> String {
                     .collect(),
             })
             .collect(),
+        vm_count: list.map(|l| l.total),
+        vms: list.map(|l| {
+            vms(l)
+                .iter()
+                .map(|vm| JsonVm {
+                    id: vm.vm_id,
+                    pid: vm.pid,
+                    command: comm_text(&vm.comm),
+                    state: vm_state_name(vm.state),
+                    vcpus: vm.vcpu_count,
+                    memory_bytes: vm.memory_bytes,
+                    exits_total: vm_exits_total(&vm.exits),
+                    exits: vm_exits(&vm.exits)
+                        .iter()
+                        .map(|&(k, n)| (k.to_owned(), n))
+                        .collect(),
+                })
+                .collect()
+        }),
         last_error: last_error(st).map(|(code, cpu)| JsonError {
             code,
             name: known(code).map(error_name),
@@ -464,7 +604,7 @@ pub mod tests {
 
     #[test]
     fn running_status_reads_well() {
-        let text = status_text(&running());
+        let text = status_text(&running(), None);
         let expected = "\
 state          running
 started        late launch (beneath the running OS)
@@ -483,7 +623,7 @@ cpus           2
 
     #[test]
     fn failed_status_shows_the_fault() {
-        let text = status_text(&failed());
+        let text = status_text(&failed(), None);
         assert!(text.starts_with("state          failed\n"), "{text}");
         assert!(!text.contains("uptime"));
         assert!(text.contains(
@@ -500,7 +640,7 @@ cpus           2
         st.last_fault.code = 4242;
         st.last_error_code = 0;
         st.last_error_cpu = u32::MAX;
-        let text = status_text(&st);
+        let text = status_text(&st, None);
         assert!(
             text.contains("last error     error code 4242 (unknown to this microv) (code 4242)"),
             "{text}"
@@ -515,23 +655,23 @@ cpus           2
         st.abi_version = ABI_VERSION;
         st.last_error_cpu = u32::MAX;
         assert_eq!(
-            status_text(&st),
+            status_text(&st, None),
             "state          stopped\nstarted        -\nabi version    1.0\ncapabilities   none\n\
              memory         none\ncpus           0\n"
         );
-        let v: serde_json::Value = serde_json::from_str(&status_json(&st)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status_json(&st, None)).unwrap();
         assert_eq!(v["state"], "stopped");
         assert!(v["start_mode"].is_null());
         assert_eq!(v["cpus"], serde_json::json!([]));
         assert!(v["last_error"].is_null() && v["fault"].is_null());
         // The driver leaves the version at 0 when MicroV is not running.
         st.abi_version = 0;
-        assert!(status_text(&st).contains("\nabi version    -\n"));
+        assert!(status_text(&st, None).contains("\nabi version    -\n"));
     }
 
     #[test]
     fn json_status_has_the_documented_fields() {
-        let v: serde_json::Value = serde_json::from_str(&status_json(&running())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status_json(&running(), None)).unwrap();
         assert_eq!(v["state"], "running");
         assert_eq!(v["start_mode"], "late_launch");
         assert_eq!(v["abi_version"], "1.0");
@@ -559,7 +699,7 @@ cpus           2
         assert_eq!(kinds.len(), ExitKind::ALL.len(), "every kind, zero or not");
         assert!(v["last_error"].is_null() && v["fault"].is_null());
 
-        let v: serde_json::Value = serde_json::from_str(&status_json(&failed())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status_json(&failed(), None)).unwrap();
         assert_eq!(v["state"], "failed");
         assert_eq!(v["last_error"]["code"], 10);
         assert_eq!(v["last_error"]["name"], "extension_fault");
@@ -584,7 +724,7 @@ cpus           2
         st.cpu_count = 1000; // more than MAX_CPUS
         st.cpus[0].exits[EXIT_KINDS_MAX - 1] = 5;
         st.cpus[0].exits[1] = u64::MAX;
-        let text = status_text(&st);
+        let text = status_text(&st, None);
         assert!(text.contains("state          unknown(7)"));
         assert!(text.contains("bit20, test_hooks"));
         assert!(text.contains("kind15 5"));
@@ -592,10 +732,123 @@ cpus           2
             text.lines().filter(|l| l.contains("native")).count(),
             MAX_CPUS - 2
         );
-        let v: serde_json::Value = serde_json::from_str(&status_json(&st)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status_json(&st, None)).unwrap();
         assert_eq!(v["cpus"].as_array().unwrap().len(), MAX_CPUS);
         assert_eq!(v["cpus"][0]["exits"]["kind15"], 5);
         assert_eq!(v["cpus"][0]["exits_total"], u64::MAX);
+    }
+
+    /// Two VMs: a live one that ran, and a zombie with an odd name.
+    pub fn two_vms() -> VmList {
+        let mut l = VmList::zeroed();
+        l.count = 2;
+        l.total = 2;
+        let a = &mut l.vms[0];
+        a.vm_id = 0;
+        a.pid = 4242;
+        a.comm[..11].copy_from_slice(b"mv-vm-smoke");
+        a.vcpu_count = 1;
+        a.state = vm_state::LIVE;
+        a.memory_bytes = (1 << 20) + (64 << 10);
+        a.exits.io = 4;
+        a.exits.mmio = 1;
+        a.exits.hlt = 1;
+        a.exits.interrupted = 20;
+        let b = &mut l.vms[1];
+        b.vm_id = 3;
+        b.pid = 77;
+        b.comm[..7].copy_from_slice(b"ev\x1b[2Jl");
+        b.vcpu_count = 2;
+        b.state = vm_state::ZOMBIE;
+        b.memory_bytes = 256 << 20;
+        l
+    }
+
+    #[test]
+    fn vms_are_listed_after_the_cpus() {
+        let text = status_text(&running(), Some(&two_vms()));
+        let expected = "\
+state          running
+started        late launch (beneath the running OS)
+uptime         1h 02m 03s
+abi version    1.0
+capabilities   late_launch, amd_svm (0x101)
+memory         64 MiB pool, 57.5 MiB free (32 chunks of 2 MiB)
+cpus           2
+vms            2
+
+ cpu  state         exits  by kind
+   0  running        1503  cpuid 1200, rdmsr 300, xsetbv 3
+   2  running         877  cpuid 800, vmmcall 77
+
+  vm      pid  command          state    vcpus     memory      exits  by kind
+   0     4242  mv-vm-smoke      live         1    1.1 MiB         26  io 4, mmio 1, hlt 1, interrupted 20
+   3       77  ev?[2Jl          zombie       2    256 MiB          0  -
+";
+        assert_eq!(text, expected, "\n{text}");
+
+        // None running: the count only; a driver without the list: nothing.
+        let mut none = VmList::zeroed();
+        let text = status_text(&running(), Some(&none));
+        assert!(text.contains("\nvms            0\n"), "{text}");
+        assert!(!text.contains("  vm  "), "{text}");
+        assert!(!status_text(&running(), None).contains("vms"));
+        // Stopped: shown only while the driver still holds VMs.
+        let stopped = HvStatus::zeroed();
+        assert!(!status_text(&stopped, Some(&none)).contains("vms"));
+        none.total = 1;
+        none.count = 1;
+        none.vms[0].state = vm_state::ORPHANED;
+        none.vms[0].comm[0] = b'x';
+        let text = status_text(&stopped, Some(&none));
+        assert!(text.contains("\nvms            1\n"), "{text}");
+        assert!(text.contains("  x                orphaned "), "{text}");
+    }
+
+    #[test]
+    fn vms_in_json_and_odd_lists() {
+        let v: serde_json::Value =
+            serde_json::from_str(&status_json(&running(), Some(&two_vms()))).unwrap();
+        assert_eq!(v["vm_count"], 2);
+        let vms = v["vms"].as_array().unwrap();
+        assert_eq!(vms.len(), 2);
+        assert_eq!(
+            vms[0],
+            serde_json::json!({"id": 0, "pid": 4242, "command": "mv-vm-smoke",
+                "state": "live", "vcpus": 1, "memory_bytes": (1 << 20) + (64 << 10),
+                "exits_total": 26, "exits": {"io": 4, "mmio": 1, "hlt": 1,
+                "interrupted": 20, "shutdown": 0, "other": 0}})
+        );
+        assert_eq!(vms[1]["state"], "zombie");
+        assert_eq!(vms[1]["command"], "ev?[2Jl");
+        // Without the list: null, not an empty list.
+        let v: serde_json::Value = serde_json::from_str(&status_json(&running(), None)).unwrap();
+        assert!(v["vm_count"].is_null() && v["vms"].is_null());
+
+        // More VMs than fit, a count beyond the array, odd states and
+        // saturating totals.
+        let mut l = two_vms();
+        l.count = 1000;
+        l.total = 70;
+        l.vms[0].state = 9;
+        l.vms[0].exits.other = u64::MAX;
+        l.vms[1].comm = [b'a'; 16];
+        let text = status_text(&running(), Some(&l));
+        assert!(text.contains("\nvms            70 (64 listed)\n"), "{text}");
+        assert!(text.contains(" unknown(9) "), "{text}");
+        assert!(text.contains(&format!(" {}  ", u64::MAX)), "{text}");
+        assert!(text.contains(&"a".repeat(16)), "no NUL: all 16 bytes");
+        let v: serde_json::Value =
+            serde_json::from_str(&status_json(&running(), Some(&l))).unwrap();
+        assert_eq!(v["vms"].as_array().unwrap().len(), VM_LIST_MAX);
+        assert_eq!(v["vm_count"], 70);
+    }
+
+    #[test]
+    fn command_names_are_made_safe() {
+        assert_eq!(comm_text(b"sh\0junk"), "sh");
+        assert_eq!(comm_text(b"a b\tc\xff"), "a b?c?");
+        assert_eq!(comm_text(b""), "");
     }
 
     #[test]

@@ -93,6 +93,7 @@ bool mv_hv_vm_ready(u64 *gen, u64 *handle);
 
 /* microv_vm.c: micro-VM and vCPU file descriptors. */
 long mv_vm_create_ioctl(void __user *arg);
+long mv_vm_list_ioctl(void __user *arg);
 unsigned int mv_vm_live_count(void);
 void mv_vm_instance_gone(u64 gen);
 

@@ -113,6 +113,12 @@
 #define MV_IOC_VCPU_RUN 0xc0084d09ULL
 #define MV_IOC_VCPU_GET_REGS 0xc0084d0aULL
 #define MV_IOC_VCPU_SET_REGS 0xc0084d0bULL
+#define MV_IOC_VCPU_KICK 0xc0084d0cULL
+#define MV_IOC_LIST_VMS 0xd8084d0dULL
+#define MV_VM_LIST_MAX 0x40ULL
+#define MV_VM_LIVE 0x0ULL
+#define MV_VM_ZOMBIE 0x1ULL
+#define MV_VM_ORPHANED 0x2ULL
 
 /* Micro VMs: the run page */
 #define MV_RUN_PAGE_SIZE 0x1000ULL
@@ -129,6 +135,10 @@
 #define MV_MAP_EXECUTE 0x4ULL
 #define MV_MAP_MAX_PAGES 0x100000ULL
 #define MV_GUEST_PHYS_LIMIT 0x8000000000ULL
+#define MV_APIC_MMIO_BASE 0xfee00000ULL
+#define MV_REQUEST_SET_REGS 0x1ULL
+#define MV_REQUEST_SET_SREGS 0x2ULL
+#define MV_REQUEST_APIC_ACCESS 0x4ULL
 
 /* Field offsets, for assembly */
 #define MVOFF_mv_dtr_pad 0
@@ -595,6 +605,52 @@ struct mv_vcpu_args {
 _Static_assert(offsetof(struct mv_vcpu_args, reserved) == 0, "mv_vcpu_args.reserved");
 _Static_assert(sizeof(struct mv_vcpu_args) == 8, "sizeof mv_vcpu_args");
 
+struct mv_vm_exit_counts {
+	__u64 io;
+	__u64 mmio;
+	__u64 hlt;
+	__u64 interrupted;
+	__u64 shutdown;
+	__u64 other;
+};
+_Static_assert(offsetof(struct mv_vm_exit_counts, io) == 0, "mv_vm_exit_counts.io");
+_Static_assert(offsetof(struct mv_vm_exit_counts, mmio) == 8, "mv_vm_exit_counts.mmio");
+_Static_assert(offsetof(struct mv_vm_exit_counts, hlt) == 16, "mv_vm_exit_counts.hlt");
+_Static_assert(offsetof(struct mv_vm_exit_counts, interrupted) == 24, "mv_vm_exit_counts.interrupted");
+_Static_assert(offsetof(struct mv_vm_exit_counts, shutdown) == 32, "mv_vm_exit_counts.shutdown");
+_Static_assert(offsetof(struct mv_vm_exit_counts, other) == 40, "mv_vm_exit_counts.other");
+_Static_assert(sizeof(struct mv_vm_exit_counts) == 48, "sizeof mv_vm_exit_counts");
+
+struct mv_vm_info {
+	__u64 vm_id;
+	__u32 pid;
+	__u32 vcpu_count;
+	__u32 state;
+	__u32 reserved;
+	__u8 comm[16];
+	__u64 memory_bytes;
+	struct mv_vm_exit_counts exits;
+};
+_Static_assert(offsetof(struct mv_vm_info, vm_id) == 0, "mv_vm_info.vm_id");
+_Static_assert(offsetof(struct mv_vm_info, pid) == 8, "mv_vm_info.pid");
+_Static_assert(offsetof(struct mv_vm_info, vcpu_count) == 12, "mv_vm_info.vcpu_count");
+_Static_assert(offsetof(struct mv_vm_info, state) == 16, "mv_vm_info.state");
+_Static_assert(offsetof(struct mv_vm_info, reserved) == 20, "mv_vm_info.reserved");
+_Static_assert(offsetof(struct mv_vm_info, comm) == 24, "mv_vm_info.comm");
+_Static_assert(offsetof(struct mv_vm_info, memory_bytes) == 40, "mv_vm_info.memory_bytes");
+_Static_assert(offsetof(struct mv_vm_info, exits) == 48, "mv_vm_info.exits");
+_Static_assert(sizeof(struct mv_vm_info) == 96, "sizeof mv_vm_info");
+
+struct mv_vm_list {
+	__u32 count;
+	__u32 total;
+	struct mv_vm_info vms[64];
+};
+_Static_assert(offsetof(struct mv_vm_list, count) == 0, "mv_vm_list.count");
+_Static_assert(offsetof(struct mv_vm_list, total) == 4, "mv_vm_list.total");
+_Static_assert(offsetof(struct mv_vm_list, vms) == 8, "mv_vm_list.vms");
+_Static_assert(sizeof(struct mv_vm_list) == 6152, "sizeof mv_vm_list");
+
 struct mv_run_segment {
 	__u64 base;
 	__u32 limit;
@@ -693,17 +749,31 @@ _Static_assert(offsetof(struct mv_run_exit, mmio) == 32, "mv_run_exit.mmio");
 _Static_assert(offsetof(struct mv_run_exit, deadline) == 48, "mv_run_exit.deadline");
 _Static_assert(sizeof(struct mv_run_exit) == 56, "sizeof mv_run_exit");
 
+struct mv_run_apic {
+	__u32 offset;
+	__u32 write;
+	__u32 value;
+	__u32 gpr;
+};
+_Static_assert(offsetof(struct mv_run_apic, offset) == 0, "mv_run_apic.offset");
+_Static_assert(offsetof(struct mv_run_apic, write) == 4, "mv_run_apic.write");
+_Static_assert(offsetof(struct mv_run_apic, value) == 8, "mv_run_apic.value");
+_Static_assert(offsetof(struct mv_run_apic, gpr) == 12, "mv_run_apic.gpr");
+_Static_assert(sizeof(struct mv_run_apic) == 16, "sizeof mv_run_apic");
+
 struct mv_run_page {
 	__u64 request;
 	__u64 raise[4];
 	struct mv_run_exit exit;
 	struct mv_run_regs regs;
+	struct mv_run_apic apic;
 };
 _Static_assert(offsetof(struct mv_run_page, request) == 0, "mv_run_page.request");
 _Static_assert(offsetof(struct mv_run_page, raise) == 8, "mv_run_page.raise");
 _Static_assert(offsetof(struct mv_run_page, exit) == 40, "mv_run_page.exit");
 _Static_assert(offsetof(struct mv_run_page, regs) == 96, "mv_run_page.regs");
-_Static_assert(sizeof(struct mv_run_page) == 440, "sizeof mv_run_page");
+_Static_assert(offsetof(struct mv_run_page, apic) == 440, "mv_run_page.apic");
+_Static_assert(sizeof(struct mv_run_page) == 456, "sizeof mv_run_page");
 
 #endif /* __ASSEMBLY__ */
 

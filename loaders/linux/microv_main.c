@@ -912,6 +912,9 @@ static long mv_ioctl(struct file *f, unsigned int cmd, unsigned long uarg)
 			ret = -EFAULT;
 		break;
 	}
+	case MV_IOC_LIST_VMS:
+		ret = mv_vm_list_ioctl(u);
+		break;
 	case MV_IOC_TEST_FAULT: {
 		struct mv_test_fault_args a;
 

@@ -40,19 +40,41 @@
  * teardown decision (so the generation cannot change under it). vm->lock
  * covers a VM's regions and counters; it is never taken with mv_lock held
  * the other way round (mv_lock first, if both). vcpu->lock serialises RUN,
- * GET_REGS and SET_REGS of one vCPU.
+ * GET_REGS and SET_REGS of one vCPU; KICK takes no lock (it must reach a
+ * RUN that holds vcpu->lock).
+ *
+ * Time. MicroV emulates each vCPU's x2APIC timer (TSC-deadline mode) and
+ * fires it when it enters the vCPU at or after the deadline; every exit
+ * tells the driver the deadline (exit.deadline, a TSC value; 0: disarmed).
+ * RUN turns that into host time: before each entry it arms a per-vCPU
+ * hrtimer, pinned to the CPU that enters, for the deadline (the interrupt
+ * ends the guest's run, the driver enters again and MicroV fires the
+ * timer: the callback does nothing); and a HLT with interrupts enabled and
+ * the timer armed sleeps in the host, interruptibly, until the deadline, a
+ * KICK, a signal, or a vector the VMM raised in the run page. The run page
+ * is the VMM's to write too, so the deadline (and RFLAGS.IF) read from it
+ * are hints: a VMM that changes them only mistimes its own vCPU.
  */
 #include <linux/anon_inodes.h>
+#include <linux/atomic.h>
 #include <linux/delay.h>
 #include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/hrtimer.h>
 #include <linux/list.h>
+#include <linux/math64.h>
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
+#include <linux/smp.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
+#include <linux/wait.h>
+#include <asm/msr.h>
+#include <asm/processor-flags.h>
+#include <asm/tsc.h>
 #include "microv.h"
 
 /* Regions (one per MV_MAP_MAX_PAGES pages of a map call) per VM. */
@@ -68,6 +90,28 @@
  * valid). Never a real status (those are small).
  */
 #define MV_GONE (~0ULL)
+/*
+ * Longest host timer or sleep armed at once for a guest deadline: a later
+ * (or absurd) deadline is reached in steps, so nothing overflows. A host
+ * timer that expires early costs one INTERRUPTED exit; a sleep that ends
+ * early sleeps again.
+ */
+#define MV_TIMER_MAX_NS (10 * NSEC_PER_SEC)
+/* Without a known TSC frequency a deadline is polled this often. */
+#define MV_TIMER_POLL_NS (1 * NSEC_PER_MSEC)
+/* A halted vCPU checks this often that its MicroV is still there. */
+#define MV_HALT_CHECK_NS (1 * NSEC_PER_SEC)
+
+/* The VM's RUN exit counters (mv_vm.exits), for MV_IOC_LIST_VMS. */
+enum {
+	MV_VM_EXITS_IO,
+	MV_VM_EXITS_MMIO,
+	MV_VM_EXITS_HLT,
+	MV_VM_EXITS_INTERRUPTED,
+	MV_VM_EXITS_SHUTDOWN,
+	MV_VM_EXITS_OTHER,
+	MV_VM_EXITS_COUNT,
+};
 
 /* Guest memory from one map call: at most MV_MAP_MAX_PAGES pinned pages. */
 struct mv_region {
@@ -90,6 +134,8 @@ struct mv_vm {
 	char comm[TASK_COMM_LEN];
 	/* The fd is closed, but MicroV did not destroy the VM (mv_lock). */
 	bool zombie;
+	/* run.run exits of all its vCPUs, by MV_VM_EXITS_*. */
+	atomic64_t exits[MV_VM_EXITS_COUNT];
 	/* vCPUs MicroV did not destroy; their run pages stay (mv_lock). */
 	struct list_head stuck_vcpus;
 	struct mutex lock;		/* the fields below */
@@ -107,6 +153,27 @@ struct mv_vcpu {
 	u32 apic_id;
 	struct page *run_page;
 	struct mutex lock;		/* RUN, GET_REGS, SET_REGS */
+	/*
+	 * The host timer for the guest's APIC timer, armed before each entry
+	 * (vcpu->lock): for TSC value timer_tsc (0: not armed) on CPU
+	 * timer_cpu.
+	 */
+	struct hrtimer timer;
+	u64 timer_tsc;
+	int timer_cpu;
+	/*
+	 * A HLT sleep a signal cut short (vcpu->lock): the next RUN sleeps on,
+	 * until halt_deadline, unless woken.
+	 */
+	bool halted;
+	u64 halt_deadline;
+	/* Wake-ups (KICK). A RUN sleeping in a HLT waits on wq. */
+	wait_queue_head_t wq;
+	/* A kick not yet seen by an entry or a HLT sleep. */
+	atomic_t kicked;
+	/* In the guest (between the entry's setup and run.run's return) on cpu. */
+	bool in_guest;
+	int cpu;
 };
 
 /* Every VM not yet freed: live ones (with an fd) and zombies. Under mv_lock. */
@@ -288,6 +355,8 @@ static void vcpu_teardown(struct mv_vcpu *v)
 	mutex_lock(&vm->lock);
 	WRITE_ONCE(vm->vcpu_count, vm->vcpu_count - 1);
 	mutex_unlock(&vm->lock);
+	/* RUN cancels it on its way out; nothing runs the vCPU now. */
+	hrtimer_cancel(&v->timer);
 	if (!stuck) {
 		__free_page(v->run_page);
 		kfree(v);
@@ -297,6 +366,146 @@ static void vcpu_teardown(struct mv_vcpu *v)
 
 /* ---- the vCPU fd ---------------------------------------------------------- */
 
+/* The host timer's interrupt is what ends the guest's run; nothing to do. */
+static enum hrtimer_restart vcpu_timer_fn(struct hrtimer *t)
+{
+	return HRTIMER_NORESTART;
+}
+
+static void vcpu_timer_init(struct mv_vcpu *v)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 13, 0)
+	hrtimer_setup(&v->timer, vcpu_timer_fn, CLOCK_MONOTONIC, HRTIMER_MODE_REL_PINNED_HARD);
+#else
+	hrtimer_init(&v->timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_PINNED_HARD);
+	v->timer.function = vcpu_timer_fn;
+#endif
+}
+
+/*
+ * Nanoseconds until TSC value `deadline` (0 if it has passed), at most
+ * MV_TIMER_MAX_NS, rounded up: a timer for it never expires before it.
+ */
+static u64 tsc_ns_until(u64 deadline)
+{
+	unsigned int khz = READ_ONCE(tsc_khz);
+	u64 now = rdtsc(), delta;
+
+	if (deadline <= now)
+		return 0;
+	if (!khz)
+		return MV_TIMER_POLL_NS;
+	delta = deadline - now;
+	/* khz * 10^4 cycles = 10 s; no overflow below 1.8 PHz. */
+	if (delta >= (u64)khz * (MV_TIMER_MAX_NS / NSEC_PER_MSEC))
+		return MV_TIMER_MAX_NS;
+	return mul_u64_u32_div(delta, NSEC_PER_MSEC, khz) + 1;
+}
+
+/*
+ * Before an entry, preemption off: the host timer for `deadline` on this
+ * CPU. A deadline that has passed needs none: MicroV fires the guest's
+ * timer at this entry.
+ */
+static void vcpu_arm_timer(struct mv_vcpu *v, u64 deadline)
+{
+	int cpu = smp_processor_id();
+	u64 ns = deadline ? tsc_ns_until(deadline) : 0;
+
+	if (!ns) {
+		if (v->timer_tsc) {
+			hrtimer_try_to_cancel(&v->timer);
+			v->timer_tsc = 0;
+		}
+		return;
+	}
+	if (v->timer_tsc == deadline && v->timer_cpu == cpu && hrtimer_is_queued(&v->timer))
+		return;
+	hrtimer_start(&v->timer, ns_to_ktime(ns), HRTIMER_MODE_REL_PINNED_HARD);
+	v->timer_tsc = deadline;
+	v->timer_cpu = cpu;
+}
+
+/* The VMM raised a vector in the run page that MicroV has not taken yet. */
+static bool vcpu_raised(const struct mv_run_page *run)
+{
+	return READ_ONCE(run->raise[0]) | READ_ONCE(run->raise[1]) |
+	       READ_ONCE(run->raise[2]) | READ_ONCE(run->raise[3]);
+}
+
+/*
+ * A HLT with interrupts enabled and the guest's timer armed: sleeps until
+ * TSC value `deadline`, a kick, or a signal, unless a kick or a raised
+ * vector is already there. The checks come after the task is on the wait
+ * queue and marked sleeping, so a kick (which sets `kicked`, then wakes
+ * the queue) is never lost, nor a vector raised before it. Returns 0 to
+ * enter the guest again (also when the VM's MicroV is gone: the entry then
+ * fails with ENODEV), -EINTR for a signal.
+ */
+static int vcpu_halt(struct mv_vcpu *v, const struct mv_run_page *run, u64 deadline)
+{
+	DEFINE_WAIT(wait);
+	ktime_t expires;
+	int ret = 0;
+	u64 ns;
+
+	for (;;) {
+		prepare_to_wait(&v->wq, &wait, TASK_INTERRUPTIBLE);
+		if (atomic_xchg(&v->kicked, 0) || vcpu_raised(run))
+			break;
+		if (signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		ns = tsc_ns_until(deadline);
+		if (!ns || mv_hv_generation() != v->vm->gen)
+			break;
+		expires = ktime_add_ns(ktime_get(), min_t(u64, ns, MV_HALT_CHECK_NS));
+		schedule_hrtimeout_range(&expires, current->timer_slack_ns, HRTIMER_MODE_ABS);
+	}
+	finish_wait(&v->wq, &wait);
+	return ret;
+}
+
+static void count_exit(struct mv_vm *vm, u64 reason)
+{
+	unsigned int i;
+
+	switch (reason) {
+	case MV_EXIT_IO: i = MV_VM_EXITS_IO; break;
+	case MV_EXIT_MMIO: i = MV_VM_EXITS_MMIO; break;
+	case MV_EXIT_HLT: i = MV_VM_EXITS_HLT; break;
+	case MV_EXIT_INTERRUPTED: i = MV_VM_EXITS_INTERRUPTED; break;
+	case MV_EXIT_SHUTDOWN: i = MV_VM_EXITS_SHUTDOWN; break;
+	default: i = MV_VM_EXITS_OTHER; break;
+	}
+	atomic64_inc(&vm->exits[i]);
+}
+
+/*
+ * One run.run on this CPU, with the host timer armed for `deadline` and
+ * the vCPU marked in the guest for KICK. Preemption stays off so that the
+ * pinned timer and the CPU KICK interrupts are the ones the guest runs on.
+ * A kick before this entry is served by it (MicroV takes the raised
+ * vectors as it enters), so it is consumed here; one that comes later
+ * finds in_guest set (the full barrier orders the two) and interrupts the
+ * guest, or stays for the next HLT sleep.
+ */
+static u64 vcpu_enter(struct mv_vcpu *v, u64 deadline, u64 *reason)
+{
+	u64 st;
+
+	preempt_disable();
+	vcpu_arm_timer(v, deadline);
+	atomic_set(&v->kicked, 0);
+	WRITE_ONCE(v->cpu, smp_processor_id());
+	smp_store_mb(v->in_guest, true);
+	st = vm_call(v->vm, MV_HC_RUN_RUN, v->id, 0, 0, reason);
+	WRITE_ONCE(v->in_guest, false);
+	preempt_enable();
+	return st;
+}
+
 /*
  * RUN: enters the guest until an exit the VMM must handle. A host interrupt
  * ends a run with MV_EXIT_INTERRUPTED (the root takes it right after the
@@ -304,28 +513,86 @@ static void vcpu_teardown(struct mv_vcpu *v)
  * signal is pending: then the run page says INTERRUPTED and RUN fails with
  * EINTR (the VMM's kick, or a kill). A signal that arrives between the check
  * and the vmmcall ends the run at the next host interrupt (a timer tick at
- * the latest).
+ * the latest). A HLT with interrupts enabled and the guest's timer armed
+ * sleeps here (vcpu_halt) and runs again; one that a signal cuts short is
+ * resumed by the next RUN, so a signal never wakes the guest from HLT
+ * early. The host timer is cancelled on the way out: while the VMM handles
+ * an exit the guest does not run.
  */
 static long vcpu_run(struct mv_vcpu *v)
 {
 	struct mv_run_page *run = page_address(v->run_page);
-	u64 st, reason = MV_EXIT_NONE;
+	u64 st, deadline, reason = MV_EXIT_NONE;
+	long ret = 0;
 
+	if (v->halted) {
+		/* The VMM asking for something at entry ends the HLT too. */
+		if (!READ_ONCE(run->request)) {
+			ret = vcpu_halt(v, run, v->halt_deadline);
+			if (ret) {
+				WRITE_ONCE(run->exit.reason, MV_EXIT_INTERRUPTED);
+				return ret;
+			}
+		}
+		v->halted = false;
+	}
+	/* The last exit's deadline: the guest's timer may be armed already. */
+	deadline = READ_ONCE(run->exit.deadline);
 	for (;;) {
 		if (signal_pending(current)) {
-			WRITE_ONCE(run->exit.reason, MV_EXIT_INTERRUPTED);
-			return -EINTR;
-		}
-		st = vm_call(v->vm, MV_HC_RUN_RUN, v->id, 0, 0, &reason);
-		if (st != MV_STATUS_SUCCESS)
-			return status_errno(st, "run.run");
-		if (reason != MV_EXIT_INTERRUPTED)
+			reason = MV_EXIT_INTERRUPTED;
+			ret = -EINTR;
 			break;
-		cond_resched();
+		}
+		st = vcpu_enter(v, deadline, &reason);
+		if (st != MV_STATUS_SUCCESS) {
+			ret = status_errno(st, "run.run");
+			goto out;
+		}
+		count_exit(v->vm, reason);
+		deadline = READ_ONCE(run->exit.deadline);
+		if (reason == MV_EXIT_INTERRUPTED) {
+			cond_resched();
+			continue;
+		}
+		if (reason != MV_EXIT_HLT || !deadline ||
+		    !(READ_ONCE(run->regs.rflags) & X86_EFLAGS_IF))
+			break;
+		/* Nothing else can wake it: the timer, a raised vector or a kick. */
+		ret = vcpu_halt(v, run, deadline);
+		if (ret) {
+			v->halted = true;
+			v->halt_deadline = deadline;
+			reason = MV_EXIT_INTERRUPTED;
+			break;
+		}
 	}
 	/* R10 is authoritative; the page is root-writable anyway. */
 	WRITE_ONCE(run->exit.reason, (u32)reason);
-	return 0;
+out:
+	hrtimer_cancel(&v->timer);
+	v->timer_tsc = 0;
+	return ret;
+}
+
+/* Nothing to do: the IPI itself ends the guest's run on that CPU. */
+static void vcpu_kick_ipi(void *unused)
+{
+}
+
+/*
+ * KICK: see struct mv_vcpu_args in the ABI. The VMM raises vectors in the
+ * run page first (atomic ORs) and kicks after, so whatever this kick
+ * misses (the vCPU was not yet in the guest, not yet asleep) the entry or
+ * the sleep's checks see.
+ */
+static void vcpu_kick(struct mv_vcpu *v)
+{
+	atomic_set(&v->kicked, 1);
+	smp_mb();
+	wake_up_interruptible(&v->wq);
+	if (READ_ONCE(v->in_guest))
+		smp_call_function_single(READ_ONCE(v->cpu), vcpu_kick_ipi, NULL, 0);
 }
 
 static long mv_vcpu_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
@@ -334,6 +601,10 @@ static long mv_vcpu_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	long ret;
 
 	/* The argument (struct mv_vcpu_args) carries nothing: it is not read. */
+	if (cmd == MV_IOC_VCPU_KICK) {
+		vcpu_kick(v);
+		return 0;
+	}
 	if (cmd != MV_IOC_VCPU_RUN && cmd != MV_IOC_VCPU_GET_REGS && cmd != MV_IOC_VCPU_SET_REGS)
 		return -ENOTTY;
 	/*
@@ -354,6 +625,9 @@ static long mv_vcpu_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	default:
 		ret = status_errno(vm_call(v->vm, MV_HC_RUN_SET_REGISTERS, v->id, MV_REGS_ALL, 0,
 					   NULL), "run.set_registers");
+		/* New registers: whatever HLT the vCPU was in is over. */
+		if (!ret)
+			v->halted = false;
 		break;
 	}
 	mutex_unlock(&v->lock);
@@ -544,6 +818,8 @@ static long vm_create_vcpu(struct file *vm_file, struct mv_vm *vm,
 		return -ENOMEM;
 	}
 	mutex_init(&v->lock);
+	vcpu_timer_init(v);
+	init_waitqueue_head(&v->wq);
 	v->vm = vm;
 	v->apic_id = a.apic_id;
 	fd = get_unused_fd_flags(O_CLOEXEC);
@@ -678,6 +954,47 @@ long mv_vm_create_ioctl(void __user *u)
 	}
 	fd_install(fd, file);
 	return fd;
+}
+
+/*
+ * MV_IOC_LIST_VMS (mv_lock held): every VM on mv_vms, in creation order,
+ * as far as struct mv_vm_list holds them.
+ */
+long mv_vm_list_ioctl(void __user *u)
+{
+	struct mv_vm_list *l;
+	struct mv_vm_info *e;
+	const struct mv_vm *vm;
+	u64 gen = mv_hv_generation();
+	long ret = 0;
+
+	lockdep_assert_held(&mv_lock);
+	l = kzalloc(sizeof(*l), GFP_KERNEL);
+	if (!l)
+		return -ENOMEM;
+	list_for_each_entry(vm, &mv_vms, node) {
+		l->total++;
+		if (l->count >= MV_VM_LIST_MAX)
+			continue;
+		e = &l->vms[l->count++];
+		e->vm_id = vm->id;
+		e->pid = vm->pid;
+		e->vcpu_count = READ_ONCE(vm->vcpu_count);
+		e->state = vm->gen != gen ? MV_VM_ORPHANED : vm->zombie ? MV_VM_ZOMBIE : MV_VM_LIVE;
+		BUILD_BUG_ON(sizeof(e->comm) != sizeof(vm->comm));
+		memcpy(e->comm, vm->comm, sizeof(e->comm));
+		e->memory_bytes = READ_ONCE(vm->mem_bytes);
+		e->exits.io = atomic64_read(&vm->exits[MV_VM_EXITS_IO]);
+		e->exits.mmio = atomic64_read(&vm->exits[MV_VM_EXITS_MMIO]);
+		e->exits.hlt = atomic64_read(&vm->exits[MV_VM_EXITS_HLT]);
+		e->exits.interrupted = atomic64_read(&vm->exits[MV_VM_EXITS_INTERRUPTED]);
+		e->exits.shutdown = atomic64_read(&vm->exits[MV_VM_EXITS_SHUTDOWN]);
+		e->exits.other = atomic64_read(&vm->exits[MV_VM_EXITS_OTHER]);
+	}
+	if (copy_to_user(u, l, sizeof(*l)))
+		ret = -EFAULT;
+	kfree(l);
+	return ret;
 }
 
 /* VMs that keep MicroV from stopping: with an fd, of the running MicroV. */

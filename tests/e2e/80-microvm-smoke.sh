@@ -56,23 +56,6 @@ back_to_baseline() {
     fi
 }
 
-# wait_line FILE TEXT PID: waits (30 s at most) until FILE has a line with
-# TEXT; fails if PID exits first.
-wait_line() {
-    local i=0
-    until grep -q "$2" "$1"; do
-        kill -0 "$3" 2>/dev/null || fail "pid $3 exited before printing '$2': $(cat "$1")"
-        i=$((i + 1))
-        [ $i -lt 300 ] || fail "pid $3 did not print '$2' in 30 s: $(cat "$1")"
-        sleep 0.1
-    done
-}
-
-# cpu_ticks PID: utime + stime of PID, in clock ticks.
-cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
-
 # smoke_ok: mv-vm-smoke runs its guest and reports exactly the expected exits.
 smoke_ok() {
     run timeout 120 mv-vm-smoke
@@ -160,6 +143,16 @@ out_has "micro VMs are running" || fail "microv stop did not say micro VMs are r
 expect_running_on_all
 kill -0 "$SPIN" 2>/dev/null || fail "the refused stop ended the VMM: $(cat "$MVT_TMP/spin.out")"
 
+check "microv status lists the VM with its VMM's pid (as the refusal's hint says)"
+status_json
+expect_eq "vm_count" "$(jget vm_count)" 1
+expect_eq "vms.0.pid" "$(jget vms.0.pid)" "$SPIN"
+expect_eq "vms.0.command" "$(jget vms.0.command)" mv-vm-smoke
+expect_eq "vms.0.state" "$(jget vms.0.state)" live
+n=$(jget vms.0.exits.interrupted)
+[ "$n" -gt 0 ] || fail "the spinning VM's exits.interrupted is $n (host interrupts end its runs)"
+echo "  vm $(jget vms.0.id) of pid $SPIN: $n interrupted runs, $(jget vms.0.exits_total) exits in all"
+
 check "kill -9 of the VMM while its guest spins leaves nothing behind"
 kill -9 "$SPIN"
 rc=0
@@ -203,6 +196,10 @@ grep -q 'MV_IOC_VCPU_RUN: No such device' "$MVT_TMP/spin2.out" ||
     fail "the spinning VMM's RUN did not fail with ENODEV"
 expect_not_running
 kernel_healthy
+status_json
+expect_eq "vm_count after the failure (the held VM)" "$(jget vm_count)" 1
+expect_eq "the held VM's pid" "$(jget vms.0.pid)" "$HOLD"
+expect_eq "the held VM's state" "$(jget vms.0.state)" orphaned
 
 check "the driver cannot be unloaded while a VM fd is open, even with MicroV gone"
 run rmmod microv

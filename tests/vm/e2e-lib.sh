@@ -193,6 +193,23 @@ expect_not_running() {
     esac
 }
 
+# wait_line FILE TEXT PID: waits (30 s at most) until FILE has a line with
+# TEXT; fails if PID exits first.
+wait_line() {
+    local i=0
+    until grep -q "$2" "$1"; do
+        kill -0 "$3" 2>/dev/null || fail "pid $3 exited before printing '$2': $(cat "$1")"
+        i=$((i + 1))
+        [ $i -lt 300 ] || fail "pid $3 did not print '$2' in 30 s: $(cat "$1")"
+        sleep 0.1
+    done
+}
+
+# cpu_ticks PID: utime + stime of PID, in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
 # kernel_healthy: no oops, BUG, panic or soft lockup in the kernel log, and
 # the system still runs a fresh process.
 kernel_healthy() {

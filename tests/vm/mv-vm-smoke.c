@@ -23,6 +23,29 @@
 //                        must be refused with the documented errno (and
 //                        nothing may crash); prints `mv-vm-smoke: abuse ok`.
 //
+// The guest's APIC timer (real-mode guests that enable the x2APIC, put its
+// timer in TSC-deadline mode with vector 0xEC and write a deadline MS
+// milliseconds ahead, then `sti`; the vector's handler writes 'T' to port
+// 0x3f8 and halts with interrupts off, which ends the run; a raised vector
+// 0x41 writes 'K' the same way, and a guest that leaves its HLT without an
+// interrupt writes 'S'). Each prints `mv-vm-smoke: entering` just before
+// the first RUN, then `mv-vm-smoke: woke by 'C' after W ms (expected E ms,
+// ratio R), thread cpu U ms, N EINTR` and `mv-vm-smoke: timer ok` (the
+// e2e script judges the times):
+//   mv-vm-smoke timer MS       the guest halts until its timer fires (the
+//                              driver sleeps the halted vCPU in the host).
+//   mv-vm-smoke timer-spin MS  the guest spins with interrupts on (`jmp $`)
+//                              until its timer fires (the driver's host
+//                              timer ends the run in time).
+//   mv-vm-smoke kick           deadline 10 s; after 300 ms another thread
+//                              raises vector 0x41 in the run page and
+//                              wakes the halted vCPU with MV_IOC_VCPU_KICK.
+//   mv-vm-smoke signal         deadline 10 s; at 200 ms a bare SIGUSR1 (RUN
+//                              fails with EINTR, the tool runs again and the
+//                              guest must stay halted), at 400 ms vector
+//                              0x41 raised and SIGUSR1 (as the VMM's
+//                              doorbell does).
+//
 // Exit status: 0 ok; 1 a check failed (the line says which); 2 usage;
 // 3 the driver says this MicroV does not serve micro VMs (EOPNOTSUPP).
 //
@@ -116,6 +139,22 @@ __attribute__((format(printf, 1, 2))) static void failf(const char *fmt, ...)
 	va_end(ap);
 	printf("\n");
 	failures++;
+}
+
+static double now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static double thread_cpu_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
 static int die(const char *what)
@@ -630,6 +669,202 @@ static int abuse(void)
 	return 0;
 }
 
+// ---- the guest's APIC timer -------------------------------------------------
+
+#define TIMER_VECTOR 0xec
+#define RAISED_VECTOR 0x41
+#define TIMER_ISR 0x1100
+#define RAISED_ISR 0x1110
+
+// Builds the timer guest at CODE_GPA (real mode, CS base 0): the deadline
+// delta in TSC cycles comes in EDI:ESI. `spin`: wait in `jmp $` with
+// interrupts on instead of HLT.
+static size_t timer_code(uint8_t *c, int spin)
+{
+	static const uint8_t head[] = {
+		0x66, 0xb9, 0x0f, 0x08, 0, 0,	    // mov ecx, 0x80f (SVR)
+		0x66, 0xb8, 0xff, 0x01, 0, 0,	    // mov eax, 0x1ff (enabled)
+		0x66, 0x31, 0xd2,		    // xor edx, edx
+		0x0f, 0x30,			    // wrmsr
+		0x66, 0xb9, 0x32, 0x08, 0, 0,	    // mov ecx, 0x832 (LVT timer)
+		0x66, 0xb8, TIMER_VECTOR, 0, 4, 0, // mov eax, (2 << 17) | 0xec
+		0x0f, 0x30,			    // wrmsr
+		0x0f, 0x31,			    // rdtsc
+		0x66, 0x01, 0xf0,		    // add eax, esi
+		0x66, 0x11, 0xfa,		    // adc edx, edi
+		0x66, 0xb9, 0xe0, 0x06, 0, 0,	    // mov ecx, 0x6e0 (TSC deadline)
+		0x0f, 0x30,			    // wrmsr
+		0xfb,				    // sti
+	};
+	static const uint8_t halt[] = {
+		0xf4,		  // hlt
+		0xba, 0xf8, 0x03, // mov dx, 0x3f8
+		0xb0, 'S',	  // mov al, 'S': left HLT without an interrupt
+		0xee,		  // out dx, al
+		0xeb, 0xf7,	  // jmp (the hlt)
+	};
+	static const uint8_t loop[] = { 0xeb, 0xfe }; // jmp $
+	size_t n = sizeof(head);
+
+	memcpy(c, head, n);
+	memcpy(c + n, spin ? loop : halt, spin ? sizeof(loop) : sizeof(halt));
+	return n + (spin ? sizeof(loop) : sizeof(halt));
+}
+
+// An interrupt handler at `at`: writes `mark` to port 0x3f8, halts with
+// interrupts off; and its real-mode IVT entry.
+static void isr(uint8_t *mem, uint8_t vector, uint16_t at, char mark)
+{
+	const uint8_t code[] = {
+		0xba, 0xf8, 0x03,    // mov dx, 0x3f8
+		0xb0, (uint8_t)mark, // mov al, mark
+		0xee,		     // out dx, al
+		0xf4,		     // hlt
+		0xeb, 0xfd,	     // jmp (the hlt)
+	};
+
+	memcpy(mem + at, code, sizeof(code));
+	mem[vector * 4] = at & 0xff; // offset, then segment 0
+	mem[vector * 4 + 1] = at >> 8;
+	mem[vector * 4 + 2] = 0;
+	mem[vector * 4 + 3] = 0;
+}
+
+// TSC ticks per millisecond, measured against CLOCK_MONOTONIC.
+static double tsc_per_ms(void)
+{
+	struct timespec d = { 0, 200 * 1000 * 1000 };
+	double t0 = now_ms(), t1;
+	uint64_t c0 = __builtin_ia32_rdtsc(), c1;
+
+	nanosleep(&d, NULL);
+	c1 = __builtin_ia32_rdtsc();
+	t1 = now_ms();
+	return (double)(c1 - c0) / (t1 - t0);
+}
+
+enum poke { POKE_NONE, POKE_KICK, POKE_SIGNAL };
+
+struct poker {
+	struct vm *v;
+	pthread_t main;
+	enum poke how;
+	double t0;
+};
+
+static void sleep_until(double t_ms)
+{
+	uint64_t ns = (uint64_t)(t_ms * 1e6);
+	struct timespec t = { (time_t)(ns / 1000000000), (long)(ns % 1000000000) };
+
+	clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
+}
+
+static void raise_vector(struct mv_run_page *run, unsigned int vector)
+{
+	__atomic_fetch_or(&run->raise[vector / 64], 1ULL << (vector % 64), __ATOMIC_SEQ_CST);
+}
+
+static void *poker_fn(void *p)
+{
+	struct poker *k = p;
+
+	if (k->how == POKE_KICK) {
+		sleep_until(k->t0 + 300);
+		raise_vector(k->v->run, RAISED_VECTOR);
+		if (ioctl(k->v->vcpu, MV_IOC_VCPU_KICK, NULL))
+			failf("MV_IOC_VCPU_KICK: %s", strerror(errno));
+	} else {
+		sleep_until(k->t0 + 200);
+		pthread_kill(k->main, SIGUSR1); // nothing raised: must not wake the guest
+		sleep_until(k->t0 + 400);
+		raise_vector(k->v->run, RAISED_VECTOR);
+		pthread_kill(k->main, SIGUSR1);
+	}
+	return NULL;
+}
+
+static int timer(const char *mode, unsigned int delay_ms, int spin, enum poke how)
+{
+	struct vm v;
+	uint8_t code[128];
+	size_t len = timer_code(code, spin);
+	char mark = how == POKE_NONE ? 'T' : 'K', seen = 0;
+	unsigned int expect_ms = how == POKE_NONE ? delay_ms : how == POKE_KICK ? 300 : 400;
+	unsigned int eintr = 0;
+	double per_ms = tsc_per_ms(), t0, cpu0, woke = 0, cpu = 0;
+	uint64_t delta = (uint64_t)(per_ms * delay_ms);
+	struct sigaction sa;
+	struct poker k;
+	pthread_t t;
+	char line[160];
+	int rc = setup(&v, code, len);
+
+	if (rc)
+		return rc;
+	isr(v.mem, TIMER_VECTOR, TIMER_ISR, 'T');
+	isr(v.mem, RAISED_VECTOR, RAISED_ISR, 'K');
+	v.run->regs.gprs[6] = delta & 0xffffffff; // esi
+	v.run->regs.gprs[7] = delta >> 32;	  // edi
+	if (vcpu_ioctl(v.vcpu, MV_IOC_VCPU_SET_REGS))
+		return die("MV_IOC_VCPU_SET_REGS (the deadline's delta)");
+	printf("mv-vm-smoke: %s: deadline %u ms ahead (%llu TSC ticks at %.0f per ms)\n", mode,
+	       delay_ms, (unsigned long long)delta, per_ms);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_kick;
+	sigaction(SIGUSR1, &sa, NULL); // no SA_RESTART: RUN comes back with EINTR
+	sa.sa_handler = on_alarm;
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(TIMEOUT_S);
+	printf("mv-vm-smoke: entering\n");
+	fflush(stdout);
+	t0 = now_ms();
+	cpu0 = thread_cpu_ms();
+	k = (struct poker){ .v = &v, .main = pthread_self(), .how = how, .t0 = t0 };
+	if (how != POKE_NONE && pthread_create(&t, NULL, poker_fn, &k)) {
+		failf("pthread_create");
+		return 1;
+	}
+	for (;;) {
+		if (vcpu_ioctl(v.vcpu, MV_IOC_VCPU_RUN)) {
+			if (errno != EINTR)
+				return die("MV_IOC_VCPU_RUN");
+			if (timed_out)
+				return die("the guest's timer did not wake it in time");
+			if (v.run->exit.reason != MV_EXIT_INTERRUPTED)
+				failf("RUN failed with EINTR but the run page says exit %u",
+				      v.run->exit.reason);
+			eintr++;
+			continue;
+		}
+		describe(v.run, line, sizeof(line));
+		if (v.run->exit.reason == MV_EXIT_IO && v.run->exit.io.port == PORT &&
+		    !v.run->exit.io.direction && !seen) {
+			woke = now_ms() - t0;
+			cpu = thread_cpu_ms() - cpu0;
+			seen = (char)v.run->exit.io.data;
+			printf("%s\n", line);
+			continue;
+		}
+		if (v.run->exit.reason == MV_EXIT_HLT && seen)
+			break;
+		failf("unexpected exit: %s (rip 0x%llx)", line, (unsigned long long)v.run->regs.rip);
+		return 1;
+	}
+	alarm(0);
+	if (how != POKE_NONE)
+		pthread_join(t, NULL);
+	printf("mv-vm-smoke: woke by '%c' after %.1f ms (expected %u ms, ratio %.2f), thread cpu %.1f ms, %u EINTR\n",
+	       seen, woke, expect_ms, woke / expect_ms, cpu, eintr);
+	if (seen != mark)
+		failf("the guest wrote '%c', expected '%c'%s", seen, mark,
+		      seen == 'S' ? " (it left HLT without an interrupt)" : "");
+	if (failures)
+		return 1;
+	printf("mv-vm-smoke: timer ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -641,6 +876,13 @@ int main(int argc, char **argv)
 		return hold();
 	if (argc == 2 && !strcmp(argv[1], "abuse"))
 		return abuse();
-	fprintf(stderr, "usage: mv-vm-smoke [spin|hold|abuse]\n");
+	if (argc == 3 && (!strcmp(argv[1], "timer") || !strcmp(argv[1], "timer-spin")) &&
+	    atoi(argv[2]) > 0)
+		return timer(argv[1], (unsigned int)atoi(argv[2]), argv[1][5] == '-', POKE_NONE);
+	if (argc == 2 && !strcmp(argv[1], "kick"))
+		return timer("kick", 10000, 0, POKE_KICK);
+	if (argc == 2 && !strcmp(argv[1], "signal"))
+		return timer("signal", 10000, 0, POKE_SIGNAL);
+	fprintf(stderr, "usage: mv-vm-smoke [spin|hold|abuse|timer MS|timer-spin MS|kick|signal]\n");
 	return 2;
 }

@@ -173,6 +173,7 @@ pub mod misc2 {
     pub const STGI: u32 = 1 << 4;
     pub const CLGI: u32 = 1 << 5;
     pub const SKINIT: u32 = 1 << 6;
+    pub const RDTSCP: u32 = 1 << 7;
     pub const XSETBV: u32 = 1 << 13;
 }
 
@@ -236,6 +237,7 @@ pub mod exit {
     pub const STGI: u64 = 0x84;
     pub const CLGI: u64 = 0x85;
     pub const SKINIT: u64 = 0x86;
+    pub const RDTSCP: u64 = 0x87;
     pub const XSETBV: u64 = 0x8d;
     pub const NPF: u64 = 0x400;
     /// VMRUN found an inconsistent guest state.

@@ -13,7 +13,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use microv_abi::hypercall::Status;
 use microv_abi::launch::{gpr, MAX_CPUS};
-use microv_abi::run::{exit_reason, io_direction, mmio_access, request, RunExit, RunIo, RunMmio, RunRegs};
+use microv_abi::run::{
+    exit_reason, io_direction, mmio_access, request, RunApic, RunExit, RunIo, RunMmio, RunRegs,
+};
 use microv_abi::syscall::{vs_layout, VsRegs};
 use microv_arch::descriptor::Segment;
 use microv_arch::msr::{self, efer};
@@ -236,6 +238,18 @@ impl Vcpus {
         }
     }
 
+    /// Sends what the APIC of `vcpu` sent (INIT/SIPI: not modelled yet).
+    fn deliver(&self, vcpu: u64, ipi: Option<Ipi>) {
+        let (Some(ipi), Some(vm)) = (ipi, self.vm_of(vcpu)) else {
+            return;
+        };
+        match ipi {
+            Ipi::To { apic_id, vector } => self.send_ipi(vm, Some(apic_id), vcpu, vector),
+            Ipi::AllButSelf { vector } => self.send_ipi(vm, None, vcpu, vector),
+            Ipi::Init { .. } | Ipi::Startup { .. } => {}
+        }
+    }
+
     /// Raises `vector` for the vCPU of VM `vm` with x2APIC ID `apic_id`
     /// (or every vCPU of `vm` but `except`); delivered at its next entry.
     fn send_ipi(&self, vm: u64, target: Option<u32>, except: u64, vector: u8) {
@@ -272,7 +286,7 @@ pub fn configure_vmcb(v: &mut Vmcb) {
         | misc1::SMI
         | misc1::CPUID
         | misc1::HLT;
-    c.intercept_misc2 = required::MISC2 | misc2::VMMCALL;
+    c.intercept_misc2 = required::MISC2 | misc2::VMMCALL | misc2::RDTSCP;
     c.np_control = NP_ENABLE;
     c.vintr = V_INTR_MASKING;
     c.guest_asid = ASID_PLACEHOLDER;
@@ -321,6 +335,7 @@ pub struct RunInput {
     pub raise: [u64; 4],
     pub io_data: u64,
     pub regs: RunRegs,
+    pub apic: RunApic,
 }
 
 /// Applies the VMM's input before the guest runs again.
@@ -337,9 +352,38 @@ pub fn accept_input(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, input: &RunInput, v
     if input.request & request::SET_SREGS != 0 {
         svm_regs::write_sregs(v, &input.regs);
     }
+    if input.request & request::APIC_ACCESS != 0 {
+        apic_access(v, r, vcpu, &input.apic, vcpus);
+    }
     if let Some(words) = vcpus.irq(vcpu) {
         for (w, raised) in words.iter().zip(input.raise) {
             w.fetch_or(raised, Ordering::AcqRel);
+        }
+    }
+}
+
+/// An xAPIC MMIO access the VMM decoded: performed on the vCPU's APIC; a
+/// read loads the register the VMM named (32 bits, zero-extended). One the
+/// APIC refuses reads as all ones and is not written, as the bus would do.
+fn apic_access(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, a: &RunApic, vcpus: &Vcpus) {
+    if a.write != 0 {
+        let sent = vcpus.with_lapic(vcpu, |l| l.mmio_write(a.offset, a.value));
+        if let Some(Ok(ipi)) = sent {
+            vcpus.deliver(vcpu, ipi);
+        }
+        return;
+    }
+    let value = vcpus
+        .with_lapic(vcpu, |l| l.mmio_read(a.offset))
+        .and_then(Result::ok)
+        .unwrap_or(u32::MAX);
+    match a.gpr as usize {
+        gpr::RAX => v.save.rax = u64::from(value),
+        gpr::RSP => v.save.rsp = u64::from(value),
+        i => {
+            if let Some(slot) = r.gprs.get_mut(i) {
+                *slot = u64::from(value);
+            }
         }
     }
 }
@@ -536,7 +580,8 @@ fn handle_exit(
         }
         Exit::Shutdown => to_vmm(exit_reason::SHUTDOWN),
         Exit::Init => GuestAction::Resume,
-        Exit::VirtInstruction => {
+        // Hidden from the guest's CPUID; #UD, as on a CPU without it.
+        Exit::VirtInstruction | Exit::Rdtscp => {
             v.control.event_inj = event::exception(vector::UD);
             GuestAction::Resume
         }
@@ -562,12 +607,6 @@ fn handle_exit(
         }
     }
 }
-
-/// IA32_APIC_BASE: the APIC at its usual address, enabled, in x2APIC
-/// mode from reset (no firmware would switch it, and Linux keeps an x2APIC
-/// it finds enabled); bit 8 marks the bootstrap processor.
-const APIC_BASE_VALUE: u64 = 0xfee0_0000 | 1 << 11 | 1 << 10;
-const APIC_BASE_BSP: u64 = 1 << 8;
 
 /// A guest's RDMSR/WRMSR. The guest's own MSRs live in the VMCB (EFER,
 /// the SYSCALL/SYSENTER MSRs, FS/GS bases, PAT); the x2APIC and the
@@ -610,13 +649,10 @@ fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
         msr::SYSENTER_ESP => s.sysenter_esp,
         msr::SYSENTER_EIP => s.sysenter_eip,
         msr::PAT => s.g_pat,
-        msr::APIC_BASE => {
-            let id = vcpus.with_lapic(vcpu, |l| l.id)?;
-            APIC_BASE_VALUE | if id == 0 { APIC_BASE_BSP } else { 0 }
-        }
+        msr::APIC_BASE => vcpus.with_lapic(vcpu, |l| l.base_msr(l.id == 0))?,
         lapic::TSC_DEADLINE_MSR => vcpus.with_lapic(vcpu, |l| l.deadline())?,
         i if (lapic::X2APIC_BASE_MSR..lapic::X2APIC_BASE_MSR + 0x100).contains(&i) => {
-            vcpus.with_lapic(vcpu, |l| l.read(i - lapic::X2APIC_BASE_MSR))?.ok()?
+            vcpus.with_lapic(vcpu, |l| l.read_msr(i - lapic::X2APIC_BASE_MSR))?.ok()?
         }
         _ => return None,
     })
@@ -645,27 +681,18 @@ fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> 
         msr::SYSENTER_ESP if canonical => s.sysenter_esp = value,
         msr::SYSENTER_EIP if canonical => s.sysenter_eip = value,
         msr::PAT if msr::pat_valid(value) => s.g_pat = value,
-        // The base cannot move and x2APIC mode cannot be left: a write of
-        // the value it has is accepted, anything else refused.
         msr::APIC_BASE => {
-            return msr_read(v, index, vcpu, vcpus).is_some_and(|now| now == value);
+            return vcpus.with_lapic(vcpu, |l| l.set_base(value, l.id == 0)).is_some_and(|r| r.is_ok());
         }
         lapic::TSC_DEADLINE_MSR => {
             return vcpus.with_lapic(vcpu, |l| l.set_deadline(value)).is_some();
         }
         i if (lapic::X2APIC_BASE_MSR..lapic::X2APIC_BASE_MSR + 0x100).contains(&i) => {
-            let done = vcpus.with_lapic(vcpu, |l| l.write(i - lapic::X2APIC_BASE_MSR, value));
+            let done = vcpus.with_lapic(vcpu, |l| l.write_msr(i - lapic::X2APIC_BASE_MSR, value));
             let Some(Ok(ipi)) = done else {
                 return false;
             };
-            if let (Some(ipi), Some(vm)) = (ipi, vcpus.vm_of(vcpu)) {
-                match ipi {
-                    Ipi::To { apic_id, vector } => vcpus.send_ipi(vm, Some(apic_id), vcpu, vector),
-                    Ipi::AllButSelf { vector } => vcpus.send_ipi(vm, None, vcpu, vector),
-                    // SMP bring-up comes with multi-vCPU guests.
-                    Ipi::Init { .. } | Ipi::Startup { .. } => {}
-                }
-            }
+            vcpus.deliver(vcpu, ipi);
         }
         _ => return false,
     }
@@ -715,6 +742,7 @@ mod tests {
             raise: [0; 4],
             io_data: 0,
             regs: RunRegs::zeroed(),
+            apic: RunApic::zeroed(),
         }
     }
 
@@ -819,6 +847,8 @@ mod tests {
     fn svm_instructions_fault_and_management_calls_are_refused() {
         let mut s = setup();
         assert_eq!(s.exit(Exit::VirtInstruction), GuestAction::Resume);
+        assert_eq!(s.v.control.event_inj, event::exception(vector::UD));
+        assert_eq!(s.exit(Exit::Rdtscp), GuestAction::Resume);
         assert_eq!(s.v.control.event_inj, event::exception(vector::UD));
         // Even with the root's handle in R10, from guest ring 0.
         s.hv.handle.store(0x55, Ordering::Release);
@@ -986,6 +1016,33 @@ mod tests {
         assert_eq!(s.rdmsr(lapic::X2APIC_BASE_MSR + lapic::reg::ID), Some(0));
         assert_eq!(s.rdmsr(lapic::X2APIC_BASE_MSR + 0x3d), None);
         assert!(!s.wrmsr(EOI, 1));
+        // Linux's way out of x2APIC mode (no interrupt remapping under an
+        // unknown hypervisor): disable, then enable in xAPIC mode; the APIC
+        // is then reached by MMIO the VMM decodes and hands back.
+        assert!(s.wrmsr(msr::APIC_BASE, 0xfee0_0000 | 1 << 8));
+        assert!(s.wrmsr(msr::APIC_BASE, 0xfee0_0000 | 1 << 11 | 1 << 8));
+        assert_eq!(s.rdmsr(lapic::X2APIC_BASE_MSR + lapic::reg::ID), None);
+        let mut i = input();
+        i.request = request::APIC_ACCESS;
+        i.apic = RunApic { offset: 0xf0, write: 1, value: 0x1ff, gpr: 0 };
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        for (gpr_index, offset) in [(gpr::RAX, 0xf0), (gpr::R9, 0x20), (gpr::RSP, 0x30), (gpr::RBX, 0x24)] {
+            i.apic = RunApic { offset, write: 0, value: 0, gpr: gpr_index as u32 };
+            s.v.save.rax = u64::MAX;
+            accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+            let got = match gpr_index {
+                gpr::RAX => s.v.save.rax,
+                gpr::RSP => s.v.save.rsp,
+                n => s.r.gprs[n],
+            };
+            let expected = match offset {
+                0xf0 => 0x1ff,
+                0x20 => 0,
+                0x30 => 0x6_0014,
+                _ => 0xffff_ffff,
+            };
+            assert_eq!(got, expected, "APIC offset {offset:#x}");
+        }
         // Platform MSRs stay out of reach.
         assert_eq!(s.rdmsr(msr::MTRR_CAP), None);
         assert!(!s.wrmsr(0xc001_0015, 0));

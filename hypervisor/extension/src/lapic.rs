@@ -1,8 +1,10 @@
-//! A guest vCPU's local APIC, in x2APIC mode only (MSRs 0x800–0x8FF and
-//! the TSC-deadline MSR): what a Linux guest needs for its timer,
-//! end-of-interrupt and self-IPIs, with no trip to the VMM. Device
-//! interrupts arrive as vectors from the VMM's IOAPIC (the run page's
-//! `raise` set); the timer fires from the TSC, checked before every entry.
+//! A guest vCPU's local APIC: what a Linux guest needs for its timer,
+//! end-of-interrupt and IPIs. It starts in x2APIC mode (MSRs 0x800–0x8FF,
+//! no trip to the VMM); a guest may switch it to xAPIC mode through
+//! IA32_APIC_BASE, and then reaches it by MMIO, which the VMM decodes and
+//! hands back (`abi::run::RunApic`). Device interrupts arrive as vectors
+//! from the VMM's IOAPIC (the run page's `raise` set); the TSC-deadline
+//! timer fires from the TSC, checked before every entry.
 //!
 //! Pure logic, host-tested: the caller supplies the time (TSC) and delivers
 //! what [`Lapic::next_interrupt`] returns.
@@ -32,6 +34,18 @@ pub mod reg {
     pub const TIMER_CURRENT: u32 = 0x39;
     pub const TIMER_DIVIDE: u32 = 0x3e;
     pub const SELF_IPI: u32 = 0x3f;
+    /// xAPIC only: destination format, and the ICR's high half.
+    pub const DFR: u32 = 0x0e;
+    pub const ICR_HIGH: u32 = 0x31;
+}
+
+/// IA32_APIC_BASE bits.
+pub mod base {
+    pub const BSP: u64 = 1 << 8;
+    pub const EXTD: u64 = 1 << 10;
+    pub const ENABLE: u64 = 1 << 11;
+    /// The only place this APIC can be.
+    pub const ADDRESS: u64 = 0xfee0_0000;
 }
 
 /// First x2APIC MSR.
@@ -70,6 +84,13 @@ pub enum Ipi {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lapic {
     pub id: u32,
+    /// Globally enabled (IA32_APIC_BASE.EN) and in x2APIC mode (EXTD).
+    enabled: bool,
+    x2apic: bool,
+    /// xAPIC mode only: logical destination, format, ICR high half.
+    ldr: u32,
+    dfr: u32,
+    icr_high: u32,
     tpr: u32,
     svr: u32,
     isr: [u64; 4],
@@ -117,6 +138,11 @@ impl Lapic {
     pub const fn new(id: u32) -> Self {
         Lapic {
             id,
+            enabled: true,
+            x2apic: true,
+            ldr: 0,
+            dfr: u32::MAX,
+            icr_high: 0,
             tpr: 0,
             svr: 0xff,
             isr: [0; 4],
@@ -128,6 +154,101 @@ impl Lapic {
         }
     }
 
+    /// IA32_APIC_BASE as the guest reads it; `bsp` for vCPU 0.
+    pub fn base_msr(&self, bsp: bool) -> u64 {
+        let mut v = base::ADDRESS;
+        if self.enabled {
+            v |= base::ENABLE;
+        }
+        if self.x2apic {
+            v |= base::EXTD;
+        }
+        if bsp {
+            v |= base::BSP;
+        }
+        v
+    }
+
+    /// WRMSR IA32_APIC_BASE: the transitions the architecture allows
+    /// (x2APIC → disabled → xAPIC → x2APIC, each step on its own); the
+    /// address cannot move. Disabling resets the APIC's state, as on
+    /// hardware.
+    pub fn set_base(&mut self, value: u64, bsp: bool) -> Result<(), Refused> {
+        if value == self.base_msr(bsp) {
+            return Ok(());
+        }
+        if value & !(base::ENABLE | base::EXTD | base::BSP) != base::ADDRESS
+            || value & base::BSP != self.base_msr(bsp) & base::BSP
+        {
+            return Err(Refused);
+        }
+        let (en, x2) = (value & base::ENABLE != 0, value & base::EXTD != 0);
+        let allowed = match (self.enabled, self.x2apic, en, x2) {
+            // Disable from either mode.
+            (true, _, false, false) => true,
+            // Enable in xAPIC mode from disabled; xAPIC → x2APIC.
+            (false, _, true, false) | (true, false, true, true) => true,
+            _ => false,
+        };
+        if !allowed {
+            return Err(Refused);
+        }
+        if !en {
+            *self = Lapic {
+                enabled: false,
+                x2apic: false,
+                ..Lapic::new(self.id)
+            };
+        } else {
+            self.enabled = true;
+            self.x2apic = x2;
+        }
+        Ok(())
+    }
+
+    /// True in x2APIC mode (MSR access); false in xAPIC mode (MMIO) or
+    /// when disabled.
+    pub fn is_x2apic(&self) -> bool {
+        self.enabled && self.x2apic
+    }
+
+    /// A 32-bit MMIO read at `offset` in the APIC page (xAPIC mode).
+    pub fn mmio_read(&self, offset: u32) -> Result<u32, Refused> {
+        if !self.enabled || self.x2apic || !offset.is_multiple_of(16) {
+            return Err(Refused);
+        }
+        let r = offset / 16;
+        Ok(match r {
+            reg::ID => self.id << 24,
+            reg::LDR => self.ldr,
+            reg::DFR => self.dfr,
+            reg::ICR_HIGH => self.icr_high,
+            reg::EOI | reg::SELF_IPI => 0,
+            r => self.read(r)? as u32,
+        })
+    }
+
+    /// A 32-bit MMIO write at `offset` in the APIC page (xAPIC mode); an
+    /// IPI the guest sent, if any.
+    pub fn mmio_write(&mut self, offset: u32, value: u32) -> Result<Option<Ipi>, Refused> {
+        if !self.enabled || self.x2apic || !offset.is_multiple_of(16) {
+            return Err(Refused);
+        }
+        match offset / 16 {
+            reg::LDR => self.ldr = value & 0xff00_0000,
+            reg::DFR => self.dfr = value | 0x0fff_ffff,
+            reg::ICR_HIGH => self.icr_high = value & 0xff00_0000,
+            reg::EOI => return self.write(reg::EOI, 0),
+            reg::ICR => {
+                let dest = u64::from(self.icr_high >> 24);
+                return Ok(self.icr(dest << 32 | u64::from(value), dest as u32 == self.id));
+            }
+            reg::SELF_IPI => return Err(Refused),
+            r => return self.write(r, u64::from(value)),
+        }
+        Ok(None)
+    }
+
     fn ppr(&self) -> u32 {
         let isrv = highest(&self.isr).map_or(0, u32::from);
         if self.tpr & 0xf0 >= isrv & 0xf0 {
@@ -137,8 +258,24 @@ impl Lapic {
         }
     }
 
-    /// RDMSR of x2APIC register `r`.
-    pub fn read(&self, r: u32) -> Result<u64, Refused> {
+    /// RDMSR of x2APIC register `r` (refused outside x2APIC mode).
+    pub fn read_msr(&self, r: u32) -> Result<u64, Refused> {
+        if !self.is_x2apic() {
+            return Err(Refused);
+        }
+        self.read(r)
+    }
+
+    /// WRMSR of x2APIC register `r` (refused outside x2APIC mode).
+    pub fn write_msr(&mut self, r: u32, value: u64) -> Result<Option<Ipi>, Refused> {
+        if !self.is_x2apic() {
+            return Err(Refused);
+        }
+        self.write(r, value)
+    }
+
+    /// A register read common to both modes.
+    fn read(&self, r: u32) -> Result<u64, Refused> {
         let word = |set: &[u64; 4], i: u32| -> u64 {
             let w = set.get((i / 2) as usize).copied().unwrap_or(0);
             (w >> (32 * (i % 2))) & 0xffff_ffff
@@ -166,8 +303,8 @@ impl Lapic {
         })
     }
 
-    /// WRMSR of x2APIC register `r`; an IPI the guest sent, if any.
-    pub fn write(&mut self, r: u32, value: u64) -> Result<Option<Ipi>, Refused> {
+    /// A register write common to both modes; an IPI the guest sent.
+    fn write(&mut self, r: u32, value: u64) -> Result<Option<Ipi>, Refused> {
         let low = value as u32;
         // Only ICR takes 64 bits; every other register refuses high bits.
         if r != reg::ICR && value >> 32 != 0 {
@@ -185,7 +322,10 @@ impl Lapic {
             }
             reg::SVR => self.svr = low & 0x1ff,
             reg::ESR => self.esr = 0,
-            reg::ICR => return Ok(self.icr(value)),
+            reg::ICR => {
+                let to_self = (value >> 32) as u32 == self.id;
+                return Ok(self.icr(value, to_self));
+            }
             reg::SELF_IPI => self.raise((low & 0xff) as u8),
             reg::TIMER_INITIAL => {}
             reg::TIMER_DIVIDE => self.divide = low & 0xb,
@@ -202,7 +342,7 @@ impl Lapic {
         Ok(None)
     }
 
-    fn icr(&mut self, value: u64) -> Option<Ipi> {
+    fn icr(&mut self, value: u64, to_self: bool) -> Option<Ipi> {
         let vector = value as u8;
         let dest = (value >> 32) as u32;
         let mode = (value as u32 >> ICR_MODE_SHIFT) & 7;
@@ -219,7 +359,7 @@ impl Lapic {
                 self.raise(vector);
                 Some(Ipi::AllButSelf { vector })
             }
-            (0, 0) if dest == self.id => {
+            (0, 0) if to_self => {
                 self.raise(vector);
                 None
             }
@@ -276,9 +416,9 @@ impl Lapic {
     }
 
     /// The vector to deliver now, if one outranks what is in service and the
-    /// task priority; the APIC must be software-enabled.
+    /// task priority; the APIC must be enabled, globally and in software.
     pub fn next_interrupt(&self) -> Option<u8> {
-        if self.svr & SVR_ENABLED == 0 {
+        if !self.enabled || self.svr & SVR_ENABLED == 0 {
             return None;
         }
         let v = highest(&self.irr)?;
@@ -303,21 +443,21 @@ mod tests {
 
     fn enabled(id: u32) -> Lapic {
         let mut a = Lapic::new(id);
-        a.write(reg::SVR, 0x1ff).unwrap();
+        a.write_msr(reg::SVR, 0x1ff).unwrap();
         a
     }
 
     #[test]
     fn identity_registers_read_as_an_x2apic() {
         let a = Lapic::new(0x23);
-        assert_eq!(a.read(reg::ID), Ok(0x23));
-        assert_eq!(a.read(reg::VERSION), Ok(VERSION));
-        assert_eq!(a.read(reg::LDR), Ok(0x2_0008));
-        assert_eq!(a.read(reg::LVT_TIMER), Ok(u64::from(LVT_MASKED)));
-        assert_eq!(a.read(reg::EOI), Err(Refused));
-        assert_eq!(a.read(0x3f), Err(Refused));
-        assert_eq!(a.read(reg::ICR), Ok(0));
-        assert_eq!(a.read(reg::TMR0 + 3), Ok(0));
+        assert_eq!(a.read_msr(reg::ID), Ok(0x23));
+        assert_eq!(a.read_msr(reg::VERSION), Ok(VERSION));
+        assert_eq!(a.read_msr(reg::LDR), Ok(0x2_0008));
+        assert_eq!(a.read_msr(reg::LVT_TIMER), Ok(u64::from(LVT_MASKED)));
+        assert_eq!(a.read_msr(reg::EOI), Err(Refused));
+        assert_eq!(a.read_msr(0x3f), Err(Refused));
+        assert_eq!(a.read_msr(reg::ICR), Ok(0));
+        assert_eq!(a.read_msr(reg::TMR0 + 3), Ok(0));
     }
 
     #[test]
@@ -326,7 +466,7 @@ mod tests {
         a.raise(0x40);
         assert!(a.pending(0x40));
         assert_eq!(a.next_interrupt(), None);
-        a.write(reg::SVR, 0x1ff).unwrap();
+        a.write_msr(reg::SVR, 0x1ff).unwrap();
         assert_eq!(a.next_interrupt(), Some(0x40));
     }
 
@@ -337,21 +477,21 @@ mod tests {
         a.raise(0x52);
         assert_eq!(a.next_interrupt(), Some(0x52));
         a.accept(0x52);
-        assert_eq!(a.read(reg::ISR0 + 2), Ok(1 << (0x52 - 64)));
+        assert_eq!(a.read_msr(reg::ISR0 + 2), Ok(1 << (0x52 - 64)));
         // 0x31 is a lower class than the one in service.
         assert_eq!(a.next_interrupt(), None);
-        assert_eq!(a.read(reg::PPR), Ok(0x50));
+        assert_eq!(a.read_msr(reg::PPR), Ok(0x50));
         a.raise(0x61);
         assert_eq!(a.next_interrupt(), Some(0x61));
-        a.write(reg::EOI, 0).unwrap();
+        a.write_msr(reg::EOI, 0).unwrap();
         assert_eq!(a.next_interrupt(), Some(0x61));
         // TPR holds off everything at or below its class.
-        a.write(reg::TPR, 0x60).unwrap();
+        a.write_msr(reg::TPR, 0x60).unwrap();
         assert_eq!(a.next_interrupt(), None);
-        a.write(reg::TPR, 0).unwrap();
-        assert_eq!(a.read(reg::IRR0 + 3), Ok(1 << (0x61 - 96)));
-        assert_eq!(a.write(reg::EOI, 1), Err(Refused));
-        assert_eq!(a.write(reg::TPR, 1 << 32), Err(Refused));
+        a.write_msr(reg::TPR, 0).unwrap();
+        assert_eq!(a.read_msr(reg::IRR0 + 3), Ok(1 << (0x61 - 96)));
+        assert_eq!(a.write_msr(reg::EOI, 1), Err(Refused));
+        assert_eq!(a.write_msr(reg::TPR, 1 << 32), Err(Refused));
     }
 
     #[test]
@@ -360,7 +500,7 @@ mod tests {
         // Not in deadline mode: the MSR write is ignored.
         a.set_deadline(1000);
         assert_eq!(a.next_deadline(), None);
-        a.write(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec)).unwrap();
+        a.write_msr(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec)).unwrap();
         a.set_deadline(1000);
         assert_eq!((a.deadline(), a.next_deadline()), (1000, Some(1000)));
         a.tick(999);
@@ -370,55 +510,122 @@ mod tests {
         assert_eq!(a.next_deadline(), None);
         // Masked: disarms without an interrupt.
         a.accept(0xec);
-        a.write(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | LVT_MASKED | 0xec)).unwrap();
+        a.write_msr(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | LVT_MASKED | 0xec)).unwrap();
         a.set_deadline(5);
         a.tick(6);
         assert!(!a.pending(0xec));
         // Leaving deadline mode disarms.
-        a.write(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec)).unwrap();
+        a.write_msr(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec)).unwrap();
         a.set_deadline(50);
-        a.write(reg::LVT_TIMER, 0xec).unwrap();
+        a.write_msr(reg::LVT_TIMER, 0xec).unwrap();
         assert_eq!(a.next_deadline(), None);
     }
 
     #[test]
     fn ipis_to_self_stay_and_others_go_out() {
         let mut a = enabled(1);
-        assert_eq!(a.write(reg::SELF_IPI, 0x45), Ok(None));
+        assert_eq!(a.write_msr(reg::SELF_IPI, 0x45), Ok(None));
         assert!(a.pending(0x45));
-        assert_eq!(a.write(reg::ICR, 1 << 18 | 0x46), Ok(None));
+        assert_eq!(a.write_msr(reg::ICR, 1 << 18 | 0x46), Ok(None));
         assert!(a.pending(0x46));
-        assert_eq!(a.write(reg::ICR, 1 << 32 | 0x47), Ok(None), "to its own ID");
+        assert_eq!(a.write_msr(reg::ICR, 1 << 32 | 0x47), Ok(None), "to its own ID");
         assert!(a.pending(0x47));
-        assert_eq!(a.write(reg::ICR, 2 << 32 | 0x48), Ok(Some(Ipi::To { apic_id: 2, vector: 0x48 })));
-        assert_eq!(a.write(reg::ICR, 3 << 18 | 0x49), Ok(Some(Ipi::AllButSelf { vector: 0x49 })));
-        assert_eq!(a.write(reg::ICR, 2 << 18 | 0x4a), Ok(Some(Ipi::AllButSelf { vector: 0x4a })));
+        assert_eq!(a.write_msr(reg::ICR, 2 << 32 | 0x48), Ok(Some(Ipi::To { apic_id: 2, vector: 0x48 })));
+        assert_eq!(a.write_msr(reg::ICR, 3 << 18 | 0x49), Ok(Some(Ipi::AllButSelf { vector: 0x49 })));
+        assert_eq!(a.write_msr(reg::ICR, 2 << 18 | 0x4a), Ok(Some(Ipi::AllButSelf { vector: 0x4a })));
         assert!(a.pending(0x4a));
-        assert_eq!(a.write(reg::ICR, 2 << 32 | 5 << 8), Ok(Some(Ipi::Init { apic_id: 2 })));
+        assert_eq!(a.write_msr(reg::ICR, 2 << 32 | 5 << 8), Ok(Some(Ipi::Init { apic_id: 2 })));
         assert_eq!(
-            a.write(reg::ICR, 2 << 32 | 6 << 8 | 0x9a),
+            a.write_msr(reg::ICR, 2 << 32 | 6 << 8 | 0x9a),
             Ok(Some(Ipi::Startup { apic_id: 2, vector: 0x9a }))
         );
-        assert_eq!(a.write(reg::ICR, 4 << 8), Ok(None), "NMI: not modelled");
+        assert_eq!(a.write_msr(reg::ICR, 4 << 8), Ok(None), "NMI: not modelled");
         // Illegal vectors set the error register.
         a.raise(3);
         assert!(!a.pending(3));
-        assert_eq!(a.read(reg::ESR), Ok(1 << 6));
-        a.write(reg::ESR, 0).unwrap();
-        assert_eq!(a.read(reg::ESR), Ok(0));
+        assert_eq!(a.read_msr(reg::ESR), Ok(1 << 6));
+        a.write_msr(reg::ESR, 0).unwrap();
+        assert_eq!(a.read_msr(reg::ESR), Ok(0));
+    }
+
+    #[test]
+    fn apic_base_moves_between_modes_as_the_architecture_allows() {
+        let mut a = enabled(0);
+        let x2 = base::ADDRESS | base::ENABLE | base::EXTD;
+        assert_eq!(a.base_msr(true), x2 | base::BSP);
+        assert_eq!(a.base_msr(false), x2);
+        assert!(a.is_x2apic());
+        // Straight to xAPIC, moving it, or flipping BSP: refused.
+        assert_eq!(a.set_base(base::ADDRESS | base::ENABLE, false), Err(Refused));
+        assert_eq!(a.set_base(0xfed0_0000 | base::ENABLE | base::EXTD, false), Err(Refused));
+        assert_eq!(a.set_base(x2 | base::BSP, false), Err(Refused));
+        assert_eq!(a.set_base(x2, false), Ok(()));
+        // Disable (Linux's order), then xAPIC: state is reset.
+        a.raise(0x40);
+        assert_eq!(a.set_base(base::ADDRESS, false), Ok(()));
+        assert!(!a.is_x2apic());
+        assert_eq!(a.read_msr(reg::ID), Err(Refused));
+        assert_eq!(a.set_base(base::ADDRESS | base::EXTD, false), Err(Refused), "EXTD without EN");
+        assert_eq!(a.set_base(base::ADDRESS | base::ENABLE, false), Ok(()));
+        assert!(!a.pending(0x40));
+        assert_eq!(a.next_interrupt(), None);
+        // And back to x2APIC.
+        assert_eq!(a.set_base(x2, false), Ok(()));
+        assert!(a.is_x2apic());
+        assert_eq!(a.mmio_read(0x20), Err(Refused), "no MMIO in x2APIC mode");
+    }
+
+    fn xapic(id: u32) -> Lapic {
+        let mut a = Lapic::new(id);
+        a.set_base(base::ADDRESS, false).unwrap();
+        a.set_base(base::ADDRESS | base::ENABLE, false).unwrap();
+        a
+    }
+
+    #[test]
+    fn xapic_registers_through_mmio() {
+        let mut a = xapic(2);
+        assert_eq!(a.mmio_read(0x20), Ok(2 << 24));
+        assert_eq!(a.mmio_read(0x30), Ok(VERSION as u32));
+        assert_eq!(a.mmio_read(0xe0), Ok(u32::MAX));
+        a.mmio_write(0xd0, 0x0100_0000).unwrap();
+        a.mmio_write(0xe0, 0x0fff_ffff).unwrap();
+        assert_eq!((a.mmio_read(0xd0), a.mmio_read(0xe0)), (Ok(0x0100_0000), Ok(0x0fff_ffff)));
+        a.mmio_write(0xf0, 0x1ff).unwrap();
+        a.raise(0x30);
+        assert_eq!(a.next_interrupt(), Some(0x30));
+        a.accept(0x30);
+        // EOI takes any value in xAPIC mode.
+        a.mmio_write(0xb0, 0x1234).unwrap();
+        assert_eq!(a.mmio_read(0x100), Ok(0));
+        // ICR: destination from the high half; the low write sends.
+        a.mmio_write(0x310, 5 << 24).unwrap();
+        assert_eq!(a.mmio_read(0x310), Ok(5 << 24));
+        assert_eq!(a.mmio_write(0x300, 0x41), Ok(Some(Ipi::To { apic_id: 5, vector: 0x41 })));
+        a.mmio_write(0x310, 2 << 24).unwrap();
+        assert_eq!(a.mmio_write(0x300, 0x42), Ok(None));
+        assert!(a.pending(0x42));
+        // The timer's LVT and the TSC deadline work as in x2APIC mode.
+        a.mmio_write(0x320, TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec).unwrap();
+        a.set_deadline(10);
+        assert_eq!(a.next_deadline(), Some(10));
+        // No self-IPI register, no unaligned or x2APIC MSR access.
+        assert_eq!(a.mmio_write(0x3f0, 0x40), Err(Refused));
+        assert_eq!(a.mmio_read(0x24), Err(Refused));
+        assert_eq!(a.write_msr(reg::TPR, 0), Err(Refused));
     }
 
     #[test]
     fn other_registers() {
         let mut a = enabled(0);
-        a.write(reg::TIMER_DIVIDE, 0xff).unwrap();
-        assert_eq!(a.read(reg::TIMER_DIVIDE), Ok(0xb));
-        a.write(reg::TIMER_INITIAL, 5).unwrap();
-        assert_eq!(a.read(reg::TIMER_CURRENT), Ok(0));
-        a.write(reg::LVT_LINT0, 0x700).unwrap();
-        assert_eq!(a.read(reg::LVT_LINT0), Ok(0x700));
-        a.write(reg::LVT_CMCI, 0x10000).unwrap();
-        assert_eq!(a.read(reg::LVT_CMCI), Ok(0x10000));
-        assert_eq!(a.write(0x3d, 0), Err(Refused));
+        a.write_msr(reg::TIMER_DIVIDE, 0xff).unwrap();
+        assert_eq!(a.read_msr(reg::TIMER_DIVIDE), Ok(0xb));
+        a.write_msr(reg::TIMER_INITIAL, 5).unwrap();
+        assert_eq!(a.read_msr(reg::TIMER_CURRENT), Ok(0));
+        a.write_msr(reg::LVT_LINT0, 0x700).unwrap();
+        assert_eq!(a.read_msr(reg::LVT_LINT0), Ok(0x700));
+        a.write_msr(reg::LVT_CMCI, 0x10000).unwrap();
+        assert_eq!(a.read_msr(reg::LVT_CMCI), Ok(0x10000));
+        assert_eq!(a.write_msr(0x3d, 0), Err(Refused));
     }
 }

@@ -31,6 +31,8 @@ pub enum Exit {
     /// A virtualization instruction (VMRUN, VMLOAD, VMSAVE, STGI, CLGI,
     /// SKINIT, INVLPGA; VMX instructions on Intel).
     VirtInstruction,
+    /// RDTSCP (it would read the host's TSC_AUX).
+    Rdtscp,
     Xsetbv,
     Invd,
     /// The CPU refused the vCPU's state.
@@ -81,6 +83,7 @@ pub fn decode_svm(c: &Control) -> Exit {
         exit::INIT => Exit::Init,
         code if SVM_INSTRUCTIONS.contains(&code) => Exit::VirtInstruction,
         exit::XSETBV => Exit::Xsetbv,
+        exit::RDTSCP => Exit::Rdtscp,
         exit::INVD => Exit::Invd,
         exit::INVALID => Exit::EntryFailed,
         code => Exit::Other(code),
@@ -118,6 +121,7 @@ mod tests {
             (exit::VMRUN, 0, 0, Exit::VirtInstruction),
             (exit::INVLPGA, 0, 0, Exit::VirtInstruction),
             (exit::XSETBV, 0, 0, Exit::Xsetbv),
+            (exit::RDTSCP, 0, 0, Exit::Rdtscp),
             (exit::INVD, 0, 0, Exit::Invd),
             (exit::INVALID, 0, 0, Exit::EntryFailed),
             (0x7e, 0, 0, Exit::Other(0x7e)),

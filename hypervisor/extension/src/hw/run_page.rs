@@ -51,6 +51,7 @@ pub fn take_input(vcpu: u64) -> RunInput {
         raise,
         io_data: read(vcpu, offset_of!(RunPage, exit) + offset_of!(RunExit, io) + offset_of!(RunIo, data)),
         regs: read_regs(vcpu),
+        apic: read(vcpu, offset_of!(RunPage, apic)),
     }
 }
 

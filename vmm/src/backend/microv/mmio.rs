@@ -8,9 +8,13 @@
 //! including AH–BH, and immediates; the `moffs` forms too) and `movzx`,
 //! `movsx` and `movsxd` loads: what Linux's `readb`…`writeq` compile to.
 //! Anything else touching MMIO is refused with the instruction's name.
+//!
+//! Accesses to the xAPIC page (`run::APIC_MMIO_BASE`) are not the VMM's
+//! devices' but MicroV's local APIC's: [`decode_apic`] turns them into the
+//! run page's `RunApic` (32-bit `mov` loads and stores only).
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use microv_abi::run::RunRegs;
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use microv_abi::run::{RunApic, RunRegs};
 
 use super::guest::{code_bits, fetch, GuestPhys};
 
@@ -142,44 +146,75 @@ fn hex(bytes: &[u8]) -> String {
         .join(" ")
 }
 
+/// The instruction at the guest's CS:RIP, decoded.
+struct Fetched {
+    insn: Instruction,
+    /// Its bytes.
+    bytes: Vec<u8>,
+    /// The code size: 16, 32 or 64.
+    bits: u32,
+}
+
+impl Fetched {
+    /// Fetches and decodes the instruction at CS:RIP.
+    fn at<M: GuestPhys + ?Sized>(mem: &M, regs: &RunRegs) -> Result<Self, Refusal> {
+        let bits = code_bits(regs);
+        let bytes = fetch(mem, regs)
+            .map_err(|e| format!("cannot read the instruction at rip {:#x}: {e}", regs.rip))?;
+        let mut decoder = Decoder::try_with_ip(bits, &bytes, regs.rip, DecoderOptions::NONE)
+            .map_err(|e| format!("cannot decode at rip {:#x}: {e}", regs.rip))?;
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return Err(format!(
+                "the bytes at rip {:#x} ({}) are no valid {bits}-bit instruction",
+                regs.rip,
+                hex(&bytes)
+            ));
+        }
+        let bytes = bytes.get(..insn.len()).unwrap_or(&bytes).to_vec();
+        Ok(Fetched { insn, bytes, bits })
+    }
+
+    /// RIP past the instruction and, for a read, the register the VMM loads.
+    fn completion(&self, dest: Option<(Gpr, Extend)>) -> Completion {
+        Completion {
+            dest,
+            len: self.insn.len() as u64,
+            ip_mask: match self.bits {
+                16 => 0xffff,
+                32 => 0xffff_ffff,
+                _ => u64::MAX,
+            },
+        }
+    }
+
+    /// "`Code` (bytes) at rip …", for refusals.
+    fn describe(&self) -> String {
+        format!(
+            "`{:?}` ({}) at rip {:#x}",
+            self.insn.code(),
+            hex(&self.bytes),
+            self.insn.ip()
+        )
+    }
+}
+
 /// Decodes the instruction at the guest's CS:RIP that touched MMIO.
 pub fn decode<M: GuestPhys + ?Sized>(mem: &M, regs: &RunRegs) -> Result<Access, Refusal> {
-    let bits = code_bits(regs);
-    let bytes = fetch(mem, regs)
-        .map_err(|e| format!("cannot read the instruction at rip {:#x}: {e}", regs.rip))?;
-    let mut decoder = Decoder::try_with_ip(bits, &bytes, regs.rip, DecoderOptions::NONE)
-        .map_err(|e| format!("cannot decode at rip {:#x}: {e}", regs.rip))?;
-    let insn = decoder.decode();
-    let seen = bytes.get(..insn.len()).unwrap_or(&bytes);
-    if insn.is_invalid() {
-        return Err(format!(
-            "the bytes at rip {:#x} ({}) are no valid {bits}-bit instruction",
-            regs.rip,
-            hex(&bytes)
-        ));
-    }
-    let completion = |dest| Completion {
-        dest,
-        len: insn.len() as u64,
-        ip_mask: match bits {
-            16 => 0xffff,
-            32 => 0xffff_ffff,
-            _ => u64::MAX,
-        },
-    };
+    let f = Fetched::at(mem, regs)?;
+    let insn = &f.insn;
+    let completion = |dest| f.completion(dest);
     let refuse = || {
         format!(
-            "MMIO by `{:?}` ({}) at rip {:#x} is not emulated (only mov, movzx, movsx, movsxd)",
-            insn.code(),
-            hex(seen),
-            regs.rip
+            "MMIO by {} is not emulated (only mov, movzx, movsx, movsxd)",
+            f.describe()
         )
     };
     let size = insn.memory_size().size();
     if !matches!(size, 1 | 2 | 4 | 8) {
         return Err(refuse());
     }
-    let kinds = (insn.op_count(), insn.op0_kind(), op1_kind(&insn));
+    let kinds = (insn.op_count(), insn.op0_kind(), op1_kind(insn));
     match (insn.mnemonic(), kinds) {
         (Mnemonic::Mov, (2, OpKind::Memory, OpKind::Register)) => {
             let src = gpr(insn.op1_register()).ok_or_else(refuse)?;
@@ -189,7 +224,7 @@ pub fn decode<M: GuestPhys + ?Sized>(mem: &M, regs: &RunRegs) -> Result<Access, 
         (Mnemonic::Mov, (2, OpKind::Memory, k)) if is_immediate(k) => {
             Ok(write(insn.immediate(1), size, completion(None)))
         }
-        (Mnemonic::Mov, (2, OpKind::Register, OpKind::Memory)) => load(&insn, Extend::Zero)
+        (Mnemonic::Mov, (2, OpKind::Register, OpKind::Memory)) => load(insn, Extend::Zero)
             .map(|d| Access::Read {
                 size,
                 completion: completion(Some(d)),
@@ -204,7 +239,7 @@ pub fn decode<M: GuestPhys + ?Sized>(mem: &M, regs: &RunRegs) -> Result<Access, 
             } else {
                 Extend::Sign
             };
-            load(&insn, extend)
+            load(insn, extend)
                 .map(|d| Access::Read {
                     size,
                     completion: completion(Some(d)),
@@ -213,6 +248,69 @@ pub fn decode<M: GuestPhys + ?Sized>(mem: &M, regs: &RunRegs) -> Result<Access, 
         }
         _ => Err(refuse()),
     }
+}
+
+/// An access to the xAPIC page, decoded for MicroV's local APIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApicAccess {
+    /// What `request::APIC_ACCESS` hands MicroV.
+    pub apic: RunApic,
+    /// RIP past the instruction; a read's register is MicroV's to load
+    /// (after `request::SET_REGS`), so the completion loads none.
+    pub completion: Completion,
+}
+
+/// Decodes the instruction at the guest's CS:RIP that touched the xAPIC
+/// page at `offset` (its gpa − `run::APIC_MMIO_BASE`).
+pub fn decode_apic<M: GuestPhys + ?Sized>(
+    mem: &M,
+    regs: &RunRegs,
+    offset: u32,
+) -> Result<ApicAccess, Refusal> {
+    apic_access(&Fetched::at(mem, regs)?, regs, offset)
+}
+
+/// MicroV's local APIC takes 32-bit accesses only, as the xAPIC
+/// architecture defines its registers and as Linux reaches them
+/// (`native_apic_mem_read`/`_write`): `mov r32, [mem]`, `mov [mem], r32`,
+/// `mov dword [mem], imm32` and the `moffs` forms with EAX. Anything else
+/// (other widths, `movzx`/`movsxd`, read-modify-write, string instructions)
+/// is refused by name.
+fn apic_access(f: &Fetched, regs: &RunRegs, offset: u32) -> Result<ApicAccess, Refusal> {
+    let insn = &f.insn;
+    let refuse = || {
+        format!(
+            "{} touched the xAPIC page at offset {offset:#x}; MicroV's local APIC takes \
+             32-bit mov loads and stores only",
+            f.describe()
+        )
+    };
+    let memory_op = |n: u32| insn.op_count() == 2 && insn.op_kind(n) == OpKind::Memory;
+    let mut apic = RunApic {
+        offset,
+        ..RunApic::zeroed()
+    };
+    match insn.code() {
+        Code::Mov_rm32_r32 | Code::Mov_moffs32_EAX if memory_op(0) => {
+            let src = gpr(insn.op1_register()).ok_or_else(refuse)?;
+            let value = regs.gprs.get(src.index).copied().unwrap_or(0);
+            apic.write = 1;
+            apic.value = Part::Low32.get(value) as u32;
+        }
+        Code::Mov_rm32_imm32 if memory_op(0) => {
+            apic.write = 1;
+            apic.value = insn.immediate32();
+        }
+        Code::Mov_r32_rm32 | Code::Mov_EAX_moffs32 if memory_op(1) => {
+            let dest = gpr(insn.op0_register()).ok_or_else(refuse)?;
+            apic.gpr = u32::try_from(dest.index).map_err(|_| refuse())?;
+        }
+        _ => return Err(refuse()),
+    }
+    Ok(ApicAccess {
+        apic,
+        completion: f.completion(None),
+    })
 }
 
 fn op1_kind(insn: &Instruction) -> OpKind {
@@ -247,6 +345,7 @@ mod tests {
     use super::*;
     use crate::backend::microv::guest::tests::{long_mode, memory, paged, put, real_mode};
     use crate::backend::microv::regs::gpr::{RAX, RBX, RCX, RDX};
+    use microv_abi::run::RunApic;
 
     const RIP: u64 = 0xffff_8000_0040_1000;
     const R8: usize = 8;
@@ -491,6 +590,152 @@ mod tests {
         // Nothing to read at RIP.
         let regs = long_mode(paged(&mem), 0x1000);
         let r = decode(&mem, &regs).unwrap_err();
+        assert!(
+            r.contains("cannot read the instruction at rip 0x1000"),
+            "{r}"
+        );
+    }
+
+    /// Decodes `code` at RIP (64-bit, paged) as an access at xAPIC `offset`
+    /// and completes it.
+    fn apic64(code: &[u8], gprs: &[(usize, u64)], offset: u32) -> Result<RunApic, Refusal> {
+        let mem = memory(1 << 22);
+        let mut regs = long_mode(paged(&mem), RIP);
+        put(&mem, 0x5000, code);
+        for &(i, v) in gprs {
+            regs.gprs[i] = v;
+        }
+        let a = decode_apic(&mem, &regs, offset)?;
+        let before = regs.gprs;
+        a.completion.apply(&mut regs, &[]);
+        assert_eq!(regs.rip, RIP + code.len() as u64, "{code:02x?}");
+        assert_eq!(regs.gprs, before, "MicroV loads a read's register");
+        Ok(a.apic)
+    }
+
+    fn apic_read(offset: u32, gpr: u32) -> RunApic {
+        RunApic {
+            offset,
+            write: 0,
+            value: 0,
+            gpr,
+        }
+    }
+
+    fn apic_write(offset: u32, value: u32) -> RunApic {
+        RunApic {
+            offset,
+            write: 1,
+            value,
+            gpr: 0,
+        }
+    }
+
+    #[test]
+    fn apic_loads_name_their_register() {
+        let junk = [(RAX, OLD), (R8, OLD), (R15, OLD)];
+        for (code, gpr) in [
+            (&[0x8b, 0x07][..], 0),                        // mov eax, [rdi]
+            (&[0x8b, 0x0f], 1),                            // mov ecx, [rdi]
+            (&[0x8b, 0x57, 0x20], 2),                      // mov edx, [rdi+0x20]
+            (&[0x8b, 0x1f], 3),                            // mov ebx, [rdi]
+            (&[0x8b, 0x27], 4),                            // mov esp, [rdi]
+            (&[0x8b, 0x2f], 5),                            // mov ebp, [rdi]
+            (&[0x8b, 0x37], 6),                            // mov esi, [rdi]
+            (&[0x8b, 0x38], 7),                            // mov edi, [rax]
+            (&[0x44, 0x8b, 0x07], 8),                      // mov r8d, [rdi]
+            (&[0x44, 0x8b, 0x0f], 9),                      // mov r9d, [rdi]
+            (&[0x45, 0x8b, 0x58, 0x30], 11),               // mov r11d, [r8+0x30]
+            (&[0x44, 0x8b, 0x7f, 0x30], 15),               // mov r15d, [rdi+0x30]
+            (&[0x8b, 0x04, 0x25, 0x30, 0, 0xe0, 0xfe], 0), // mov eax, [0xfee00030]
+            (&[0xa1, 0x30, 0, 0xe0, 0xfe, 0, 0, 0, 0], 0), // mov eax, [moffs64]
+        ] {
+            assert_eq!(
+                apic64(code, &junk, 0x30),
+                Ok(apic_read(0x30, gpr)),
+                "{code:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn apic_stores_take_32_bits_of_a_register_or_an_immediate() {
+        let regs = [
+            (RDX, 0xdead_beef_0000_00ef),
+            (R8, 0x1_0000_0020),
+            (RAX, OLD),
+        ];
+        // mov [rdi+0xb0], edx: the low half only
+        assert_eq!(
+            apic64(&[0x89, 0x97, 0xb0, 0, 0, 0], &regs, 0xb0),
+            Ok(apic_write(0xb0, 0xef))
+        );
+        // mov [rdi], r8d
+        assert_eq!(
+            apic64(&[0x44, 0x89, 0x07], &regs, 0x380),
+            Ok(apic_write(0x380, 0x20))
+        );
+        // mov dword [rdi+0x300], 0xc4500
+        assert_eq!(
+            apic64(&[0xc7, 0x87, 0, 3, 0, 0, 0, 0x45, 0x0c, 0], &regs, 0x300),
+            Ok(apic_write(0x300, 0xc4500))
+        );
+        // mov dword [rdi], 0xffffffff
+        assert_eq!(
+            apic64(&[0xc7, 0x07, 0xff, 0xff, 0xff, 0xff], &regs, 0xf0),
+            Ok(apic_write(0xf0, 0xffff_ffff))
+        );
+        // mov [moffs64], eax
+        assert_eq!(
+            apic64(&[0xa3, 0xb0, 0, 0xe0, 0xfe, 0, 0, 0, 0], &regs, 0xb0),
+            Ok(apic_write(0xb0, 0x5566_7788))
+        );
+    }
+
+    #[test]
+    fn apic_accesses_in_16_bit_code_wrap_ip() {
+        let mem = memory(1 << 20);
+        // At 1000:fffd: mov [bx], eax (66 89 07)
+        put(&mem, 0x1fffd, &[0x66, 0x89, 0x07]);
+        let mut regs = real_mode(0x1000, 0xfffd);
+        regs.gprs[RAX] = OLD;
+        let a = decode_apic(&mem, &regs, 0x80).unwrap();
+        assert_eq!(a.apic, apic_write(0x80, 0x5566_7788));
+        a.completion.apply(&mut regs, &[]);
+        assert_eq!(regs.rip, 0);
+    }
+
+    #[test]
+    fn other_apic_accesses_are_refused_by_name() {
+        for (code, name) in [
+            (&[0x88, 0x07][..], "Mov_rm8_r8"),     // mov [rdi], al
+            (&[0x8a, 0x07], "Mov_r8_rm8"),         // mov al, [rdi]
+            (&[0x66, 0x89, 0x07], "Mov_rm16_r16"), // mov [rdi], ax
+            (&[0x66, 0x8b, 0x07], "Mov_r16_rm16"), // mov ax, [rdi]
+            (&[0x48, 0x89, 0x07], "Mov_rm64_r64"), // mov [rdi], rax
+            (&[0x48, 0x8b, 0x07], "Mov_r64_rm64"), // mov rax, [rdi]
+            (&[0x48, 0xc7, 0x07, 1, 0, 0, 0], "Mov_rm64_imm32"), // mov qword [rdi], 1
+            (&[0xc6, 0x07, 1], "Mov_rm8_imm8"),    // mov byte [rdi], 1
+            (&[0x0f, 0xb7, 0x07], "Movzx_r32_rm16"), // movzx eax, word [rdi]
+            (&[0x63, 0x07], "Movsxd_r32_rm32"),    // movsxd eax, dword [rdi]
+            (&[0x48, 0x63, 0x07], "Movsxd_r64_rm32"), // movsxd rax, dword [rdi]
+            (&[0x01, 0x07], "Add_rm32_r32"),       // add [rdi], eax
+            (&[0x81, 0x0f, 0, 1, 0, 0], "Or_rm32_imm32"), // or dword [rdi], 0x100
+            (&[0x87, 0x07], "Xchg_rm32_r32"),      // xchg [rdi], eax
+            (&[0xa5], "Movsd_m32_m32"),            // movsd
+            (&[0xf3, 0xab], "Stosd_m32_EAX"),      // rep stosd
+            (&[0x0f, 0x10, 0x07], "Movups"),       // movups xmm0, [rdi]
+        ] {
+            let r = apic64(code, &[], 0x300).unwrap_err();
+            assert!(r.contains(name), "{code:02x?}: {r}");
+            assert!(r.contains(&hex(code)), "{r}");
+            assert!(r.contains("touched the xAPIC page at offset 0x300"), "{r}");
+            assert!(r.contains(&format!("at rip {RIP:#x}")), "{r}");
+        }
+        // Nothing to decode.
+        let mem = memory(1 << 22);
+        let regs = long_mode(paged(&mem), 0x1000);
+        let r = decode_apic(&mem, &regs, 0x300).unwrap_err();
         assert!(
             r.contains("cannot read the instruction at rip 0x1000"),
             "{r}"

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use microv_abi::run::{RunExit, RunIo, RunPage, RunRegs, RUN_PAGE_SIZE};
+use microv_abi::run::{RunApic, RunExit, RunIo, RunPage, RunRegs, RUN_PAGE_SIZE};
 
 /// One mapped run page; unmapped when dropped.
 #[derive(Debug)]
@@ -116,6 +116,11 @@ impl RunPageMap {
         );
     }
 
+    /// The xAPIC access `request::APIC_ACCESS` asks MicroV to perform.
+    pub fn set_apic(&self, apic: &RunApic) {
+        self.write(offset_of!(RunPage, apic), *apic);
+    }
+
     /// Adds `bits` (`microv_abi::run::request`) to the requests.
     pub fn request(&self, bits: u64) {
         self.atomic(offset_of!(RunPage, request))
@@ -144,6 +149,10 @@ impl RunPageMap {
 impl RunPageMap {
     pub fn set_exit(&self, exit: &RunExit) {
         self.write(offset_of!(RunPage, exit), *exit);
+    }
+
+    pub fn apic(&self) -> RunApic {
+        self.read(offset_of!(RunPage, apic))
     }
 
     /// Takes the requests, as MicroV does when it acts on them.
@@ -198,9 +207,19 @@ mod tests {
         p.set_regs(&r);
         assert_eq!(p.regs(), r);
 
+        let a = RunApic {
+            offset: 0x300,
+            write: 1,
+            value: 0xc4500,
+            gpr: 0,
+        };
+        p.set_apic(&a);
+        assert_eq!(p.apic(), a);
+
         p.request(request::SET_REGS);
         p.request(request::SET_SREGS);
-        assert_eq!(p.take_requests(), 3);
+        p.request(request::APIC_ACCESS);
+        assert_eq!(p.take_requests(), 7);
         assert_eq!(p.take_requests(), 0);
     }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use microv_abi::ioctl::MapMemoryArgs;
-use microv_abi::run::{RunExit, RunRegs};
+use microv_abi::run::{RunApic, RunExit, RunRegs};
 use vm_memory::GuestMemoryMmap;
 
 use super::device::{VcpuOps, VmOps};
@@ -22,6 +22,7 @@ pub struct Seen {
     pub requests: u64,
     pub regs: RunRegs,
     pub io_data: u64,
+    pub apic: RunApic,
 }
 
 enum Step {
@@ -95,6 +96,7 @@ impl VcpuOps for Microv {
             requests: p.take_requests(),
             regs: p.regs(),
             io_data: p.exit().io.data,
+            apic: p.apic(),
         });
         match s.steps.pop_front() {
             Some(Step::Exit(e, regs)) => {

@@ -6,11 +6,19 @@
 //! instruction), an MMIO read's value into the destination register with
 //! RIP past the instruction (the registers plus `request::SET_REGS`), an
 //! MMIO write just RIP.
+//!
+//! An MMIO exit in the xAPIC page (`run::APIC_MMIO_BASE`, where the guest
+//! reaches its local APIC once it has switched it from x2APIC to xAPIC
+//! mode) is MicroV's, not the VMM's devices': `run` decodes it, hands it
+//! back (`RunPage::apic`, RIP past the instruction, `request::SET_REGS |
+//! request::APIC_ACCESS`) and enters the guest again without returning.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use microv_abi::run::{exit_reason, io_direction, mmio_access, request, RunIo, RunMmio};
+use microv_abi::run::{
+    exit_reason, io_direction, mmio_access, request, RunExit, RunIo, RunMmio, APIC_MMIO_BASE,
+};
 
 use super::doorbell::Doorbell;
 use super::mmio::{self, Access, Completion};
@@ -95,9 +103,8 @@ impl MicrovVcpu {
         }
     }
 
-    fn translate(&mut self) -> VmExit<'_> {
+    fn translate(&mut self, exit: &RunExit) -> VmExit<'_> {
         self.refusal = None;
-        let exit = self.page.exit();
         match exit.reason {
             exit_reason::IO => self.io(&exit.io),
             exit_reason::MMIO => self.mmio(&exit.mmio),
@@ -150,6 +157,31 @@ impl MicrovVcpu {
                 format!("port I/O in direction {d} at port {:#x}", io.port),
             ),
         }
+    }
+
+    /// Hands an xAPIC access back to MicroV's local APIC: the access in
+    /// the run page, RIP past the instruction, the requests for the next
+    /// run. Err: why it cannot be.
+    fn apic(&mut self, mmio: &RunMmio, offset: u32) -> Result<(), String> {
+        let gpa = mmio.gpa;
+        let mut regs = self.page.regs();
+        let decoded = match self.vm.memory.lock() {
+            Ok(memory) => mmio::decode_apic(memory.as_slice(), &regs, offset),
+            Err(_) => Err("the guest memory's lock is poisoned".to_owned()),
+        };
+        let access = decoded.map_err(|why| format!("{why} (gpa {gpa:#x})"))?;
+        if mmio.access & mmio_access::WRITE != 0 && access.apic.write == 0 {
+            return Err(format!(
+                "the instruction at rip {:#x} reads the xAPIC page but MicroV reports a \
+                 write at {gpa:#x} (changed under the vCPU?)",
+                regs.rip
+            ));
+        }
+        access.completion.apply(&mut regs, &[]);
+        self.page.set_regs(&regs);
+        self.page.set_apic(&access.apic);
+        self.page.request(request::SET_REGS | request::APIC_ACCESS);
+        Ok(())
     }
 
     fn mmio(&mut self, mmio: &RunMmio) -> VmExit<'_> {
@@ -210,6 +242,23 @@ impl MicrovVcpu {
     }
 }
 
+/// Size of the xAPIC page at `APIC_MMIO_BASE`.
+const APIC_PAGE: u64 = 0x1000;
+
+/// The offset in the xAPIC page of an MMIO exit there (not a fetch: that
+/// is refused as any fetch from MMIO is).
+fn apic_offset(exit: &RunExit) -> Option<u32> {
+    if exit.reason != exit_reason::MMIO || exit.mmio.access & mmio_access::FETCH != 0 {
+        return None;
+    }
+    let offset = exit.mmio.gpa.checked_sub(APIC_MMIO_BASE)?;
+    if offset < APIC_PAGE {
+        u32::try_from(offset).ok()
+    } else {
+        None
+    }
+}
+
 impl Vcpu for MicrovVcpu {
     /// A no-op: MicroV's extension answers the guest's CPUID itself (see
     /// `cpuid.rs`); the ABI has no table to hand it.
@@ -236,14 +285,26 @@ impl Vcpu for MicrovVcpu {
         if std::mem::take(&mut self.halted) {
             self.doorbell.wait_halted(HALT_POLL);
         }
-        let result = {
-            let _in_guest = self.doorbell.enter();
-            self.ops.run()
-        };
-        match result {
-            Ok(()) => Ok(self.translate()),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(VmExit::Interrupted),
-            Err(e) => Err(ioctl_error("MV_IOC_VCPU_RUN", e)),
+        loop {
+            let result = {
+                let _in_guest = self.doorbell.enter();
+                self.ops.run()
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(VmExit::Interrupted),
+                Err(e) => return Err(ioctl_error("MV_IOC_VCPU_RUN", e)),
+            }
+            let exit = self.page.exit();
+            if let Some(offset) = apic_offset(&exit) {
+                // MicroV's own device: straight back into the guest.
+                self.refusal = None;
+                match self.apic(&exit.mmio, offset) {
+                    Ok(()) => continue,
+                    Err(why) => return Ok(self.refuse(exit_reason::MMIO, why)),
+                }
+            }
+            return Ok(self.translate(&exit));
         }
     }
 
@@ -263,7 +324,7 @@ mod tests {
     use crate::backend::microv::regs::gpr::{RAX, RDX};
     use crate::backend::microv::testing::{vcpu_with, Microv};
     use crate::backend::ExitKind;
-    use microv_abi::run::RunExit;
+    use microv_abi::run::RunApic;
 
     fn exit(reason: u32) -> RunExit {
         let mut e = RunExit::zeroed();
@@ -362,6 +423,100 @@ mod tests {
         assert_eq!(seen[2].requests, request::SET_REGS);
         assert_eq!(seen[2].regs.rip, regs.rip + 4);
         assert_eq!(seen[2].regs.gprs, after_read.gprs);
+    }
+
+    #[test]
+    fn xapic_accesses_go_back_to_microv_without_an_exit() {
+        let (mem, regs) = mmio_guest();
+        let m = Microv::new();
+        // mov eax, [rdi] at APIC_MMIO_BASE + 0x30, then mov [rdi], edx at
+        // + 0xb0: both handed back within one run call.
+        m.exit_with_regs(mmio(APIC_MMIO_BASE + 0x30, 0), regs);
+        let mut after_read = regs;
+        after_read.rip += 2;
+        after_read.gprs[RAX] = 0x0005_0014;
+        m.exit_with_regs(mmio(APIC_MMIO_BASE + 0xb0, mmio_access::WRITE), after_read);
+        // Offset 0xffc is still in the APIC page; 0x1000 is past it.
+        m.exit_with_regs(mmio(APIC_MMIO_BASE + 0xffc, 0), regs);
+        m.exit_with_regs(mmio(APIC_MMIO_BASE + 0x1000, 0), regs);
+        let mut v = vcpu_with(&m, vec![mem]);
+        match v.run().unwrap() {
+            VmExit::MmioRead { gpa, data } => {
+                assert_eq!((gpa, data.len()), (APIC_MMIO_BASE + 0x1000, 4));
+            }
+            other => panic!("{other:?}"),
+        }
+        let seen = m.seen();
+        assert_eq!(seen.len(), 4, "four entries, one return");
+        let both = request::SET_REGS | request::APIC_ACCESS;
+        // The read: RIP past it, EAX left for MicroV to load.
+        assert_eq!(seen[1].requests, both);
+        assert_eq!(
+            seen[1].apic,
+            RunApic {
+                offset: 0x30,
+                write: 0,
+                value: 0,
+                gpr: RAX as u32
+            }
+        );
+        assert_eq!(seen[1].regs.rip, regs.rip + 2);
+        assert_eq!(seen[1].regs.gprs, regs.gprs);
+        // The write: EDX's value, RIP past it.
+        assert_eq!(seen[2].requests, both);
+        assert_eq!(
+            seen[2].apic,
+            RunApic {
+                offset: 0xb0,
+                write: 1,
+                value: 0x1234_5678,
+                gpr: 0
+            }
+        );
+        assert_eq!(seen[2].regs.rip, regs.rip + 4);
+        assert_eq!(seen[2].regs.gprs, after_read.gprs);
+        assert_eq!(seen[3].apic.offset, 0xffc);
+        assert_eq!(seen[3].requests, both);
+        assert_eq!(v.diagnose(), format!("rip {:#x}", regs.rip));
+    }
+
+    #[test]
+    fn other_xapic_accesses_are_refused_with_the_instruction() {
+        let mem = memory(1 << 22);
+        let mut regs = long_mode(paged(&mem), 0xffff_8000_0040_1000);
+        put(&mem, 0x5000, &[0x66, 0x89, 0x07, 0x8b, 0x07]); // mov [rdi], ax; mov eax, [rdi]
+        let mem = Arc::new(mem);
+        let m = Microv::new();
+        m.exit_with_regs(mmio(APIC_MMIO_BASE + 0x80, mmio_access::WRITE), regs);
+        regs.rip += 3;
+        m.exit_with_regs(mmio(APIC_MMIO_BASE + 0x20, mmio_access::WRITE), regs);
+        m.exit_with_regs(mmio(APIC_MMIO_BASE, mmio_access::FETCH), regs);
+        let mut v = vcpu_with(&m, vec![mem]);
+        let unhandled = VmExit::Unhandled {
+            backend: "microv",
+            reason: u64::from(exit_reason::MMIO),
+        };
+        assert_eq!(v.run().unwrap(), unhandled);
+        let d = v.diagnose();
+        assert!(
+            d.contains("`Mov_rm16_r16` (66 89 07)")
+                && d.contains("touched the xAPIC page at offset 0x80")
+                && d.ends_with("(gpa 0xfee00080)"),
+            "{d}"
+        );
+        assert_eq!(v.run().unwrap(), unhandled);
+        let d = v.diagnose();
+        assert!(
+            d.contains("reads the xAPIC page but MicroV reports a write at 0xfee00020"),
+            "{d}"
+        );
+        assert_eq!(v.run().unwrap(), unhandled);
+        let d = v.diagnose();
+        assert!(d.contains("executes from MMIO at 0xfee00000"), "{d}");
+        assert!(m
+            .seen()
+            .iter()
+            .all(|s| s.requests & request::APIC_ACCESS == 0));
     }
 
     #[test]
