@@ -328,6 +328,9 @@ c_struct! {
         /// pool) may back a micro VM's memory.
         pub ram_count: u64,
         pub ram: [[u64; 2]; MAX_RAM_RANGES],
+        /// The TSC frequency in kHz as the loader knows it (Linux's
+        /// `tsc_khz`; 0 if unknown), reported to VMs in CPUID 0x4000_0010.
+        pub tsc_khz: u64,
     }
 }
 

@@ -429,6 +429,7 @@ struct mv_boot_info {
 	__u64 promote_entry;
 	__u64 ram_count;
 	__u64 ram[64][2];
+	__u64 tsc_khz;
 };
 _Static_assert(offsetof(struct mv_boot_info, magic) == 0, "mv_boot_info.magic");
 _Static_assert(offsetof(struct mv_boot_info, launch_version) == 8, "mv_boot_info.launch_version");
@@ -447,7 +448,8 @@ _Static_assert(offsetof(struct mv_boot_info, stacks_offset) == 3080, "mv_boot_in
 _Static_assert(offsetof(struct mv_boot_info, promote_entry) == 3088, "mv_boot_info.promote_entry");
 _Static_assert(offsetof(struct mv_boot_info, ram_count) == 3096, "mv_boot_info.ram_count");
 _Static_assert(offsetof(struct mv_boot_info, ram) == 3104, "mv_boot_info.ram");
-_Static_assert(sizeof(struct mv_boot_info) == 4128, "sizeof mv_boot_info");
+_Static_assert(offsetof(struct mv_boot_info, tsc_khz) == 4128, "mv_boot_info.tsc_khz");
+_Static_assert(sizeof(struct mv_boot_info) == 4136, "sizeof mv_boot_info");
 
 struct mv_log_header {
 	__u64 written;

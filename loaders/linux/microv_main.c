@@ -19,6 +19,7 @@
 #include <linux/workqueue.h>
 #include <linux/mutex.h>
 #include <linux/timekeeping.h>
+#include <asm/tsc.h>
 #include <linux/cpuhotplug.h>
 #include <linux/moduleparam.h>
 #include <linux/stop_machine.h>
@@ -273,6 +274,7 @@ static int prepare(struct mv_instance *inst, struct mv_start_args *a)
 	bi->stacks_offset = stacks;
 	bi->promote_entry = (u64)microv_promote;
 	mv_collect_ram(bi);
+	bi->tsc_khz = tsc_khz;
 	/* Everything the boot tables need is reserved; the rest is the microkernel's. */
 	bi->free_offset = inst->pool.used;
 	if (bi->free_offset + MV_CHUNK_SIZE > (u64)inst->pool.chunk_count * MV_CHUNK_SIZE)

@@ -96,7 +96,7 @@ for c in $(online_cpus); do
     check "CPU $c: CPUID 0x40000000 gives the signature MicroVMicroV"
     run taskset -c "$c" cpuid-query 0x40000000
     out_has "signature=MicroVMicroV" || fail "CPU $c: no MicroV signature: $RUN_OUT"
-    out_has "eax=0x40000001" || fail "CPU $c: leaf 0x40000000 EAX is not the maximum leaf 0x40000001: $RUN_OUT"
+    out_has "eax=0x40000010" || fail "CPU $c: leaf 0x40000000 EAX is not the maximum leaf 0x40000010: $RUN_OUT"
 
     check "CPU $c: CPUID 0x80000001 hides SVM (ECX bit 2 clear)"
     svm_bit_on "$c"

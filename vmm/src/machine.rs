@@ -99,6 +99,9 @@ pub fn run_on(
 ) -> Result<RunReport, VmmError> {
     let start = Instant::now();
     let memory = Arc::new(guest_memory(config.memory)?);
+    let mut config = config.clone();
+    config.cmdline = crate::backend::with_platform_params(&config.cmdline, &hv.platform_cmdline());
+    let config = &config;
     let boot = boot::load(&memory, config)?;
     let mut vm = hv.create_vm()?;
     vm.map_memory(Arc::clone(&memory))?;

@@ -19,7 +19,10 @@ pub const LEAF_ADDRESS_SIZES: u32 = 0x8000_0008;
 /// First hypervisor leaf; MicroV answers it with its signature.
 pub const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 /// Highest hypervisor leaf MicroV serves.
-pub const LEAF_HYPERVISOR_MAX: u32 = 0x4000_0001;
+pub const LEAF_HYPERVISOR_MAX: u32 = 0x4000_0010;
+/// The hypervisor timing leaf (the VMware/KVM convention): EAX = TSC
+/// frequency in kHz, EBX = local APIC timer frequency in kHz (0: none).
+pub const LEAF_HYPERVISOR_TIMING: u32 = 0x4000_0010;
 /// Signature returned in EBX, ECX, EDX of leaf 0x4000_0000: "MicroVMicroV".
 pub const MICROV_SIGNATURE: [u32; 3] = [
     u32::from_le_bytes(*b"Micr"),

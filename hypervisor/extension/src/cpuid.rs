@@ -3,12 +3,13 @@
 
 pub use microv_arch::cpuid::CpuidResult;
 use microv_arch::cpuid::{
-    EXT1_ECX_SVM, LEAF1_ECX_HYPERVISOR, LEAF_HYPERVISOR, LEAF_HYPERVISOR_MAX,
+    EXT1_ECX_SVM, LEAF1_ECX_HYPERVISOR, LEAF_HYPERVISOR, LEAF_HYPERVISOR_MAX, LEAF_HYPERVISOR_TIMING,
     LEAF_SVM_FEATURES, MICROV_SIGNATURE,
 };
 
-/// The root's view of CPUID `leaf`, given what the real CPU answers.
-pub fn root_view(leaf: u32, real: CpuidResult) -> CpuidResult {
+/// The root's view of CPUID `leaf`, given what the real CPU answers and
+/// the TSC frequency MicroV reports (kHz, 0 if unknown).
+pub fn root_view(leaf: u32, real: CpuidResult, tsc_khz: u32) -> CpuidResult {
     match leaf {
         1 => CpuidResult {
             ecx: real.ecx | LEAF1_ECX_HYPERVISOR,
@@ -24,6 +25,13 @@ pub fn root_view(leaf: u32, real: CpuidResult) -> CpuidResult {
             ebx: MICROV_SIGNATURE[0],
             ecx: MICROV_SIGNATURE[1],
             edx: MICROV_SIGNATURE[2],
+        },
+        // The TSC frequency, so guests need not calibrate it (there is no
+        // PIT, HPET or PM timer to calibrate against). The APIC timer runs
+        // in TSC-deadline mode only: no bus frequency.
+        LEAF_HYPERVISOR_TIMING => CpuidResult {
+            eax: tsc_khz,
+            ..CpuidResult::default()
         },
         // No MicroV-specific features yet; the rest of the range is reserved.
         0x4000_0001..=0x4000_00ff => CpuidResult::default(),
@@ -229,25 +237,27 @@ mod tests {
 
     #[test]
     fn hides_svm_and_sets_the_hypervisor_bit() {
-        assert_eq!(root_view(0x8000_0001, ALL).ecx & EXT1_ECX_SVM, 0);
-        assert_eq!(root_view(0x8000_0001, ALL).edx, u32::MAX);
-        assert_eq!(root_view(LEAF_SVM_FEATURES, ALL), CpuidResult::default());
+        assert_eq!(root_view(0x8000_0001, ALL, 2_000_000).ecx & EXT1_ECX_SVM, 0);
+        assert_eq!(root_view(0x8000_0001, ALL, 2_000_000).edx, u32::MAX);
+        assert_eq!(root_view(LEAF_SVM_FEATURES, ALL, 2_000_000), CpuidResult::default());
         assert_eq!(
-            root_view(1, CpuidResult::default()).ecx,
+            root_view(1, CpuidResult::default(), 2_000_000).ecx,
             LEAF1_ECX_HYPERVISOR
         );
     }
 
     #[test]
     fn identifies_microv() {
-        let r = root_view(LEAF_HYPERVISOR, ALL);
+        let r = root_view(LEAF_HYPERVISOR, ALL, 2_000_000);
         let mut sig = [0u8; 12];
         sig[..4].copy_from_slice(&r.ebx.to_le_bytes());
         sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
         sig[8..].copy_from_slice(&r.edx.to_le_bytes());
         assert_eq!(&sig, b"MicroVMicroV");
-        assert_eq!(r.eax, 0x4000_0001);
-        assert_eq!(root_view(0x4000_0001, ALL), CpuidResult::default());
+        assert_eq!(r.eax, 0x4000_0010);
+        assert_eq!(root_view(0x4000_0001, ALL, 2_000_000), CpuidResult::default());
+        let timing = root_view(0x4000_0010, ALL, 2_000_000);
+        assert_eq!((timing.eax, timing.ebx, timing.ecx, timing.edx), (2_000_000, 0, 0, 0));
         assert!(
             is_synthetic(0x4000_0000) && !is_synthetic(0x3fff_ffff) && !is_synthetic(0x4000_0100)
         );
@@ -255,7 +265,7 @@ mod tests {
 
     #[test]
     fn passes_other_leaves_through() {
-        assert_eq!(root_view(0, ALL), ALL);
-        assert_eq!(root_view(7, ALL), ALL);
+        assert_eq!(root_view(0, ALL, 2_000_000), ALL);
+        assert_eq!(root_view(7, ALL, 2_000_000), ALL);
     }
 }

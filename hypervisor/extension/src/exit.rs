@@ -115,7 +115,7 @@ pub fn handle(
     };
     match code {
         exit::CPUID => {
-            cpuid(vmcb, gprs, host);
+            cpuid(vmcb, gprs, host, hv);
             Action::Resume
         }
         exit::MSR => {
@@ -247,8 +247,8 @@ pub fn handle(
 
 /// CPUID for a root or guest vCPU: the root's view of the real CPU (no SVM,
 /// MicroV's leaves), with the bits that follow the vCPU's CR4 and XCR0.
-pub fn cpuid(vmcb: &mut Vmcb, gprs: &mut VsRegs, host: &mut dyn Host) {
-    cpuid_with(vmcb, gprs, host, &|_, _, r| r)
+pub fn cpuid(vmcb: &mut Vmcb, gprs: &mut VsRegs, host: &mut dyn Host, hv: &HvState) {
+    cpuid_with(vmcb, gprs, host, hv, &|_, _, r| r)
 }
 
 /// [`cpuid`] with `view` applied to the root's view first (a guest's).
@@ -256,6 +256,7 @@ pub fn cpuid_with(
     vmcb: &mut Vmcb,
     gprs: &mut VsRegs,
     host: &mut dyn Host,
+    hv: &HvState,
     view: &dyn Fn(u32, u32, cpuid::CpuidResult) -> cpuid::CpuidResult,
 ) {
     let (leaf, subleaf) = (vmcb.save.rax as u32, reg(gprs, gpr::RCX) as u32);
@@ -273,7 +274,7 @@ pub fn cpuid_with(
     let r = cpuid::dynamic_bits(
         leaf,
         subleaf,
-        view(leaf, subleaf, cpuid::root_view(leaf, real)),
+        view(leaf, subleaf, cpuid::root_view(leaf, real, hv.tsc_khz())),
         &dynamic,
         &mut |i| host.cpuid(xsave::LEAF_XSAVE, i),
     );
@@ -334,7 +335,7 @@ mod tests {
         assert_eq!(handle(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
         assert_eq!(v.save.rip, 0x1002);
         assert_eq!(v.control.interrupt_shadow, 0);
-        assert_eq!(v.save.rax, 0x4000_0001);
+        assert_eq!(v.save.rax, 0x4000_0010);
         assert_eq!(g.gprs[gpr::RBX] as u32, u32::from_le_bytes(*b"Micr"));
         let (mut v, mut g) = vcpu(exit::CPUID);
         v.save.rax = 0x8000_0001;

@@ -497,7 +497,7 @@ fn handle_exit(
     match exit {
         Exit::Cpuid => {
             let apic_id = vcpus.apic_id(vcpu);
-            cpuid_with(v, r, host, &|leaf, subleaf, root| {
+            cpuid_with(v, r, host, hv, &|leaf, subleaf, root| {
                 crate::cpuid::guest_view(leaf, subleaf, root, apic_id)
             });
             GuestAction::Resume

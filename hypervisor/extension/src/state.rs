@@ -13,6 +13,8 @@ pub struct HvState {
     pub cpu_count: AtomicU64,
     /// How MicroV was started (`launch::StartMode` value; 0 unknown).
     pub start_mode: AtomicU64,
+    /// The TSC frequency in kHz the loader measured (0: unknown).
+    pub tsc_khz: AtomicU64,
     exits: [[AtomicU64; EXIT_KINDS_MAX]; MAX_CPUS],
     /// Micro-VM vCPUs and which CPU runs which.
     pub vcpus: crate::guest::Vcpus,
@@ -29,6 +31,7 @@ impl HvState {
             handle: AtomicU64::new(0),
             cpu_count: AtomicU64::new(0),
             start_mode: AtomicU64::new(0),
+            tsc_khz: AtomicU64::new(0),
             exits: [ZERO_ROW; MAX_CPUS],
             vcpus: crate::guest::Vcpus::new(),
         }
@@ -58,6 +61,11 @@ impl HvState {
             m if m == StartMode::EarlyBoot as u64 => capability::EARLY_BOOT,
             _ => 0,
         }
+    }
+
+    /// The TSC frequency in kHz for CPUID, saturated to 32 bits.
+    pub fn tsc_khz(&self) -> u32 {
+        u32::try_from(self.tsc_khz.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
     }
 
     /// Number of CPUs MicroV runs on.

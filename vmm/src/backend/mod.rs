@@ -115,6 +115,29 @@ pub trait Hypervisor: Send + Sync {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>, BackendError>;
     /// A new, empty VM (no memory, no vCPUs) with its interrupt controller.
     fn create_vm(&self) -> Result<Box<dyn Vm>, BackendError>;
+    /// Kernel parameters the backend's platform needs (appended to the
+    /// command line unless it already sets them); none by default.
+    fn platform_cmdline(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// `cmdline` with each of `extra` appended whose `name=` it does not set.
+pub fn with_platform_params(cmdline: &str, extra: &[String]) -> String {
+    let mut out = cmdline.to_string();
+    for p in extra {
+        let name = p.split('=').next().unwrap_or(p);
+        let set = cmdline
+            .split_whitespace()
+            .any(|w| w == name || w.starts_with(&format!("{name}=")));
+        if !set {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(p);
+        }
+    }
+    out
 }
 
 /// One guest VM.
@@ -156,5 +179,25 @@ pub fn open(kind: BackendKind) -> Result<Box<dyn Hypervisor>, BackendError> {
     match kind {
         BackendKind::Kvm => Ok(Box::new(kvm::KvmHypervisor::open()?)),
         BackendKind::MicroV => Ok(Box::new(microv::MicrovHypervisor::open()?)),
+    }
+}
+
+#[cfg(test)]
+mod platform_tests {
+    use super::with_platform_params;
+
+    #[test]
+    fn platform_parameters_never_override_the_users() {
+        let extra = vec!["tsc_early_khz=2000000".to_string()];
+        assert_eq!(
+            with_platform_params("console=ttyS0", &extra),
+            "console=ttyS0 tsc_early_khz=2000000"
+        );
+        assert_eq!(
+            with_platform_params("tsc_early_khz=5 quiet", &extra),
+            "tsc_early_khz=5 quiet"
+        );
+        assert_eq!(with_platform_params("", &extra), "tsc_early_khz=2000000");
+        assert_eq!(with_platform_params("a", &[]), "a");
     }
 }

@@ -175,6 +175,7 @@ fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
     HV.vcpus.set_root(cpu as usize, root_vs);
     HV.start_mode
         .store(u64::from(boot_info().start_mode), Ordering::Relaxed);
+    HV.tsc_khz.store(boot_info().tsc_khz, Ordering::Relaxed);
     // SAFETY: the microkernel created this CPU's root state for it; nothing
     // else refers to its VMCB on this CPU.
     root_vm::configure_vmcb(unsafe { vmcb(root_vs) });

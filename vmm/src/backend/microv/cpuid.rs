@@ -105,6 +105,22 @@ pub fn supported() -> Vec<CpuidEntry> {
     entries
 }
 
+/// The TSC frequency in kHz MicroV reports in its timing leaf (0 if this
+/// is not MicroV or it does not know). Root user space sees MicroV's leaves.
+pub fn tsc_khz() -> u32 {
+    let sig = core::arch::x86_64::__cpuid(0x4000_0000);
+    let microv = [sig.ebx, sig.ecx, sig.edx] == microv_abi_signature();
+    if !microv || sig.eax < 0x4000_0010 {
+        return 0;
+    }
+    core::arch::x86_64::__cpuid(0x4000_0010).eax
+}
+
+fn microv_abi_signature() -> [u32; 3] {
+    let word = |b: &[u8; 4]| u32::from_le_bytes(*b);
+    [word(b"Micr"), word(b"oVMi"), word(b"croV")]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

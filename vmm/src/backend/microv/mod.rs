@@ -140,6 +140,17 @@ impl Hypervisor for MicrovHypervisor {
         Ok(cpuid::supported())
     }
 
+    /// MicroV's platform has no PIT, HPET or PM timer to calibrate the TSC
+    /// against, and Linux reads a hypervisor's TSC frequency from CPUID
+    /// only for hypervisors it knows: pass the frequency MicroV reports in
+    /// its timing leaf (CPUID 0x4000_0010 EAX, kHz) to the kernel.
+    fn platform_cmdline(&self) -> Vec<String> {
+        match cpuid::tsc_khz() {
+            0 => Vec::new(),
+            khz => vec![format!("tsc_early_khz={khz}")],
+        }
+    }
+
     fn create_vm(&self) -> Result<Box<dyn Vm>, BackendError> {
         let fd = self
             .device
