@@ -41,6 +41,21 @@ pub mod exit_reason {
     /// The guest did something MicroV has no model for; the VM cannot go
     /// on. `qualification` holds the vendor's exit code, for reports.
     pub const UNHANDLED: u32 = 7;
+    /// The vCPU sent interrupts (or INIT/SIPI) to other vCPUs of its VM:
+    /// [`super::RunExit::kick`] names them (bit n = vCPU id n). The driver
+    /// wakes each (or interrupts it if it runs) and runs this vCPU again;
+    /// the VMM never sees this exit.
+    pub const KICK: u32 = 8;
+}
+
+/// [`RunExit::qualification`] of a `HLT` exit.
+pub mod hlt {
+    /// The guest halted (RFLAGS.IF in the registers says whether an
+    /// interrupt can wake it).
+    pub const HALTED: u64 = 0;
+    /// A secondary vCPU waits for INIT/SIPI from another vCPU: it sleeps
+    /// until it is kicked ([`super::exit_reason::KICK`]).
+    pub const WAIT_FOR_SIPI: u64 = 1;
 }
 
 /// [`RunIo::direction`].
@@ -161,6 +176,8 @@ c_struct! {
         /// at every exit: the driver arms a host timer for it before it
         /// runs the vCPU again, and a halted vCPU sleeps until then.
         pub deadline: u64,
+        /// `KICK`: the vCPUs to wake (a 256-bit set of vCPU ids).
+        pub kick: [u64; 4],
     }
 }
 

@@ -130,6 +130,9 @@
 #define MV_EXIT_INTERRUPTED 0x5ULL
 #define MV_EXIT_FAIL_ENTRY 0x6ULL
 #define MV_EXIT_UNHANDLED 0x7ULL
+#define MV_EXIT_KICK 0x8ULL
+#define MV_HLT_HALTED 0x0ULL
+#define MV_HLT_WAIT_FOR_SIPI 0x1ULL
 #define MV_MAP_READ 0x1ULL
 #define MV_MAP_WRITE 0x2ULL
 #define MV_MAP_EXECUTE 0x4ULL
@@ -742,6 +745,7 @@ struct mv_run_exit {
 	struct mv_run_io io;
 	struct mv_run_mmio mmio;
 	__u64 deadline;
+	__u64 kick[4];
 };
 _Static_assert(offsetof(struct mv_run_exit, reason) == 0, "mv_run_exit.reason");
 _Static_assert(offsetof(struct mv_run_exit, reserved) == 4, "mv_run_exit.reserved");
@@ -749,7 +753,8 @@ _Static_assert(offsetof(struct mv_run_exit, qualification) == 8, "mv_run_exit.qu
 _Static_assert(offsetof(struct mv_run_exit, io) == 16, "mv_run_exit.io");
 _Static_assert(offsetof(struct mv_run_exit, mmio) == 32, "mv_run_exit.mmio");
 _Static_assert(offsetof(struct mv_run_exit, deadline) == 48, "mv_run_exit.deadline");
-_Static_assert(sizeof(struct mv_run_exit) == 56, "sizeof mv_run_exit");
+_Static_assert(offsetof(struct mv_run_exit, kick) == 56, "mv_run_exit.kick");
+_Static_assert(sizeof(struct mv_run_exit) == 88, "sizeof mv_run_exit");
 
 struct mv_run_apic {
 	__u32 offset;
@@ -773,9 +778,9 @@ struct mv_run_page {
 _Static_assert(offsetof(struct mv_run_page, request) == 0, "mv_run_page.request");
 _Static_assert(offsetof(struct mv_run_page, raise) == 8, "mv_run_page.raise");
 _Static_assert(offsetof(struct mv_run_page, exit) == 40, "mv_run_page.exit");
-_Static_assert(offsetof(struct mv_run_page, regs) == 96, "mv_run_page.regs");
-_Static_assert(offsetof(struct mv_run_page, apic) == 440, "mv_run_page.apic");
-_Static_assert(sizeof(struct mv_run_page) == 456, "sizeof mv_run_page");
+_Static_assert(offsetof(struct mv_run_page, regs) == 128, "mv_run_page.regs");
+_Static_assert(offsetof(struct mv_run_page, apic) == 472, "mv_run_page.apic");
+_Static_assert(sizeof(struct mv_run_page) == 488, "sizeof mv_run_page");
 
 #endif /* __ASSEMBLY__ */
 

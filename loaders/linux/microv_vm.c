@@ -143,10 +143,12 @@ struct mv_vm {
 	unsigned int region_count;
 	u64 mem_bytes;			/* pinned guest memory */
 	unsigned int vcpu_count;
+	struct list_head vcpus;		/* live vCPUs (mv_vcpu.live), for kicks */
 };
 
 struct mv_vcpu {
 	struct list_head node;		/* vm->stuck_vcpus once stuck */
+	struct list_head live;		/* vm->vcpus while it has an fd (vm->lock) */
 	struct mv_vm *vm;
 	struct file *vm_file;		/* keeps the VM alive */
 	u64 id;
@@ -354,6 +356,7 @@ static void vcpu_teardown(struct mv_vcpu *v)
 
 	mutex_lock(&vm->lock);
 	WRITE_ONCE(vm->vcpu_count, vm->vcpu_count - 1);
+	list_del(&v->live);
 	mutex_unlock(&vm->lock);
 	/* RUN cancels it on its way out; nothing runs the vCPU now. */
 	hrtimer_cancel(&v->timer);
@@ -467,6 +470,27 @@ static int vcpu_halt(struct mv_vcpu *v, const struct mv_run_page *run, u64 deadl
 	return ret;
 }
 
+static void vcpu_kick(struct mv_vcpu *v);
+
+/*
+ * A KICK exit: wakes (or interrupts) every vCPU of `vm` whose id is in the
+ * run page's 256-bit set: another vCPU sent it an interrupt or INIT/SIPI.
+ */
+static void vm_kick_set(struct mv_vm *vm, const struct mv_run_page *run)
+{
+	struct mv_vcpu *w;
+	u64 set[4];
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(set); i++)
+		set[i] = READ_ONCE(run->exit.kick[i]);
+	mutex_lock(&vm->lock);
+	list_for_each_entry(w, &vm->vcpus, live)
+		if (w->id < 64 * ARRAY_SIZE(set) && (set[w->id / 64] >> (w->id % 64)) & 1)
+			vcpu_kick(w);
+	mutex_unlock(&vm->lock);
+}
+
 static void count_exit(struct mv_vm *vm, u64 reason)
 {
 	unsigned int i;
@@ -553,6 +577,22 @@ static long vcpu_run(struct mv_vcpu *v)
 		deadline = READ_ONCE(run->exit.deadline);
 		if (reason == MV_EXIT_INTERRUPTED) {
 			cond_resched();
+			continue;
+		}
+		if (reason == MV_EXIT_KICK) {
+			vm_kick_set(v->vm, run);
+			continue;
+		}
+		if (reason == MV_EXIT_HLT &&
+		    READ_ONCE(run->exit.qualification) == MV_HLT_WAIT_FOR_SIPI) {
+			/* A secondary vCPU before its SIPI: only a kick starts it. */
+			ret = vcpu_halt(v, run, U64_MAX);
+			if (ret) {
+				v->halted = true;
+				v->halt_deadline = U64_MAX;
+				reason = MV_EXIT_INTERRUPTED;
+				break;
+			}
 			continue;
 		}
 		if (reason != MV_EXIT_HLT || !deadline ||
@@ -838,6 +878,7 @@ static long vm_create_vcpu(struct file *vm_file, struct mv_vm *vm,
 	v->vm_file = get_file(vm_file);
 	mutex_lock(&vm->lock);
 	WRITE_ONCE(vm->vcpu_count, vm->vcpu_count + 1);
+	list_add_tail(&v->live, &vm->vcpus);
 	mutex_unlock(&vm->lock);
 
 	file = anon_inode_getfile("microv-vcpu", &mv_vcpu_fops, v, O_RDWR | O_CLOEXEC);
@@ -903,6 +944,7 @@ long mv_vm_create_ioctl(void __user *u)
 	if (!vm)
 		return -ENOMEM;
 	INIT_LIST_HEAD(&vm->regions);
+	INIT_LIST_HEAD(&vm->vcpus);
 	INIT_LIST_HEAD(&vm->stuck_vcpus);
 	mutex_init(&vm->lock);
 	vm->pid = task_tgid_nr(current);

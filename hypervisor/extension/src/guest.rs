@@ -94,8 +94,9 @@ pub struct Vcpus {
     /// Interrupt vectors raised (by the VMM or another vCPU's IPI) and not
     /// yet taken into the vCPU's APIC (a 256-bit set).
     pending_irq: [[AtomicU64; 4]; MAX_VS],
-    /// Each vCPU's x2APIC ID (for IPIs), and its APIC.
+    /// Each vCPU's x2APIC ID (for IPIs), its INIT/SIPI state and its APIC.
     apic_id: [AtomicU64; MAX_VS],
+    sipi: [AtomicU64; MAX_VS],
     lapic: [Owned<Lapic>; MAX_VS],
     /// vCPU id + 1 that runs on each CPU for its root's `run.run`.
     on_cpu: [AtomicU64; MAX_CPUS],
@@ -111,6 +112,7 @@ impl Vcpus {
             pending_in: [ZERO; MAX_VS],
             pending_irq: [ZERO4; MAX_VS],
             apic_id: [ZERO; MAX_VS],
+            sipi: [ZERO; MAX_VS],
             lapic: [const { Owned::new(Lapic::new(0)) }; MAX_VS],
             on_cpu: [ZERO; MAX_CPUS],
             root: [ZERO; MAX_CPUS],
@@ -128,6 +130,10 @@ impl Vcpus {
         }
         // A new vCPU's id is not known to anyone yet: the APIC is free.
         let _ = self.with_lapic(vcpu, |l| *l = Lapic::new(apic_id));
+        // The bootstrap processor runs; the others wait for INIT/SIPI.
+        if let Some(s) = Self::slot(&self.sipi, vcpu) {
+            s.store(if apic_id == 0 { SIPI_RUNNING } else { SIPI_WAIT }, Ordering::Release);
+        }
         for a in [&self.owner, &self.pending_in] {
             if let Some(s) = Self::slot(a, vcpu) {
                 s.store(0, Ordering::Relaxed);
@@ -238,35 +244,107 @@ impl Vcpus {
         }
     }
 
-    /// Sends what the APIC of `vcpu` sent (INIT/SIPI: not modelled yet).
-    fn deliver(&self, vcpu: u64, ipi: Option<Ipi>) {
+    /// Sends what the APIC of `vcpu` sent; the vCPUs that must be woken
+    /// (a 256-bit set of vCPU ids: `RunExit::kick`).
+    pub fn deliver(&self, vcpu: u64, ipi: Option<Ipi>) -> Kicks {
+        let mut kicks = [0u64; 4];
         let (Some(ipi), Some(vm)) = (ipi, self.vm_of(vcpu)) else {
-            return;
+            return kicks;
         };
-        match ipi {
-            Ipi::To { apic_id, vector } => self.send_ipi(vm, Some(apic_id), vcpu, vector),
-            Ipi::AllButSelf { vector } => self.send_ipi(vm, None, vcpu, vector),
-            Ipi::Init { .. } | Ipi::Startup { .. } => {}
-        }
-    }
-
-    /// Raises `vector` for the vCPU of VM `vm` with x2APIC ID `apic_id`
-    /// (or every vCPU of `vm` but `except`); delivered at its next entry.
-    fn send_ipi(&self, vm: u64, target: Option<u32>, except: u64, vector: u8) {
+        let (target, action) = match ipi {
+            Ipi::To { apic_id, vector } => (Some(apic_id), Signal::Vector(vector)),
+            Ipi::AllButSelf { vector } => (None, Signal::Vector(vector)),
+            Ipi::Init { apic_id } => (Some(apic_id), Signal::Init),
+            Ipi::Startup { apic_id, vector } => (Some(apic_id), Signal::Startup(vector)),
+        };
         for (i, owner_vm) in self.vm.iter().enumerate() {
             let i = i as u64;
-            if owner_vm.load(Ordering::Acquire) != vm + 1 || i == except && target.is_none() {
+            if owner_vm.load(Ordering::Acquire) != vm + 1 || i == vcpu {
                 continue;
             }
             let id = Self::slot(&self.apic_id, i).map_or(u64::MAX, |s| s.load(Ordering::Relaxed));
             if target.is_some_and(|t| u64::from(t) != id) {
                 continue;
             }
-            if let Some(w) = self.irq(i).and_then(|w| w.get(usize::from(vector >> 6))) {
-                w.fetch_or(1 << (vector & 63), Ordering::AcqRel);
+            let sipi = Self::slot(&self.sipi, i);
+            match action {
+                Signal::Vector(vector) => {
+                    if let Some(w) = self.irq(i).and_then(|w| w.get(usize::from(vector >> 6))) {
+                        w.fetch_or(1 << (vector & 63), Ordering::AcqRel);
+                    }
+                }
+                Signal::Init => {
+                    if let Some(s) = sipi {
+                        s.store(SIPI_WAIT, Ordering::Release);
+                    }
+                }
+                // Only a vCPU waiting for one takes a SIPI (the second of
+                // Linux's two is ignored).
+                Signal::Startup(vector) => {
+                    if let Some(s) = sipi {
+                        let _ = s.compare_exchange(
+                            SIPI_WAIT,
+                            SIPI_RECEIVED | u64::from(vector),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                    }
+                }
+            }
+            if let Some(w) = kicks.get_mut((i / 64) as usize) {
+                *w |= 1 << (i % 64);
             }
         }
+        kicks
     }
+
+    /// Whether `vcpu` may run: it waits for INIT/SIPI (`Wait`), or runs. A
+    /// SIPI it received starts it in real mode at the SIPI vector's page
+    /// (its VMCB and APIC in their reset state), as the processor does.
+    pub fn startup(&self, v: &mut Vmcb, vcpu: u64) -> Startup {
+        let Some(state) = Self::slot(&self.sipi, vcpu) else {
+            return Startup::Run;
+        };
+        match state.load(Ordering::Acquire) {
+            SIPI_WAIT => Startup::Wait,
+            s if s & SIPI_RECEIVED != 0 => {
+                let vector = (s & 0xff) as u16;
+                configure_vmcb(v);
+                v.save.cs.selector = vector << 8;
+                v.save.cs.base = u64::from(vector) << 12;
+                v.save.rip = 0;
+                let id = self.apic_id(vcpu);
+                let _ = self.with_lapic(vcpu, |l| *l = Lapic::new(id));
+                state.store(SIPI_RUNNING, Ordering::Release);
+                Startup::Run
+            }
+            _ => Startup::Run,
+        }
+    }
+}
+
+/// The vCPUs to wake after an exit: a 256-bit set of vCPU ids.
+pub type Kicks = [u64; 4];
+
+/// What an IPI does to its target.
+#[derive(Clone, Copy)]
+enum Signal {
+    Vector(u8),
+    Init,
+    Startup(u8),
+}
+
+/// INIT/SIPI state of a vCPU (`Vcpus::sipi`).
+const SIPI_RUNNING: u64 = 0;
+const SIPI_WAIT: u64 = 1;
+const SIPI_RECEIVED: u64 = 0x100;
+
+/// Whether a vCPU may run now (`Vcpus::startup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Startup {
+    Run,
+    /// It waits for INIT/SIPI: the driver sleeps until it is kicked.
+    Wait,
 }
 
 impl Default for Vcpus {
@@ -338,8 +416,9 @@ pub struct RunInput {
     pub apic: RunApic,
 }
 
-/// Applies the VMM's input before the guest runs again.
-pub fn accept_input(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, input: &RunInput, vcpus: &Vcpus) {
+/// Applies the VMM's input before the guest runs again; the vCPUs an xAPIC
+/// access's IPI must wake.
+pub fn accept_input(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, input: &RunInput, vcpus: &Vcpus) -> Kicks {
     if let Some(slot) = Vcpus::slot(&vcpus.pending_in, vcpu) {
         let size = slot.swap(0, Ordering::AcqRel);
         if size != 0 {
@@ -352,26 +431,42 @@ pub fn accept_input(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, input: &RunInput, v
     if input.request & request::SET_SREGS != 0 {
         svm_regs::write_sregs(v, &input.regs);
     }
-    if input.request & request::APIC_ACCESS != 0 {
-        apic_access(v, r, vcpu, &input.apic, vcpus);
-    }
+    let kicks = if input.request & request::APIC_ACCESS != 0 {
+        apic_access(v, r, vcpu, &input.apic, vcpus)
+    } else {
+        NO_KICKS
+    };
     if let Some(words) = vcpus.irq(vcpu) {
         for (w, raised) in words.iter().zip(input.raise) {
             w.fetch_or(raised, Ordering::AcqRel);
         }
     }
+    kicks
+}
+
+/// No vCPU to wake.
+pub const NO_KICKS: Kicks = [0; 4];
+
+/// A `KICK` exit for `kicks`, or `None` if there is no one to wake.
+pub fn kick_exit(kicks: Kicks) -> Option<RunExit> {
+    (kicks != NO_KICKS).then(|| {
+        let mut e = RunExit::zeroed();
+        e.reason = exit_reason::KICK;
+        e.kick = kicks;
+        e
+    })
 }
 
 /// An xAPIC MMIO access the VMM decoded: performed on the vCPU's APIC; a
 /// read loads the register the VMM named (32 bits, zero-extended). One the
 /// APIC refuses reads as all ones and is not written, as the bus would do.
-fn apic_access(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, a: &RunApic, vcpus: &Vcpus) {
+fn apic_access(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, a: &RunApic, vcpus: &Vcpus) -> Kicks {
     if a.write != 0 {
         let sent = vcpus.with_lapic(vcpu, |l| l.mmio_write(a.offset, a.value));
-        if let Some(Ok(ipi)) = sent {
-            vcpus.deliver(vcpu, ipi);
-        }
-        return;
+        return match sent {
+            Some(Ok(ipi)) => vcpus.deliver(vcpu, ipi),
+            _ => NO_KICKS,
+        };
     }
     let value = vcpus
         .with_lapic(vcpu, |l| l.mmio_read(a.offset))
@@ -386,6 +481,7 @@ fn apic_access(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, a: &RunApic, vcpus: &Vcp
             }
         }
     }
+    NO_KICKS
 }
 
 /// RAX after an `in` of `size` bytes: the low bytes replaced, and a 4-byte
@@ -502,10 +598,12 @@ fn handle_exit(
             });
             GuestAction::Resume
         }
-        Exit::Msr { write } => {
-            msr_access(v, r, write, vcpu, vcpus);
-            GuestAction::Resume
-        }
+        Exit::Msr { write } => match kick_exit(msr_access(v, r, write, vcpu, vcpus)) {
+            // The IPI's targets are woken by the driver, which then runs
+            // this vCPU again at once.
+            Some(e) => GuestAction::ToVmm(e),
+            None => GuestAction::Resume,
+        },
         Exit::Hypercall => {
             let caller = CallerInfo {
                 cpl: v.save.cpl,
@@ -612,11 +710,15 @@ fn handle_exit(
 /// the SYSCALL/SYSENTER MSRs, FS/GS bases, PAT); the x2APIC and the
 /// TSC deadline are the APIC's. EFER.SVME stays MicroV's and hidden. Every
 /// other MSR raises #GP.
-fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpus) {
+fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpus) -> Kicks {
     let index = r.gprs.get(gpr::RCX).copied().unwrap_or(0) as u32;
     let value = (r.gprs.get(gpr::RDX).copied().unwrap_or(0) << 32) | (v.save.rax & 0xffff_ffff);
+    let mut kicks = NO_KICKS;
     let done = if write {
-        msr_write(v, index, value, vcpu, vcpus).then_some(None)
+        msr_write(v, index, value, vcpu, vcpus).map(|k| {
+            kicks = k;
+            None
+        })
     } else {
         msr_read(v, index, vcpu, vcpus).map(Some)
     };
@@ -632,6 +734,7 @@ fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpu
         }
         None => v.control.event_inj = event::exception_with_code(vector::GP, 0),
     }
+    kicks
 }
 
 fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
@@ -658,15 +761,15 @@ fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
     })
 }
 
-/// True if the write was accepted.
-fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> bool {
+/// The vCPUs to wake if the write was accepted; `None` if refused.
+fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> Option<Kicks> {
     let s = &mut v.save;
     let canonical = microv_arch::paging::is_canonical(value);
     match index {
         msr::EFER => {
             let allowed = efer::SCE | efer::LME | efer::LMA | efer::NXE;
             if value & !allowed != 0 {
-                return false;
+                return None;
             }
             s.efer = value | efer::SVME;
         }
@@ -682,21 +785,16 @@ fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> 
         msr::SYSENTER_EIP if canonical => s.sysenter_eip = value,
         msr::PAT if msr::pat_valid(value) => s.g_pat = value,
         msr::APIC_BASE => {
-            return vcpus.with_lapic(vcpu, |l| l.set_base(value, l.id == 0)).is_some_and(|r| r.is_ok());
+            vcpus.with_lapic(vcpu, |l| l.set_base(value, l.id == 0))?.ok()?;
         }
-        lapic::TSC_DEADLINE_MSR => {
-            return vcpus.with_lapic(vcpu, |l| l.set_deadline(value)).is_some();
-        }
+        lapic::TSC_DEADLINE_MSR => vcpus.with_lapic(vcpu, |l| l.set_deadline(value))?,
         i if (lapic::X2APIC_BASE_MSR..lapic::X2APIC_BASE_MSR + 0x100).contains(&i) => {
-            let done = vcpus.with_lapic(vcpu, |l| l.write_msr(i - lapic::X2APIC_BASE_MSR, value));
-            let Some(Ok(ipi)) = done else {
-                return false;
-            };
-            vcpus.deliver(vcpu, ipi);
+            let ipi = vcpus.with_lapic(vcpu, |l| l.write_msr(i - lapic::X2APIC_BASE_MSR, value))?.ok()?;
+            return Some(vcpus.deliver(vcpu, ipi));
         }
-        _ => return false,
+        _ => return None,
     }
-    true
+    Some(NO_KICKS)
 }
 
 #[cfg(test)]
@@ -983,6 +1081,49 @@ mod tests {
         assert_eq!(pending(7), Some((false, false)), "all-but-self excludes the sender");
         // INIT/SIPI are accepted and not modelled yet.
         assert!(s.wrmsr(ICR, 1 << 32 | 5 << 8));
+    }
+
+    #[test]
+    fn secondary_vcpus_wait_for_init_and_sipi_and_ipis_kick_their_targets() {
+        let mut s = setup();
+        s.hv.vcpus.add(8, 2, 1);
+        let mut ap = Box::new(Vmcb::new_zeroed());
+        configure_vmcb(&mut ap);
+        // The BSP runs; the AP waits.
+        assert_eq!(s.hv.vcpus.startup(&mut s.v, 7), Startup::Run);
+        assert_eq!(s.hv.vcpus.startup(&mut ap, 8), Startup::Wait);
+        // Linux sends INIT, SIPI, SIPI.
+        s.r.gprs[gpr::RCX] = u64::from(ICR);
+        s.r.gprs[gpr::RDX] = 1;
+        s.v.save.rax = 5 << 8; // INIT
+        let kick = |a: GuestAction| match a {
+            GuestAction::ToVmm(e) if e.reason == exit_reason::KICK => e.kick,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kick(s.exit(Exit::Msr { write: true })), [1 << 8, 0, 0, 0]);
+        assert_eq!(s.hv.vcpus.startup(&mut ap, 8), Startup::Wait);
+        s.v.save.rax = 6 << 8 | 0x9a; // SIPI, vector 0x9a
+        assert_eq!(kick(s.exit(Exit::Msr { write: true })), [1 << 8, 0, 0, 0]);
+        s.v.save.rax = 6 << 8 | 0x55; // the second SIPI: ignored
+        s.exit(Exit::Msr { write: true });
+        assert_eq!(s.hv.vcpus.startup(&mut ap, 8), Startup::Run);
+        assert_eq!((ap.save.cs.selector, ap.save.cs.base, ap.save.rip), (0x9a00, 0x9_a000, 0));
+        assert_eq!(s.hv.vcpus.startup(&mut ap, 8), Startup::Run);
+        // A fixed IPI to the running AP kicks it too; one to nobody does not.
+        s.v.save.rax = 0x40;
+        assert_eq!(kick(s.exit(Exit::Msr { write: true })), [1 << 8, 0, 0, 0]);
+        s.r.gprs[gpr::RDX] = 9;
+        assert_eq!(s.exit(Exit::Msr { write: true }), GuestAction::Resume);
+        assert_eq!(kick_exit(NO_KICKS), None);
+        // An xAPIC-mode IPI (through the VMM's hand-back) kicks as well.
+        assert!(s.wrmsr(msr::APIC_BASE, 0xfee0_0000 | 1 << 8));
+        assert!(s.wrmsr(msr::APIC_BASE, 0xfee0_0000 | 1 << 11 | 1 << 8));
+        let mut i = input();
+        i.request = request::APIC_ACCESS;
+        i.apic = RunApic { offset: 0x310, write: 1, value: 1 << 24, gpr: 0 };
+        assert_eq!(accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus), NO_KICKS);
+        i.apic = RunApic { offset: 0x300, write: 1, value: 0x41, gpr: 0 };
+        assert_eq!(accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus), [1 << 8, 0, 0, 0]);
     }
 
     #[test]

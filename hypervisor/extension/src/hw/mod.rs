@@ -244,13 +244,23 @@ fn enter_guest(cpu: usize, root: u64, vcpu: u64) -> ! {
     // SAFETY: this CPU holds the vCPU (claimed above): no other CPU runs
     // or edits it; the only references to its pages.
     let (v, r) = unsafe { state(vcpu) };
-    guest::accept_input(v, r, vcpu, &input, &HV.vcpus);
+    let kicks = guest::accept_input(v, r, vcpu, &input, &HV.vcpus);
+    if let Some(e) = guest::kick_exit(kicks) {
+        back_to_root(cpu, vcpu, e)
+    }
     run_guest(cpu, vcpu)
 }
 
 fn run_guest(cpu: usize, vcpu: u64) -> ! {
     // SAFETY: this CPU holds the vCPU; the only reference to its VMCB.
-    guest::prepare_entry(unsafe { vmcb(vcpu) }, vcpu, &HV.vcpus, instr::rdtsc());
+    let v = unsafe { vmcb(vcpu) };
+    if HV.vcpus.startup(v, vcpu) == guest::Startup::Wait {
+        let mut e = <microv_abi::run::RunExit as zerocopy::FromZeros>::new_zeroed();
+        e.reason = microv_abi::run::exit_reason::HLT;
+        e.qualification = microv_abi::run::hlt::WAIT_FOR_SIPI;
+        back_to_root(cpu, vcpu, e)
+    }
+    guest::prepare_entry(v, vcpu, &HV.vcpus, instr::rdtsc());
     let refused = sys::vs_run(vcpu);
     // Only returns if the microkernel refused to run it.
     let mut e = <microv_abi::run::RunExit as zerocopy::FromZeros>::new_zeroed();
