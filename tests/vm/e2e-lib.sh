@@ -541,3 +541,124 @@ cpl3_fault_round() {
 
     after_attack "a failure while CPU(s) $cpus ran CPUID at CPL 3" stopped
 }
+
+# ---- the micro VM guest (tests/e2e/83-microvm-linux.sh) ----------------------
+
+# Debian's kernel and a busybox initramfs whose /init follows the `mvguest.*`
+# words of its kernel command line (tests/vm/guest-init.sh; xtask/src/guest.rs
+# installs both in every machine).
+MVT_GUEST_KERNEL=$MVT_DIR/guest/vmlinuz
+MVT_GUEST_INITRD=$MVT_DIR/guest/initrd.cpio
+# `microv run --cmdline` replaces the VMM's default, so start from it.
+MVT_GUEST_CMDLINE='console=ttyS0 reboot=k panic=1'
+# Seconds a guest may take from `microv run` to its end (about 20-30 s of
+# emulated time per boot of Debian's kernel under TCG).
+MVT_GUEST_TIMEOUT=300
+
+# uptime_s: the root's uptime in seconds (two decimals).
+uptime_s() {
+    cut -d' ' -f1 /proc/uptime
+}
+
+# stamp: copies stdin to stdout line by line, each line without its CR and
+# prefixed with the root's uptime when it arrived (so the host time of a
+# guest's output line can be read off later).
+stamp() {
+    awk '{ sub(/\r$/, ""); getline up < "/proc/uptime"; close("/proc/uptime"); split(up, u, " "); printf "%s %s\n", u[1], $0; fflush() }'
+}
+
+# guest_start NAME WORDS [INPUT]: boots the test guest in the background:
+# `microv run --mem 256M` with the kernel command line
+# "$MVT_GUEST_CMDLINE WORDS", stdin from INPUT (default /dev/null), under a
+# timeout of MVT_GUEST_TIMEOUT. Its output (stdout and stderr), stamped, goes
+# to $MVT_TMP/NAME.out, the VMM's pid to NAME.pid, and, when it has ended,
+# `<exit status> <root uptime>` to NAME.rc. Sets GUEST_T0 (root uptime at the
+# start) and GUEST_JOB.
+guest_start() {
+    local name=$1 words=$2 input=${3:-/dev/null}
+    rm -f "$MVT_TMP/$name.rc" "$MVT_TMP/$name.pid"
+    : >"$MVT_TMP/$name.out"
+    echo "  \$ microv run --kernel $MVT_GUEST_KERNEL --initrd $MVT_GUEST_INITRD --mem 256M --cmdline '$MVT_GUEST_CMDLINE $words' <$input &"
+    GUEST_T0=$(uptime_s)
+    (
+        # timeout execs microv in its own pid, so $! is the VMM's.
+        timeout "$MVT_GUEST_TIMEOUT" microv run --kernel "$MVT_GUEST_KERNEL" \
+            --initrd "$MVT_GUEST_INITRD" --mem 256M \
+            --cmdline "$MVT_GUEST_CMDLINE $words" <"$input" 2>&1 &
+        echo $! >"$MVT_TMP/$name.pid"
+        rc=0
+        wait $! || rc=$?
+        echo "$rc $(uptime_s)" >"$MVT_TMP/$name.rc"
+    ) | stamp >"$MVT_TMP/$name.out" &
+    GUEST_JOB=$!
+}
+
+# guest_pid NAME: the pid of NAME's VMM.
+guest_pid() {
+    local i=0
+    until [ -s "$MVT_TMP/$1.pid" ]; do
+        i=$((i + 1))
+        [ $i -lt 100 ] || fail "guest $1: no VMM pid after 10 s"
+        sleep 0.1
+    done
+    cat "$MVT_TMP/$1.pid"
+}
+
+# guest_wait NAME TEXT: waits until the guest's output has a line with TEXT
+# (a fixed string); fails if the VMM ends first or after MVT_GUEST_TIMEOUT.
+guest_wait() {
+    local i=0 limit=$((MVT_GUEST_TIMEOUT * 5))
+    until grep -qF -- "$2" "$MVT_TMP/$1.out"; do
+        if [ -e "$MVT_TMP/$1.rc" ]; then
+            # The output may have been written just before the status.
+            sleep 0.2
+            grep -qF -- "$2" "$MVT_TMP/$1.out" && return 0
+            guest_show "$1"
+            # With panic=N a panicking guest reboots: microv run exits 0.
+            fail "guest $1: microv run ended (status $(cut -d' ' -f1 "$MVT_TMP/$1.rc")) before printing '$2'$(guest_crash "$1")"
+        fi
+        i=$((i + 1))
+        [ $i -lt $limit ] || {
+            guest_show "$1"
+            fail "guest $1: no '$2' in $MVT_GUEST_TIMEOUT s$(guest_crash "$1")"
+        }
+        sleep 0.2
+    done
+}
+
+# guest_crash NAME: `; the guest's kernel: <first BUG/Oops/panic line>` if
+# its output has one, else nothing.
+guest_crash() {
+    local line
+    line=$(grep -E -m1 'BUG:|Oops|Kernel panic' "$MVT_TMP/$1.out" | cut -d' ' -f2-) || true
+    [ -z "$line" ] || printf '; the guest kernel: %s' "$line"
+}
+
+# guest_show NAME: the guest's output so far, indented, each line after the
+# root uptime it arrived at.
+guest_show() {
+    sed 's/^/  guest| /' "$MVT_TMP/$1.out"
+}
+
+# guest_finish NAME: waits for NAME's `microv run` to end and shows its
+# output; sets GUEST_RC (its exit status) and GUEST_T1 (root uptime then).
+guest_finish() {
+    wait "$GUEST_JOB" 2>/dev/null || true
+    [ -e "$MVT_TMP/$1.rc" ] || fail "guest $1: the output ended but microv run left no status"
+    GUEST_RC=$(cut -d' ' -f1 "$MVT_TMP/$1.rc")
+    GUEST_T1=$(cut -d' ' -f2 "$MVT_TMP/$1.rc")
+    guest_show "$1"
+    echo "  microv run ($1) exited $GUEST_RC after $(awk -v a="$GUEST_T0" -v b="$GUEST_T1" 'BEGIN { printf "%.2f", b - a }') s of host time"
+}
+
+# guest_line NAME TEXT: the first output line of NAME with TEXT, without its
+# stamp (empty if none).
+guest_line() {
+    grep -F -m1 -- "$2" "$MVT_TMP/$1.out" | cut -d' ' -f2- || true
+}
+
+# guest_when NAME TEXT: the root uptime at which the first line with TEXT
+# arrived (empty if none).
+guest_when() {
+    grep -F -m1 -- "$2" "$MVT_TMP/$1.out" | cut -d' ' -f1 || true
+}

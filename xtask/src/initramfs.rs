@@ -1,10 +1,11 @@
 //! Builds the emulated machine's initramfs: busybox, the staged MicroV
-//! artifacts, Linux's KVM modules (so tests can run KVM inside the machine),
-//! extra files from `--add`, and the generated `/init`.
+//! artifacts, the micro VM guest of the tests (`guest.rs`), Linux's KVM
+//! modules (so tests can run KVM inside the machine), extra files from
+//! `--add`, and the generated `/init`.
 
 use crate::prereq::{self, Kernel};
 use crate::util;
-use crate::{stage, test_tools};
+use crate::{guest, stage, test_tools};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Write;
@@ -69,6 +70,7 @@ pub fn build(
     std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
 
     install_stage(stage, &root)?;
+    guest::install(stage, kernel, &root)?;
     install_kernel_modules(kernel, &root)?;
     for add in adds {
         let mut dest = root.join(add.vm.trim_start_matches('/'));
@@ -225,7 +227,7 @@ fn install_module(src: &Path, dest: &Path) -> Result<()> {
 
 /// Packs `root` as a newc cpio archive owned by root (the kernel unpacks it
 /// as the initial root filesystem).
-fn pack(root: &Path, cpio_path: &Path) -> Result<()> {
+pub fn pack(root: &Path, cpio_path: &Path) -> Result<()> {
     let mut paths = Vec::new();
     list(root, Path::new("."), &mut paths)?;
     let out =

@@ -6,6 +6,7 @@ mod coverage;
 mod demo;
 mod e2e;
 mod gen_header;
+mod guest;
 mod images;
 mod init;
 mod initramfs;

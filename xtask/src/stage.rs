@@ -2,7 +2,7 @@
 //! machine into the stage directory, `target/microv/`.
 
 use crate::prereq::{self, Need};
-use crate::{images, test_tools, util};
+use crate::{guest, images, test_tools, util};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ pub fn build(root: &Path, test_hooks: bool) -> Result<PathBuf> {
     let stage = util::stage_dir(root);
     fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
     let needs_module = root.join("loaders/linux/Kbuild").exists();
-    let mut needs = vec![Need::Gcc];
+    // busybox and cpio: the guest initramfs of the e2e tests.
+    let mut needs = vec![Need::Gcc, Need::Busybox, Need::Cpio];
     if needs_module {
         needs.extend([Need::Make, Need::Kernel, Need::Headers]);
     }
@@ -41,6 +42,7 @@ pub fn build(root: &Path, test_hooks: bool) -> Result<PathBuf> {
         None
     };
     test_tools::build(root, &stage, headers.as_deref()).context("building the guest test tools")?;
+    guest::build(root, &stage).context("building the micro VM guest's initramfs")?;
     eprintln!("[xtask] stage ready: {}", stage.display());
     Ok(stage)
 }

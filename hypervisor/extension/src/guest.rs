@@ -33,6 +33,7 @@ const HLT_LEN: u64 = 1;
 const INVD_LEN: u64 = 2;
 const MSR_LEN: u64 = 2;
 const RFLAGS_IF: u64 = 1 << 9;
+const CR0_PG: u64 = 1 << 31;
 /// VINTR: V_IRQ (a virtual interrupt is pending) and V_INTR_MASKING.
 const V_IRQ: u64 = 1 << 8;
 const V_INTR_MASKING: u64 = 1 << 24;
@@ -96,6 +97,7 @@ pub struct Vcpus {
     pending_irq: [[AtomicU64; 4]; MAX_VS],
     /// Each vCPU's x2APIC ID (for IPIs), its INIT/SIPI state and its APIC.
     apic_id: [AtomicU64; MAX_VS],
+    addr: [AtomicU64; MAX_VS],
     sipi: [AtomicU64; MAX_VS],
     lapic: [Owned<Lapic>; MAX_VS],
     /// vCPU id + 1 that runs on each CPU for its root's `run.run`.
@@ -112,6 +114,7 @@ impl Vcpus {
             pending_in: [ZERO; MAX_VS],
             pending_irq: [ZERO4; MAX_VS],
             apic_id: [ZERO; MAX_VS],
+            addr: [ZERO; MAX_VS],
             sipi: [ZERO; MAX_VS],
             lapic: [const { Owned::new(Lapic::new(0)) }; MAX_VS],
             on_cpu: [ZERO; MAX_CPUS],
@@ -130,6 +133,7 @@ impl Vcpus {
         }
         // A new vCPU's id is not known to anyone yet: the APIC is free.
         let _ = self.with_lapic(vcpu, |l| *l = Lapic::new(apic_id));
+        self.sync_address(vcpu);
         // The bootstrap processor runs; the others wait for INIT/SIPI.
         if let Some(s) = Self::slot(&self.sipi, vcpu) {
             s.store(if apic_id == 0 { SIPI_RUNNING } else { SIPI_WAIT }, Ordering::Release);
@@ -219,6 +223,21 @@ impl Vcpus {
         self.pending_irq.get(usize::try_from(vcpu).ok()?)
     }
 
+    /// How other vCPUs address `vcpu`'s APIC (kept in step with it by
+    /// [`Vcpus::sync_address`]).
+    pub fn address(&self, vcpu: u64) -> lapic::Address {
+        let word = Self::slot(&self.addr, vcpu).map_or(0, |s| s.load(Ordering::Acquire));
+        lapic::Address::unpack(self.apic_id(vcpu), word)
+    }
+
+    /// Publishes `vcpu`'s APIC addressing after its own APIC changed mode
+    /// or logical ID (the caller holds the vCPU).
+    pub fn sync_address(&self, vcpu: u64) {
+        if let (Some(a), Some(slot)) = (self.with_lapic(vcpu, |l| l.address()), Self::slot(&self.addr, vcpu)) {
+            slot.store(a.pack(), Ordering::Release);
+        }
+    }
+
     /// Guest vCPU `vcpu`'s x2APIC ID.
     pub fn apic_id(&self, vcpu: u64) -> u32 {
         Self::slot(&self.apic_id, vcpu).map_or(0, |s| s.load(Ordering::Relaxed) as u32)
@@ -252,18 +271,17 @@ impl Vcpus {
             return kicks;
         };
         let (target, action) = match ipi {
-            Ipi::To { apic_id, vector } => (Some(apic_id), Signal::Vector(vector)),
+            Ipi::To { dest, vector } => (Some(dest), Signal::Vector(vector)),
             Ipi::AllButSelf { vector } => (None, Signal::Vector(vector)),
-            Ipi::Init { apic_id } => (Some(apic_id), Signal::Init),
-            Ipi::Startup { apic_id, vector } => (Some(apic_id), Signal::Startup(vector)),
+            Ipi::Init { dest } => (Some(dest), Signal::Init),
+            Ipi::Startup { dest, vector } => (Some(dest), Signal::Startup(vector)),
         };
         for (i, owner_vm) in self.vm.iter().enumerate() {
             let i = i as u64;
             if owner_vm.load(Ordering::Acquire) != vm + 1 || i == vcpu {
                 continue;
             }
-            let id = Self::slot(&self.apic_id, i).map_or(u64::MAX, |s| s.load(Ordering::Relaxed));
-            if target.is_some_and(|t| u64::from(t) != id) {
+            if target.is_some_and(|d| !self.address(i).accepts(d)) {
                 continue;
             }
             let sipi = Self::slot(&self.sipi, i);
@@ -315,6 +333,7 @@ impl Vcpus {
                 v.save.rip = 0;
                 let id = self.apic_id(vcpu);
                 let _ = self.with_lapic(vcpu, |l| *l = Lapic::new(id));
+                self.sync_address(vcpu);
                 state.store(SIPI_RUNNING, Ordering::Release);
                 Startup::Run
             }
@@ -463,6 +482,7 @@ pub fn kick_exit(kicks: Kicks) -> Option<RunExit> {
 fn apic_access(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, a: &RunApic, vcpus: &Vcpus) -> Kicks {
     if a.write != 0 {
         let sent = vcpus.with_lapic(vcpu, |l| l.mmio_write(a.offset, a.value));
+        vcpus.sync_address(vcpu);
         return match sent {
             Some(Ok(ipi)) => vcpus.deliver(vcpu, ipi),
             _ => NO_KICKS,
@@ -737,6 +757,9 @@ fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpu
     kicks
 }
 
+/// AMD's NB_CFG: reads as 0, writes are ignored.
+const NB_CFG: u32 = 0xc001_001f;
+
 fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
     let s = &v.save;
     Some(match index {
@@ -752,6 +775,9 @@ fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
         msr::SYSENTER_ESP => s.sysenter_esp,
         msr::SYSENTER_EIP => s.sysenter_eip,
         msr::PAT => s.g_pat,
+        // AMD's northbridge configuration: there is no northbridge in a
+        // micro VM; Linux sets a PCI-config bit in it on every CPU.
+        NB_CFG => 0,
         msr::APIC_BASE => vcpus.with_lapic(vcpu, |l| l.base_msr(l.id == 0))?,
         lapic::TSC_DEADLINE_MSR => vcpus.with_lapic(vcpu, |l| l.deadline())?,
         i if (lapic::X2APIC_BASE_MSR..lapic::X2APIC_BASE_MSR + 0x100).contains(&i) => {
@@ -768,10 +794,13 @@ fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> 
     match index {
         msr::EFER => {
             let allowed = efer::SCE | efer::LME | efer::LMA | efer::NXE;
-            if value & !allowed != 0 {
+            // As the CPU: LME cannot change while paging is on, and LMA
+            // is the CPU's (writes to it are ignored).
+            let paging = s.cr0 & CR0_PG != 0;
+            if value & !allowed != 0 || paging && (value ^ s.efer) & efer::LME != 0 {
                 return None;
             }
-            s.efer = value | efer::SVME;
+            s.efer = (value & !efer::LMA) | (s.efer & efer::LMA) | efer::SVME;
         }
         msr::STAR => s.star = value,
         msr::LSTAR if canonical => s.lstar = value,
@@ -784,8 +813,10 @@ fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> 
         msr::SYSENTER_ESP if canonical => s.sysenter_esp = value,
         msr::SYSENTER_EIP if canonical => s.sysenter_eip = value,
         msr::PAT if msr::pat_valid(value) => s.g_pat = value,
+        NB_CFG => {}
         msr::APIC_BASE => {
             vcpus.with_lapic(vcpu, |l| l.set_base(value, l.id == 0))?.ok()?;
+            vcpus.sync_address(vcpu);
         }
         lapic::TSC_DEADLINE_MSR => vcpus.with_lapic(vcpu, |l| l.set_deadline(value))?,
         i if (lapic::X2APIC_BASE_MSR..lapic::X2APIC_BASE_MSR + 0x100).contains(&i) => {
@@ -977,6 +1008,12 @@ mod tests {
         s.v.save.rax = efer::SVME;
         s.exit(Exit::Msr { write: true });
         assert_eq!(s.v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        // In long mode with paging on: LME stays, LMA is the CPU's.
+        s.v.save.cr0 = CR0_PG | 1;
+        s.v.save.efer = efer::LME | efer::LMA | efer::SVME;
+        assert!(!s.wrmsr(msr::EFER, 0));
+        assert!(s.wrmsr(msr::EFER, efer::LME | efer::NXE));
+        assert_eq!(s.v.save.efer, efer::LME | efer::LMA | efer::NXE | efer::SVME);
     }
 
     impl Setup {
@@ -1127,6 +1164,44 @@ mod tests {
     }
 
     #[test]
+    fn logical_ipis_reach_the_vcpus_whose_logical_id_matches() {
+        let mut s = setup();
+        s.hv.vcpus.add(8, 2, 1);
+        // Both vCPUs in xAPIC flat mode, as Linux sets them up: vCPU 7 has
+        // logical bit 0, vCPU 8 bit 1.
+        let to_xapic = |s: &mut Setup, vcpu: u64, bsp: u64| {
+            let _ = s.hv.vcpus.with_lapic(vcpu, |l| {
+                l.set_base(0xfee0_0000 | bsp, bsp != 0).unwrap();
+                l.set_base(0xfee0_0000 | 1 << 11 | bsp, bsp != 0).unwrap();
+            });
+        };
+        to_xapic(&mut s, 7, 1 << 8);
+        to_xapic(&mut s, 8, 0);
+        let _ = s.hv.vcpus.with_lapic(8, |l| l.mmio_write(0xd0, 2 << 24).unwrap());
+        s.hv.vcpus.sync_address(8);
+        let mut i = input();
+        i.request = request::APIC_ACCESS;
+        i.apic = RunApic { offset: 0xd0, write: 1, value: 1 << 24, gpr: 0 };
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        // Logical destination 0x02: vCPU 8, not APIC ID 2 (nobody).
+        i.apic = RunApic { offset: 0x310, write: 1, value: 2 << 24, gpr: 0 };
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        i.apic = RunApic { offset: 0x300, write: 1, value: 1 << 11 | 0xfb, gpr: 0 };
+        assert_eq!(accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus), [1 << 8, 0, 0, 0]);
+        let pending = s.hv.vcpus.with_lapic(8, |l| {
+            s.hv.vcpus.collect(8, l);
+            l.pending(0xfb)
+        });
+        assert_eq!(pending, Some(true));
+        // Logical 0x01 is vCPU 7 itself: raised there, nobody kicked.
+        i.apic = RunApic { offset: 0x310, write: 1, value: 1 << 24, gpr: 0 };
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        i.apic = RunApic { offset: 0x300, write: 1, value: 1 << 11 | 0xfc, gpr: 0 };
+        assert_eq!(accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus), NO_KICKS);
+        assert_eq!(s.hv.vcpus.with_lapic(7, |l| l.pending(0xfc)), Some(true));
+    }
+
+    #[test]
     fn the_guests_own_msrs_live_in_its_state() {
         let mut s = setup();
         for (index, value) in [
@@ -1184,6 +1259,9 @@ mod tests {
             };
             assert_eq!(got, expected, "APIC offset {offset:#x}");
         }
+        // NB_CFG: nothing behind it.
+        assert!(s.wrmsr(NB_CFG, 1 << 46));
+        assert_eq!(s.rdmsr(NB_CFG), Some(0));
         // Platform MSRs stay out of reach.
         assert_eq!(s.rdmsr(msr::MTRR_CAP), None);
         assert!(!s.wrmsr(0xc001_0015, 0));

@@ -63,21 +63,84 @@ const SVR_ENABLED: u32 = 1 << 8;
 /// ICR delivery mode bits 10:8 (0 fixed) and destination shorthand 19:18.
 const ICR_MODE_SHIFT: u32 = 8;
 const ICR_SHORTHAND_SHIFT: u32 = 18;
+/// ICR bit 11: logical destination mode.
+const ICR_LOGICAL: u32 = 1 << 11;
 
 /// Why an access is refused (the guest gets #GP, as on hardware).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused;
 
-/// An inter-processor interrupt the guest sent (fixed delivery only).
+/// Where an IPI goes: an APIC ID, or a logical destination (matched
+/// against each APIC's logical ID, [`Address::accepts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    Physical(u32),
+    Logical(u32),
+}
+
+/// An inter-processor interrupt the guest sent (fixed or lowest-priority
+/// delivery, which goes to every APIC the destination names; INIT; SIPI).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ipi {
-    /// To the vCPU with this x2APIC ID.
-    To { apic_id: u32, vector: u8 },
+    To { dest: Dest, vector: u8 },
     /// To every vCPU but the sender.
     AllButSelf { vector: u8 },
-    /// INIT or STARTUP to `apic_id` (SMP bring-up), with the SIPI vector.
-    Init { apic_id: u32 },
-    Startup { apic_id: u32, vector: u8 },
+    /// INIT or STARTUP (SMP bring-up), with the SIPI vector.
+    Init { dest: Dest },
+    Startup { dest: Dest, vector: u8 },
+}
+
+/// How an APIC is addressed: its ID, mode and logical destination
+/// registers. Other vCPUs match IPIs against it without touching the APIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub id: u32,
+    pub x2apic: bool,
+    /// xAPIC: LDR and DFR as the guest wrote them; x2APIC: the LDR the
+    /// ID implies.
+    pub ldr: u32,
+    pub dfr: u32,
+}
+
+impl Address {
+    /// True if an IPI for `dest` reaches this APIC.
+    pub fn accepts(&self, dest: Dest) -> bool {
+        match (dest, self.x2apic) {
+            (Dest::Physical(d), true) => d == u32::MAX || d == self.id,
+            (Dest::Physical(d), false) => d == 0xff || d == self.id,
+            (Dest::Logical(d), true) => {
+                d == u32::MAX || (d >> 16 == self.ldr >> 16 && d & self.ldr & 0xffff != 0)
+            }
+            (Dest::Logical(d), false) => {
+                let mda = d & 0xff;
+                let logical = self.ldr >> 24;
+                if mda == 0xff {
+                    true
+                } else if self.dfr >> 28 == 0xf {
+                    // Flat model: one bit per APIC.
+                    mda & logical != 0
+                } else {
+                    // Cluster model: cluster in the high nibble.
+                    mda >> 4 == logical >> 4 && mda & logical & 0xf != 0
+                }
+            }
+        }
+    }
+
+    /// Packed for an atomic word (the ID is kept apart).
+    pub fn pack(&self) -> u64 {
+        u64::from(self.ldr) | u64::from(self.dfr >> 28) << 32 | u64::from(self.x2apic) << 40
+    }
+
+    /// The inverse of [`Address::pack`].
+    pub fn unpack(id: u32, word: u64) -> Self {
+        Address {
+            id,
+            x2apic: word >> 40 & 1 != 0,
+            ldr: word as u32,
+            dfr: ((word >> 32) as u32 & 0xf) << 28 | 0x0fff_ffff,
+        }
+    }
 }
 
 /// The local APIC state of one vCPU.
@@ -206,6 +269,25 @@ impl Lapic {
         Ok(())
     }
 
+    /// How other APICs address this one.
+    pub fn address(&self) -> Address {
+        if self.x2apic {
+            Address {
+                id: self.id,
+                x2apic: true,
+                ldr: (self.id >> 4) << 16 | 1 << (self.id & 0xf),
+                dfr: u32::MAX,
+            }
+        } else {
+            Address {
+                id: self.id,
+                x2apic: false,
+                ldr: self.ldr,
+                dfr: self.dfr,
+            }
+        }
+    }
+
     /// True in x2APIC mode (MSR access); false in xAPIC mode (MMIO) or
     /// when disabled.
     pub fn is_x2apic(&self) -> bool {
@@ -241,7 +323,7 @@ impl Lapic {
             reg::EOI => return self.write(reg::EOI, 0),
             reg::ICR => {
                 let dest = u64::from(self.icr_high >> 24);
-                return Ok(self.icr(dest << 32 | u64::from(value), dest as u32 == self.id));
+                return Ok(self.icr(dest << 32 | u64::from(value)));
             }
             reg::SELF_IPI => return Err(Refused),
             r => return self.write(r, u64::from(value)),
@@ -322,10 +404,7 @@ impl Lapic {
             }
             reg::SVR => self.svr = low & 0x1ff,
             reg::ESR => self.esr = 0,
-            reg::ICR => {
-                let to_self = (value >> 32) as u32 == self.id;
-                return Ok(self.icr(value, to_self));
-            }
+            reg::ICR => return Ok(self.icr(value)),
             reg::SELF_IPI => self.raise((low & 0xff) as u8),
             reg::TIMER_INITIAL => {}
             reg::TIMER_DIVIDE => self.divide = low & 0xb,
@@ -342,11 +421,19 @@ impl Lapic {
         Ok(None)
     }
 
-    fn icr(&mut self, value: u64, to_self: bool) -> Option<Ipi> {
+    /// An ICR write: the IPI for other vCPUs, if any (one this APIC is
+    /// itself a target of is raised here too).
+    fn icr(&mut self, value: u64) -> Option<Ipi> {
         let vector = value as u8;
-        let dest = (value >> 32) as u32;
-        let mode = (value as u32 >> ICR_MODE_SHIFT) & 7;
-        match ((value as u32 >> ICR_SHORTHAND_SHIFT) & 3, mode) {
+        let low = value as u32;
+        let d = (value >> 32) as u32;
+        let dest = if low & ICR_LOGICAL != 0 {
+            Dest::Logical(d)
+        } else {
+            Dest::Physical(d)
+        };
+        let mode = (low >> ICR_MODE_SHIFT) & 7;
+        match ((low >> ICR_SHORTHAND_SHIFT) & 3, mode) {
             // Self.
             (1, 0) => {
                 self.raise(vector);
@@ -359,14 +446,16 @@ impl Lapic {
                 self.raise(vector);
                 Some(Ipi::AllButSelf { vector })
             }
-            (0, 0) if to_self => {
-                self.raise(vector);
-                None
+            // Fixed or lowest priority (delivered to every target).
+            (0, 0 | 1) => {
+                if self.address().accepts(dest) {
+                    self.raise(vector);
+                }
+                (dest != Dest::Physical(self.id)).then_some(Ipi::To { dest, vector })
             }
-            (0, 0) => Some(Ipi::To { apic_id: dest, vector }),
-            (0, 5) => Some(Ipi::Init { apic_id: dest }),
-            (0, 6) => Some(Ipi::Startup { apic_id: dest, vector }),
-            // NMI, SMI, lowest priority, other shorthands: not modelled.
+            (0, 5) => Some(Ipi::Init { dest }),
+            (0, 6) => Some(Ipi::Startup { dest, vector }),
+            // NMI, SMI, other shorthands: not modelled.
             _ => None,
         }
     }
@@ -530,14 +619,20 @@ mod tests {
         assert!(a.pending(0x46));
         assert_eq!(a.write_msr(reg::ICR, 1 << 32 | 0x47), Ok(None), "to its own ID");
         assert!(a.pending(0x47));
-        assert_eq!(a.write_msr(reg::ICR, 2 << 32 | 0x48), Ok(Some(Ipi::To { apic_id: 2, vector: 0x48 })));
+        assert_eq!(
+            a.write_msr(reg::ICR, 2 << 32 | 0x48),
+            Ok(Some(Ipi::To { dest: Dest::Physical(2), vector: 0x48 }))
+        );
         assert_eq!(a.write_msr(reg::ICR, 3 << 18 | 0x49), Ok(Some(Ipi::AllButSelf { vector: 0x49 })));
         assert_eq!(a.write_msr(reg::ICR, 2 << 18 | 0x4a), Ok(Some(Ipi::AllButSelf { vector: 0x4a })));
         assert!(a.pending(0x4a));
-        assert_eq!(a.write_msr(reg::ICR, 2 << 32 | 5 << 8), Ok(Some(Ipi::Init { apic_id: 2 })));
+        assert_eq!(
+            a.write_msr(reg::ICR, 2 << 32 | 5 << 8),
+            Ok(Some(Ipi::Init { dest: Dest::Physical(2) }))
+        );
         assert_eq!(
             a.write_msr(reg::ICR, 2 << 32 | 6 << 8 | 0x9a),
-            Ok(Some(Ipi::Startup { apic_id: 2, vector: 0x9a }))
+            Ok(Some(Ipi::Startup { dest: Dest::Physical(2), vector: 0x9a }))
         );
         assert_eq!(a.write_msr(reg::ICR, 4 << 8), Ok(None), "NMI: not modelled");
         // Illegal vectors set the error register.
@@ -601,7 +696,10 @@ mod tests {
         // ICR: destination from the high half; the low write sends.
         a.mmio_write(0x310, 5 << 24).unwrap();
         assert_eq!(a.mmio_read(0x310), Ok(5 << 24));
-        assert_eq!(a.mmio_write(0x300, 0x41), Ok(Some(Ipi::To { apic_id: 5, vector: 0x41 })));
+        assert_eq!(
+            a.mmio_write(0x300, 0x41),
+            Ok(Some(Ipi::To { dest: Dest::Physical(5), vector: 0x41 }))
+        );
         a.mmio_write(0x310, 2 << 24).unwrap();
         assert_eq!(a.mmio_write(0x300, 0x42), Ok(None));
         assert!(a.pending(0x42));
@@ -613,6 +711,54 @@ mod tests {
         assert_eq!(a.mmio_write(0x3f0, 0x40), Err(Refused));
         assert_eq!(a.mmio_read(0x24), Err(Refused));
         assert_eq!(a.write_msr(reg::TPR, 0), Err(Refused));
+    }
+
+    #[test]
+    fn logical_destinations_reach_the_apics_they_name() {
+        // xAPIC flat model (Linux's "flat" routing): one bit per CPU.
+        let mut a = xapic(0);
+        a.mmio_write(0xf0, 0x1ff).unwrap();
+        a.mmio_write(0xe0, u32::MAX).unwrap();
+        a.mmio_write(0xd0, 1 << 24).unwrap();
+        let flat1 = Address { id: 1, x2apic: false, ldr: 2 << 24, dfr: u32::MAX };
+        assert!(flat1.accepts(Dest::Logical(0x02)));
+        assert!(flat1.accepts(Dest::Logical(0x03)));
+        assert!(!flat1.accepts(Dest::Logical(0x01)));
+        assert!(flat1.accepts(Dest::Logical(0xff)));
+        assert!(!flat1.accepts(Dest::Physical(2)));
+        assert!(flat1.accepts(Dest::Physical(0xff)));
+        // To CPU 1 only: not raised here; to CPUs 0 and 1: both.
+        a.mmio_write(0x310, 0x02 << 24).unwrap();
+        let sent = a.mmio_write(0x300, 1 << 11 | 0x61).unwrap();
+        assert_eq!(sent, Some(Ipi::To { dest: Dest::Logical(2), vector: 0x61 }));
+        assert!(!a.pending(0x61));
+        a.mmio_write(0x310, 0x03 << 24).unwrap();
+        a.mmio_write(0x300, 1 << 11 | 0x62).unwrap();
+        assert!(a.pending(0x62));
+        assert_eq!(a.address(), Address { id: 0, x2apic: false, ldr: 1 << 24, dfr: u32::MAX });
+        // xAPIC cluster model.
+        let cl = Address { id: 5, x2apic: false, ldr: 0x12 << 24, dfr: 0x0fff_ffff };
+        assert!(cl.accepts(Dest::Logical(0x1a)));
+        assert!(!cl.accepts(Dest::Logical(0x2a)));
+        assert!(!cl.accepts(Dest::Logical(0x11)));
+        // x2APIC: the LDR comes from the ID (cluster 1, bit 3 for ID 0x13).
+        let x = Lapic::new(0x13).address();
+        assert_eq!(x.ldr, 1 << 16 | 1 << 3);
+        assert!(x.accepts(Dest::Logical(1 << 16 | 0x8)));
+        assert!(!x.accepts(Dest::Logical(0x8)));
+        assert!(x.accepts(Dest::Logical(u32::MAX)));
+        assert!(x.accepts(Dest::Physical(0x13)) && x.accepts(Dest::Physical(u32::MAX)));
+        // Packing keeps what matching needs.
+        for addr in [flat1, cl, x] {
+            assert_eq!(Address::unpack(addr.id, addr.pack()).accepts(Dest::Logical(0x1a)), addr.accepts(Dest::Logical(0x1a)));
+            assert_eq!(Address::unpack(addr.id, addr.pack()).ldr, addr.ldr);
+        }
+        // Lowest priority goes where fixed would.
+        let mut b = enabled(1);
+        assert_eq!(
+            b.write_msr(reg::ICR, 3 << 32 | 1 << 8 | 0x70),
+            Ok(Some(Ipi::To { dest: Dest::Physical(3), vector: 0x70 }))
+        );
     }
 
     #[test]
