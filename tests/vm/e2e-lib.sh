@@ -554,6 +554,8 @@ MVT_GUEST_CMDLINE='console=ttyS0 reboot=k panic=1'
 # Seconds a guest may take from `microv run` to its end (about 20-30 s of
 # emulated time per boot of Debian's kernel under TCG).
 MVT_GUEST_TIMEOUT=300
+# Extra `microv run` options for guest_start (e.g. --cpus 2, --backend kvm).
+MVT_GUEST_ARGS=${MVT_GUEST_ARGS:-}
 
 # uptime_s: the root's uptime in seconds (two decimals).
 uptime_s() {
@@ -578,11 +580,12 @@ guest_start() {
     local name=$1 words=$2 input=${3:-/dev/null}
     rm -f "$MVT_TMP/$name.rc" "$MVT_TMP/$name.pid"
     : >"$MVT_TMP/$name.out"
-    echo "  \$ microv run --kernel $MVT_GUEST_KERNEL --initrd $MVT_GUEST_INITRD --mem 256M --cmdline '$MVT_GUEST_CMDLINE $words' <$input &"
+    echo "  \$ microv run $MVT_GUEST_ARGS --kernel $MVT_GUEST_KERNEL --initrd $MVT_GUEST_INITRD --mem 256M --cmdline '$MVT_GUEST_CMDLINE $words' <$input &"
     GUEST_T0=$(uptime_s)
     (
         # timeout execs microv in its own pid, so $! is the VMM's.
-        timeout "$MVT_GUEST_TIMEOUT" microv run --kernel "$MVT_GUEST_KERNEL" \
+        # shellcheck disable=SC2086 # MVT_GUEST_ARGS is words on purpose
+        timeout "$MVT_GUEST_TIMEOUT" microv run $MVT_GUEST_ARGS --kernel "$MVT_GUEST_KERNEL" \
             --initrd "$MVT_GUEST_INITRD" --mem 256M \
             --cmdline "$MVT_GUEST_CMDLINE $words" <"$input" 2>&1 &
         echo $! >"$MVT_TMP/$name.pid"

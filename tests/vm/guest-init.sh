@@ -9,6 +9,9 @@
 #
 #   mvguest.sum=N     MICROV-SUM: <sha256 of `seq 1 N`>   (the hash alone)
 #   mvguest.cpus      MICROV-CPUS: <processors in /proc/cpuinfo>
+#   mvguest.work=N    one `seq 1 N | sha256sum` pinned to each CPU at once
+#                     (taskset), then MICROV-WORK: cpuK=<busy ticks>... from
+#                     /proc/stat, so a test sees every CPU did work
 #   mvguest.sleep=S   MICROV-SLEEP-BEGIN: uptime <s> clocksource <name>,
 #                     `sleep S`, then MICROV-SLEEP-END: uptime <s> slept <s>
 #                     timer-irqs <n> clocksource <name>   (the guest's own
@@ -64,6 +67,21 @@ for word in $(cat /proc/cmdline); do
         ;;
     mvguest.cpus)
         echo "MICROV-CPUS: $(grep -c '^processor' /proc/cpuinfo)"
+        ;;
+    mvguest.work=*)
+        n=${word#*=}
+        if number "$n"; then
+            ncpu=$(grep -c '^processor' /proc/cpuinfo)
+            c=0
+            while [ "$c" -lt "$ncpu" ]; do
+                taskset -c "$c" sh -c "seq 1 $n | sha256sum >/dev/null" &
+                c=$((c + 1))
+            done
+            wait
+            echo "MICROV-WORK: $(awk '$1 ~ /^cpu[0-9]+$/ { printf "%s=%d ", $1, $2 + $3 + $4 }' /proc/stat)"
+        else
+            echo "MICROV-GUEST-ERROR: $word: not a number"
+        fi
         ;;
     mvguest.sleep=*)
         s=${word#*=}
