@@ -556,6 +556,8 @@ MVT_GUEST_CMDLINE='console=ttyS0 reboot=k panic=1'
 MVT_GUEST_TIMEOUT=300
 # Extra `microv run` options for guest_start (e.g. --cpus 2, --backend kvm).
 MVT_GUEST_ARGS=${MVT_GUEST_ARGS:-}
+# Guest memory for guest_start.
+MVT_GUEST_MEM=${MVT_GUEST_MEM:-256M}
 
 # uptime_s: the root's uptime in seconds (two decimals).
 uptime_s() {
@@ -570,7 +572,7 @@ stamp() {
 }
 
 # guest_start NAME WORDS [INPUT]: boots the test guest in the background:
-# `microv run --mem 256M` with the kernel command line
+# `microv run --mem $MVT_GUEST_MEM` with the kernel command line
 # "$MVT_GUEST_CMDLINE WORDS", stdin from INPUT (default /dev/null), under a
 # timeout of MVT_GUEST_TIMEOUT. Its output (stdout and stderr), stamped, goes
 # to $MVT_TMP/NAME.out, the VMM's pid to NAME.pid, and, when it has ended,
@@ -580,13 +582,13 @@ guest_start() {
     local name=$1 words=$2 input=${3:-/dev/null}
     rm -f "$MVT_TMP/$name.rc" "$MVT_TMP/$name.pid"
     : >"$MVT_TMP/$name.out"
-    echo "  \$ microv run $MVT_GUEST_ARGS --kernel $MVT_GUEST_KERNEL --initrd $MVT_GUEST_INITRD --mem 256M --cmdline '$MVT_GUEST_CMDLINE $words' <$input &"
+    echo "  \$ microv run $MVT_GUEST_ARGS --kernel $MVT_GUEST_KERNEL --initrd $MVT_GUEST_INITRD --mem $MVT_GUEST_MEM --cmdline '$MVT_GUEST_CMDLINE $words' <$input &"
     GUEST_T0=$(uptime_s)
     (
         # timeout execs microv in its own pid, so $! is the VMM's.
         # shellcheck disable=SC2086 # MVT_GUEST_ARGS is words on purpose
         timeout "$MVT_GUEST_TIMEOUT" microv run $MVT_GUEST_ARGS --kernel "$MVT_GUEST_KERNEL" \
-            --initrd "$MVT_GUEST_INITRD" --mem 256M \
+            --initrd "$MVT_GUEST_INITRD" --mem "$MVT_GUEST_MEM" \
             --cmdline "$MVT_GUEST_CMDLINE $words" <"$input" 2>&1 &
         echo $! >"$MVT_TMP/$name.pid"
         rc=0

@@ -67,6 +67,9 @@ pub fn run_script(
     let header = qemu_header(&text).map_err(|why| anyhow!("{name}: {why}"))?;
     let vm_path = format!("/tests/{name}");
     let mut cfg = machine::config(root, args, vec![vm_path.clone()]);
+    if let Some(smp) = smp_header(&text).map_err(|why| anyhow!("{name}: {why}"))? {
+        cfg.smp = smp;
+    }
     if header.iter().any(|a| vm::is_cpu_option(a))
         && args.qemu_arg.iter().any(|a| vm::is_cpu_option(a))
     {
@@ -110,6 +113,30 @@ pub fn run_script(
 
 /// The comment that gives a script extra QEMU arguments.
 pub const QEMU_HEADER: &str = "e2e-qemu:";
+
+/// The comment that gives a script its number of emulated CPUs.
+pub const SMP_HEADER: &str = "e2e-smp:";
+
+/// The number of emulated CPUs a script asks for with `# e2e-smp: N` in its
+/// leading comment block (1 to 8), if it asks.
+pub fn smp_header(script: &str) -> Result<Option<u32>, String> {
+    for line in script.lines() {
+        let trimmed = line.trim();
+        let Some(comment) = trimmed.strip_prefix('#').map(str::trim_start) else {
+            if trimmed.is_empty() {
+                continue;
+            }
+            break;
+        };
+        if let Some(n) = comment.strip_prefix(SMP_HEADER) {
+            return match n.trim().parse::<u32>() {
+                Ok(n) if (1..=8).contains(&n) => Ok(Some(n)),
+                _ => Err(format!("`{SMP_HEADER}` wants a number of CPUs from 1 to 8, not `{}`", n.trim())),
+            };
+        }
+    }
+    Ok(None)
+}
 
 /// Options the harness sets itself and a script may not: a second copy
 /// would be ignored or break the machine (`-cpu` is not here: a script's
@@ -186,7 +213,7 @@ pub fn qemu_header(script: &str) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::qemu_header;
+    use super::{qemu_header, smp_header};
 
     fn ok(script: &str) -> Vec<String> {
         qemu_header(script).unwrap_or_else(|e| panic!("{e}"))
@@ -200,6 +227,15 @@ mod tests {
     fn no_header_means_no_arguments() {
         assert!(ok("#!/bin/sh\n# a test\nset -eu\necho hi\n").is_empty());
         assert!(ok("").is_empty());
+    }
+
+    #[test]
+    fn a_script_may_ask_for_its_number_of_cpus() {
+        assert_eq!(smp_header("#!/bin/sh\n# e2e-smp: 1\nset -eu\n"), Ok(Some(1)));
+        assert_eq!(smp_header("#!/bin/sh\nset -eu\n# e2e-smp: 1\n"), Ok(None));
+        assert_eq!(smp_header("#!/bin/sh\n"), Ok(None));
+        assert!(smp_header("# e2e-smp: 0\n").is_err());
+        assert!(smp_header("# e2e-smp: two\n").is_err());
     }
 
     #[test]

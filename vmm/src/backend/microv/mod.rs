@@ -143,11 +143,16 @@ impl Hypervisor for MicrovHypervisor {
     /// MicroV's platform has no PIT, HPET or PM timer to calibrate the TSC
     /// against, and Linux reads a hypervisor's TSC frequency from CPUID
     /// only for hypervisors it knows: pass the frequency MicroV reports in
-    /// its timing leaf (CPUID 0x4000_0010 EAX, kHz) to the kernel.
+    /// its timing leaf (CPUID 0x4000_0010 EAX, kHz) to the kernel, and say
+    /// the TSC is reliable (guests read the host's TSC with no offset), as
+    /// Linux itself decides for hypervisors it knows. Without it the
+    /// clocksource watchdog, checking the TSC against jiffies that run
+    /// late while the VMM serves exits, may drop the TSC for jiffies, and
+    /// guest time then drifts.
     fn platform_cmdline(&self) -> Vec<String> {
         match cpuid::tsc_khz() {
             0 => Vec::new(),
-            khz => vec![format!("tsc_early_khz={khz}")],
+            khz => vec![format!("tsc_early_khz={khz}"), "tsc=reliable".to_string()],
         }
     }
 
