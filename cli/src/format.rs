@@ -75,6 +75,19 @@ fn vm_exits(e: &VmExitCounts) -> [(&'static str, u64); 6] {
     ]
 }
 
+/// `kind n, kind n, …` for the non-zero counts, or `-` if there are none.
+fn kinds_text<K: std::fmt::Display>(counts: impl Iterator<Item = (K, u64)>) -> String {
+    let kinds: Vec<String> = counts
+        .filter(|(_, n)| *n != 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if kinds.is_empty() {
+        "-".to_owned()
+    } else {
+        kinds.join(", ")
+    }
+}
+
 fn vm_exits_total(e: &VmExitCounts) -> u64 {
     vm_exits(e)
         .iter()
@@ -304,15 +317,7 @@ pub fn status_text(st: &HvStatus, list: Option<&VmList>) -> String {
         let _ = writeln!(s, "\n{:>4}  {:<8} {:>10}  by kind", "cpu", "state", "exits");
         for c in cpus {
             let total: u64 = c.exits.iter().fold(0u64, |a, &n| a.saturating_add(n));
-            let kinds: Vec<String> = cpu_exits(c)
-                .filter(|(_, n)| *n != 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            let kinds = if kinds.is_empty() {
-                "-".to_owned()
-            } else {
-                kinds.join(", ")
-            };
+            let kinds = kinds_text(cpu_exits(c));
             let _ = writeln!(
                 s,
                 "{:>4}  {:<8} {:>10}  {}",
@@ -332,16 +337,7 @@ pub fn status_text(st: &HvStatus, list: Option<&VmList>) -> String {
             "vm", "pid", "command", "state", "vcpus", "memory", "exits"
         );
         for vm in listed {
-            let kinds: Vec<String> = vm_exits(&vm.exits)
-                .iter()
-                .filter(|(_, n)| *n != 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            let kinds = if kinds.is_empty() {
-                "-".to_owned()
-            } else {
-                kinds.join(", ")
-            };
+            let kinds = kinds_text(vm_exits(&vm.exits).iter().copied());
             let _ = writeln!(
                 s,
                 "{:>4}  {:>7}  {:<15}  {:<8} {:>5} {:>10} {:>10}  {}",

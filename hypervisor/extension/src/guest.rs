@@ -468,11 +468,9 @@ pub const NO_KICKS: Kicks = [0; 4];
 
 /// A `KICK` exit for `kicks`, or `None` if there is no one to wake.
 pub fn kick_exit(kicks: Kicks) -> Option<RunExit> {
-    (kicks != NO_KICKS).then(|| {
-        let mut e = RunExit::zeroed();
-        e.reason = exit_reason::KICK;
-        e.kick = kicks;
-        e
+    (kicks != NO_KICKS).then(|| RunExit {
+        kick: kicks,
+        ..exit_record(exit_reason::KICK, 0)
     })
 }
 
@@ -482,7 +480,11 @@ pub fn kick_exit(kicks: Kicks) -> Option<RunExit> {
 fn apic_access(v: &mut Vmcb, r: &mut VsRegs, vcpu: u64, a: &RunApic, vcpus: &Vcpus) -> Kicks {
     if a.write != 0 {
         let sent = vcpus.with_lapic(vcpu, |l| l.mmio_write(a.offset, a.value));
-        vcpus.sync_address(vcpu);
+        // Only the logical ID and format change how others address it (and
+        // EOI, the common write, must stay cheap).
+        if matches!(a.offset / 16, lapic::reg::LDR | lapic::reg::DFR) {
+            vcpus.sync_address(vcpu);
+        }
         return match sent {
             Some(Ok(ipi)) => vcpus.deliver(vcpu, ipi),
             _ => NO_KICKS,
@@ -573,10 +575,16 @@ pub enum GuestAction {
     ToVmm(RunExit),
 }
 
-fn to_vmm(reason: u32) -> GuestAction {
+/// An exit record with `reason` and `qualification`, the rest zero.
+pub fn exit_record(reason: u32, qualification: u64) -> RunExit {
     let mut e = RunExit::zeroed();
     e.reason = reason;
-    GuestAction::ToVmm(e)
+    e.qualification = qualification;
+    e
+}
+
+fn to_vmm(reason: u32) -> GuestAction {
+    GuestAction::ToVmm(exit_record(reason, 0))
 }
 
 /// Handles guest vCPU `vcpu`'s exit `exit` on CPU `cpu`. An exit for the
@@ -642,18 +650,14 @@ fn handle_exit(
         }
         Exit::Io { access, next_rip } => {
             if access.string {
-                let mut e = RunExit::zeroed();
-                e.reason = exit_reason::UNHANDLED;
-                e.qualification = u64::from(access.port);
                 host.log(format_args!(
                     "vcpu {vcpu}: string I/O on port {:#x} is not emulated",
                     access.port
                 ));
-                return GuestAction::ToVmm(e);
+                return GuestAction::ToVmm(exit_record(exit_reason::UNHANDLED, u64::from(access.port)));
             }
             let mask = (1u64 << (8 * u32::from(access.size))) - 1;
-            let mut e = RunExit::zeroed();
-            e.reason = exit_reason::IO;
+            let mut e = exit_record(exit_reason::IO, 0);
             e.io = RunIo {
                 port: access.port,
                 size: access.size,
@@ -671,8 +675,7 @@ fn handle_exit(
             GuestAction::ToVmm(e)
         }
         Exit::NestedFault { gpa, write, fetch } => {
-            let mut e = RunExit::zeroed();
-            e.reason = exit_reason::MMIO;
+            let mut e = exit_record(exit_reason::MMIO, 0);
             let mut access = 0;
             if write {
                 access |= mmio_access::WRITE;
@@ -711,18 +714,8 @@ fn handle_exit(
             skip(v, INVD_LEN);
             GuestAction::Resume
         }
-        Exit::EntryFailed => {
-            let mut e = RunExit::zeroed();
-            e.reason = exit_reason::FAIL_ENTRY;
-            e.qualification = v.control.exit_code;
-            GuestAction::ToVmm(e)
-        }
-        Exit::Other(code) => {
-            let mut e = RunExit::zeroed();
-            e.reason = exit_reason::UNHANDLED;
-            e.qualification = code;
-            GuestAction::ToVmm(e)
-        }
+        Exit::EntryFailed => GuestAction::ToVmm(exit_record(exit_reason::FAIL_ENTRY, v.control.exit_code)),
+        Exit::Other(code) => GuestAction::ToVmm(exit_record(exit_reason::UNHANDLED, code)),
     }
 }
 

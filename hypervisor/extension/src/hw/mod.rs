@@ -18,6 +18,7 @@ use microv_arch::svm::{self, Vmcb};
 
 use crate::exit::{self, Action};
 use crate::guest::{self, GuestAction};
+use microv_abi::run::{exit_reason, hlt};
 use crate::hypercall;
 use crate::neutral;
 use crate::svm_regs;
@@ -255,18 +256,13 @@ fn run_guest(cpu: usize, vcpu: u64) -> ! {
     // SAFETY: this CPU holds the vCPU; the only reference to its VMCB.
     let v = unsafe { vmcb(vcpu) };
     if HV.vcpus.startup(v, vcpu) == guest::Startup::Wait {
-        let mut e = <microv_abi::run::RunExit as zerocopy::FromZeros>::new_zeroed();
-        e.reason = microv_abi::run::exit_reason::HLT;
-        e.qualification = microv_abi::run::hlt::WAIT_FOR_SIPI;
+        let e = guest::exit_record(exit_reason::HLT, hlt::WAIT_FOR_SIPI);
         back_to_root(cpu, vcpu, e)
     }
     guest::prepare_entry(v, vcpu, &HV.vcpus, instr::rdtsc());
     let refused = sys::vs_run(vcpu);
     // Only returns if the microkernel refused to run it.
-    let mut e = <microv_abi::run::RunExit as zerocopy::FromZeros>::new_zeroed();
-    e.reason = microv_abi::run::exit_reason::FAIL_ENTRY;
-    e.qualification = refused as u64;
-    back_to_root(cpu, vcpu, e)
+    back_to_root(cpu, vcpu, guest::exit_record(exit_reason::FAIL_ENTRY, refused as u64))
 }
 
 fn on_guest_exit(cpu: usize, vcpu: u64) -> ! {

@@ -7,8 +7,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use microv_abi::launch::{MAX_RAM_RANGES, PAGE_SIZE};
 use microv_abi::syscall::SysStatus;
-use microv_arch::cpuid::LEAF_ADDRESS_SIZES;
-use microv_arch::instr;
 use microv_arch::mapper::MapError;
 use microv_arch::paging::ENTRIES;
 use microv_arch::svm::{IOPM_SIZE, MSRPM_SIZE};
@@ -143,12 +141,6 @@ fn map_error(e: MapError) -> SysStatus {
     }
 }
 
-/// First physical address this CPU cannot address.
-fn max_pa() -> u64 {
-    let bits = instr::cpuid(LEAF_ADDRESS_SIZES, 0).eax & 0xff;
-    1u64 << bits.clamp(32, 52)
-}
-
 /// Checks root frames against the boot info's RAM map and the pool.
 pub fn check_frames(mem: &Memory, hpa: u64, pages: u64) -> Result<(), SysStatus> {
     let bi = mem.boot().ok_or(SysStatus::InvalidArgument)?;
@@ -158,7 +150,7 @@ pub fn check_frames(mem: &Memory, hpa: u64, pages: u64) -> Result<(), SysStatus>
     let root = RootMemory {
         pool: chunks,
         ram,
-        max_pa: max_pa(),
+        max_pa: super::root_vm::max_pa().ok_or(SysStatus::InvalidArgument)?,
     };
     guest_vm::check_frames(&root, hpa, pages).map_err(refusal)
 }

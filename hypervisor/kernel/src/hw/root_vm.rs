@@ -78,6 +78,12 @@ pub fn tables() -> Option<RootTables> {
     BUILT.lock().map(|b| b.tables)
 }
 
+/// First physical address the CPU cannot address (from CPUID, read once
+/// when the root's tables were built).
+pub fn max_pa() -> Option<u64> {
+    BUILT.lock().map(|b| b.max_pa)
+}
+
 /// `RootMapGpa`: maps the root's faulting guest-physical address `gpa`.
 pub fn map_gpa(gpa: u64) -> Result<bool, StartError> {
     let Some(b) = *BUILT.lock() else {
