@@ -143,6 +143,7 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
         u64::from(run::exit_reason::UNHANDLED),
     )?;
     define(w, "MV_EXIT_KICK", u64::from(run::exit_reason::KICK))?;
+    define(w, "MV_EXIT_TIMER", u64::from(run::exit_reason::TIMER))?;
     define(w, "MV_HLT_HALTED", run::hlt::HALTED)?;
     define(w, "MV_HLT_WAIT_FOR_SIPI", run::hlt::WAIT_FOR_SIPI)?;
     define(w, "MV_MAP_READ", run::map_access::READ)?;

@@ -177,14 +177,15 @@ c_struct! {
     /// RUN returns 0 with the exit in the run page, or fails with EINTR
     /// when a signal is pending for the thread (the exit then says
     /// `INTERRUPTED`). It handles some exits itself and goes back in:
-    /// `INTERRUPTED`, and a `HLT` with interrupts enabled and the APIC
-    /// timer armed, which sleeps in the host until the timer's deadline, a
-    /// KICK, a signal, or a vector raised in the run page before it slept.
-    /// (A HLT with interrupts disabled or no timer armed returns to the
-    /// VMM.) If a signal cuts that sleep short, the next RUN sleeps on
-    /// until one of those (the guest never leaves a HLT without a reason),
-    /// unless the VMM set `request` bits or SET_REGS since. While the guest runs, a host timer at its APIC timer's
-    /// deadline makes it exit, so the timer fires on time.
+    /// `INTERRUPTED`, `KICK` (it wakes the vCPUs named), `TIMER` (it
+    /// re-arms its host timer) and `HLT`, which sleeps in the host until
+    /// the APIC timer's deadline (if armed), a KICK, a signal, or a vector
+    /// raised in the run page before it slept: the VMM never sees a HLT.
+    /// If a signal cuts that sleep short, the next RUN sleeps on until one
+    /// of those (the guest never leaves a HLT without a reason), unless the
+    /// VMM set `request` bits or SET_REGS since. While the guest runs, a
+    /// host timer at its APIC timer's deadline makes it exit, so the timer
+    /// fires on time.
     ///
     /// KICK (any thread; it never waits for RUN): makes the vCPU look at
     /// its raised vectors now. A RUN sleeping in a HLT wakes and enters

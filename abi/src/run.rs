@@ -46,6 +46,11 @@ pub mod exit_reason {
     /// wakes each (or interrupts it if it runs) and runs this vCPU again;
     /// the VMM never sees this exit.
     pub const KICK: u32 = 8;
+    /// The guest armed its APIC timer earlier than the host timer the
+    /// driver armed for it ([`super::RunExit::deadline`] has the new
+    /// deadline): the driver re-arms and runs the vCPU again; the VMM
+    /// never sees this exit.
+    pub const TIMER: u32 = 9;
 }
 
 /// [`RunExit::qualification`] of a `HLT` exit.

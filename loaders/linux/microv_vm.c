@@ -49,11 +49,12 @@
  * RUN turns that into host time: before each entry it arms a per-vCPU
  * hrtimer, pinned to the CPU that enters, for the deadline (the interrupt
  * ends the guest's run, the driver enters again and MicroV fires the
- * timer: the callback does nothing); and a HLT with interrupts enabled and
- * the timer armed sleeps in the host, interruptibly, until the deadline, a
- * KICK, a signal, or a vector the VMM raised in the run page. The run page
- * is the VMM's to write too, so the deadline (and RFLAGS.IF) read from it
- * are hints: a VMM that changes them only mistimes its own vCPU.
+ * timer: the callback does nothing; a guest that moves its deadline
+ * earlier exits with TIMER for the driver to re-arm); and a HLT sleeps in
+ * the host, interruptibly, until the deadline (if armed), a KICK, a signal,
+ * or a vector the VMM raised in the run page. The run page is the VMM's to
+ * write too, so the deadline read from it is a hint: a VMM that changes it
+ * only mistimes its own vCPU.
  */
 #include <linux/anon_inodes.h>
 #include <linux/atomic.h>
@@ -437,8 +438,8 @@ static bool vcpu_raised(const struct mv_run_page *run)
 }
 
 /*
- * A HLT with interrupts enabled and the guest's timer armed: sleeps until
- * TSC value `deadline`, a kick, or a signal, unless a kick or a raised
+ * A HLT: sleeps until TSC value `deadline` (U64_MAX: the timer is not
+ * armed), a kick, or a signal, unless a kick or a raised
  * vector is already there. The checks come after the task is on the wait
  * queue and marked sleeping, so a kick (which sets `kicked`, then wakes
  * the queue) is never lost, nor a vector raised before it. Returns 0 to
@@ -537,11 +538,11 @@ static u64 vcpu_enter(struct mv_vcpu *v, u64 deadline, u64 *reason)
  * signal is pending: then the run page says INTERRUPTED and RUN fails with
  * EINTR (the VMM's kick, or a kill). A signal that arrives between the check
  * and the vmmcall ends the run at the next host interrupt (a timer tick at
- * the latest). A HLT with interrupts enabled and the guest's timer armed
- * sleeps here (vcpu_halt) and runs again; one that a signal cuts short is
- * resumed by the next RUN, so a signal never wakes the guest from HLT
- * early. The host timer is cancelled on the way out: while the VMM handles
- * an exit the guest does not run.
+ * the latest). KICK and TIMER exits are served here too, and a HLT sleeps
+ * here (vcpu_halt) and runs again: the VMM never sees one. A HLT sleep a
+ * signal cuts short is resumed by the next RUN, so a signal never wakes the
+ * guest from HLT early. The host timer is cancelled on the way out: while
+ * the VMM handles an exit the guest does not run.
  */
 static long vcpu_run(struct mv_vcpu *v)
 {
@@ -575,7 +576,8 @@ static long vcpu_run(struct mv_vcpu *v)
 		}
 		count_exit(v->vm, reason);
 		deadline = READ_ONCE(run->exit.deadline);
-		if (reason == MV_EXIT_INTERRUPTED) {
+		/* TIMER: the loop re-arms the host timer for the new deadline. */
+		if (reason == MV_EXIT_INTERRUPTED || reason == MV_EXIT_TIMER) {
 			cond_resched();
 			continue;
 		}
@@ -583,26 +585,18 @@ static long vcpu_run(struct mv_vcpu *v)
 			vm_kick_set(v->vm, run);
 			continue;
 		}
-		if (reason == MV_EXIT_HLT &&
-		    READ_ONCE(run->exit.qualification) == MV_HLT_WAIT_FOR_SIPI) {
-			/* A secondary vCPU before its SIPI: only a kick starts it. */
-			ret = vcpu_halt(v, run, U64_MAX);
-			if (ret) {
-				v->halted = true;
-				v->halt_deadline = U64_MAX;
-				reason = MV_EXIT_INTERRUPTED;
-				break;
-			}
-			continue;
-		}
-		if (reason != MV_EXIT_HLT || !deadline ||
-		    !(READ_ONCE(run->regs.rflags) & X86_EFLAGS_IF))
+		if (reason != MV_EXIT_HLT)
 			break;
-		/* Nothing else can wake it: the timer, a raised vector or a kick. */
-		ret = vcpu_halt(v, run, deadline);
+		/*
+		 * A HLT, or a secondary vCPU before its SIPI: nothing but its
+		 * timer (if armed), a raised vector or a kick wakes it, as on
+		 * hardware (a vector MicroV then finds masked, or a HLT with
+		 * interrupts off, just halts again). The VMM need not know.
+		 */
+		ret = vcpu_halt(v, run, deadline ?: U64_MAX);
 		if (ret) {
 			v->halted = true;
-			v->halt_deadline = deadline;
+			v->halt_deadline = deadline ?: U64_MAX;
 			reason = MV_EXIT_INTERRUPTED;
 			break;
 		}

@@ -91,7 +91,7 @@ case "$POOL0" in '' | *[!0-9]*) fail "no pool.free_bytes in microv status --json
 [ "$PINS0" != "<missing>" ] || fail "/proc/vmstat has no nr_foll_pin_acquired/released"
 echo "  at start: free pool $POOL0 bytes, pinned pages $PINS0"
 
-check "a real-mode guest: out 'O', out 'K', in (answered 0x5a), out 0x5a, an MMIO write to 0xf0000, hlt"
+check "a real-mode guest: out 'O', out 'K', in (answered 0x5a), out 0x5a, an MMIO write to 0xf0000, a hlt the driver holds until a signal"
 smoke_ok
 back_to_baseline "after the guest's VMM exited" pins
 

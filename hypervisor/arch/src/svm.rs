@@ -148,6 +148,35 @@ const _: () = {
     assert!(core::mem::size_of::<SaveArea>() == 0xc00);
 };
 
+/// Fields of [`Control::vintr`] (VMCB offset 0x060): the virtual
+/// interrupt the CPU delivers itself, when the guest's RFLAGS.IF allows.
+pub mod vintr {
+    /// V_IRQ: a virtual interrupt is pending; the CPU clears it as the
+    /// guest takes the interrupt.
+    pub const V_IRQ: u64 = 1 << 8;
+    /// V_INTR_PRIO (bits 19:16): the pending interrupt's priority class.
+    pub const PRIO_SHIFT: u32 = 16;
+    /// V_IGN_TPR: deliver regardless of V_TPR (MicroV's APIC applies the
+    /// task priority before it offers a vector).
+    pub const V_IGN_TPR: u64 = 1 << 20;
+    /// V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual interrupts.
+    pub const V_INTR_MASKING: u64 = 1 << 24;
+    /// V_INTR_VECTOR (bits 39:32): the pending interrupt's vector.
+    pub const VECTOR_SHIFT: u32 = 32;
+    /// Everything that describes the pending virtual interrupt.
+    pub const OFFER: u64 = V_IRQ | 0xf << PRIO_SHIFT | V_IGN_TPR | 0xff << VECTOR_SHIFT;
+
+    /// The VINTR bits that offer `vector`.
+    pub const fn offer(vector: u8) -> u64 {
+        V_IRQ | ((vector >> 4) as u64) << PRIO_SHIFT | V_IGN_TPR | (vector as u64) << VECTOR_SHIFT
+    }
+
+    /// The vector `word` offers or offered (0: none).
+    pub const fn vector(word: u64) -> u8 {
+        (word >> VECTOR_SHIFT) as u8
+    }
+}
+
 /// Bits of [`Control::intercept_misc1`] (VMCB offset 0x00c).
 pub mod misc1 {
     pub const INTR: u32 = 1 << 0;
@@ -250,6 +279,8 @@ pub mod event {
     pub const ERROR_CODE_VALID: u64 = 1 << 11;
     pub const TYPE_EXCEPTION: u64 = 3 << 8;
     pub const TYPE_INTERRUPT: u64 = 0;
+    /// The event-type field (bits 10:8).
+    pub const TYPE_MASK: u64 = 7 << 8;
 
     /// An external interrupt with `vector`.
     pub const fn interrupt(vector: u8) -> u64 {

@@ -19,7 +19,7 @@ use microv_abi::run::{
 use microv_abi::syscall::{vs_layout, VsRegs};
 use microv_arch::descriptor::Segment;
 use microv_arch::msr::{self, efer};
-use microv_arch::svm::{event, misc1, misc2, required, vector, Vmcb, NP_ENABLE};
+use microv_arch::svm::{event, misc1, misc2, required, vector, vintr, Vmcb, NP_ENABLE};
 
 use crate::exit::{complete_hypercall, cpuid_with, skip, xsetbv};
 use crate::host::Host;
@@ -34,9 +34,6 @@ const INVD_LEN: u64 = 2;
 const MSR_LEN: u64 = 2;
 const RFLAGS_IF: u64 = 1 << 9;
 const CR0_PG: u64 = 1 << 31;
-/// VINTR: V_IRQ (a virtual interrupt is pending) and V_INTR_MASKING.
-const V_IRQ: u64 = 1 << 8;
-const V_INTR_MASKING: u64 = 1 << 24;
 /// Placeholder ASID: the microkernel sets the real one before every run.
 const ASID_PLACEHOLDER: u32 = 1;
 
@@ -385,7 +382,7 @@ pub fn configure_vmcb(v: &mut Vmcb) {
         | misc1::HLT;
     c.intercept_misc2 = required::MISC2 | misc2::VMMCALL | misc2::RDTSCP;
     c.np_control = NP_ENABLE;
-    c.vintr = V_INTR_MASKING;
+    c.vintr = vintr::V_INTR_MASKING;
     c.guest_asid = ASID_PLACEHOLDER;
     let s = &mut v.save;
     let data = |selector: u16, base: u64| Segment {
@@ -517,42 +514,58 @@ fn merge(rax: u64, data: u64, size: u64) -> u64 {
 }
 
 /// Before each run, at guest time `now` (TSC): fire the APIC timer if due,
-/// re-deliver an event the exit interrupted, else deliver the APIC's
-/// highest interrupt if the guest can take it now, or ask for an exit as
-/// soon as it can.
+/// re-deliver an event the exit interrupted, and offer the APIC's highest
+/// deliverable interrupt as the VMCB's virtual interrupt (V_IRQ), which the
+/// CPU delivers as soon as the guest's RFLAGS.IF and interrupt shadow allow.
+///
+/// Why V_IRQ rather than event injection: the CPU then decides when the
+/// guest can take it (no interrupt-window exits), and QEMU's TCG (the
+/// emulated machine) can deliver an injected external interrupt twice (its
+/// VMRUN leaves the vector as a pending exception, which a kick of the
+/// emulated CPU then delivers again); its virtual interrupts are sound.
+/// [`settle_offer`] learns after the run whether the guest took it.
 pub fn prepare_entry(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus, now: u64) {
     let c = &mut v.control;
-    let reinject = c.exit_int_info & event::VALID != 0;
-    if reinject {
+    if c.exit_int_info & event::VALID != 0 {
         c.event_inj = c.exit_int_info;
         c.exit_int_info = 0;
     }
-    let open = v.save.rflags & RFLAGS_IF != 0 && v.control.interrupt_shadow & 1 == 0;
-    let busy = v.control.event_inj & event::VALID != 0;
-    let next = vcpus.with_lapic(vcpu, |l| {
-        vcpus.collect(vcpu, l);
-        l.tick(now);
-        let next = l.next_interrupt();
-        if let (Some(vector), true, false) = (next, open, busy) {
-            l.accept(vector);
-        }
-        next
-    });
-    match (next.flatten(), open && !busy) {
-        (None, _) => {
-            v.control.vintr &= !V_IRQ;
-            v.control.intercept_misc1 &= !misc1::VINTR;
-        }
-        (Some(vector), true) => {
-            v.control.event_inj = event::interrupt(vector);
-            v.control.vintr &= !V_IRQ;
-            v.control.intercept_misc1 &= !misc1::VINTR;
-        }
-        (Some(_), false) => {
-            v.control.vintr |= V_IRQ;
-            v.control.intercept_misc1 |= misc1::VINTR;
-        }
+    let offer = vcpus
+        .with_lapic(vcpu, |l| {
+            vcpus.collect(vcpu, l);
+            l.tick(now);
+            l.next_interrupt()
+        })
+        .flatten();
+    c.vintr &= !vintr::OFFER;
+    c.intercept_misc1 &= !misc1::VINTR;
+    if let Some(vector) = offer {
+        c.vintr |= vintr::offer(vector);
     }
+}
+
+/// After a run: if the guest took the interrupt [`prepare_entry`] offered
+/// (the CPU cleared V_IRQ, or an exit cut its delivery short and the CPU
+/// reports it as the interrupted event, which is delivered again), the
+/// vector moves into service in the APIC. The offer is withdrawn either
+/// way; the next entry offers whatever is highest then.
+pub fn settle_offer(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus) {
+    let c = &mut v.control;
+    let vector = vintr::vector(c.vintr);
+    if vector == 0 {
+        return;
+    }
+    let info = c.exit_int_info;
+    let cut_short = info & (event::VALID | event::TYPE_MASK) == event::VALID | event::TYPE_INTERRUPT
+        && info as u8 == vector;
+    if c.vintr & vintr::V_IRQ == 0 || cut_short {
+        let _ = vcpus.with_lapic(vcpu, |l| {
+            if l.pending(vector) {
+                l.accept(vector);
+            }
+        });
+    }
+    c.vintr &= !vintr::OFFER;
 }
 
 /// True if vCPU `vcpu` has an interrupt to take at `now` (for HLT).
@@ -598,13 +611,17 @@ pub fn handle(
     hv: &crate::state::HvState,
     host: &mut dyn Host,
 ) -> GuestAction {
-    match handle_exit(v, r, exit, vcpu, cpu, hv, host) {
-        GuestAction::ToVmm(mut e) => {
-            e.deadline = hv.vcpus.with_lapic(vcpu, |l| l.next_deadline()).flatten().unwrap_or(0);
-            GuestAction::ToVmm(e)
-        }
-        resume => resume,
-    }
+    // First: an interrupt the guest took is in service before its EOI (or
+    // anything else this exit does with the APIC) is handled.
+    settle_offer(v, vcpu, &hv.vcpus);
+    handle_exit(v, r, exit, vcpu, cpu, hv, host)
+}
+
+/// Every exit to the root carries the APIC timer's deadline, which the
+/// driver arms a host timer for (and MicroV remembers that it did).
+pub fn for_root(mut e: RunExit, vcpu: u64, vcpus: &Vcpus) -> RunExit {
+    e.deadline = vcpus.with_lapic(vcpu, Lapic::report_deadline).unwrap_or(0);
+    e
 }
 
 fn handle_exit(
@@ -626,12 +643,18 @@ fn handle_exit(
             });
             GuestAction::Resume
         }
-        Exit::Msr { write } => match kick_exit(msr_access(v, r, write, vcpu, vcpus)) {
-            // The IPI's targets are woken by the driver, which then runs
-            // this vCPU again at once.
-            Some(e) => GuestAction::ToVmm(e),
-            None => GuestAction::Resume,
-        },
+        Exit::Msr { write } => {
+            if let Some(e) = kick_exit(msr_access(v, r, write, vcpu, vcpus)) {
+                // The IPI's targets are woken by the driver, which then runs
+                // this vCPU again at once.
+                return GuestAction::ToVmm(e);
+            }
+            let now = host.tsc();
+            if write && vcpus.with_lapic(vcpu, |l| l.host_timer_late(now)) == Some(true) {
+                return to_vmm(exit_reason::TIMER);
+            }
+            GuestAction::Resume
+        }
         Exit::Hypercall => {
             let caller = CallerInfo {
                 cpl: v.save.cpl,
@@ -694,11 +717,8 @@ fn handle_exit(
             to_vmm(exit_reason::HLT)
         }
         Exit::HostInterrupt => to_vmm(exit_reason::INTERRUPTED),
-        Exit::InterruptWindow => {
-            v.control.vintr &= !V_IRQ;
-            v.control.intercept_misc1 &= !misc1::VINTR;
-            GuestAction::Resume
-        }
+        // Never asked for (V_IRQ offers need no window); nothing to do.
+        Exit::InterruptWindow => GuestAction::Resume,
         Exit::Shutdown => to_vmm(exit_reason::SHUTDOWN),
         Exit::Init => GuestAction::Resume,
         // Hidden from the guest's CPUID; #UD, as on a CPU without it.
@@ -714,7 +734,7 @@ fn handle_exit(
             skip(v, INVD_LEN);
             GuestAction::Resume
         }
-        Exit::EntryFailed => GuestAction::ToVmm(exit_record(exit_reason::FAIL_ENTRY, v.control.exit_code)),
+        Exit::EntryFailed(code) => GuestAction::ToVmm(exit_record(exit_reason::FAIL_ENTRY, code)),
         Exit::Other(code) => GuestAction::ToVmm(exit_record(exit_reason::UNHANDLED, code)),
     }
 }
@@ -853,8 +873,12 @@ mod tests {
     }
 
     impl Setup {
+        /// The exit as the root gets it (with the deadline).
         fn exit(&mut self, e: Exit) -> GuestAction {
-            handle(&mut self.v, &mut self.r, e, 7, 0, &self.hv, &mut self.host)
+            match handle(&mut self.v, &mut self.r, e, 7, 0, &self.hv, &mut self.host) {
+                GuestAction::ToVmm(e) => GuestAction::ToVmm(for_root(e, 7, &self.hv.vcpus)),
+                resume => resume,
+            }
         }
     }
 
@@ -876,7 +900,7 @@ mod tests {
         assert_eq!(c.intercept_misc2 & required::MISC2, required::MISC2);
         assert_ne!(c.intercept_misc1 & misc1::INTR, 0);
         assert_ne!(c.intercept_misc1 & misc1::NMI, 0);
-        assert_ne!(c.vintr & V_INTR_MASKING, 0);
+        assert_ne!(c.vintr & vintr::V_INTR_MASKING, 0);
         assert_eq!(s.v.save.cs.base + s.v.save.rip, 0xffff_0000 + 0x1000);
         assert_ne!(s.v.save.efer & efer::SVME, 0);
     }
@@ -960,7 +984,7 @@ mod tests {
         assert_eq!(reason(s.exit(Exit::HostInterrupt)), (exit_reason::INTERRUPTED, 0));
         assert_eq!(reason(s.exit(Exit::Shutdown)), (exit_reason::SHUTDOWN, 0));
         s.v.control.exit_code = exit::INVALID;
-        assert_eq!(reason(s.exit(Exit::EntryFailed)), (exit_reason::FAIL_ENTRY, exit::INVALID));
+        assert_eq!(reason(s.exit(Exit::EntryFailed(exit::INVALID))), (exit_reason::FAIL_ENTRY, exit::INVALID));
         assert_eq!(reason(s.exit(Exit::Other(0x7e))), (exit_reason::UNHANDLED, 0x7e));
         assert_eq!(s.exit(Exit::Init), GuestAction::Resume);
     }
@@ -1031,37 +1055,76 @@ mod tests {
     const LVT_TIMER: u32 = lapic::X2APIC_BASE_MSR + lapic::reg::LVT_TIMER;
     const ICR: u32 = lapic::X2APIC_BASE_MSR + lapic::reg::ICR;
 
+    impl Setup {
+        /// The vector offered as the virtual interrupt, if any.
+        fn offered(&self) -> Option<u8> {
+            (self.v.control.vintr & vintr::V_IRQ != 0).then(|| vintr::vector(self.v.control.vintr))
+        }
+        /// The CPU delivers the offered interrupt (it clears V_IRQ).
+        fn take(&mut self) {
+            self.v.control.vintr &= !vintr::V_IRQ;
+        }
+        fn in_service(&self, vector: u8) -> bool {
+            self.hv.vcpus.with_lapic(7, |l| l.read_msr(lapic::reg::ISR0 + u32::from(vector / 32)))
+                .and_then(Result::ok)
+                .is_some_and(|w| w & (1 << (vector % 32)) != 0)
+        }
+        fn pending(&self, vector: u8) -> bool {
+            self.hv.vcpus.with_lapic(7, |l| l.pending(vector)) == Some(true)
+        }
+    }
+
     #[test]
-    fn interrupts_are_delivered_through_the_apic_when_the_guest_can_take_them() {
+    fn interrupts_are_offered_as_virtual_interrupts_and_in_service_once_taken() {
         let mut s = setup();
         assert!(s.wrmsr(SVR, 0x1ff));
         let mut i = input();
         i.raise[0] = 1 << 0x30;
         i.raise[1] = 1 << (0x41 - 64);
         accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
-        // Interrupts off: ask for the window instead.
+        // The highest is offered whatever RFLAGS.IF says: the CPU waits
+        // until the guest can take it, with no window exit.
         prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
-        assert_eq!(s.v.control.event_inj, 0);
-        assert_ne!(s.v.control.vintr & V_IRQ, 0);
-        assert_ne!(s.v.control.intercept_misc1 & misc1::VINTR, 0);
-        assert_eq!(s.exit(Exit::InterruptWindow), GuestAction::Resume);
-        s.v.save.rflags = RFLAGS_IF | 2;
-        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
-        assert_eq!(s.v.control.event_inj, event::interrupt(0x41), "highest first");
+        assert_eq!((s.offered(), s.v.control.event_inj), (Some(0x41), 0));
+        assert_ne!(s.v.control.vintr & vintr::V_IGN_TPR, 0);
+        assert_eq!((s.v.control.vintr >> vintr::PRIO_SHIFT) & 0xf, 4);
         assert_eq!(s.v.control.intercept_misc1 & misc1::VINTR, 0);
-        // 0x30 waits for the EOI of 0x41 (a lower priority class).
-        s.v.control.event_inj = 0;
+        // An exit before the guest took it: withdrawn, still pending.
+        assert_eq!(s.exit(Exit::Cpuid), GuestAction::Resume);
+        assert_eq!(s.v.control.vintr & vintr::OFFER, 0);
+        assert!(s.pending(0x41) && !s.in_service(0x41));
+        // Taken: in service at the next exit; 0x30 (a lower class) waits.
         prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
-        assert_eq!(s.v.control.event_inj, 0);
+        s.take();
+        assert_eq!(s.exit(Exit::Cpuid), GuestAction::Resume);
+        assert!(!s.pending(0x41) && s.in_service(0x41));
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.offered(), None);
         assert!(s.wrmsr(EOI, 0));
         prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
-        assert_eq!(s.v.control.event_inj, event::interrupt(0x30));
-        // An interrupted delivery is delivered again first.
-        s.v.control.event_inj = 0;
-        s.v.control.exit_int_info = event::interrupt(0x30);
+        assert_eq!(s.offered(), Some(0x30));
+        // The handler's EOI exit settles the offer before the EOI.
+        s.take();
+        assert!(s.wrmsr(EOI, 0));
+        assert!(!s.pending(0x30) && !s.in_service(0x30));
+        // A delivery an exit cut short: in service, then injected again.
+        s.hv.vcpus.with_lapic(7, |l| l.raise(0x50));
         prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
-        assert_eq!(s.v.control.event_inj, event::interrupt(0x30));
-        assert_eq!(s.v.control.exit_int_info, 0);
+        s.v.control.exit_int_info = event::interrupt(0x50);
+        let nested = Exit::NestedFault { gpa: 0x5000, write: true, fetch: false };
+        assert!(matches!(s.exit(nested), GuestAction::ToVmm(_)));
+        assert!(s.in_service(0x50));
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, event::interrupt(0x50));
+        assert_eq!((s.v.control.exit_int_info, s.offered()), (0, None));
+        // An interrupted exception is delivered again too; the offer stands.
+        s.v.control.event_inj = 0;
+        s.hv.vcpus.with_lapic(7, |l| l.raise(0x60));
+        s.v.control.exit_int_info = event::exception(14);
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!((s.v.control.event_inj, s.offered()), (event::exception(14), Some(0x60)));
+        // A window exit (never requested) changes nothing.
+        assert_eq!(s.exit(Exit::InterruptWindow), GuestAction::Resume);
     }
 
     #[test]
@@ -1080,14 +1143,35 @@ mod tests {
         assert_eq!((e.reason, e.deadline), (exit_reason::HLT, 5000));
         // At the next entry after the deadline the timer interrupt goes in.
         prepare_entry(&mut s.v, 7, &s.hv.vcpus, 5000);
-        assert_eq!(s.v.control.event_inj, event::interrupt(0xec));
+        assert_eq!(s.offered(), Some(0xec));
         // HLT after the deadline resumes at once.
-        s.v.control.event_inj = 0;
+        s.take();
         assert!(s.wrmsr(EOI, 0));
         assert!(s.wrmsr(lapic::TSC_DEADLINE_MSR, 6000));
         s.host.tsc = 7000;
         assert_eq!(s.exit(Exit::Hlt), GuestAction::Resume);
+        // A deadline earlier than the host timer the last exit asked for
+        // goes back to the driver to re-arm it; a later one does not.
+        assert_eq!(s.exit(Exit::Hlt), GuestAction::Resume);
+        s.take();
+        assert!(s.wrmsr(EOI, 0));
+        s.host.tsc = 8000;
+        let write_deadline = |s: &mut Setup, tsc: u64| {
+            s.r.gprs[gpr::RCX] = u64::from(lapic::TSC_DEADLINE_MSR);
+            s.r.gprs[gpr::RDX] = tsc >> 32;
+            s.v.save.rax = tsc & 0xffff_ffff;
+            match s.exit(Exit::Msr { write: true }) {
+                GuestAction::ToVmm(e) => Some((e.reason, e.deadline)),
+                GuestAction::Resume => None,
+            }
+        };
+        let rip = s.v.save.rip;
+        assert_eq!(write_deadline(&mut s, 20_000), Some((exit_reason::TIMER, 20_000)));
+        assert_eq!(s.v.save.rip, rip + 2, "past the WRMSR");
+        assert_eq!(write_deadline(&mut s, 30_000), None, "the host timer at 20000 comes first");
+        assert_eq!(write_deadline(&mut s, 15_000), Some((exit_reason::TIMER, 15_000)));
         // With interrupts off HLT goes to the VMM, deadline 0 when disarmed.
+        assert_eq!(write_deadline(&mut s, 0), None);
         s.v.save.rflags = 2;
         let GuestAction::ToVmm(e) = s.exit(Exit::Hlt) else {
             panic!()

@@ -162,6 +162,9 @@ pub struct Lapic {
     esr: u32,
     /// TSC-deadline: the TSC value at which the timer fires (0: disarmed).
     deadline: u64,
+    /// The deadline the last exit to the root reported (0: none): the
+    /// host timer the driver arms until the next exit.
+    host_deadline: u64,
     divide: u32,
 }
 
@@ -213,6 +216,7 @@ impl Lapic {
             lvt: [LVT_MASKED; 7],
             esr: 0,
             deadline: 0,
+            host_deadline: 0,
             divide: 0,
         }
     }
@@ -483,6 +487,23 @@ impl Lapic {
         (self.deadline != 0).then_some(self.deadline)
     }
 
+    /// An exit to the root reports the deadline: the driver arms its host
+    /// timer for it (or sleeps until it) before the vCPU runs again.
+    pub fn report_deadline(&mut self) -> u64 {
+        self.host_deadline = self.deadline;
+        self.deadline
+    }
+
+    /// True if the timer is armed for later than `now` but the host timer
+    /// the last exit reported will not fire by then (it was for later, or
+    /// has passed, or there was none): the vCPU must go back to the driver
+    /// to re-arm it, else the guest's timer would wait for whatever host
+    /// interrupt comes next.
+    pub fn host_timer_late(&self, now: u64) -> bool {
+        let host = self.host_deadline;
+        self.deadline > now && !(host > now && host <= self.deadline)
+    }
+
     /// Fires the timer if `now` reached its deadline.
     pub fn tick(&mut self, now: u64) {
         if self.deadline != 0 && now >= self.deadline {
@@ -608,6 +629,30 @@ mod tests {
         a.set_deadline(50);
         a.write_msr(reg::LVT_TIMER, 0xec).unwrap();
         assert_eq!(a.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_host_timer_is_late_unless_it_fires_by_the_deadline() {
+        let mut a = enabled(0);
+        a.write_msr(reg::LVT_TIMER, u64::from(TIMER_MODE_DEADLINE << TIMER_MODE_SHIFT | 0xec)).unwrap();
+        // No host timer yet: a future deadline needs one, a due one not
+        // (the next entry fires it), nor a disarmed timer.
+        a.set_deadline(1000);
+        assert!(a.host_timer_late(10));
+        assert!(!a.host_timer_late(1000));
+        a.set_deadline(0);
+        assert!(!a.host_timer_late(10));
+        // The exit reported 1000: a later deadline is reached through it,
+        // an earlier one is not.
+        a.set_deadline(1000);
+        assert_eq!(a.report_deadline(), 1000);
+        a.set_deadline(2000);
+        assert!(!a.host_timer_late(10));
+        a.set_deadline(500);
+        assert!(a.host_timer_late(10));
+        // Once the reported deadline has passed, its host timer is spent.
+        a.set_deadline(2000);
+        assert!(a.host_timer_late(1500));
     }
 
     #[test]

@@ -300,7 +300,7 @@ mod tests {
             v.save.rax = value & 0xffff_ffff;
             regs.gprs[gpr::RDX] = value >> 32;
         }
-        let action = exit::handle(v, &mut regs, 0, hv, host);
+        let action = exit::handle(v, &mut regs, crate::neutral::decode_svm(&v.control), 0, hv, host);
         (action, regs)
     }
 

@@ -1,8 +1,9 @@
 //! The vendor-neutral description of an exit. The SVM decoder below reads
-//! the VMCB's exit code and exit information once; the guest policy
-//! (`guest`) works on [`Exit`] alone, so Intel VMX can slot in beneath the
-//! same policy with a decoder of its own.
+//! the VMCB's exit code and exit information once; the root's policy
+//! (`exit`) and the guests' (`guest`) work on [`Exit`], so Intel VMX can
+//! slot in beneath the same policy with a decoder of its own.
 
+use microv_abi::ExitKind;
 use microv_arch::svm::{exit, Control};
 
 use crate::io;
@@ -35,10 +36,29 @@ pub enum Exit {
     Rdtscp,
     Xsetbv,
     Invd,
-    /// The CPU refused the vCPU's state.
-    EntryFailed,
+    /// The CPU refused the vCPU's state; the vendor's code, for reports.
+    EntryFailed(u64),
     /// Anything else; the vendor's code, for reports.
     Other(u64),
+}
+
+impl Exit {
+    /// The class `microv status` counts the exit under.
+    pub fn kind(&self) -> ExitKind {
+        match self {
+            Exit::Cpuid => ExitKind::Cpuid,
+            Exit::Msr { write: false } => ExitKind::MsrRead,
+            Exit::Msr { write: true } => ExitKind::MsrWrite,
+            Exit::Hypercall => ExitKind::Hypercall,
+            Exit::NestedFault { .. } => ExitKind::NestedPageFault,
+            Exit::VirtInstruction => ExitKind::SvmInstruction,
+            Exit::Init => ExitKind::Init,
+            Exit::Shutdown => ExitKind::Shutdown,
+            Exit::Xsetbv => ExitKind::Xsetbv,
+            Exit::Io { .. } => ExitKind::Io,
+            _ => ExitKind::Other,
+        }
+    }
 }
 
 /// Exits of the SVM instructions (a root or guest must see them fault).
@@ -85,7 +105,7 @@ pub fn decode_svm(c: &Control) -> Exit {
         exit::XSETBV => Exit::Xsetbv,
         exit::RDTSCP => Exit::Rdtscp,
         exit::INVD => Exit::Invd,
-        exit::INVALID => Exit::EntryFailed,
+        exit::INVALID => Exit::EntryFailed(exit::INVALID),
         code => Exit::Other(code),
     }
 }
@@ -123,7 +143,7 @@ mod tests {
             (exit::XSETBV, 0, 0, Exit::Xsetbv),
             (exit::RDTSCP, 0, 0, Exit::Rdtscp),
             (exit::INVD, 0, 0, Exit::Invd),
-            (exit::INVALID, 0, 0, Exit::EntryFailed),
+            (exit::INVALID, 0, 0, Exit::EntryFailed(exit::INVALID)),
             (0x7e, 0, 0, Exit::Other(0x7e)),
             (
                 exit::NPF,
@@ -140,6 +160,22 @@ mod tests {
         ];
         for (code, info1, info2, expected) in cases {
             assert_eq!(decode_svm(&control(code, info1, info2)), expected, "{code:#x}");
+        }
+        // How `microv status` counts them.
+        let kinds = [
+            (Exit::Cpuid, ExitKind::Cpuid),
+            (Exit::Msr { write: false }, ExitKind::MsrRead),
+            (Exit::Msr { write: true }, ExitKind::MsrWrite),
+            (Exit::Hypercall, ExitKind::Hypercall),
+            (Exit::NestedFault { gpa: 0, write: false, fetch: false }, ExitKind::NestedPageFault),
+            (Exit::VirtInstruction, ExitKind::SvmInstruction),
+            (Exit::Init, ExitKind::Init),
+            (Exit::Shutdown, ExitKind::Shutdown),
+            (Exit::Xsetbv, ExitKind::Xsetbv),
+            (Exit::Hlt, ExitKind::Other),
+        ];
+        for (e, kind) in kinds {
+            assert_eq!(e.kind(), kind, "{e:?}");
         }
         // OUT DX, AL to 0x3f8; the next RIP comes along.
         let e = decode_svm(&control(exit::IOIO, 0x3f8 << 16 | 1 << 4, 0x1003));

@@ -200,7 +200,8 @@ fn on_exit(cpu: u64, id: u64) -> ! {
     let r = unsafe { regs(id) };
     // A first-run flush is done; keep the TLB from here on.
     v.control.tlb_control = svm::tlb::DO_NOTHING;
-    match exit::handle(v, r, cpu as usize, &HV, &mut Machine) {
+    let e = neutral::decode_svm(&v.control);
+    match exit::handle(v, r, e, cpu as usize, &HV, &mut Machine) {
         Action::Resume => run(id),
         Action::StopThisCpu => {
             log(format_args!("cpu {cpu}: asked to stop; waiting for every CPU"));
@@ -270,8 +271,8 @@ fn on_guest_exit(cpu: usize, vcpu: u64) -> ! {
     // run.run); the only references to its pages.
     let (v, r) = unsafe { state(vcpu) };
     v.control.tlb_control = svm::tlb::DO_NOTHING;
-    HV.count_exit(cpu, exit::classify(v.control.exit_code, v.control.exit_info1));
     let e = neutral::decode_svm(&v.control);
+    HV.count_exit(cpu, e.kind());
     match guest::handle(v, r, e, vcpu, cpu, &HV, &mut Machine) {
         GuestAction::Resume => run_guest(cpu, vcpu),
         GuestAction::ToVmm(e) => back_to_root(cpu, vcpu, e),
@@ -284,6 +285,7 @@ fn on_guest_exit(cpu: usize, vcpu: u64) -> ! {
 fn back_to_root(cpu: usize, vcpu: u64, e: microv_abi::run::RunExit) -> ! {
     // SAFETY: this CPU still holds the vCPU; the only references.
     let (v, r) = unsafe { state(vcpu) };
+    let e = guest::for_root(e, vcpu, &HV.vcpus);
     run_page::write_exit(vcpu, &e, &svm_regs::read(v, r));
     HV.vcpus.set_running_on(cpu, None);
     HV.vcpus.release(vcpu);

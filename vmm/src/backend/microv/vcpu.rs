@@ -113,7 +113,9 @@ impl MicrovVcpu {
                 VmExit::Hlt
             }
             exit_reason::SHUTDOWN => VmExit::Shutdown,
-            exit_reason::INTERRUPTED => VmExit::Interrupted,
+            // TIMER is the driver's to serve; a run that ends with it has
+            // nothing for the VMM either.
+            exit_reason::INTERRUPTED | exit_reason::TIMER => VmExit::Interrupted,
             exit_reason::FAIL_ENTRY => VmExit::FailEntry {
                 reason: exit.qualification,
             },
