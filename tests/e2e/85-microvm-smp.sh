@@ -30,7 +30,7 @@ for c in cpu0 cpu1; do
     t=$(printf '%s\n' "$work" | tr ' ' '\n' | sed -n "s/^$c=//p")
     [ -n "$t" ] && [ "$t" -gt 0 ] || fail "the guest's $c did no work: $work"
 done
-if grep -qE 'BUG:|Oops|Kernel panic' "$MVT_TMP/smp.out"; then
+if grep -qE 'BUG:|Oops|Kernel panic|rcu: INFO|detected stalls?' "$MVT_TMP/smp.out"; then
     fail "the guest kernel complained$(guest_crash smp)"
 fi
 POOL0=$(pool_free)
