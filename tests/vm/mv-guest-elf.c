@@ -83,6 +83,10 @@
  *   xsetbv      sets CR4.OSXSAVE, then xgetbv and xsetbv of XCR0 = 1
  *               (valid), 5 (AVX without SSE), 0, all ones, XCR1 = 1, and
  *               XCR0 = 3 (valid): `xsetbv XCRn=V: #GP|ok`, `xgetbv XCR0=V`
+ *   nmi         self-NMIs through the x2APIC's ICR: the handler counts
+ *               them and, the first time, sends another and spins (it must
+ *               wait for the handler's IRET: never nested); one more with
+ *               interrupts off; `nmi: delivered 3 nested 0` (in hex)
  *   halt-cli    cli, then hlt forever (nothing can wake it)
  *   halt-sti    sti, then hlt forever (no timer armed, nothing sends it an
  *               interrupt)
@@ -1230,6 +1234,13 @@ static void kind_ipi_cross(void)
 	size_t i, quiet;
 
 	prologue("ipi-cross");
+	/* Its NMIs to its own APIC ID reach it: an NMI handler that returns. */
+	quiet = jump_fwd(-1);		/* jmp over the handler */
+	gate(2, here());
+	byte(0x48);			/* iretq */
+	byte(0xcf);
+	land(quiet);
+	lidt(IDTR);
 	apic_enable();
 	byte(0xfa);			/* cli */
 	byte(0x4d);			/* xor r12, r12: rounds */
@@ -1402,6 +1413,102 @@ static void kind_xsetbv(void)
 	epilogue("xsetbv");
 }
 
+/*
+ * NMIs (x2APIC ICR, delivery mode NMI, shorthand self): the handler counts
+ * them, notes one that arrives while it runs (nested), and the first time
+ * sends itself another NMI and spins, which must wait for its IRET. Then
+ * one with interrupts off. Prints `nmi: delivered N nested M` (3 and 0).
+ */
+/*
+ * Two CPUIDs: exits. MicroV unblocks NMIs at the first exit after the
+ * handler's IRET has run, and injects a pending one at the entry after.
+ */
+static void cpuid_exits(void)
+{
+	for (int i = 0; i < 2; i++) {
+		mov_imm32(RAX, 0);
+		byte(0x0f);		/* cpuid */
+		byte(0xa2);
+	}
+}
+
+static void kind_nmi(void)
+{
+	const unsigned char cmp_in[] = { 0x48, 0x83, 0x3c, 0x25, 0, 0, 0, 0, 0 }; /* cmp qword [VAR_IN], 0 */
+	const unsigned char cmp_one[] = { 0x48, 0x83, 0x3c, 0x25, 0, 0, 0, 0, 1 }; /* cmp qword [VAR_NMI], 1 */
+	const unsigned char set_in[] = { 0x48, 0xc7, 0x04, 0x25, 0, 0, 0, 0 }; /* mov qword [VAR_IN], imm32 */
+	const uint64_t var_nmi = VAR_IRQ, var_nested = VAR_IRQ + 8, var_in = VAR_IRQ + 16;
+	const unsigned char spin[] = {
+		0xb9, 0xa0, 0x86, 0x01, 0x00,	/* mov ecx, 100000 */
+		0xff, 0xc9,			/* 1: dec ecx */
+		0x75, 0xfc,			/* jnz 1b */
+	};
+	unsigned char op[16];
+	size_t over, not_nested, not_first;
+	uint64_t h;
+
+	prologue("nmi");
+	used(VAR_IRQ_OFF, 24);
+	over = jump_fwd(-1);		/* jmp over the handler */
+	h = here();
+	byte(0x50);			/* push rax; push rcx; push rdx */
+	byte(0x51);
+	byte(0x52);
+	memcpy(op, cmp_in, sizeof(cmp_in));
+	memcpy(op + 4, &(uint32_t){ (uint32_t)var_in }, 4);
+	emit(op, sizeof(cmp_in));
+	not_nested = jump_fwd(CC_E);	/* je: not nested */
+	inc_var(var_nested);
+	land(not_nested);
+	memcpy(op, set_in, sizeof(set_in));
+	memcpy(op + 4, &(uint32_t){ (uint32_t)var_in }, 4);
+	memcpy(op + 8, &(uint32_t){ 1 }, 4);
+	emit(op, sizeof(set_in) + 4);	/* mov qword [VAR_IN], 1 */
+	inc_var(var_nmi);
+	memcpy(op, cmp_one, sizeof(cmp_one));
+	memcpy(op + 4, &(uint32_t){ (uint32_t)var_nmi }, 4);
+	emit(op, sizeof(cmp_one));
+	not_first = jump_fwd(CC_NE);	/* jne: not the first */
+	mov_imm32(RCX, 0x830);		/* ICR: self, NMI */
+	mov_imm32(RAX, 1 << 18 | 4 << 8);
+	mov_imm32(RDX, 0);
+	wrmsr();
+	emit(spin, sizeof(spin));
+	land(not_first);
+	memcpy(op, set_in, sizeof(set_in));
+	memcpy(op + 4, &(uint32_t){ (uint32_t)var_in }, 4);
+	memcpy(op + 8, &(uint32_t){ 0 }, 4);
+	emit(op, sizeof(set_in) + 4);	/* mov qword [VAR_IN], 0 */
+	byte(0x5a);			/* pop rdx; pop rcx; pop rax */
+	byte(0x59);
+	byte(0x58);
+	byte(0x48);			/* iretq */
+	byte(0xcf);
+	land(over);
+	gate(2, h);
+	lidt(IDTR);
+	apic_enable();
+	mov_imm32(RCX, 0x830);		/* the first self-NMI */
+	mov_imm32(RAX, 1 << 18 | 4 << 8);
+	mov_imm32(RDX, 0);
+	wrmsr();
+	cpuid_exits();			/* the second goes in after its IRET */
+	byte(0xfa);			/* cli: the third arrives anyway */
+	mov_imm32(RCX, 0x830);
+	mov_imm32(RAX, 1 << 18 | 4 << 8);
+	mov_imm32(RDX, 0);
+	wrmsr();
+	cpuid_exits();
+	say("nmi: delivered ");
+	load_rax(var_nmi);
+	call(hex64_at);
+	say(" nested ");
+	load_rax(var_nested);
+	call(hex64_at);
+	say("\n");
+	epilogue("nmi");
+}
+
 /* hlt forever, with interrupts off (cli) or on (sti) and nothing to wake it */
 static void kind_halt(const char *kind, int sti)
 {
@@ -1477,6 +1584,8 @@ int main(int argc, char **argv)
 		kind_efer();
 	} else if (!strcmp(kind, "xsetbv")) {
 		kind_xsetbv();
+	} else if (!strcmp(kind, "nmi")) {
+		kind_nmi();
 	} else if (!strcmp(kind, "halt-cli")) {
 		kind_halt(kind, 0);
 	} else if (!strcmp(kind, "halt-sti")) {
@@ -1485,7 +1594,7 @@ int main(int argc, char **argv)
 		fprintf(stderr,
 			"usage: mv-guest-elf hello|reset|mmio|spin|triple|hypercalls|svm|"
 			"readfar PA|msrs|ports|badcr3-ff|badcr3-far|ipi-cli|ipi-sti|cpuid|ipi-cross|ipi-listen|"
-			"efer|xsetbv|halt-cli|halt-sti > guest.elf\n");
+			"efer|xsetbv|nmi|halt-cli|halt-sti > guest.elf\n");
 		return 2;
 	}
 	if (len > image_len)

@@ -185,6 +185,7 @@ pub mod misc1 {
     pub const INIT: u32 = 1 << 3;
     pub const VINTR: u32 = 1 << 4;
     pub const CPUID: u32 = 1 << 18;
+    pub const IRET: u32 = 1 << 20;
     pub const INVD: u32 = 1 << 22;
     pub const HLT: u32 = 1 << 24;
     pub const INVLPGA: u32 = 1 << 26;
@@ -253,6 +254,7 @@ pub mod exit {
     /// The virtual-interrupt window opened (V_IRQ with the intercept).
     pub const VINTR: u64 = 0x64;
     pub const CPUID: u64 = 0x72;
+    pub const IRET: u64 = 0x74;
     pub const INVD: u64 = 0x76;
     pub const HLT: u64 = 0x78;
     pub const INVLPGA: u64 = 0x7a;
@@ -279,8 +281,16 @@ pub mod event {
     pub const ERROR_CODE_VALID: u64 = 1 << 11;
     pub const TYPE_EXCEPTION: u64 = 3 << 8;
     pub const TYPE_INTERRUPT: u64 = 0;
+    pub const TYPE_NMI: u64 = 2 << 8;
     /// The event-type field (bits 10:8).
     pub const TYPE_MASK: u64 = 7 << 8;
+    /// The NMI's vector.
+    pub const NMI_VECTOR: u64 = 2;
+
+    /// A non-maskable interrupt.
+    pub const fn nmi() -> u64 {
+        VALID | TYPE_NMI | NMI_VECTOR
+    }
 
     /// An external interrupt with `vector`.
     pub const fn interrupt(vector: u8) -> u64 {

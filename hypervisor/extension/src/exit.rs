@@ -214,6 +214,7 @@ pub fn handle(
         Exit::Hlt
         | Exit::HostInterrupt
         | Exit::InterruptWindow
+        | Exit::Iret
         | Exit::Rdtscp
         | Exit::Other(_) => {
             // An exit MicroV never asked for: the root gets #UD, as for an

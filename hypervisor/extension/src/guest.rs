@@ -19,7 +19,7 @@ use microv_abi::run::{
 use microv_abi::syscall::{vs_layout, VsRegs};
 use microv_arch::descriptor::Segment;
 use microv_arch::msr::{self, efer};
-use microv_arch::svm::{event, misc1, misc2, required, vector, vintr, Vmcb, NP_ENABLE};
+use microv_arch::svm::{event, misc1, misc2, required, vector, vintr, Control, Vmcb, NP_ENABLE};
 
 use crate::exit::{complete_hypercall, cpuid_with, skip, xsetbv};
 use crate::host::Host;
@@ -96,6 +96,10 @@ pub struct Vcpus {
     apic_id: [AtomicU64; MAX_VS],
     addr: [AtomicU64; MAX_VS],
     sipi: [AtomicU64; MAX_VS],
+    /// Each vCPU's NMI state (`nmi::*` bits), and where its NMI handler's
+    /// intercepted IRET was (to tell when it has run).
+    nmi: [AtomicU64; MAX_VS],
+    nmi_iret_rip: [AtomicU64; MAX_VS],
     lapic: [Owned<Lapic>; MAX_VS],
     /// vCPU id + 1 that runs on each CPU for its root's `run.run`.
     on_cpu: [AtomicU64; MAX_CPUS],
@@ -113,6 +117,8 @@ impl Vcpus {
             apic_id: [ZERO; MAX_VS],
             addr: [ZERO; MAX_VS],
             sipi: [ZERO; MAX_VS],
+            nmi: [ZERO; MAX_VS],
+            nmi_iret_rip: [ZERO; MAX_VS],
             lapic: [const { Owned::new(Lapic::new(0)) }; MAX_VS],
             on_cpu: [ZERO; MAX_CPUS],
             root: [ZERO; MAX_CPUS],
@@ -135,7 +141,7 @@ impl Vcpus {
         if let Some(s) = Self::slot(&self.sipi, vcpu) {
             s.store(if apic_id == 0 { SIPI_RUNNING } else { SIPI_WAIT }, Ordering::Release);
         }
-        for a in [&self.owner, &self.pending_in] {
+        for a in [&self.owner, &self.pending_in, &self.nmi] {
             if let Some(s) = Self::slot(a, vcpu) {
                 s.store(0, Ordering::Relaxed);
             }
@@ -260,6 +266,51 @@ impl Vcpus {
         }
     }
 
+    /// After an exit of `vcpu` at `rip`: if the NMI handler's IRET has run
+    /// since it was intercepted, NMIs are unblocked.
+    fn settle_nmi(&self, vcpu: u64, rip: u64) {
+        let (Some(s), Some(at)) = (Self::slot(&self.nmi, vcpu), Self::slot(&self.nmi_iret_rip, vcpu)) else {
+            return;
+        };
+        if s.load(Ordering::Acquire) & nmi::UNMASKING != 0 && rip != at.load(Ordering::Relaxed) {
+            s.fetch_and(!(nmi::UNMASKING | nmi::MASKED), Ordering::AcqRel);
+        }
+    }
+
+    /// `vcpu`'s NMI handler is at its IRET (`rip`), about to run it.
+    fn iret_intercepted(&self, vcpu: u64, rip: u64) {
+        if let (Some(s), Some(at)) = (Self::slot(&self.nmi, vcpu), Self::slot(&self.nmi_iret_rip, vcpu)) {
+            at.store(rip, Ordering::Relaxed);
+            s.fetch_or(nmi::UNMASKING, Ordering::AcqRel);
+        }
+    }
+
+    /// True if `vcpu` has an NMI it can take now.
+    fn nmi_deliverable(&self, vcpu: u64) -> bool {
+        Self::slot(&self.nmi, vcpu)
+            .is_some_and(|s| s.load(Ordering::Acquire) & (nmi::PENDING | nmi::MASKED) == nmi::PENDING)
+    }
+
+    /// Injects `vcpu`'s pending NMI unless another event goes in first,
+    /// the guest is in an interrupt shadow, or its NMI handler still runs;
+    /// the handler's IRET is then intercepted to learn when it ends.
+    fn inject_nmi(&self, c: &mut Control, vcpu: u64) {
+        let Some(s) = Self::slot(&self.nmi, vcpu) else {
+            return;
+        };
+        if c.event_inj & event::VALID != 0 || c.interrupt_shadow & 1 != 0 || !self.nmi_deliverable(vcpu) {
+            return;
+        }
+        // Taken with a read-modify-write: an NMI sent from now on stays
+        // pending for after the handler.
+        if s.fetch_and(!nmi::PENDING, Ordering::AcqRel) & nmi::PENDING == 0 {
+            return;
+        }
+        s.fetch_or(nmi::MASKED, Ordering::AcqRel);
+        c.event_inj = event::nmi();
+        c.intercept_misc1 |= misc1::IRET;
+    }
+
     /// Sends what the APIC of `vcpu` sent; the vCPUs that must be woken
     /// (a 256-bit set of vCPU ids: `RunExit::kick`).
     pub fn deliver(&self, vcpu: u64, ipi: Option<Ipi>) -> Kicks {
@@ -272,6 +323,7 @@ impl Vcpus {
             Ipi::AllButSelf { vector } => (None, Signal::Vector(vector)),
             Ipi::Init { dest } => (Some(dest), Signal::Init),
             Ipi::Startup { dest, vector } => (Some(dest), Signal::Startup(vector)),
+            Ipi::Nmi { dest } => (dest, Signal::Nmi),
         };
         for (i, owner_vm) in self.vm.iter().enumerate() {
             let i = i as u64;
@@ -286,6 +338,11 @@ impl Vcpus {
                 Signal::Vector(vector) => {
                     if let Some(w) = self.irq(i).and_then(|w| w.get(usize::from(vector >> 6))) {
                         w.fetch_or(1 << (vector & 63), Ordering::AcqRel);
+                    }
+                }
+                Signal::Nmi => {
+                    if let Some(s) = Self::slot(&self.nmi, i) {
+                        s.fetch_or(nmi::PENDING, Ordering::AcqRel);
                     }
                 }
                 Signal::Init => {
@@ -331,6 +388,9 @@ impl Vcpus {
                 let id = self.apic_id(vcpu);
                 let _ = self.with_lapic(vcpu, |l| *l = Lapic::new(id));
                 self.sync_address(vcpu);
+                if let Some(s) = Self::slot(&self.nmi, vcpu) {
+                    s.store(0, Ordering::Release);
+                }
                 state.store(SIPI_RUNNING, Ordering::Release);
                 Startup::Run
             }
@@ -348,6 +408,19 @@ enum Signal {
     Vector(u8),
     Init,
     Startup(u8),
+    Nmi,
+}
+
+/// NMI state of a vCPU (`Vcpus::nmi`, bits). `PENDING` is set by senders;
+/// the others only by the CPU that holds the vCPU.
+mod nmi {
+    /// An NMI waits for delivery (NMIs do not queue: one at most).
+    pub const PENDING: u64 = 1 << 0;
+    /// The guest is in its NMI handler: NMIs are blocked until its IRET.
+    pub const MASKED: u64 = 1 << 1;
+    /// The handler's IRET was intercepted and runs next: NMIs unblock at
+    /// the exit after it.
+    pub const UNMASKING: u64 = 1 << 2;
 }
 
 /// INIT/SIPI state of a vCPU (`Vcpus::sipi`).
@@ -530,13 +603,19 @@ pub fn prepare_entry(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus, now: u64) {
         c.event_inj = c.exit_int_info;
         c.exit_int_info = 0;
     }
-    let offer = vcpus
+    let (offer, self_nmi) = vcpus
         .with_lapic(vcpu, |l| {
             vcpus.collect(vcpu, l);
             l.tick(now);
-            l.next_interrupt()
+            (l.next_interrupt(), l.take_nmi())
         })
-        .flatten();
+        .unwrap_or((None, false));
+    if self_nmi {
+        if let Some(s) = Vcpus::slot(&vcpus.nmi, vcpu) {
+            s.fetch_or(nmi::PENDING, Ordering::AcqRel);
+        }
+    }
+    vcpus.inject_nmi(c, vcpu);
     c.vintr &= !vintr::OFFER;
     c.intercept_misc1 &= !misc1::VINTR;
     if let Some(vector) = offer {
@@ -568,15 +647,16 @@ pub fn settle_offer(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus) {
     c.vintr &= !vintr::OFFER;
 }
 
-/// True if vCPU `vcpu` has an interrupt to take at `now` (for HLT).
+/// True if vCPU `vcpu` has an interrupt or NMI to take at `now` (for HLT).
 fn wakes(vcpus: &Vcpus, vcpu: u64, now: u64) -> bool {
-    vcpus
+    let interrupt = vcpus
         .with_lapic(vcpu, |l| {
             vcpus.collect(vcpu, l);
             l.tick(now);
             l.next_interrupt().is_some()
         })
-        .unwrap_or(false)
+        .unwrap_or(false);
+    interrupt || vcpus.nmi_deliverable(vcpu)
 }
 
 /// What to do after a guest exit.
@@ -614,6 +694,7 @@ pub fn handle(
     // First: an interrupt the guest took is in service before its EOI (or
     // anything else this exit does with the APIC) is handled.
     settle_offer(v, vcpu, &hv.vcpus);
+    hv.vcpus.settle_nmi(vcpu, v.save.rip);
     handle_exit(v, r, exit, vcpu, cpu, hv, host)
 }
 
@@ -719,6 +800,12 @@ fn handle_exit(
         Exit::HostInterrupt => to_vmm(exit_reason::INTERRUPTED),
         // Never asked for (V_IRQ offers need no window); nothing to do.
         Exit::InterruptWindow => GuestAction::Resume,
+        // The NMI handler returns: let its IRET run, unblock after it.
+        Exit::Iret => {
+            v.control.intercept_misc1 &= !misc1::IRET;
+            vcpus.iret_intercepted(vcpu, v.save.rip);
+            GuestAction::Resume
+        }
         Exit::Shutdown => to_vmm(exit_reason::SHUTDOWN),
         Exit::Init => GuestAction::Resume,
         // Hidden from the guest's CPUID; #UD, as on a CPU without it.
@@ -1177,6 +1264,65 @@ mod tests {
             panic!()
         };
         assert_eq!(e.deadline, 0);
+    }
+
+    #[test]
+    fn nmis_go_in_one_at_a_time_and_unblock_after_the_handlers_iret() {
+        let mut s = setup();
+        s.hv.vcpus.add(8, 2, 1);
+        assert!(s.wrmsr(SVR, 0x1ff));
+        // To vCPU 8 (APIC ID 1): it is kicked and may take it; 7 has none.
+        s.r.gprs[gpr::RCX] = u64::from(ICR);
+        s.r.gprs[gpr::RDX] = 1;
+        s.v.save.rax = 4 << 8;
+        let GuestAction::ToVmm(e) = s.exit(Exit::Msr { write: true }) else {
+            panic!("no kick")
+        };
+        assert_eq!((e.reason, e.kick[0]), (exit_reason::KICK, 1 << 8));
+        assert!(s.hv.vcpus.nmi_deliverable(8) && !s.hv.vcpus.nmi_deliverable(7));
+        assert!(wakes(&s.hv.vcpus, 8, 0), "a pending NMI ends a HLT");
+        // A self-NMI, but in an interrupt shadow: it waits.
+        assert!(s.wrmsr(ICR, 1 << 18 | 4 << 8));
+        s.v.control.interrupt_shadow = 1;
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, 0);
+        // Then it goes in, and the handler's IRET is intercepted.
+        s.v.control.interrupt_shadow = 0;
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, event::nmi());
+        assert_ne!(s.v.control.intercept_misc1 & misc1::IRET, 0);
+        assert!(!wakes(&s.hv.vcpus, 7, 0));
+        // Another while the handler runs stays pending (one at most).
+        assert!(s.wrmsr(ICR, 1 << 18 | 4 << 8));
+        assert!(s.wrmsr(ICR, 1 << 18 | 4 << 8));
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, 0);
+        // The IRET at 0x2000 runs without the intercept; an exit before it
+        // ran (still at 0x2000) keeps NMIs blocked.
+        s.v.save.rip = 0x2000;
+        assert_eq!(s.exit(Exit::Iret), GuestAction::Resume);
+        assert_eq!(s.v.control.intercept_misc1 & misc1::IRET, 0);
+        assert!(matches!(s.exit(Exit::HostInterrupt), GuestAction::ToVmm(_)));
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, 0);
+        // After it, the second goes in; there is no third.
+        s.v.save.rip = 0x1000;
+        assert!(matches!(s.exit(Exit::HostInterrupt), GuestAction::ToVmm(_)));
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, event::nmi());
+        s.v.control.event_inj = 0;
+        s.v.save.rip = 0x2000;
+        s.exit(Exit::Iret);
+        s.v.save.rip = 0x1000;
+        s.exit(Exit::HostInterrupt);
+        prepare_entry(&mut s.v, 7, &s.hv.vcpus, 0);
+        assert_eq!(s.v.control.event_inj, 0);
+        // A SIPI's reset clears the NMI state.
+        s.hv.vcpus.deliver(7, Some(Ipi::Init { dest: lapic::Dest::Physical(1) }));
+        s.hv.vcpus.deliver(7, Some(Ipi::Startup { dest: lapic::Dest::Physical(1), vector: 0x9a }));
+        let mut ap = Box::new(Vmcb::new_zeroed());
+        assert_eq!(s.hv.vcpus.startup(&mut ap, 8), Startup::Run);
+        assert!(!s.hv.vcpus.nmi_deliverable(8));
     }
 
     #[test]

@@ -63,6 +63,8 @@ const SVR_ENABLED: u32 = 1 << 8;
 /// ICR delivery mode bits 10:8 (0 fixed) and destination shorthand 19:18.
 const ICR_MODE_SHIFT: u32 = 8;
 const ICR_SHORTHAND_SHIFT: u32 = 18;
+/// ICR delivery mode 4: NMI (the vector is ignored).
+const ICR_MODE_NMI: u32 = 4;
 /// ICR bit 11: logical destination mode.
 const ICR_LOGICAL: u32 = 1 << 11;
 
@@ -88,6 +90,9 @@ pub enum Ipi {
     /// INIT or STARTUP (SMP bring-up), with the SIPI vector.
     Init { dest: Dest },
     Startup { dest: Dest, vector: u8 },
+    /// A non-maskable interrupt, to `dest` or (None) every vCPU but the
+    /// sender.
+    Nmi { dest: Option<Dest> },
 }
 
 /// How an APIC is addressed: its ID, mode and logical destination
@@ -165,6 +170,8 @@ pub struct Lapic {
     /// The deadline the last exit to the root reported (0: none): the
     /// host timer the driver arms until the next exit.
     host_deadline: u64,
+    /// An NMI this APIC sent itself, not yet taken by the vCPU.
+    nmi: bool,
     divide: u32,
 }
 
@@ -217,6 +224,7 @@ impl Lapic {
             esr: 0,
             deadline: 0,
             host_deadline: 0,
+            nmi: false,
             divide: 0,
         }
     }
@@ -459,7 +467,22 @@ impl Lapic {
             }
             (0, 5) => Some(Ipi::Init { dest }),
             (0, 6) => Some(Ipi::Startup { dest, vector }),
-            // NMI, SMI, other shorthands: not modelled.
+            // NMI: to itself, to all (but itself), or to a destination.
+            (1, ICR_MODE_NMI) => {
+                self.nmi = true;
+                None
+            }
+            (shorthand @ (2 | 3), ICR_MODE_NMI) => {
+                self.nmi |= shorthand == 2;
+                Some(Ipi::Nmi { dest: None })
+            }
+            (0, ICR_MODE_NMI) => {
+                if self.address().accepts(dest) {
+                    self.nmi = true;
+                }
+                (dest != Dest::Physical(self.id)).then_some(Ipi::Nmi { dest: Some(dest) })
+            }
+            // SMI, INIT/SIPI with a shorthand: not modelled.
             _ => None,
         }
     }
@@ -539,6 +562,11 @@ impl Lapic {
     pub fn accept(&mut self, vector: u8) {
         set_bit(&mut self.irr, vector, false);
         set_bit(&mut self.isr, vector, true);
+    }
+
+    /// Takes the NMI this APIC sent itself, if any.
+    pub fn take_nmi(&mut self) -> bool {
+        core::mem::take(&mut self.nmi)
     }
 
     /// True if `vector` waits for delivery.
@@ -679,7 +707,22 @@ mod tests {
             a.write_msr(reg::ICR, 2 << 32 | 6 << 8 | 0x9a),
             Ok(Some(Ipi::Startup { dest: Dest::Physical(2), vector: 0x9a }))
         );
-        assert_eq!(a.write_msr(reg::ICR, 4 << 8), Ok(None), "NMI: not modelled");
+        // NMIs: to itself (shorthand, or its own ID), to others, to all.
+        assert!(!a.take_nmi());
+        assert_eq!(a.write_msr(reg::ICR, 1 << 18 | 4 << 8), Ok(None));
+        assert!(a.take_nmi() && !a.take_nmi(), "taken once");
+        assert_eq!(a.write_msr(reg::ICR, 1 << 32 | 4 << 8), Ok(None), "to its own ID");
+        assert!(a.take_nmi());
+        assert_eq!(
+            a.write_msr(reg::ICR, 2 << 32 | 4 << 8),
+            Ok(Some(Ipi::Nmi { dest: Some(Dest::Physical(2)) }))
+        );
+        assert!(!a.take_nmi());
+        assert_eq!(a.write_msr(reg::ICR, 3 << 18 | 4 << 8), Ok(Some(Ipi::Nmi { dest: None })));
+        assert!(!a.take_nmi());
+        assert_eq!(a.write_msr(reg::ICR, 2 << 18 | 4 << 8), Ok(Some(Ipi::Nmi { dest: None })));
+        assert!(a.take_nmi());
+        assert_eq!(a.write_msr(reg::ICR, 3 << 18 | 2 << 8), Ok(None), "SMI: not modelled");
         // Illegal vectors set the error register.
         a.raise(3);
         assert!(!a.pending(3));

@@ -25,6 +25,8 @@ pub enum Exit {
     HostInterrupt,
     /// The guest can take an interrupt now (the window MicroV asked for).
     InterruptWindow,
+    /// IRET, about to run (intercepted while an NMI handler runs).
+    Iret,
     /// A triple fault.
     Shutdown,
     /// An INIT signal.
@@ -99,6 +101,7 @@ pub fn decode_svm(c: &Control) -> Exit {
         exit::HLT => Exit::Hlt,
         exit::INTR | exit::NMI | exit::SMI => Exit::HostInterrupt,
         exit::VINTR => Exit::InterruptWindow,
+        exit::IRET => Exit::Iret,
         exit::SHUTDOWN => Exit::Shutdown,
         exit::INIT => Exit::Init,
         code if SVM_INSTRUCTIONS.contains(&code) => Exit::VirtInstruction,
@@ -136,6 +139,7 @@ mod tests {
             (exit::NMI, 0, 0, Exit::HostInterrupt),
             (exit::SMI, 0, 0, Exit::HostInterrupt),
             (exit::VINTR, 0, 0, Exit::InterruptWindow),
+            (exit::IRET, 0, 0, Exit::Iret),
             (exit::SHUTDOWN, 0, 0, Exit::Shutdown),
             (exit::INIT, 0, 0, Exit::Init),
             (exit::VMRUN, 0, 0, Exit::VirtInstruction),
