@@ -118,6 +118,10 @@ pub fn run(opts: &RunOpts, err: &mut dyn Write) -> Result<(), CliError> {
         mib(config.memory),
         report.exits.summary(),
     )?;
+    let ports = report.exits.ports_summary();
+    if !ports.is_empty() {
+        writeln!(err, "microv: busiest ports (exits): {ports}")?;
+    }
     if report.reason.is_clean() {
         Ok(())
     } else {

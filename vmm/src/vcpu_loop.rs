@@ -28,8 +28,14 @@ pub enum Flow {
 pub fn handle_exit(exit: VmExit<'_>, ctx: &VcpuContext<'_>) -> Result<Flow, VmmError> {
     ctx.stats.count(exit.kind());
     let access = match exit {
-        VmExit::IoIn { port, data } => ctx.pio.read(u64::from(port), data)?,
-        VmExit::IoOut { port, data } => ctx.pio.write(u64::from(port), data)?,
+        VmExit::IoIn { port, data } => {
+            ctx.stats.count_port(port);
+            ctx.pio.read(u64::from(port), data)?
+        }
+        VmExit::IoOut { port, data } => {
+            ctx.stats.count_port(port);
+            ctx.pio.write(u64::from(port), data)?
+        }
         VmExit::MmioRead { gpa, data } => ctx.mmio.read(gpa, data)?,
         VmExit::MmioWrite { gpa, data } => ctx.mmio.write(gpa, data)?,
         // The backend waits for the next interrupt inside the next run.

@@ -168,7 +168,7 @@ pub mod vintr {
 
     /// The VINTR bits that offer `vector`.
     pub const fn offer(vector: u8) -> u64 {
-        V_IRQ | ((vector >> 4) as u64) << PRIO_SHIFT | V_IGN_TPR | (vector as u64) << VECTOR_SHIFT
+        V_IRQ | (((vector >> 4) as u64) << PRIO_SHIFT) | V_IGN_TPR | (vector as u64) << VECTOR_SHIFT
     }
 
     /// The vector `word` offers or offered (0: none).

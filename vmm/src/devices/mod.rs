@@ -5,6 +5,7 @@
 //! provides (MicroV); the backend puts it on the MMIO bus
 //! ([`crate::backend::Vm::mmio_devices`]).
 
+pub mod cmos;
 pub mod i8042;
 pub mod ioapic;
 pub mod power;
@@ -42,8 +43,8 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// COM1 (IRQ 4), the i8042 (its reset ends the VM) and the ACPI power
-    /// registers (sleep control, reset), on the port bus; on the MMIO bus,
+    /// COM1 (IRQ 4), the i8042 (its reset ends the VM), the CMOS clock
+    /// and the ACPI power registers (sleep control, reset), on the port bus; on the MMIO bus,
     /// whatever the backend brings (MicroV: the IOAPIC).
     pub fn new(
         vm: &dyn Vm,
@@ -63,6 +64,12 @@ impl Devices {
             u64::from(i8042::I8042_PORT),
             i8042::PORT_COUNT,
             Arc::new(Mutex::new(i8042::I8042::new(control.clone()))),
+        )
+        .map_err(DeviceError::from)?;
+        pio.insert(
+            u64::from(cmos::CMOS_PORT),
+            cmos::PORT_COUNT,
+            Arc::new(Mutex::new(cmos::Cmos::new())),
         )
         .map_err(DeviceError::from)?;
         pio.insert(
