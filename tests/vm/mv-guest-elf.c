@@ -122,48 +122,15 @@
 /* The boot tables (vmm/src/boot/layout.rs): four page directories here. */
 #define BOOT_PD 0xb000ull
 
-static unsigned char image[IMAGE_MAX];
-static size_t len;	   /* code bytes so far */
+#define GUEST_TOOL "mv-guest-elf"
+#define IMAGE_BYTES IMAGE_MAX
+#include "guest-code.h"
+
 static size_t image_len; /* bytes of the image written out */
-
-static void die(const char *why)
-{
-	fprintf(stderr, "mv-guest-elf: %s\n", why);
-	exit(1);
-}
-
-static void emit(const void *p, size_t n)
-{
-	if (len + n > CODE_MAX)
-		die("the code does not fit");
-	memcpy(image + len, p, n);
-	len += n;
-}
-
-static void byte(unsigned char b)
-{
-	emit(&b, 1);
-}
-
-static void imm32(uint32_t v)
-{
-	emit(&v, 4);
-}
 
 static void imm64(uint64_t v)
 {
 	emit(&v, 8);
-}
-
-/* The guest address of the next byte. */
-static uint64_t here(void)
-{
-	return LOAD_ADDR + len;
-}
-
-static void put64(unsigned char *p, uint64_t v)
-{
-	memcpy(p, &v, 8);
 }
 
 static uint64_t get64(const unsigned char *p)
@@ -189,20 +156,6 @@ enum reg { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R
 
 /* Condition codes for jcc (low nibble of 0x0f 0x8c). */
 enum cc { CC_B = 0x2, CC_AE = 0x3, CC_E = 0x4, CC_NE = 0x5, CC_BE = 0x6, CC_A = 0x7 };
-
-static void rel32_to(uint64_t target)
-{
-	int64_t rel = (int64_t)(target - (here() + 4));
-
-	imm32((uint32_t)(int32_t)rel);
-}
-
-/* call target: e8 rel32 */
-static void call(uint64_t target)
-{
-	byte(0xe8);
-	rel32_to(target);
-}
 
 /* jmp target: e9 rel32 */
 static void jmp(uint64_t target)
@@ -309,19 +262,6 @@ static void vmmcall(void)
 	emit(op, sizeof(op));
 }
 
-/* mov dx, 0x3f8; then for each byte: mov al, b; out dx, al (clobbers al, dx) */
-static void print(const char *s)
-{
-	const unsigned char mov_dx[] = { 0x66, 0xba, 0xf8, 0x03 };
-
-	emit(mov_dx, sizeof(mov_dx));
-	for (; *s; s++) {
-		byte(0xb0);
-		byte((unsigned char)*s);
-		byte(0xee);
-	}
-}
-
 /* push rax (50); push rdx (52); print; pop rdx (5a); pop rax (58) */
 static void say(const char *s)
 {
@@ -383,21 +323,6 @@ static void emit_hex(void)
 	const unsigned char save[] = { 0x50, 0x53, 0x51, 0x52 };
 	/* mov rbx, rax */
 	const unsigned char rbx_rax[] = { 0x48, 0x89, 0xc3 };
-	const unsigned char loop[] = {
-		0x66, 0xba, 0xf8, 0x03, /*     mov dx, 0x3f8 */
-		0x48, 0xc1, 0xc3, 0x04, /* 1:  rol rbx, 4 */
-		0x88, 0xd8,		/*     mov al, bl */
-		0x24, 0x0f,		/*     and al, 0x0f */
-		0x04, 0x30,		/*     add al, '0' */
-		0x3c, 0x39,		/*     cmp al, '9' */
-		0x76, 0x02,		/*     jbe 2f */
-		0x04, 0x07,		/*     add al, 'A' - '9' - 1 */
-		0xee,			/* 2:  out dx, al */
-		0xff, 0xc9,		/*     dec ecx */
-		0x75, 0xeb,		/*     jnz 1b */
-		0x5a, 0x59, 0x5b, 0x58, /*     pop rdx; pop rcx; pop rbx; pop rax */
-		0xc3,			/*     ret */
-	};
 	size_t to_loop;
 
 	hex64_at = here();
@@ -415,7 +340,7 @@ static void emit_hex(void)
 	}
 	mov_imm32(RCX, 8);		/* mov ecx, 8 */
 	land(to_loop);
-	emit(loop, sizeof(loop));
+	emit(hex_digits_and_return, sizeof(hex_digits_and_return));
 }
 
 /* put4: prints EAX's four bytes as characters, lowest first; keeps registers. */
@@ -1524,9 +1449,6 @@ static void kind_halt(const char *kind, int sti)
 int main(int argc, char **argv)
 {
 	const char *kind = argc > 1 ? argv[1] : "";
-	unsigned char elf[0x78] = { 0x7f, 'E', 'L', 'F', 2, 1, 1, 0 };
-	uint16_t u16;
-	uint32_t u32;
 
 	if (!strcmp(kind, "hello")) {
 		print("hello from a micro VM\n");
@@ -1599,33 +1521,5 @@ int main(int argc, char **argv)
 	}
 	if (len > image_len)
 		image_len = len;
-	u16 = 2;			/* ET_EXEC */
-	memcpy(elf + 16, &u16, 2);
-	u16 = 0x3e;			/* x86-64 */
-	memcpy(elf + 18, &u16, 2);
-	u32 = 1;
-	memcpy(elf + 20, &u32, 4);
-	put64(elf + 24, LOAD_ADDR);	/* entry */
-	put64(elf + 32, 0x40);		/* program headers */
-	u16 = 0x40;
-	memcpy(elf + 52, &u16, 2);
-	u16 = 0x38;
-	memcpy(elf + 54, &u16, 2);
-	u16 = 1;
-	memcpy(elf + 56, &u16, 2);
-	u32 = 1;			/* PT_LOAD */
-	memcpy(elf + 0x40, &u32, 4);
-	u32 = 5;			/* R+X */
-	memcpy(elf + 0x44, &u32, 4);
-	put64(elf + 0x48, sizeof(elf));	/* file offset */
-	put64(elf + 0x50, LOAD_ADDR);
-	put64(elf + 0x58, LOAD_ADDR);
-	put64(elf + 0x60, image_len);
-	put64(elf + 0x68, image_len);
-	put64(elf + 0x70, 0x1000);
-	if (fwrite(elf, sizeof(elf), 1, stdout) != 1 || fwrite(image, image_len, 1, stdout) != 1) {
-		perror("mv-guest-elf");
-		return 1;
-	}
-	return 0;
+	return write_elf(image_len);
 }

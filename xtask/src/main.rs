@@ -2,6 +2,7 @@
 //! driver and the CLI, and runs them in an emulated AMD machine (QEMU TCG
 //! emulates SVM) booted from Debian's kernel.
 
+mod bench;
 mod coverage;
 mod demo;
 mod e2e;
@@ -52,6 +53,10 @@ enum Cmd {
     Demo(machine::MachineArgs),
     /// Regenerate loaders/linux/microv_abi.h from the microv-abi crate.
     GenHeader,
+    /// Benchmarks: every case on MicroV, then on KVM with the same VMM and
+    /// guests, in one emulated machine under -icount (instructions); writes
+    /// target/bench/report.{md,json}.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -63,6 +68,7 @@ fn main() {
         Cmd::Test(args) => testing::run(&root, &args),
         Cmd::Demo(args) => demo::run(&root, &args),
         Cmd::GenHeader => gen_header::run(&root).map(|_| 0),
+        Cmd::Bench(args) => bench::run(&root, &args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,7 +1,9 @@
 //! The guest-side test tools from `tests/vm/` besides kvm-smoke: small static
-//! C programs for the e2e scripts, the `mvprobe` test module, and the shell
-//! library the scripts source. `stage::build` builds them into the stage and
-//! `initramfs::install_stage` installs them where [`TOOLS`] says.
+//! C programs for the e2e scripts and the benchmarks, the `mvprobe` test
+//! module, the shell library the scripts source, and the benchmarks'
+//! in-machine driver (`tests/bench/bench.sh`). `stage::build` builds them
+//! into the stage and `initramfs::install_stage` installs them where
+//! [`TOOLS`] says.
 
 use crate::{prereq, stage, util};
 use anyhow::{bail, Context, Result};
@@ -21,6 +23,7 @@ pub const PROGRAMS: &[&str] = &[
     "mv-sysbench",
     "mv-vm-smoke",
     "mv-guest-elf",
+    "mv-bench-guest",
 ];
 
 /// The test module's name in the stage and in [`TEST_DIR`].
@@ -30,11 +33,16 @@ pub const MVPROBE: &str = "mvprobe.ko";
 /// from [`TEST_DIR`].
 pub const E2E_LIB: &str = "e2e-lib.sh";
 
+/// `cargo xtask bench`'s driver in the machine: `tests/bench/bench.sh`,
+/// run from [`TEST_DIR`].
+pub const BENCH_SCRIPT: &str = "bench.sh";
+
 /// Every stage file of this module and the machine directory it goes to.
 pub fn installs() -> Vec<(&'static str, &'static str)> {
     let mut v: Vec<(&str, &str)> = PROGRAMS.iter().map(|p| (*p, "usr/bin")).collect();
     v.push((MVPROBE, TEST_DIR));
     v.push((E2E_LIB, TEST_DIR));
+    v.push((BENCH_SCRIPT, TEST_DIR));
     v
 }
 
@@ -64,6 +72,10 @@ pub fn build(root: &Path, stage: &Path, headers: Option<&Path>) -> Result<()> {
         .with_context(|| format!("building tests/vm/{name}.c (a static build needs libc6-dev)"))?;
     }
     util::copy_if_changed(&vm.join(E2E_LIB), &stage.join(E2E_LIB))?;
+    util::copy_if_changed(
+        &root.join("tests/bench").join(BENCH_SCRIPT),
+        &stage.join(BENCH_SCRIPT),
+    )?;
     match headers {
         Some(h) => build_mvprobe(root, stage, h)?,
         None => {
