@@ -1,12 +1,13 @@
 //! MicroV's virtual machine monitor: boots a Linux guest straight from a
 //! kernel image (bzImage or ELF vmlinux) with an initrd, a serial console,
-//! an i8042 (for reset) and ACPI power-off, on a pluggable backend.
+//! an i8042 (for reset), a CMOS clock, a PIT and ACPI power-off, on a
+//! pluggable backend.
 //!
 //! Layers, top to bottom:
 //! - [`machine`]: composes a VM from a [`VmConfig`] and runs it.
 //! - [`vcpu_loop`]: one thread per vCPU, handling neutral exits.
-//! - [`devices`] on a [`bus`]: `vm-superio` serial and i8042, the ACPI
-//!   power registers.
+//! - [`devices`] on a [`bus`]: `vm-superio` serial and i8042, the CMOS
+//!   clock, the PIT, the ACPI power registers.
 //! - [`boot`]: guest memory contents (kernel via `linux-loader`, zero page,
 //!   e820, ACPI tables via `acpi_tables`, page tables, GDT) and the
 //!   bootstrap vCPU's registers.
