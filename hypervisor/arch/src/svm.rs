@@ -15,6 +15,12 @@ pub struct Vmcb {
     pub save: SaveArea,
 }
 
+/// How much of a VMCB holds state: the control area and the state-save
+/// area up to its last architectural field (LASTEXCPTO, ending at 0x698).
+/// The rest of the page is reserved (SEV-ES state MicroV does not use), so
+/// a copy of a VMCB need not move it.
+pub const VMCB_STATE_BYTES: usize = offset_of!(Vmcb, save) + offset_of!(SaveArea, reserved_698);
+
 /// VMCB control area (offsets 0x000–0x3ff).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -127,6 +133,7 @@ const _: () = {
     assert!(offset_of!(Control, next_rip) == 0x0c8);
     assert!(offset_of!(Control, insn_len) == 0x0d0);
     assert!(offset_of!(Vmcb, save) == 0x400);
+    assert!(VMCB_STATE_BYTES == 0x698);
     assert!(offset_of!(SaveArea, cs) == 0x010);
     assert!(offset_of!(SaveArea, gdtr) == 0x060);
     assert!(offset_of!(SaveArea, tr) == 0x090);

@@ -18,7 +18,7 @@ use microv_abi::StartError;
 use microv_arch::descriptor::selector;
 use microv_arch::instr;
 use microv_arch::msr;
-use microv_arch::svm::{exit, tlb, SaveArea, Vmcb};
+use microv_arch::svm::{exit, tlb, SaveArea, Vmcb, VMCB_STATE_BYTES};
 use microv_arch::xsave;
 
 use super::asm;
@@ -427,9 +427,7 @@ fn copy_in(pc: &mut PerCpu, vs: &vs::Vs) -> &'static mut Vmcb {
     // here and used by this CPU only. The shadow may change under the copy
     // (another CPU's extension): a torn copy is still a copy, and only the
     // copy is checked and run.
-    unsafe {
-        core::ptr::copy_nonoverlapping(vs.shadow_va as *const Vmcb, vs.vmcb_va as *mut Vmcb, 1)
-    };
+    unsafe { copy_vmcb_state(vs.shadow_va, vs.vmcb_va) };
     // SAFETY: initialized just above (every bit pattern is a valid Vmcb);
     // the only reference to the private VMCB.
     let private = unsafe { &mut *(vs.vmcb_va as *mut Vmcb) };
@@ -471,8 +469,19 @@ fn guest_copy_in(
 fn copy_out(vs: &vs::Vs) {
     // SAFETY: both pages are this state's; the extension on this CPU is in
     // the microkernel (this is its syscall), so it reads the copy after.
+    unsafe { copy_vmcb_state(vs.vmcb_va, vs.shadow_va) };
+}
+
+/// Copies the state part of the VMCB at `from` to the one at `to` (the
+/// reserved tail stays as it is: zero in both, from the zeroed pool).
+///
+/// # Safety
+/// Both are mapped VMCB pages of one vCPU state, and nothing else writes
+/// `to` meanwhile.
+unsafe fn copy_vmcb_state(from: u64, to: u64) {
+    // SAFETY: the caller's promise; VMCB_STATE_BYTES is within a page.
     unsafe {
-        core::ptr::copy_nonoverlapping(vs.vmcb_va as *const Vmcb, vs.shadow_va as *mut Vmcb, 1)
+        core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, VMCB_STATE_BYTES)
     };
 }
 
