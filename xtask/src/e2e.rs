@@ -131,7 +131,10 @@ pub fn smp_header(script: &str) -> Result<Option<u32>, String> {
         if let Some(n) = comment.strip_prefix(SMP_HEADER) {
             return match n.trim().parse::<u32>() {
                 Ok(n) if (1..=8).contains(&n) => Ok(Some(n)),
-                _ => Err(format!("`{SMP_HEADER}` wants a number of CPUs from 1 to 8, not `{}`", n.trim())),
+                _ => Err(format!(
+                    "`{SMP_HEADER}` wants a number of CPUs from 1 to 8, not `{}`",
+                    n.trim()
+                )),
             };
         }
     }
@@ -231,7 +234,10 @@ mod tests {
 
     #[test]
     fn a_script_may_ask_for_its_number_of_cpus() {
-        assert_eq!(smp_header("#!/bin/sh\n# e2e-smp: 1\nset -eu\n"), Ok(Some(1)));
+        assert_eq!(
+            smp_header("#!/bin/sh\n# e2e-smp: 1\nset -eu\n"),
+            Ok(Some(1))
+        );
         assert_eq!(smp_header("#!/bin/sh\nset -eu\n# e2e-smp: 1\n"), Ok(None));
         assert_eq!(smp_header("#!/bin/sh\n"), Ok(None));
         assert!(smp_header("# e2e-smp: 0\n").is_err());

@@ -6,7 +6,9 @@
 //! `target/bench/`. The method is in `docs/benchmarks.md`.
 
 pub mod parse;
+pub mod profile;
 pub mod report;
+pub mod symbols;
 
 use crate::machine::{self, MachineArgs};
 use crate::test_tools;
@@ -27,10 +29,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeats: u32,
-    /// Loop count of the exit cases (after 10 warm-up iterations).
-    #[arg(long, value_name = "N", default_value_t = 1000,
+    /// Loop count of the exit cases (after 10 warm-up iterations)
+    /// [default: 1000; with --profile 100000].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub iterations: u32,
+    pub iterations: Option<u32>,
+    /// Instead of the comparison: where MicroV's instructions go in one exit
+    /// case (hypercall, cpuid, pio, mmio), per function, under a QEMU
+    /// plugin; writes target/bench/profile-CASE.txt.
+    #[arg(long, value_name = "CASE", conflicts_with_all = ["quick", "repeats"])]
+    pub profile: Option<String>,
     /// Use what is already in target/microv/ instead of building.
     #[arg(long)]
     pub no_build: bool,
@@ -53,19 +61,44 @@ const DETERMINISM: [&str; 4] = ["-icount", "shift=0,sleep=off", "-seed", "1"];
 /// hypervisor all take turns on the CPU whose TSC is read.
 const SMP: u32 = 1;
 
-pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
-    let repeats = if args.quick { 1 } else { args.repeats };
-    let machine_args = MachineArgs {
+/// Loop count of the exit cases.
+const ITERATIONS: u32 = 1000;
+/// ... and under --profile, where the loop should outweigh the rest of
+/// the run many times.
+const PROFILE_ITERATIONS: u32 = 100_000;
+
+/// The bench machine (one CPU, 1 GiB) with these extra QEMU arguments.
+fn bench_machine(timeout: u64, no_build: bool, keep: bool, qemu_arg: Vec<String>) -> MachineArgs {
+    MachineArgs {
         smp: SMP,
         mem: "1G".into(),
-        timeout: Some(args.timeout),
-        no_build: args.no_build,
+        timeout: Some(timeout),
+        no_build,
         test_hooks: false,
         no_insmod: false,
         append: Vec::new(),
-        qemu_arg: DETERMINISM.iter().map(|a| (*a).to_string()).collect(),
-        keep: args.keep,
-    };
+        qemu_arg,
+        keep,
+    }
+}
+
+pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
+    if let Some(case) = &args.profile {
+        return profile::run(
+            root,
+            &profile::ProfileArgs {
+                case,
+                iterations: args.iterations.unwrap_or(PROFILE_ITERATIONS),
+                no_build: args.no_build,
+                timeout: args.timeout,
+                keep: args.keep,
+            },
+        );
+    }
+    let iterations = args.iterations.unwrap_or(ITERATIONS);
+    let repeats = if args.quick { 1 } else { args.repeats };
+    let determinism = DETERMINISM.iter().map(|a| (*a).to_string()).collect();
+    let machine_args = bench_machine(args.timeout, args.no_build, args.keep, determinism);
     let (stage, kernel) = machine::prepare(root, &machine_args, false)?;
     let out = root.join("target/bench");
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -73,7 +106,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
         "sh /{}/{} --repeats {repeats} --iterations {}",
         test_tools::TEST_DIR,
         test_tools::BENCH_SCRIPT,
-        args.iterations
+        iterations
     );
     let mut cfg = machine::config(root, &machine_args, vec![command]);
     cfg.timeout = Some(Duration::from_secs(args.timeout));
@@ -93,7 +126,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
         ),
         kernel: kernel.version.clone(),
         repeats,
-        iterations: args.iterations,
+        iterations,
     };
     let report = report::build(setup, &parse::parse(&text));
     let md = out.join("report.md");
