@@ -20,6 +20,29 @@
 # ... PATH`, polled from /proc/PID/maps as it starts: a static PIE lands at
 # a random address), then `end`.
 #
+# Besides the exit cases and the Linux boot (on both backends), unless
+# --only is given:
+#
+#   workload           WORKLOAD_JOB (a fixed busybox pipeline) timed by
+#                      `mv-bench-guest time`: in the Linux guest on each
+#                      backend (`mvguest.bench=`, guest-init.sh; the guest's
+#                      TSC), and in the root with MicroV stopped (tagged
+#                      backend=native; the root's TSC)
+#   root-workload      the same job in the root beneath MicroV with no VM
+#                      (backend=microv)
+#   vm-create-destroy  `mv-bench-vm create-destroy`: an empty 256 MiB VM with
+#                      one vCPU, VM_ITERATIONS times, on each backend
+#   root-exits-idle, root-exits-busy, memory
+#                      MicroV only, read from `microv status --json`, printed
+#                      as `MVBENCH-STAT backend=microv rep=R case=C key=value…`:
+#                      the root's exits (all CPUs, `exits`; `vmmcall` of them
+#                      are hypercalls, mostly the status reads themselves)
+#                      over `ns` of MicroV's uptime while the root sleeps
+#                      IDLE_S seconds, and during mv-sysbench (`syscalls`);
+#                      the pool's size and free bytes once started, before
+#                      and with a VM of 256 MiB and 1 vCPU, before and with
+#                      one of 2 vCPUs, and after
+#
 # Prints each guest's result tagged with its backend and repeat:
 #
 #   MVBENCH backend=microv rep=1 case=pio iterations=1000 tsc=0x… …
@@ -50,10 +73,12 @@ done
 
 EXIT_CASES="hypercall cpuid pio mmio"
 BOOT_CASE=linux-boot
+# The cases beyond the exits and the boot (none with --only).
+EXTRA=yes
 case "$ONLY" in
 '') ;;
-hypercall | cpuid | pio | mmio) EXIT_CASES=$ONLY; BOOT_CASE= ;;
-linux-boot) EXIT_CASES= ;;
+hypercall | cpuid | pio | mmio) EXIT_CASES=$ONLY; BOOT_CASE=; EXTRA= ;;
+linux-boot) EXIT_CASES=; EXTRA= ;;
 *) echo "bench: unknown case $ONLY (hypercall, cpuid, pio, mmio, linux-boot)" >&2; exit 2 ;;
 esac
 case "$BACKEND" in
@@ -67,6 +92,17 @@ BOOT_CMDLINE='console=ttyS0 reboot=k panic=1 quiet'
 T=/tmp/bench
 mkdir -p "$T"
 failures=0
+# The workload: CPU- and memory-bound, a fixed input, busybox only (the same
+# static busybox in the root and in the guest). guest-init.sh's
+# mvguest.bench=N runs exactly this with N = WORKLOAD_N.
+WORKLOAD_N=200000
+WORKLOAD_JOB="busybox seq 1 $WORKLOAD_N | busybox gzip -c | busybox sha256sum"
+# vm-create-destroy's count (after one warm-up), and how long the root
+# sleeps for its idle exits, and the syscall load of its busy ones.
+VM_ITERATIONS=5
+IDLE_S=2
+SYS_GETPPID=200000
+SYS_PINGPONG=20000
 
 for c in $EXIT_CASES; do
     mv-bench-guest "$c" "$ITERATIONS" >"$T/$c.elf"
@@ -130,6 +166,131 @@ linux_boot() {
     report "$1" "$2" linux-boot "$out"
 }
 
+# clean OUT: OUT without the CRs a guest's serial console adds.
+clean() {
+    tr -d '\r' <"$1" >"$1.clean"
+    mv "$1.clean" "$1"
+}
+
+# guest_workload BACKEND REP: the workload in the Linux guest, timed by the
+# guest (`mvguest.bench=`).
+guest_workload() {
+    out="$T/$1-$2-workload.out"
+    microv run --backend "$1" --kernel "$GUEST/vmlinuz" --initrd "$GUEST/initrd.cpio" \
+        --mem 256M --cmdline "$BOOT_CMDLINE mvguest.bench=$WORKLOAD_N" </dev/null >"$out" 2>&1 ||
+        echo "bench: microv run --backend $1 (workload) exited $?" >>"$out"
+    clean "$out"
+    report "$1" "$2" workload "$out"
+}
+
+# root_workload TAG REP CASE: the workload in the root, timed by the root.
+root_workload() {
+    out="$T/$1-$2-$3.out"
+    mv-bench-guest time "$3" sh -c "$WORKLOAD_JOB" >"$out" 2>&1 || true
+    report "$1" "$2" "$3" "$out"
+}
+
+native_workload() { root_workload native "$1" workload; }
+beneath_workload() { root_workload microv "$1" root-workload; }
+
+# vm_create BACKEND REP
+vm_create() {
+    out="$T/$1-$2-vm-create-destroy.out"
+    mv-bench-vm create-destroy "$1" "$VM_ITERATIONS" >"$out" 2>&1 || true
+    report "$1" "$2" vm-create-destroy "$out"
+}
+
+# json_num FILE KEY...: each KEY's first number in `microv status --json`
+# output FILE, space-separated (empty if absent).
+json_num() {
+    f=$1
+    shift
+    for k in "$@"; do
+        grep -o "\"$k\": *[0-9]*" "$f" | head -n 1 | sed 's/.*: *//'
+    done | tr '\n' ' '
+}
+
+# exits FILE: "EXITS VMMCALL UPTIME_NS" of a status: exits summed over the
+# CPUs (no VM exists while this is read, so every exits_total is a CPU's).
+exits() {
+    e=$(grep -o '"exits_total": *[0-9]*' "$1" | awk '{ t += $NF } END { print t + 0 }')
+    v=$(grep -o '"vmmcall": *[0-9]*' "$1" | awk '{ t += $NF } END { print t + 0 }')
+    echo "$e $v $(json_num "$1" uptime_ns)"
+}
+
+# stat_line REP CASE BEFORE AFTER [MORE]: the MVBENCH-STAT line of the exits
+# between two statuses.
+stat_line() {
+    set -- "$1" "$2" "$(exits "$3")" "$(exits "$4")" "${5:-}"
+    echo "$3 $4" | awk -v rep="$1" -v c="$2" -v more="$5" '{
+        if ($3 == "" || $6 == "") { print "MVBENCH-ERROR backend=microv rep=" rep " case=" c ": no uptime_ns in microv status --json"; exit }
+        printf "MVBENCH-STAT backend=microv rep=%s case=%s exits=%d vmmcall=%d ns=%d%s\n", rep, c, $4 - $1, $5 - $2, $6 - $3, more
+    }'
+}
+
+# root_exits REP: exits of the root beneath MicroV (no VM), idle and busy.
+root_exits() {
+    microv status --json >"$T/s0.json"
+    sleep "$IDLE_S"
+    microv status --json >"$T/s1.json"
+    stat_line "$1" root-exits-idle "$T/s0.json" "$T/s1.json"
+    microv status --json >"$T/s2.json"
+    { mv-sysbench getppid "$SYS_GETPPID" && mv-sysbench pingpong "$SYS_PINGPONG"; } >"$T/sys.out" 2>&1 ||
+        echo "MVBENCH-ERROR backend=microv rep=$1 case=root-exits-busy: mv-sysbench failed: $(cat "$T/sys.out")"
+    microv status --json >"$T/s3.json"
+    sys=$(sed -n 's/.*syscalls=\([0-9]*\).*/\1/p' "$T/sys.out" | awk '{ t += $1 } END { print t + 0 }')
+    stat_line "$1" root-exits-busy "$T/s2.json" "$T/s3.json" " syscalls=$sys"
+}
+
+# held VCPUS: "FREE_BEFORE FREE_DURING", MicroV's free pool bytes just
+# before a VM of 256 MiB and VCPUS vCPUs is created and while it is held.
+held() {
+    microv status --json >"$T/hold0.json"
+    : >"$T/hold.out"
+    mv-bench-vm hold "$1" >"$T/hold.out" 2>&1 &
+    pid=$!
+    n=0
+    while ! grep -q holding "$T/hold.out" && kill -0 "$pid" 2>/dev/null && [ $n -lt 600 ]; do
+        sleep 0.05
+        n=$((n + 1))
+    done
+    microv status --json >"$T/hold1.json"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" || true
+    if grep -q holding "$T/hold.out"; then
+        echo "$(json_num "$T/hold0.json" free_bytes)$(json_num "$T/hold1.json" free_bytes)"
+    else
+        sed 's/^/bench: mv-bench-vm hold: /' "$T/hold.out" >&2
+    fi
+}
+
+# memory REP: MicroV's pool: its size and free bytes once started; the free
+# bytes before and with a held VM of 1 vCPU, then of 2 vCPUs, each in a
+# MicroV started afresh (MicroV keeps a destroyed VM's vCPU pages for the
+# next one, and the first VM builds the guests' permission maps: each VM is
+# the first of its MicroV); the free bytes after the second.
+memory() {
+    microv stop >/dev/null
+    microv start >/dev/null
+    microv status --json >"$T/m0.json"
+    base=$(json_num "$T/m0.json" bytes free_bytes)
+    one=$(held 1)
+    microv stop >/dev/null
+    microv start >/dev/null
+    two=$(held 2)
+    microv status --json >"$T/m1.json"
+    after=$(json_num "$T/m1.json" free_bytes)
+    # shellcheck disable=SC2086 # the words are numbers
+    set -- "$1" $base $one $two $after
+    if [ $# -eq 8 ]; then
+        echo "MVBENCH-STAT backend=microv rep=$1 case=memory pool_bytes=$2 free_started=$3" \
+            "free_before_1vcpu=$4 free_vm_1vcpu=$5 free_before_2vcpus=$6 free_vm_2vcpus=$7 free_after=$8"
+    else
+        echo "MVBENCH-ERROR backend=microv rep=$1 case=memory: the pool could not be read ($*)"
+        failures=$((failures + 1))
+    fi
+}
+
 # backend BACKEND: every case REPEATS times, repeat by repeat.
 backend() {
     rep=1
@@ -138,7 +299,22 @@ backend() {
             exit_case "$1" "$rep" "$c"
         done
         [ -z "$BOOT_CASE" ] || linux_boot "$1" "$rep"
+        if [ -n "$EXTRA" ]; then
+            guest_workload "$1" "$rep"
+            vm_create "$1" "$rep"
+        fi
         rep=$((rep + 1))
+    done
+}
+
+# repeat FUNCTION ARG...: FUNCTION REP ARG... for every repeat.
+repeat() {
+    f=$1
+    shift
+    r=1
+    while [ "$r" -le "$REPEATS" ]; do
+        "$f" "$r" "$@"
+        r=$((r + 1))
     done
 }
 
@@ -149,8 +325,19 @@ if [ -n "$SYMBOLS" ]; then
 fi
 
 if [ "$BACKEND" != kvm ]; then
+    if [ -n "$EXTRA" ]; then
+        echo "bench: the workload in the root, natively (MicroV stopped)"
+        sh -c "$WORKLOAD_JOB" >/dev/null # warm-up
+        repeat native_workload
+    fi
     echo "bench: MicroV (repeats $REPEATS, iterations $ITERATIONS)"
     microv start
+    if [ -n "$EXTRA" ]; then
+        repeat memory
+        sh -c "$WORKLOAD_JOB" >/dev/null # warm-up
+        repeat beneath_workload
+        repeat root_exits
+    fi
     backend microv
     microv stop
 fi

@@ -17,6 +17,12 @@
 #                     timer-irqs <n> clocksource <name>   (the guest's own
 #                     clock, /proc/uptime, its clocksource, and the local
 #                     timer interrupts during the sleep)
+#   mvguest.bench=N   the benchmark's workload (tests/bench/bench.sh runs the
+#                     same job in the root): `busybox seq 1 N | busybox gzip
+#                     -c | busybox sha256sum` once untimed (warm-up), then
+#                     once between two reads of the guest's TSC by
+#                     mv-bench-guest: its hash line, then
+#                     MVBENCH case=workload iterations=1 tsc=0x… idle_ns=… status=…
 #   mvguest.shell     MICROV-SHELL-READY, then an interactive sh on the
 #                     console (stdin); when it exits, MICROV-SHELL-EXIT: <status>
 #                     and the next word
@@ -93,6 +99,16 @@ for word in $(cat /proc/cmdline); do
             t1=$(uptime_s)
             i1=$(timer_irqs)
             echo "MICROV-SLEEP-END: uptime $t1 slept $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') timer-irqs $((i1 - i0)) clocksource $(clocksource)"
+        else
+            echo "MICROV-GUEST-ERROR: $word: not a number"
+        fi
+        ;;
+    mvguest.bench=*)
+        n=${word#*=}
+        if number "$n"; then
+            job="busybox seq 1 $n | busybox gzip -c | busybox sha256sum"
+            sh -c "$job" >/dev/null
+            mv-bench-guest time workload sh -c "$job"
         else
             echo "MICROV-GUEST-ERROR: $word: not a number"
         fi

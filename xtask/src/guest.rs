@@ -1,7 +1,8 @@
 //! The micro VM guest of the end-to-end tests: Debian's kernel (the one the
 //! emulated machine boots, [`Kernel::image`]) and a small initramfs of
-//! static busybox and `tests/vm/guest-init.sh` as `/init`, which follows
-//! `mvguest.*` words on the guest's kernel command line. `stage::build`
+//! static busybox, `tests/vm/guest-init.sh` as `/init`, which follows
+//! `mvguest.*` words on the guest's kernel command line, and
+//! [`BENCH_TOOL`] (the benchmark's stopwatch, for `mvguest.bench=`). `stage::build`
 //! builds the initramfs into the stage ([`STAGE_INITRD`]);
 //! `initramfs::build` installs both into every machine under [`DIR`], so any
 //! e2e script can `microv run --kernel /usr/lib/microv-tests/guest/vmlinuz
@@ -27,9 +28,15 @@ pub const KERNEL: &str = "vmlinuz";
 /// Its initramfs in [`DIR`].
 pub const INITRD: &str = "initrd.cpio";
 
+/// The static test program (built into the stage by `test_tools::build`
+/// before this) that goes into the guest as `/bin/`[`BENCH_TOOL`]: its
+/// `time` mode reads the guest's TSC around `mvguest.bench=`'s job.
+pub const BENCH_TOOL: &str = "mv-bench-guest";
+
 /// Builds the guest initramfs into `stage/`[`STAGE_INITRD`]: `/init`,
-/// `/bin/busybox` (static, the same one as the machine's), `/bin/sh` and
-/// the directories `/init` mounts on. Cheap (about 2 MB), so always rebuilt.
+/// `/bin/busybox` (static, the same one as the machine's), `/bin/sh`,
+/// `/bin/`[`BENCH_TOOL`] and the directories `/init` mounts on. Cheap
+/// (about 3 MB), so always rebuilt.
 pub fn build(root: &Path, stage: &Path) -> Result<()> {
     let work = stage.join("guest-build");
     let tree = work.join("root");
@@ -44,6 +51,9 @@ pub fn build(root: &Path, stage: &Path) -> Result<()> {
     let busybox = prereq::tool("busybox", "busybox-static")?;
     fs::copy(&busybox, tree.join("bin/busybox")).context("copying busybox")?;
     std::os::unix::fs::symlink("busybox", tree.join("bin/sh"))?;
+    let bench = stage.join(BENCH_TOOL);
+    fs::copy(&bench, tree.join("bin").join(BENCH_TOOL))
+        .with_context(|| format!("copying {}", bench.display()))?;
     let init = tree.join("init");
     fs::copy(root.join(INIT_SOURCE), &init).with_context(|| format!("copying {INIT_SOURCE}"))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
@@ -99,6 +109,7 @@ mod tests {
             "mvguest.cpus",
             "mvguest.sleep=",
             "mvguest.shell",
+            "mvguest.bench=",
             "mvguest.end=poweroff | mvguest.end=reboot",
         ] {
             assert!(
@@ -107,5 +118,8 @@ mod tests {
             );
         }
         assert!(init.trim_end().ends_with("while :; do sleep 3600; done"));
+        // mvguest.bench= times its job with the tool the initramfs carries.
+        assert!(init.contains(&format!("{BENCH_TOOL} time workload ")));
+        assert!(test_tools::PROGRAMS.contains(&BENCH_TOOL));
     }
 }

@@ -24,6 +24,7 @@ pub const PROGRAMS: &[&str] = &[
     "mv-vm-smoke",
     "mv-guest-elf",
     "mv-bench-guest",
+    "mv-bench-vm",
 ];
 
 /// The test module's name in the stage and in [`TEST_DIR`].

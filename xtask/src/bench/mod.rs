@@ -128,7 +128,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
         repeats,
         iterations,
     };
-    let report = report::build(setup, &parse::parse(&text));
+    let mut report = report::build(setup, &parse::parse(&text));
+    report.images = report::images(&stage);
     let md = out.join("report.md");
     let json = out.join("report.json");
     fs::write(&md, report.markdown()).with_context(|| format!("writing {}", md.display()))?;
@@ -140,6 +141,16 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
     if let Some(idle) = report.idle_table() {
         println!("\nthe Linux boot: emulated time (ns) = idle + executed instructions");
         print!("{idle}");
+    }
+    if let Some(w) = report.workload_table() {
+        println!(
+            "\nthe workload: instructions in total (guest: the guest's TSC; root: the root's)"
+        );
+        print!("{w}");
+    }
+    if let Some(m) = report.microv_table() {
+        println!("\nMicroV alone (seconds: emulated, 1 ns per instruction)");
+        print!("{m}");
     }
     for e in &report.errors {
         println!("bench: error: {e}");

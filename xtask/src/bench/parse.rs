@@ -1,7 +1,11 @@
 //! Reads the benchmark's figures off the emulated machine's console: the
 //! `MVBENCH …` lines `tests/bench/bench.sh` prints (a guest's own line,
-//! tagged with the backend and the repeat) and its `MVBENCH-ERROR …` lines.
-//! Everything else on the console (the kernel, the init, QEMU) is ignored.
+//! tagged with the backend and the repeat), its `MVBENCH-STAT …` lines
+//! (figures that are not a TSC difference: exit counts, pool bytes) and its
+//! `MVBENCH-ERROR …` lines. Everything else on the console (the kernel, the
+//! init, QEMU) is ignored.
+
+use std::collections::BTreeMap;
 
 /// One figure: a run of one case on one backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,10 +29,21 @@ pub struct Sample {
     pub status: Option<i64>,
 }
 
+/// A figure that is not a TSC difference: `MVBENCH-STAT backend=B rep=R
+/// case=C key=value…`, every value a number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub backend: String,
+    pub rep: u32,
+    pub case: String,
+    pub values: BTreeMap<String, u64>,
+}
+
 /// What the console held.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Console {
     pub samples: Vec<Sample>,
+    pub stats: Vec<Stat>,
     /// `MVBENCH-ERROR` lines, and figures whose run failed, as text.
     pub errors: Vec<String>,
     /// `MVBENCH` lines that could not be read, with why.
@@ -37,6 +52,7 @@ pub struct Console {
 
 const TAG: &str = "MVBENCH ";
 const ERROR_TAG: &str = "MVBENCH-ERROR";
+const STAT_TAG: &str = "MVBENCH-STAT ";
 
 /// Parses a whole console log.
 pub fn parse(text: &str) -> Console {
@@ -47,6 +63,13 @@ pub fn parse(text: &str) -> Console {
         let line = line.trim_end_matches('\r');
         if let Some(at) = line.find(ERROR_TAG) {
             console.errors.push(line[at..].trim().to_string());
+        } else if let Some(at) = line.find(STAT_TAG) {
+            match stat(&line[at + STAT_TAG.len()..]) {
+                Ok(s) => console.stats.push(s),
+                Err(why) => console
+                    .malformed
+                    .push(format!("{}: {why}", line[at..].trim())),
+            }
         } else if let Some(at) = line.find(TAG) {
             let fields = &line[at + TAG.len()..];
             match sample(fields) {
@@ -78,17 +101,11 @@ fn sample(fields: &str) -> Result<Sample, String> {
     let mut idle_ns = None;
     let mut status = None;
     for word in fields.split_whitespace() {
-        let (key, value) = word
-            .split_once('=')
-            .ok_or_else(|| format!("`{word}` is not key=value"))?;
+        let (key, value) = key_value(word)?;
         match key {
             "backend" => backend = Some(value.to_string()),
             "case" => case = Some(value.to_string()),
-            "rep" => {
-                rep = Some(
-                    u32::try_from(number(value)?).map_err(|_| format!("rep={value} is too big"))?,
-                )
-            }
+            "rep" => rep = Some(rep_number(value)?),
             "iterations" => iterations = Some(number(value)?),
             "tsc" => tsc = Some(number(value)?),
             "warmup_tsc" => warmup_tsc = Some(number(value)?),
@@ -111,6 +128,41 @@ fn sample(fields: &str) -> Result<Sample, String> {
         warmup_tsc,
         idle_ns,
         status,
+    })
+}
+
+/// One `key=value` word.
+fn key_value(word: &str) -> Result<(&str, &str), String> {
+    word.split_once('=').ok_or_else(|| format!("`{word}` is not key=value"))
+}
+
+/// A `rep=` value.
+fn rep_number(value: &str) -> Result<u32, String> {
+    u32::try_from(number(value)?).map_err(|_| format!("rep={value} is too big"))
+}
+
+/// The `key=value` words after the stat tag.
+fn stat(fields: &str) -> Result<Stat, String> {
+    let mut backend = None;
+    let mut rep = None;
+    let mut case = None;
+    let mut values = BTreeMap::new();
+    for word in fields.split_whitespace() {
+        let (key, value) = key_value(word)?;
+        match key {
+            "backend" => backend = Some(value.to_string()),
+            "case" => case = Some(value.to_string()),
+            "rep" => rep = Some(rep_number(value)?),
+            _ => {
+                values.insert(key.to_string(), number(value)?);
+            }
+        }
+    }
+    Ok(Stat {
+        backend: need(backend, "backend")?,
+        rep: need(rep, "rep")?,
+        case: need(case, "case")?,
+        values,
     })
 }
 
@@ -208,6 +260,38 @@ MVBENCH backend=kvm rep=2 case=cpuid tsc=12345\r
         );
         assert_eq!(why(&format!("{full} status=ok")), "status=ok");
         assert_eq!(number("0X1f"), Ok(31));
+    }
+
+    #[test]
+    fn stat_lines_give_named_numbers() {
+        let c = parse(
+            "MVBENCH-STAT backend=microv rep=2 case=root-exits-idle exits=12 vmmcall=8 ns=0x10\r\n\
+             MVBENCH-STAT backend=microv rep=1 case=memory pool_bytes=64 free_started=  \n\
+             MVBENCH-STAT backend=microv case=memory pool_bytes=64\n\
+             MVBENCH-STAT backend=microv rep=1 case=memory pool_bytes=lots\n",
+        );
+        assert!(c.samples.is_empty() && c.errors.is_empty());
+        assert_eq!(c.stats.len(), 1, "{c:?}");
+        let s = &c.stats[0];
+        assert_eq!(
+            (s.backend.as_str(), s.rep, s.case.as_str()),
+            ("microv", 2, "root-exits-idle")
+        );
+        assert_eq!(s.values.get("exits"), Some(&12));
+        assert_eq!(s.values.get("ns"), Some(&16));
+        assert_eq!(s.values.len(), 3);
+        assert_eq!(c.malformed.len(), 3);
+        assert!(
+            c.malformed[0].ends_with(": `` is not a number"),
+            "{:?}",
+            c.malformed
+        );
+        assert!(c.malformed[1].ends_with(": no rep="), "{:?}", c.malformed);
+        assert!(
+            c.malformed[2].ends_with(": `lots` is not a number"),
+            "{:?}",
+            c.malformed
+        );
     }
 
     #[test]
