@@ -20,7 +20,8 @@ microv run --kernel $G/vmlinuz --initrd $G/initrd.cpio --mem 256M \
     --cmdline 'console=ttyS0 reboot=k panic=1 quiet mvguest.sum=50000 mvguest.cpus mvguest.sleep=3' \
     </dev/null 2>&1 | sed 's/^/guest| /' &
 i=0
-until microv status | grep -q '^vms *1$' || [ $i -ge 120 ]; do sleep 1; i=$((i + 1)); done
+# Until the VM is set up: its vCPU made and its memory mapped.
+until microv status | grep -q 'live *1 *256 MiB' || [ $i -ge 120 ]; do sleep 1; i=$((i + 1)); done
 echo 'demo: microv status while the micro VM runs'; microv status
 wait
 echo \"demo: the root computes the same checksum: $(seq 1 50000 | sha256sum | cut -d' ' -f1)\"
