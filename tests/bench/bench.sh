@@ -228,11 +228,12 @@ stat_line() {
     echo "$3 $4 $5 $6" | awk -v rep="$1" -v c="$2" -v more="$7" '{
         if ($3 == "" || $6 == "" || $9 == "" || $12 == "") { print "MVBENCH-ERROR backend=microv rep=" rep " case=" c ": no uptime_ns in microv status --json"; exit }
         pe = $4 - $1; pv = $5 - $2; pn = $6 - $3
-        e = ($10 - $7) - pe; v = ($11 - $8) - pv
-        # The probe can take a few more exits than the measured pair did.
+        m = $10 - $7; e = m - pe; v = ($11 - $8) - pv
+        # The probe can take a few more exits than the measured pair did
+        # (programs start with slightly different work): none at rest.
         if (e < 0) e = 0
         if (v < 0) v = 0
-        printf "MVBENCH-STAT backend=microv rep=%s case=%s exits=%d vmmcall=%d ns=%d probe_exits=%d%s\n", rep, c, e, v, ($12 - $9) - pn, pe, more
+        printf "MVBENCH-STAT backend=microv rep=%s case=%s exits=%d vmmcall=%d ns=%d measured_exits=%d probe_exits=%d%s\n", rep, c, e, v, ($12 - $9) - pn, m, pe, more
     }'
 }
 

@@ -426,10 +426,11 @@ impl Report {
                 (ns > 0.0).then(|| exits / ns * 1e9)
             });
             let mut how = format!(
-                "{} exits in {:.2} s of MicroV's uptime, less the {} of a probe (the same status reads around `sleep 0`)",
+                "{} exits measured, {} around `sleep 0` (the measurement's own): {} in {:.2} s of MicroV's uptime",
+                st.value("measured_exits").map_or("?".into(), count),
+                st.value("probe_exits").map_or("?".into(), count),
                 st.diff("exits", "vmmcall").map_or("?".into(), count),
                 st.value("ns").unwrap_or_default() / 1e9,
-                st.value("probe_exits").map_or("?".into(), count),
             );
             if let Some(sys) = st.value("syscalls") {
                 how += &format!(", {} syscalls", count(sys));
@@ -948,8 +949,8 @@ mod tests {
             text += &line(NATIVE, rep, WORKLOAD, 1, 1_000_000 + rep as u64 * 2);
             text += &line(MICROV, rep, ROOT_WORKLOAD, 1, 1_001_001);
             text += &format!(
-                "MVBENCH-STAT backend=microv rep={rep} case=root-exits-idle exits=79 vmmcall=7 ns=2000000000 probe_exits=58\n\
-                 MVBENCH-STAT backend=microv rep={rep} case=root-exits-busy exits=115 vmmcall=7 ns=400000000 probe_exits=58 syscalls=280000\n\
+                "MVBENCH-STAT backend=microv rep={rep} case=root-exits-idle exits=79 vmmcall=7 ns=2000000000 measured_exits=137 probe_exits=58\n\
+                 MVBENCH-STAT backend=microv rep={rep} case=root-exits-busy exits=115 vmmcall=7 ns=400000000 measured_exits=173 probe_exits=58 syscalls=280000\n\
                  MVBENCH-STAT backend=microv rep={rep} case=memory pool_bytes=67108864 free_started=66592768 \
                  free_before_1vcpu=66592768 free_vm_1vcpu=66543616 free_before_2vcpus=66539520 \
                  free_vm_2vcpus=66486272 free_after=66539520\n"
@@ -1020,7 +1021,7 @@ mod tests {
             "{m}"
         );
         assert!(
-            lines[2].contains("72 exits in 2.00 s") && lines[2].contains("less the 58 of a probe"),
+            lines[2].contains("137 exits measured, 58 around `sleep 0`") && lines[2].contains("72 in 2.00 s"),
             "{m}"
         );
         assert!(
