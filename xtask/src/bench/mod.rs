@@ -2,9 +2,10 @@
 //! in one boot of the emulated machine under `-icount shift=0,sleep=off`
 //! (the TSC counts instructions, so the counts repeat). The machine runs
 //! `tests/bench/bench.sh`; this module boots it, then reads the figures
-//! off its console ([`parse`]) and writes the report ([`report`]) to
-//! `target/bench/`. The method is in `docs/benchmarks.md`.
+//! off its console ([`parse`]) and writes the report ([`report`]) and its
+//! chart ([`chart`]) to `target/bench/`. The method is in `docs/benchmarks.md`.
 
+pub mod chart;
 pub mod parse;
 pub mod profile;
 pub mod report;
@@ -42,9 +43,10 @@ pub struct BenchArgs {
     /// Use what is already in target/microv/ instead of building.
     #[arg(long)]
     pub no_build: bool,
-    /// Seconds before the machine is killed.
-    #[arg(long, value_name = "SECS", default_value_t = 5400)]
-    pub timeout: u64,
+    /// Seconds before the machine is killed (default: 1200 with --quick,
+    /// what CI can afford, else 5400).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
     /// Keep the run's directory under target/microv/runs/.
     #[arg(long)]
     pub keep: bool,
@@ -66,6 +68,11 @@ const ITERATIONS: u32 = 1000;
 /// ... and under --profile, where the loop should outweigh the rest of
 /// the run many times.
 const PROFILE_ITERATIONS: u32 = 100_000;
+
+/// How long a bench machine may run: a full run takes a few minutes, a
+/// quick one (CI's) about two.
+const FULL_TIMEOUT_S: u64 = 5400;
+const QUICK_TIMEOUT_S: u64 = 1200;
 
 /// The bench machine (one CPU, 1 GiB) with these extra QEMU arguments.
 fn bench_machine(timeout: u64, no_build: bool, keep: bool, qemu_arg: Vec<String>) -> MachineArgs {
@@ -90,15 +97,18 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
                 case,
                 iterations: args.iterations.unwrap_or(PROFILE_ITERATIONS),
                 no_build: args.no_build,
-                timeout: args.timeout,
+                timeout: args.timeout.unwrap_or(FULL_TIMEOUT_S),
                 keep: args.keep,
             },
         );
     }
     let iterations = args.iterations.unwrap_or(ITERATIONS);
     let repeats = if args.quick { 1 } else { args.repeats };
+    let timeout = args
+        .timeout
+        .unwrap_or(if args.quick { QUICK_TIMEOUT_S } else { FULL_TIMEOUT_S });
     let determinism = DETERMINISM.iter().map(|a| (*a).to_string()).collect();
-    let machine_args = bench_machine(args.timeout, args.no_build, args.keep, determinism);
+    let machine_args = bench_machine(timeout, args.no_build, args.keep, determinism);
     let (stage, kernel) = machine::prepare(root, &machine_args, false)?;
     let out = root.join("target/bench");
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -109,7 +119,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
         iterations
     );
     let mut cfg = machine::config(root, &machine_args, vec![command]);
-    cfg.timeout = Some(Duration::from_secs(args.timeout));
+    cfg.timeout = Some(Duration::from_secs(timeout));
     let console_log = out.join("console.log");
     cfg.console_log = Some(console_log.clone());
     cfg.debugcon = out.join("debugcon.log");
@@ -135,6 +145,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
     fs::write(&md, report.markdown()).with_context(|| format!("writing {}", md.display()))?;
     fs::write(&json, format!("{:#}\n", report.json()))
         .with_context(|| format!("writing {}", json.display()))?;
+    let svg = out.join("report.svg");
+    fs::write(&svg, chart::svg(&report)?).with_context(|| format!("writing {}", svg.display()))?;
 
     println!("\n==== bench: instructions (TSC under -icount shift=0), {repeats} repeat(s) ====");
     print!("{}", report.table());
@@ -160,9 +172,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<i32> {
         println!("bench: missing: {}", missing.join(", "));
     }
     println!(
-        "bench: {} and {} (console: {})",
+        "bench: {}, {} and {} (console: {})",
         md.display(),
         json.display(),
+        svg.display(),
         console_log.display()
     );
     if outcome != Outcome::Exited(0) {
