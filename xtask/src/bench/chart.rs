@@ -4,7 +4,7 @@
 //! backends. Drawn with plotters' SVG backend only: text is written as SVG
 //! `<text>` for the viewer to render, so no font files are read.
 
-use super::report::{Report, Row};
+use super::report::{count, Report, Row};
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -37,19 +37,6 @@ const MORE_COLOR: RGBColor = RGBColor(214, 39, 40);
 /// A ratio as the table prints it.
 pub fn ratio_label(r: f64) -> String {
     format!("{r:.2}")
-}
-
-/// A count, rounded, with thousands separated by commas.
-fn count(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(d);
-    }
-    out
 }
 
 /// The cases with a ratio, in the report's order.

@@ -695,7 +695,7 @@ impl Report {
 }
 
 /// A count, rounded, with thousands separated by commas.
-fn count(value: f64) -> String {
+pub fn count(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, d) in digits.chars().enumerate() {
