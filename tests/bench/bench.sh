@@ -73,15 +73,15 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-EXIT_CASES="hypercall cpuid pio mmio"
+EXIT_CASES="hypercall cpuid pio mmio timer halt-wake"
 BOOT_CASE=linux-boot
 # The cases beyond the exits and the boot (none with --only).
 EXTRA=yes
 case "$ONLY" in
 '') ;;
-hypercall | cpuid | pio | mmio) EXIT_CASES=$ONLY; BOOT_CASE=; EXTRA= ;;
+hypercall | cpuid | pio | mmio | timer | halt-wake) EXIT_CASES=$ONLY; BOOT_CASE=; EXTRA= ;;
 linux-boot) EXIT_CASES=; EXTRA= ;;
-*) echo "bench: unknown case $ONLY (hypercall, cpuid, pio, mmio, linux-boot)" >&2; exit 2 ;;
+*) echo "bench: unknown case $ONLY (hypercall, cpuid, pio, mmio, timer, halt-wake, linux-boot)" >&2; exit 2 ;;
 esac
 case "$BACKEND" in
 '' | microv | kvm) ;;
@@ -130,8 +130,9 @@ report() {
 exit_case() {
     out="$T/$1-$2-$3.out"
     # A failed run still reports whatever figure it printed.
+    # (timeout: a timer case whose interrupt never came would wait forever)
     if [ -z "$SYMBOLS" ]; then
-        microv run --backend "$1" --kernel "$T/$3.elf" --mem 32M </dev/null >"$out" 2>&1 ||
+        timeout "$GUEST_TIMEOUT_S" microv run --backend "$1" --kernel "$T/$3.elf" --mem 32M </dev/null >"$out" 2>&1 ||
             echo "bench: microv run --backend $1 ($3) exited $?" >>"$out"
     else
         microv run --backend "$1" --kernel "$T/$3.elf" --mem 32M </dev/null >"$out" 2>&1 &

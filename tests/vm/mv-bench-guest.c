@@ -37,6 +37,23 @@
  *                    unclaimed and drops it (MicroV's backend decodes the
  *                    instruction in the VMM with iced-x86; KVM decodes it
  *                    in the kernel). (3)
+ *         timer      the local APIC's TSC-deadline timer: the guest puts
+ *                    its APIC in x2APIC mode (IA32_APIC_BASE |= EN|EXTD:
+ *                    MicroV's starts in x2APIC mode, KVM's in xAPIC mode),
+ *                    enables it (SVR = 0x1ff), sets the LVT timer to
+ *                    TSC-deadline mode with vector 0xec, whose handler
+ *                    reads the TSC, writes EOI and returns. Per iteration:
+ *                    IA32_TSC_DEADLINE = TSC + TIMER_DELAY, sti, spin
+ *                    (pause; cmp; je) until the handler has run, cli. Here tsc
+ *                    (and warmup_tsc) is not the loop's length but the sum
+ *                    of the latencies from each deadline to its handler's
+ *                    RDTSC, so per iteration it is the mean latency; rax is
+ *                    the last iteration's latency, max the largest of the
+ *                    measured ones, delay TIMER_DELAY. A guest whose LVT timer
+ *                    does not take TSC-deadline mode prints an
+ *                    "mv-bench-guest: ..." line and no MVBENCH line.
+ *         halt-wake  the same with `sti; hlt; cli` (then cmp; je) instead
+ *                    of the spin: the vCPU halts until the timer wakes it.
  *
  *   mv-bench-guest stamp MARK_CASE MARKER END_CASE CMD [ARG...]
  *       runs CMD with its stdout and stderr on a pipe, copies what it
@@ -83,8 +100,22 @@
 /* Guest-physical: above the guest's RAM, in no device's range. */
 #define MMIO_ADDR 0xd0000000u
 
+/*
+ * The timer cases' image beyond the code: the IDT (256 gates), then the
+ * IDTR and the handler's TSC (0 until the handler has run).
+ */
+#define IDT_OFF 0x1000u
+#define IDTR_OFF 0x2000u
+#define VAR_T_OFF 0x2010u
+#define TIMER_IMAGE 0x2018u
+#define IDTR (LOAD_ADDR + IDTR_OFF)
+#define VAR_T (LOAD_ADDR + VAR_T_OFF)
+/* The timer's vector, and how far ahead of the TSC each deadline is. */
+#define TIMER_VECTOR 0xecu
+#define TIMER_DELAY 20000u
+
 #define GUEST_TOOL "mv-bench-guest"
-#define IMAGE_BYTES CODE_MAX
+#define IMAGE_BYTES TIMER_IMAGE
 #include "guest-code.h"
 
 /* rdtsc; shl rdx, 32; or rax, rdx: RAX = the whole TSC */
@@ -168,10 +199,31 @@ static void operands(void)
 	emit("\xb8\x5a\x00\x00\x00", 5); /* mov eax, 0x5a */
 }
 
+/*
+ * The MVBENCH line's common part, for `print`: the measured TSC difference
+ * (R12), the warm-up's (R15) and the last answer (RBP), in hex; the caller
+ * ends the line.
+ */
+static void result_line(const char *kind, uint32_t iterations, uint64_t hex64)
+{
+	char line[128];
+
+	snprintf(line, sizeof(line), "MVBENCH case=%s iterations=%u tsc=0x", kind, iterations);
+	print(line);
+	emit("\x4c\x89\xe0", 3);	/* mov rax, r12 */
+	call(hex64);
+	snprintf(line, sizeof(line), " warmup=%u warmup_tsc=0x", WARMUP);
+	print(line);
+	emit("\x4c\x89\xf8", 3);	/* mov rax, r15 */
+	call(hex64);
+	print(" rax=0x");
+	emit("\x48\x89\xe8", 3);	/* mov rax, rbp */
+	call(hex64);
+}
+
 static void guest(const char *kind, uint32_t iterations)
 {
 	uint64_t hex64;
-	char line[128];
 	size_t over;
 
 	byte(0xe9);			/* jmp over hex64 (rel32 landed below) */
@@ -197,19 +249,184 @@ static void guest(const char *kind, uint32_t iterations)
 	emit("\x49\x29\xf7", 3);	/* sub r15, rsi: the warm-up loop */
 	emit("\x49\x89\xc4", 3);	/* mov r12, rax */
 
-	snprintf(line, sizeof(line), "MVBENCH case=%s iterations=%u tsc=0x", kind, iterations);
-	print(line);
-	emit("\x4c\x89\xe0", 3);	/* mov rax, r12 */
-	call(hex64);
-	snprintf(line, sizeof(line), " warmup=%u warmup_tsc=0x", WARMUP);
-	print(line);
-	emit("\x4c\x89\xf8", 3);	/* mov rax, r15 */
-	call(hex64);
-	print(" rax=0x");
-	emit("\x48\x89\xe8", 3);	/* mov rax, rbp */
-	call(hex64);
+	result_line(kind, iterations, hex64);
 	print("\n");
 	/* mov dx, 0x600; mov al, 0x34; out dx, al; hlt; jmp $-1 */
+	emit("\x66\xba\x00\x06\xb0\x34\xee\xf4\xeb\xfd", 10);
+}
+
+/* ---- timer, halt-wake: the TSC-deadline timer's latency ---------------- */
+
+/* An interrupt gate (present, DPL 0, type 0xe) for `vector` to `handler`. */
+static void gate(unsigned vector, uint64_t handler)
+{
+	unsigned char *g = image + IDT_OFF + vector * 16;
+
+	memset(g, 0, 16);
+	put16(g, (uint16_t)handler);
+	g[2] = 0x10;			/* selector: the boot code segment */
+	g[5] = 0x8e;
+	put16(g + 6, (uint16_t)(handler >> 16));
+	put32(g + 8, (uint32_t)(handler >> 32));
+}
+
+/* An instruction OP (its bytes) with the absolute address `at` as disp32. */
+static void abs32(const char *op, size_t n, uint64_t at)
+{
+	emit(op, n);
+	imm32((uint32_t)at);
+}
+
+/*
+ * The timer's handler: reads the TSC into VAR_T, writes EOI, returns.
+ * Keeps every register.
+ */
+static uint64_t emit_timer_handler(void)
+{
+	uint64_t at = here();
+
+	emit("\x50\x51\x52", 3);	/* push rax; push rcx; push rdx */
+	read_tsc();
+	abs32("\x48\x89\x04\x25", 4, VAR_T); /* mov [VAR_T], rax */
+	emit("\xb9\x0b\x08\x00\x00", 5); /* mov ecx, 0x80b (EOI) */
+	emit("\x31\xc0\x31\xd2", 4);	/* xor eax, eax; xor edx, edx */
+	emit("\x0f\x30", 2);		/* wrmsr */
+	emit("\x5a\x59\x58", 3);	/* pop rdx; pop rcx; pop rax */
+	emit("\x48\xcf", 2);		/* iretq */
+	return at;
+}
+
+/*
+ * The APIC in x2APIC mode and enabled, the LVT timer in TSC-deadline mode
+ * with TIMER_VECTOR, the IDT loaded. If the LVT timer reads back in another
+ * mode (no TSC-deadline timer), says so and jumps to `fail` (patched by the
+ * caller: the returned offset of the rel32).
+ */
+static size_t timer_setup(void)
+{
+	size_t fail;
+
+	abs32("\x0f\x01\x1c\x25", 4, IDTR); /* lidt [IDTR] */
+	emit("\xb9\x1b\x00\x00\x00", 5); /* mov ecx, 0x1b (IA32_APIC_BASE) */
+	emit("\x0f\x32", 2);		/* rdmsr */
+	emit("\x0d\x00\x0c\x00\x00", 5); /* or eax, 0xc00 (EN | EXTD) */
+	emit("\x0f\x30", 2);		/* wrmsr */
+	emit("\xb9\x0f\x08\x00\x00", 5); /* mov ecx, 0x80f (SVR) */
+	emit("\xb8\xff\x01\x00\x00", 5); /* mov eax, 0x1ff */
+	emit("\x31\xd2", 2);		/* xor edx, edx */
+	emit("\x0f\x30", 2);		/* wrmsr */
+	emit("\xb9\x32\x08\x00\x00", 5); /* mov ecx, 0x832 (LVT timer) */
+	byte(0xb8);			/* mov eax, 2 << 17 | TIMER_VECTOR */
+	imm32(2u << 17 | TIMER_VECTOR);
+	emit("\x0f\x30", 2);		/* wrmsr */
+	emit("\x0f\x32", 2);		/* rdmsr */
+	emit("\x25\x00\x00\x06\x00", 5); /* and eax, 3 << 17 */
+	emit("\x3d\x00\x00\x04\x00", 5); /* cmp eax, 2 << 17 */
+	emit("\x0f\x85", 2);		/* jne fail */
+	fail = len;
+	imm32(0);
+	return fail;
+}
+
+/*
+ * One iteration, `count` times: arm the deadline D = TSC + TIMER_DELAY,
+ * wait for the handler with interrupts on (spin or hlt), add VAR_T - D to
+ * R13. RAX holds the last latency.
+ */
+static void timer_loop(const char *kind, uint32_t count)
+{
+	uint64_t top, wait;
+
+	emit("\x41\xbe", 2);		/* mov r14d, count */
+	imm32(count);
+	top = here();
+	abs32("\x48\xc7\x04\x25", 4, VAR_T); /* mov qword [VAR_T], 0 */
+	imm32(0);
+	read_tsc();
+	emit("\x48\x05", 2);		/* add rax, TIMER_DELAY */
+	imm32(TIMER_DELAY);
+	emit("\x48\x89\xc3", 3);	/* mov rbx, rax: the deadline */
+	emit("\x48\x89\xc2", 3);	/* mov rdx, rax */
+	emit("\x48\xc1\xea\x20", 4);	/* shr rdx, 32 */
+	emit("\xb9\xe0\x06\x00\x00", 5); /* mov ecx, 0x6e0 (IA32_TSC_DEADLINE) */
+	emit("\x0f\x30", 2);		/* wrmsr */
+	if (!strcmp(kind, "halt-wake")) {
+		/* 1: sti; hlt (in sti's shadow); cli; cmp; je 1b */
+		wait = here();
+		byte(0xfb);
+		byte(0xf4);
+		byte(0xfa);
+	} else {
+		/* sti; 1: pause; cmp; je 1b; cli (interrupts on throughout) */
+		byte(0xfb);
+		wait = here();
+		emit("\xf3\x90", 2);
+	}
+	abs32("\x48\x83\x3c\x25", 4, VAR_T); /* cmp qword [VAR_T], 0 */
+	byte(0);
+	emit("\x0f\x84", 2);		/* je 1b */
+	rel32_to(wait);
+	if (strcmp(kind, "halt-wake"))
+		byte(0xfa);		/* cli */
+	abs32("\x48\x8b\x04\x25", 4, VAR_T); /* mov rax, [VAR_T] */
+	emit("\x48\x29\xd8", 3);	/* sub rax, rbx */
+	emit("\x49\x01\xc5", 3);	/* add r13, rax */
+	emit("\x4c\x39\xc8", 3);	/* cmp rax, r9 */
+	emit("\x4c\x0f\x47\xc8", 4);	/* cmova r9, rax: the largest */
+	emit("\x41\xff\xce", 3);	/* dec r14d */
+	emit("\x0f\x85", 2);		/* jnz top */
+	rel32_to(top);
+}
+
+static void timer_guest(const char *kind, uint32_t iterations)
+{
+	unsigned char *idtr = image + IDTR_OFF;
+	uint64_t hex64, handler;
+	char line[128];
+	size_t over, fail;
+	int32_t rel;
+
+	byte(0xe9);			/* jmp over hex64 and the handler */
+	over = len;
+	imm32(0);
+	hex64 = emit_hex64();
+	handler = emit_timer_handler();
+	rel = (int32_t)(len - (over + 4));
+	memcpy(image + over, &rel, 4);
+	memset(image + CODE_MAX, 0, TIMER_IMAGE - CODE_MAX);
+	gate(TIMER_VECTOR, handler);
+	put16(idtr, 0xfff);		/* limit: 256 gates */
+	put64(idtr + 2, LOAD_ADDR + IDT_OFF);
+
+	fail = timer_setup();
+	emit("\x45\x31\xed", 3);	/* xor r13d, r13d */
+	timer_loop(kind, WARMUP);
+	emit("\x4d\x89\xef", 3);	/* mov r15, r13: the warm-up's latencies */
+	emit("\x45\x31\xed", 3);	/* xor r13d, r13d */
+	emit("\x45\x31\xc9", 3);	/* xor r9d, r9d */
+	timer_loop(kind, iterations);
+	emit("\x48\x89\xc5", 3);	/* mov rbp, rax: the last latency */
+	emit("\x4d\x89\xec", 3);	/* mov r12, r13: the measured latencies */
+
+	result_line(kind, iterations, hex64);
+	print(" max=0x");
+	emit("\x4c\x89\xc8", 3);	/* mov rax, r9 */
+	call(hex64);
+	snprintf(line, sizeof(line), " delay=%u\n", TIMER_DELAY);
+	print(line);
+	byte(0xe9);			/* jmp off */
+	over = len;
+	imm32(0);
+	/* fail: the LVT timer took no TSC-deadline mode (EAX: its mode bits) */
+	rel = (int32_t)(len - (fail + 4));
+	memcpy(image + fail, &rel, 4);
+	snprintf(line, sizeof(line), GUEST_TOOL ": %s: no TSC-deadline mode (LVT timer mode bits 0x", kind);
+	print(line);
+	call(hex64);
+	print(")\n");
+	rel = (int32_t)(len - (over + 4));
+	memcpy(image + over, &rel, 4);
+	/* off: mov dx, 0x600; mov al, 0x34; out dx, al; hlt; jmp $-1 */
 	emit("\x66\xba\x00\x06\xb0\x34\xee\xf4\xeb\xfd", 10);
 }
 
@@ -320,7 +537,7 @@ static int stamp(const char *mark_case, const char *marker, const char *end_case
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: mv-bench-guest hypercall|cpuid|pio|mmio [N] > guest.elf\n"
+	fprintf(stderr, "usage: mv-bench-guest hypercall|cpuid|pio|mmio|timer|halt-wake [N] > guest.elf\n"
 			"       mv-bench-guest stamp MARK_CASE MARKER END_CASE CMD [ARG...]\n"
 			"       mv-bench-guest time CASE CMD [ARG...]\n");
 	exit(2);
@@ -342,7 +559,7 @@ int main(int argc, char **argv)
 		return stamp(NULL, NULL, argv[2], argv + 3);
 	}
 	if (strcmp(kind, "hypercall") && strcmp(kind, "cpuid") && strcmp(kind, "pio") &&
-	    strcmp(kind, "mmio"))
+	    strcmp(kind, "mmio") && strcmp(kind, "timer") && strcmp(kind, "halt-wake"))
 		usage();
 	if (argc > 3)
 		usage();
@@ -352,6 +569,10 @@ int main(int argc, char **argv)
 		n = strtoul(argv[2], &end, 0);
 		if (*end || n == 0 || n > 0xffffffffu)
 			die("N must be a number from 1 to 2^32 - 1");
+	}
+	if (!strcmp(kind, "timer") || !strcmp(kind, "halt-wake")) {
+		timer_guest(kind, (uint32_t)n);
+		return write_elf(TIMER_IMAGE);
 	}
 	guest(kind, (uint32_t)n);
 	return write_elf(len);

@@ -19,6 +19,8 @@ pub const CASES: &[&str] = &[
     "cpuid",
     "pio",
     "mmio",
+    "timer",
+    "halt-wake",
     "linux-boot-init",
     "linux-boot-exit",
     "vm-create-destroy",
@@ -603,9 +605,11 @@ impl Report {
              - Figures are instructions (the TSC under `-icount shift=0`): software path \
              length, with VMRUN and #VMEXIT one instruction each, not the hardware's \
              world-switch cost. Exit cases: per iteration, including the guest's 3–5 \
-             loop instructions. Linux boot: in total, from `microv run` starting to the \
-             guest init's first line (`linux-boot-init`) and to the VMM's exit after the \
-             guest powered off (`linux-boot-exit`).\n\
+             loop instructions; `timer` and `halt-wake`: the mean latency from the \
+             TSC deadline to the guest's interrupt handler (spinning, halted). Linux \
+             boot: in total, from `microv run` starting to the guest init's first line \
+             (`linux-boot-init`) and to the VMM's exit after the guest powered off \
+             (`linux-boot-exit`).\n\
              - Spread: (max − min) / mean over the repeats; `identical` means every \
              repeat counted exactly the same.\n\n",
             s.qemu, s.kernel, s.repeats, s.iterations
@@ -846,7 +850,7 @@ mod tests {
             "{table}"
         );
         assert!(
-            lines[7].contains("6,000,000") && lines[7].contains("12,000,000"),
+            lines[9].contains("8,000,000") && lines[9].contains("16,000,000"),
             "{table}"
         );
         // Every line is as wide as the header.
@@ -870,7 +874,7 @@ mod tests {
     #[test]
     fn missing_cases_errors_and_strangers_are_reported() {
         let text = line(MICROV, 1, "pio", 10, 100)
-            + &line(KVM, 1, "timer", 1, 7)
+            + &line(KVM, 1, "nmi", 1, 7)
             + &line("xen", 1, "vmexit", 1, 7)
             + "MVBENCH-ERROR backend=kvm rep=1 case=pio: no figure\n"
             + "MVBENCH backend=kvm\n";
@@ -881,7 +885,7 @@ mod tests {
         // ... and the workload's four figures, MicroV's three stats.
         assert_eq!(missing.len(), 2 * CASES.len() - 1 + 4 + STAT_CASES.len());
         // A case bench.sh does not know yet still shows, after the known ones.
-        assert_eq!(r.rows.last().map(|row| row.case.as_str()), Some("timer"));
+        assert_eq!(r.rows.last().map(|row| row.case.as_str()), Some("nmi"));
         assert_eq!(
             r.errors,
             [
@@ -934,7 +938,7 @@ mod tests {
         );
         assert!(lines[3].ends_with(" 1.20 |"), "{table}");
         assert!(r.markdown().contains("The Linux boot split"));
-        assert_eq!(r.json()["cases"][5]["kvm"]["mean_idle_ns"], 1000.0);
+        assert_eq!(r.json()["cases"][7]["kvm"]["mean_idle_ns"], 1000.0);
         // Without idle figures there is no such table.
         let plain = build(setup(), &parse(&full()));
         assert_eq!(plain.idle_table(), None);
