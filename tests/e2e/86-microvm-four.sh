@@ -15,6 +15,22 @@ pool_free() {
     jget pool.free_bytes
 }
 
+# vms: how many VMs microv status lists.
+vms() {
+    microv status | sed -n 's/^vms *//p'
+}
+
+# wait_vms N TENTHS WHY: until microv status lists N VMs, polling every
+# 0.1 s for at most TENTHS polls; else fail with WHY.
+wait_vms() {
+    i=0
+    until [ "$(vms)" = "$1" ]; do
+        i=$((i + 1))
+        [ $i -lt "$2" ] || fail "$3 (last: $(vms) VMs)$(microv status | sed -n '/^ *vm /,$p')"
+        sleep 0.1
+    done
+}
+
 must microv start
 # The first VM builds the guests' permission maps, and a destroyed vCPU's
 # pages wait for the next vCPU: take the baseline after four spinning tiny
@@ -26,21 +42,11 @@ for g in 1 2 3 4; do
     microv run --kernel "$MVT_TMP/spin.elf" --mem 32M >"$MVT_TMP/tiny$g.out" 2>&1 &
     pids="$pids $!"
 done
-i=0
-until [ "$(microv status | sed -n 's/^vms *//p')" = 4 ]; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || fail "four spinning tiny guests never ran at once"
-    sleep 0.2
-done
+wait_vms 4 200 "four spinning tiny guests never ran at once"
 # shellcheck disable=SC2086 # a list of pids
 kill -9 $pids
 wait 2>/dev/null || true
-i=0
-until [ "$(microv status | sed -n 's/^vms *//p')" = 0 ]; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || fail "the spinning tiny guests did not go away"
-    sleep 0.1
-done
+wait_vms 0 100 "the spinning tiny guests did not go away"
 POOL0=$(pool_free)
 echo "  baseline after four tiny guests at once: $POOL0 bytes free"
 
@@ -49,14 +55,7 @@ for g in g1 g2 g3 g4; do
     guest_start "$g" "mvguest.sum=$N"
     sleep 1
 done
-i=0
-while :; do
-    n=$(microv status | sed -n 's/^vms *//p')
-    [ "$n" = 4 ] && break
-    i=$((i + 1))
-    [ $i -lt 100 ] || fail "microv status never listed 4 VMs (last: '$n')"
-    sleep 0.2
-done
+wait_vms 4 200 "microv status never listed 4 VMs"
 echo "  microv status lists 4 VMs"
 microv status | sed -n '/^ *vm /,$p'
 for g in g1 g2 g3 g4; do
@@ -73,12 +72,7 @@ for g in g1 g2 g3 g4; do
 done
 
 check "no VM is left; MicroV's free pool after them"
-i=0
-until [ "$(microv status | sed -n 's/^vms *//p')" = 0 ]; do
-    i=$((i + 1))
-    [ $i -lt 50 ] || fail "VMs still listed after every VMM ended: $(microv status | sed -n '/^ *vm /,$p')"
-    sleep 0.1
-done
+wait_vms 0 50 "VMs still listed after every VMM ended"
 # Not asserted: after four Linux guests the pool sits up to 16 pages below
 # the baseline four tiny guests leave (not yet explained; 80 and 81 assert
 # the baseline for single VMs and for kill -9).

@@ -617,7 +617,6 @@ pub fn prepare_entry(v: &mut Vmcb, vcpu: u64, vcpus: &Vcpus, now: u64) {
     }
     vcpus.inject_nmi(c, vcpu);
     c.vintr &= !vintr::OFFER;
-    c.intercept_misc1 &= !misc1::VINTR;
     if let Some(vector) = offer {
         c.vintr |= vintr::offer(vector);
     }
@@ -730,8 +729,8 @@ fn handle_exit(
                 // this vCPU again at once.
                 return GuestAction::ToVmm(e);
             }
-            let now = host.tsc();
-            if write && vcpus.with_lapic(vcpu, |l| l.host_timer_late(now)) == Some(true) {
+            // Only a write can move the timer (reads skip the TSC read).
+            if write && vcpus.with_lapic(vcpu, |l| l.host_timer_late(host.tsc())) == Some(true) {
                 return to_vmm(exit_reason::TIMER);
             }
             GuestAction::Resume
