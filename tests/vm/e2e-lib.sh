@@ -576,11 +576,12 @@ stamp() {
 # "$MVT_GUEST_CMDLINE WORDS", stdin from INPUT (default /dev/null), under a
 # timeout of MVT_GUEST_TIMEOUT. Its output (stdout and stderr), stamped, goes
 # to $MVT_TMP/NAME.out, the VMM's pid to NAME.pid, and, when it has ended,
-# `<exit status> <root uptime>` to NAME.rc. Sets GUEST_T0 (root uptime at the
-# start) and GUEST_JOB.
+# `<exit status> <root uptime>` to NAME.rc, and the pid of the background job
+# that writes all of that to NAME.job. Sets GUEST_T0 (root uptime at the
+# start).
 guest_start() {
     local name=$1 words=$2 input=${3:-/dev/null}
-    rm -f "$MVT_TMP/$name.rc" "$MVT_TMP/$name.pid"
+    rm -f "$MVT_TMP/$name.rc" "$MVT_TMP/$name.pid" "$MVT_TMP/$name.job"
     : >"$MVT_TMP/$name.out"
     echo "  \$ microv run $MVT_GUEST_ARGS --kernel $MVT_GUEST_KERNEL --initrd $MVT_GUEST_INITRD --mem $MVT_GUEST_MEM --cmdline '$MVT_GUEST_CMDLINE $words' <$input &"
     GUEST_T0=$(uptime_s)
@@ -595,7 +596,7 @@ guest_start() {
         wait $! || rc=$?
         echo "$rc $(uptime_s)" >"$MVT_TMP/$name.rc"
     ) | stamp >"$MVT_TMP/$name.out" &
-    GUEST_JOB=$!
+    echo $! >"$MVT_TMP/$name.job"
 }
 
 # guest_pid NAME: the pid of NAME's VMM.
@@ -645,10 +646,11 @@ guest_show() {
     sed 's/^/  guest| /' "$MVT_TMP/$1.out"
 }
 
-# guest_finish NAME: waits for NAME's `microv run` to end and shows its
-# output; sets GUEST_RC (its exit status) and GUEST_T1 (root uptime then).
+# guest_finish NAME: waits for NAME's `microv run` to end (NAME's own job:
+# with several guests running they end in any order) and shows its output;
+# sets GUEST_RC (its exit status) and GUEST_T1 (root uptime then).
 guest_finish() {
-    wait "$GUEST_JOB" 2>/dev/null || true
+    wait "$(cat "$MVT_TMP/$1.job")" 2>/dev/null || true
     [ -e "$MVT_TMP/$1.rc" ] || fail "guest $1: the output ended but microv run left no status"
     GUEST_RC=$(cut -d' ' -f1 "$MVT_TMP/$1.rc")
     GUEST_T1=$(cut -d' ' -f2 "$MVT_TMP/$1.rc")
