@@ -21,4 +21,5 @@ pub mod mapper;
 pub mod msr;
 pub mod paging;
 pub mod svm;
+pub mod vmcb_spans;
 pub mod xsave;

@@ -33,6 +33,7 @@ pub mod root;
 pub mod root_tables;
 pub mod stacks;
 pub mod vmcb_check;
+pub mod vmcb_copy;
 
 #[cfg(feature = "image")]
 pub mod hw;

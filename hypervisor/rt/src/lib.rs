@@ -33,6 +33,21 @@ pub mod string {
         }
     }
 
+    /// Copies `count` quadwords from `src` to `dest`, lowest address
+    /// first: one `rep movsq`, nothing before or after it.
+    ///
+    /// # Safety
+    /// `src` is valid for reads and `dest` for writes of `count` quadwords,
+    /// and they do not overlap.
+    pub unsafe fn copy_qwords(dest: *mut u64, src: *const u64, count: usize) {
+        // SAFETY: the caller's promise; DF is clear (the ABI's rule).
+        unsafe {
+            asm!("rep movsq",
+                inout("rcx") count => _, inout("rdi") dest => _, inout("rsi") src => _,
+                options(nostack, preserves_flags));
+        }
+    }
+
     /// Sets `n` bytes at `dest` to `value`.
     ///
     /// # Safety
@@ -64,6 +79,20 @@ pub mod string {
                         let want = if (at..at + n).contains(&i) { src[3 + i - at] } else { 0 };
                         assert_eq!(*b, want, "n {n}, at {at}, byte {i}");
                     }
+                }
+            }
+        }
+
+        #[test]
+        fn copies_quadwords_exactly() {
+            let src: [u64; 8] = core::array::from_fn(|i| 0x1111_2222_3333_4444 * (i as u64 + 1));
+            for count in 0..6 {
+                let mut dest = [0u64; 8];
+                // SAFETY: both ranges are inside their arrays and distinct.
+                unsafe { copy_qwords(dest.as_mut_ptr().wrapping_add(1), src.as_ptr().wrapping_add(2), count) };
+                for (i, q) in dest.iter().enumerate() {
+                    let want = if (1..1 + count).contains(&i) { src[i + 1] } else { 0 };
+                    assert_eq!(*q, want, "count {count}, quadword {i}");
                 }
             }
         }

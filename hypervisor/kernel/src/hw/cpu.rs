@@ -18,7 +18,8 @@ use microv_abi::StartError;
 use microv_arch::descriptor::selector;
 use microv_arch::instr;
 use microv_arch::msr;
-use microv_arch::svm::{exit, tlb, SaveArea, Vmcb, VMCB_STATE_BYTES};
+use microv_arch::svm::{exit, tlb, SaveArea, Vmcb};
+use microv_arch::vmcb_spans;
 use microv_arch::xsave;
 
 use super::asm;
@@ -33,6 +34,7 @@ use crate::guest_vm::{AsidPool, Flush};
 use crate::rendezvous::{Outcome, StopBarrier};
 use crate::root;
 use crate::vmcb_check::{self, Owner, RootTables};
+use crate::vmcb_copy::copy_spans;
 use microv_arch::cpuid::LEAF_SVM_FEATURES;
 
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
@@ -299,7 +301,7 @@ pub fn bring_up(
     if let Err((e, detail)) = root::root_save_area(&captured, &mut vmcb.save, 0) {
         early_return(landing, &captured, entry, e as u64, detail)
     }
-    copy_out(&root);
+    copy_out(&root, &vmcb_spans::CONTROL_STATE);
 
     let pc_ptr = pages.percpu.va as *mut PerCpu;
     // SAFETY: the page was just allocated for this CPU, is page-aligned and
@@ -427,7 +429,7 @@ fn copy_in(pc: &mut PerCpu, vs: &vs::Vs) -> &'static mut Vmcb {
     // here and used by this CPU only. The shadow may change under the copy
     // (another CPU's extension): a torn copy is still a copy, and only the
     // copy is checked and run.
-    unsafe { copy_vmcb_state(vs.shadow_va, vs.vmcb_va) };
+    unsafe { copy_spans(vs.shadow_va as *const u8, vs.vmcb_va as *mut u8, &vmcb_spans::CONTROL_STATE) };
     // SAFETY: initialized just above (every bit pattern is a valid Vmcb);
     // the only reference to the private VMCB.
     let private = unsafe { &mut *(vs.vmcb_va as *mut Vmcb) };
@@ -464,25 +466,13 @@ fn guest_copy_in(
     private
 }
 
-/// Copies the private VMCB back out to the shadow after an exit, for the
-/// extension to handle.
-fn copy_out(vs: &vs::Vs) {
+/// Copies the private VMCB out to the shadow, for the extension to handle:
+/// the save area and the `control` spans (after an exit what the CPU wrote,
+/// [`vmcb_spans::CONTROL_EXIT`]; at bring-up all of it).
+fn copy_out(vs: &vs::Vs, control: &[vmcb_spans::Span]) {
     // SAFETY: both pages are this state's; the extension on this CPU is in
     // the microkernel (this is its syscall), so it reads the copy after.
-    unsafe { copy_vmcb_state(vs.vmcb_va, vs.shadow_va) };
-}
-
-/// Copies the state part of the VMCB at `from` to the one at `to` (the
-/// reserved tail stays as it is: zero in both, from the zeroed pool).
-///
-/// # Safety
-/// Both are mapped VMCB pages of one vCPU state, and nothing else writes
-/// `to` meanwhile.
-unsafe fn copy_vmcb_state(from: u64, to: u64) {
-    // SAFETY: the caller's promise; VMCB_STATE_BYTES is within a page.
-    unsafe {
-        core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, VMCB_STATE_BYTES)
-    };
+    unsafe { copy_spans(vs.vmcb_va as *const u8, vs.shadow_va as *mut u8, control) };
 }
 
 /// Runs vCPU state `id` on this CPU until it exits, then hands the exit to
@@ -554,7 +544,7 @@ fn switch(vs: &vs::Vs, pc: &PerCpu, xcr0: u64) -> u64 {
     // the compiler's back (the reference the caller checked is not used
     // again), hence a volatile read through a fresh pointer.
     let exit_code = unsafe { core::ptr::read_volatile(exit_code_field) };
-    copy_out(vs);
+    copy_out(vs, &vmcb_spans::CONTROL_EXIT);
     exit_code
 }
 
