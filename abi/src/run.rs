@@ -3,9 +3,10 @@
 //! The driver allocates it, passes its root-physical address to
 //! `vcpu.create` and maps it into the VMM (`mmap` of the vCPU file
 //! descriptor). MicroV writes every exit the VMM must see into it, with the
-//! vCPU's registers; the VMM writes its answers and requests into it before
-//! the next `run.run`. Everything here is vendor-neutral: the same page
-//! serves AMD SVM today and Intel VMX later.
+//! vCPU's registers ([`RunPage::regs`] says which); the VMM writes its
+//! answers and requests into it before the next `run.run`. Everything here
+//! is vendor-neutral: the same page serves AMD SVM today and Intel VMX
+//! later.
 //!
 //! The root (and so the VMM) can write the page at any time, also while
 //! MicroV reads it: MicroV copies each field it uses once and checks the
@@ -51,6 +52,16 @@ pub mod exit_reason {
     /// deadline): the driver re-arms and runs the vCPU again; the VMM
     /// never sees this exit.
     pub const TIMER: u32 = 9;
+
+    /// True if an exit of `reason` writes the special registers
+    /// (segments, descriptor tables, control registers, EFER) to the run
+    /// page's `regs`: the exits whose handling or report needs them. Every
+    /// exit writes the general registers, RIP and RFLAGS; after the others
+    /// the special registers are as they were (`run.get_registers`
+    /// refreshes them).
+    pub const fn writes_special_registers(reason: u32) -> bool {
+        matches!(reason, MMIO | SHUTDOWN | FAIL_ENTRY | UNHANDLED)
+    }
 }
 
 /// [`RunExit::qualification`] of a `HLT` exit.
@@ -211,8 +222,10 @@ c_struct! {
         /// the VMM sets meanwhile (with atomic ORs) are never lost.
         pub raise: [u64; 4],
         pub exit: RunExit,
-        /// The registers at the last exit (written by MicroV with every
-        /// exit to the VMM and by `run.get_registers`); loaded by
+        /// The registers at the last exit: every exit writes the general
+        /// registers, RIP and RFLAGS, and the exits
+        /// [`exit_reason::writes_special_registers`] names write the rest
+        /// (`run.get_registers` writes all of them); loaded by
         /// `run.set_registers` and by [`request::SET_REGS`].
         pub regs: RunRegs,
         /// The access [`request::APIC_ACCESS`] asks for.
@@ -259,6 +272,17 @@ mod tests {
     fn map_arguments_round_trip() {
         assert_eq!(split_map_r11(map_r11(7, 512)), (7, 512));
         assert_eq!(split_map_r11(map_r11(0, MAP_MAX_PAGES)), (0, MAP_MAX_PAGES));
+    }
+
+    #[test]
+    fn exits_that_need_special_registers_carry_them() {
+        use exit_reason::*;
+        for r in [MMIO, SHUTDOWN, FAIL_ENTRY, UNHANDLED] {
+            assert!(writes_special_registers(r), "reason {r}");
+        }
+        for r in [NONE, IO, HLT, INTERRUPTED, KICK, TIMER] {
+            assert!(!writes_special_registers(r), "reason {r}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the run page's vendor-neutral [`RunRegs`]. The only place that knows
 //! where SVM keeps each register of a micro-VM vCPU.
 
-use microv_abi::run::{RunRegs, RunSegment, RunTable};
+use microv_abi::run::{exit_reason, RunRegs, RunSegment, RunTable};
 use microv_abi::syscall::VsRegs;
 use microv_arch::descriptor::Segment;
 use microv_arch::msr::efer;
@@ -31,19 +31,50 @@ fn seg_in(s: &RunSegment) -> Segment {
     }
 }
 
+/// The registers an exit hands the VMM in the run page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitRegs {
+    /// General registers, RIP and RFLAGS (the run page's special registers
+    /// stay as they were).
+    General { gprs: [u64; 16], rip: u64, rflags: u64 },
+    /// All of them.
+    All(RunRegs),
+}
+
+/// The registers an exit of `reason` hands the VMM
+/// ([`exit_reason::writes_special_registers`]): converting and writing the
+/// segments and control registers at every port I/O exit would cost more
+/// than the rest of the exit's work in the extension.
+pub fn at_exit(v: &Vmcb, r: &VsRegs, reason: u32) -> ExitRegs {
+    if exit_reason::writes_special_registers(reason) {
+        ExitRegs::All(read(v, r))
+    } else {
+        ExitRegs::General {
+            gprs: read_gprs(v, r),
+            rip: v.save.rip,
+            rflags: v.save.rflags,
+        }
+    }
+}
+
+/// The 16 general registers, in the run page's order.
+pub fn read_gprs(v: &Vmcb, r: &VsRegs) -> [u64; 16] {
+    let mut gprs = r.gprs;
+    if let Some(x) = gprs.get_mut(RAX) {
+        *x = v.save.rax;
+    }
+    if let Some(x) = gprs.get_mut(RSP) {
+        *x = v.save.rsp;
+    }
+    gprs
+}
+
 /// The vCPU's registers as the VMM sees them. EFER.SVME is MicroV's (the
 /// CPU needs it in every guest) and is hidden.
 pub fn read(v: &Vmcb, r: &VsRegs) -> RunRegs {
     let s = &v.save;
-    let mut gprs = r.gprs;
-    if let Some(x) = gprs.get_mut(RAX) {
-        *x = s.rax;
-    }
-    if let Some(x) = gprs.get_mut(RSP) {
-        *x = s.rsp;
-    }
     RunRegs {
-        gprs,
+        gprs: read_gprs(v, r),
         rip: s.rip,
         rflags: s.rflags,
         cr0: s.cr0,
@@ -151,5 +182,31 @@ mod tests {
         regs.ss.attributes = 0x00f3;
         write_sregs(&mut v, &regs);
         assert_eq!(v.save.cpl, 3);
+    }
+
+    #[test]
+    fn only_the_exits_that_need_them_carry_special_registers() {
+        let mut v = Vmcb::new_zeroed();
+        let mut r = VsRegs::default();
+        r.gprs[3] = 0x33;
+        v.save.rax = 0xaa;
+        v.save.rip = 0x1234;
+        v.save.rflags = 0x246;
+        v.save.cr3 = 0x9000;
+        let mut gprs = [0; 16];
+        gprs[0] = 0xaa;
+        gprs[3] = 0x33;
+        assert_eq!(
+            at_exit(&v, &r, exit_reason::IO),
+            ExitRegs::General { gprs, rip: 0x1234, rflags: 0x246 }
+        );
+        match at_exit(&v, &r, exit_reason::MMIO) {
+            ExitRegs::All(all) => {
+                assert_eq!(all.cr3, 0x9000);
+                assert_eq!(all.gprs, gprs);
+                assert_eq!(all.rip, 0x1234);
+            }
+            other => panic!("an MMIO exit needs every register: {other:?}"),
+        }
     }
 }

@@ -39,6 +39,7 @@ pub mod string {
     /// # Safety
     /// `src` is valid for reads and `dest` for writes of `count` quadwords,
     /// and they do not overlap.
+    #[inline(always)]
     pub unsafe fn copy_qwords(dest: *mut u64, src: *const u64, count: usize) {
         // SAFETY: the caller's promise; DF is clear (the ABI's rule).
         unsafe {

@@ -286,7 +286,7 @@ fn back_to_root(cpu: usize, vcpu: u64, e: microv_abi::run::RunExit) -> ! {
     // SAFETY: this CPU still holds the vCPU; the only references.
     let (v, r) = unsafe { state(vcpu) };
     let e = guest::for_root(e, vcpu, &HV.vcpus);
-    run_page::write_exit(vcpu, &e, &svm_regs::read(v, r));
+    run_page::write_exit(vcpu, &e, &svm_regs::at_exit(v, r, e.reason));
     HV.vcpus.set_running_on(cpu, None);
     HV.vcpus.release(vcpu);
     complete_root(HV.vcpus.root_of(cpu), Status::Success, u64::from(e.reason))

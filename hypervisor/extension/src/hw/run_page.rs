@@ -6,10 +6,11 @@
 use core::mem::offset_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use microv_abi::run::{RunExit, RunIo, RunPage, RunRegs};
+use microv_abi::run::{request, RunApic, RunExit, RunIo, RunPage, RunRegs};
 use microv_abi::syscall::vs_layout;
 
 use crate::guest::RunInput;
+use crate::svm_regs::ExitRegs;
 
 fn field<T>(vcpu: u64, offset: usize) -> *mut T {
     (vs_layout::run(vcpu) as *mut u8).wrapping_add(offset).cast::<T>()
@@ -46,12 +47,23 @@ pub fn take_input(vcpu: u64) -> RunInput {
     for (i, w) in raise.iter_mut().enumerate() {
         *w = take(vcpu, raise_at + 8 * i);
     }
+    let request = take(vcpu, offset_of!(RunPage, request));
+    // Only what the request names is read: most runs follow a port I/O
+    // exit and carry at most the value of an `in`.
     RunInput {
-        request: take(vcpu, offset_of!(RunPage, request)),
+        request,
         raise,
         io_data: read(vcpu, offset_of!(RunPage, exit) + offset_of!(RunExit, io) + offset_of!(RunIo, data)),
-        regs: read_regs(vcpu),
-        apic: read(vcpu, offset_of!(RunPage, apic)),
+        regs: if request & (request::SET_REGS | request::SET_SREGS) != 0 {
+            read_regs(vcpu)
+        } else {
+            RunRegs::zeroed()
+        },
+        apic: if request & request::APIC_ACCESS != 0 {
+            read(vcpu, offset_of!(RunPage, apic))
+        } else {
+            RunApic::zeroed()
+        },
     }
 }
 
@@ -65,8 +77,16 @@ pub fn write_regs(vcpu: u64, regs: &RunRegs) {
     write(vcpu, offset_of!(RunPage, regs), *regs);
 }
 
-/// Writes an exit and the registers at it.
-pub fn write_exit(vcpu: u64, exit: &RunExit, regs: &RunRegs) {
-    write_regs(vcpu, regs);
+/// Writes an exit and the registers it hands the VMM.
+pub fn write_exit(vcpu: u64, exit: &RunExit, regs: &ExitRegs) {
+    match regs {
+        ExitRegs::All(all) => write_regs(vcpu, all),
+        ExitRegs::General { gprs, rip, rflags } => {
+            let at = offset_of!(RunPage, regs);
+            write(vcpu, at + offset_of!(RunRegs, gprs), *gprs);
+            write(vcpu, at + offset_of!(RunRegs, rip), *rip);
+            write(vcpu, at + offset_of!(RunRegs, rflags), *rflags);
+        }
+    }
     write(vcpu, offset_of!(RunPage, exit), *exit);
 }
