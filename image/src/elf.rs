@@ -1,6 +1,7 @@
 //! Just enough ELF64 reading for static executables, every access bounds
 //! checked: the file header and the loadable segments.
 
+use alloc::vec::Vec;
 use crate::error::{ImageError, Region};
 use microv_abi::launch::{MAX_SEGMENTS, PAGE_SIZE};
 

@@ -1,9 +1,9 @@
 //! Why an ELF file is not a usable hypervisor image, worded for the person
 //! who has to fix it.
 
+use alloc::format;
+use alloc::string::String;
 use core::fmt;
-use std::io;
-use std::path::PathBuf;
 
 use crate::ImageKind;
 
@@ -253,7 +253,7 @@ impl fmt::Display for ImageError {
     }
 }
 
-impl std::error::Error for ImageError {}
+impl core::error::Error for ImageError {}
 
 impl ImageError {
     /// What the user can do about it (one line, no trailing period).
@@ -270,60 +270,6 @@ impl ImageError {
                 "install the images, the driver and the CLI from the same MicroV build"
             }
             _ => "reinstall MicroV's images, or pass the right ones with --kernel/--extension",
-        }
-    }
-}
-
-/// What went wrong with an image file: it could not be read, or it is not a
-/// usable image.
-#[derive(Debug)]
-pub enum FileErrorKind {
-    Io(io::Error),
-    Image(ImageError),
-}
-
-/// An error about one image file; `Display` starts with the file's path.
-#[derive(Debug)]
-pub struct FileError {
-    pub path: PathBuf,
-    pub kind: FileErrorKind,
-}
-
-impl FileError {
-    /// What the user can do about it.
-    pub fn advice(&self) -> &'static str {
-        match &self.kind {
-            FileErrorKind::Io(e) if e.kind() == io::ErrorKind::NotFound => {
-                "install MicroV's images, or say where they are with --image-dir \
-                 (or MICROV_IMAGE_DIR) or --kernel/--extension"
-            }
-            FileErrorKind::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                "run the command as root"
-            }
-            FileErrorKind::Io(_) => "check the file and try again",
-            FileErrorKind::Image(e) => e.advice(),
-        }
-    }
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.path.display())?;
-        match &self.kind {
-            FileErrorKind::Io(e) if e.kind() == io::ErrorKind::NotFound => {
-                f.write_str("no such file")
-            }
-            FileErrorKind::Io(e) => write!(f, "cannot read it: {e}"),
-            FileErrorKind::Image(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for FileError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            FileErrorKind::Io(e) => Some(e),
-            FileErrorKind::Image(e) => Some(e),
         }
     }
 }

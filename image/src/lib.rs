@@ -22,12 +22,20 @@
     )
 )]
 #![forbid(unsafe_code)]
+// The file functions need std; the checks themselves need only `alloc`, so
+// microv.efi (no_std) checks images exactly as the CLI does.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
 
 mod elf;
 mod error;
+#[cfg(feature = "std")]
+mod file;
 pub mod testing;
 
-use std::path::Path;
+use alloc::vec;
+use alloc::vec::Vec;
 
 use microv_abi::launch::{
     fnv1a64, ImageHeader, Segment, EXTENSION_BASE, EXTENSION_IMAGE_MAGIC, EXTENSION_MAX_SIZE,
@@ -36,7 +44,9 @@ use microv_abi::launch::{
 };
 use zerocopy::FromBytes;
 
-pub use error::{FileError, FileErrorKind, ImageError, Region};
+pub use error::{ImageError, Region};
+#[cfg(feature = "std")]
+pub use file::{load_file, seal_file, FileError, FileErrorKind};
 
 /// Size of [`ImageHeader`].
 pub const HEADER_SIZE: usize = core::mem::size_of::<ImageHeader>();
@@ -332,33 +342,6 @@ fn write_u64(bytes: &mut [u8], at: usize, value: u64) -> Result<(), ImageError> 
         .ok_or(ImageError::NoHeader { filesz: len })?;
     field.copy_from_slice(&value.to_le_bytes());
     Ok(())
-}
-
-/// Reads and flattens the image file at `path`.
-pub fn load_file(path: &Path, kind: ImageKind) -> Result<FlatImage, FileError> {
-    let elf = std::fs::read(path).map_err(|e| FileError {
-        path: path.to_owned(),
-        kind: FileErrorKind::Io(e),
-    })?;
-    flatten(&elf, kind).map_err(|e| FileError {
-        path: path.to_owned(),
-        kind: FileErrorKind::Image(e),
-    })
-}
-
-/// Seals the image file at `path` in place; returns the checksum.
-pub fn seal_file(path: &Path, kind: ImageKind) -> Result<u64, FileError> {
-    let io = |e| FileError {
-        path: path.to_owned(),
-        kind: FileErrorKind::Io(e),
-    };
-    let mut elf = std::fs::read(path).map_err(io)?;
-    let sum = seal(&mut elf, kind).map_err(|e| FileError {
-        path: path.to_owned(),
-        kind: FileErrorKind::Image(e),
-    })?;
-    std::fs::write(path, &elf).map_err(io)?;
-    Ok(sum)
 }
 
 #[cfg(test)]

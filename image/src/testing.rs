@@ -3,6 +3,9 @@
 // The writer indexes only into buffers it sized for what it writes.
 #![allow(clippy::indexing_slicing)]
 
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
 use microv_abi::launch::{ImageHeader, LAUNCH_VERSION, SEGMENT_R, SEGMENT_W, SEGMENT_X};
 use zerocopy::IntoBytes;
 

@@ -10,12 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-/// The crates whose coverage we report: the code that runs beneath Linux.
+/// The crates whose coverage we report: the code that runs beneath Linux,
+/// and microv.efi's, which runs before it.
 const PACKAGES: &[&str] = &[
     "microv-kernel",
     "microv-extension",
     "microv-arch",
     "microv-abi",
+    "microv-uefi",
 ];
 
 /// One tarpaulin run: its packages (those of [`PACKAGES`] it tests), extra

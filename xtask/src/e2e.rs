@@ -2,12 +2,14 @@
 //! of the emulated machine and passes when it exits 0. A script can ask for
 //! extra QEMU arguments in its leading comment block (see [`qemu_header`]).
 
+use crate::esp::Boot;
 use crate::initramfs::Add;
 use crate::machine::{self, MachineArgs};
-use crate::prereq::Kernel;
+use crate::prereq::{self, Kernel, Need};
 use crate::util;
 use crate::vm::{self, Outcome};
 use anyhow::{anyhow, Context, Result};
+use clap::ValueEnum;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,6 +48,18 @@ pub fn scripts(root: &Path, filter: Option<&str>) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Checks what the scripts' machines need beyond the usual: OVMF if one
+/// boots through UEFI.
+pub fn check_prerequisites(scripts: &[PathBuf]) -> Result<()> {
+    let uefi = scripts.iter().any(|s| {
+        fs::read_to_string(s).is_ok_and(|text| boot_header(&text) == Ok(Some(Boot::Uefi)))
+    });
+    if uefi {
+        prereq::check(&[Need::Ovmf])?;
+    }
+    Ok(())
+}
+
 /// Runs one script in a fresh machine; the console and the port 0xE9 output
 /// are kept in `target/microv/e2e/<name>.{console,debugcon}.log`.
 pub fn run_script(
@@ -69,6 +83,9 @@ pub fn run_script(
     let mut cfg = machine::config(root, args, vec![vm_path.clone()]);
     if let Some(smp) = smp_header(&text).map_err(|why| anyhow!("{name}: {why}"))? {
         cfg.smp = smp;
+    }
+    if let Some(boot) = boot_header(&text).map_err(|why| anyhow!("{name}: {why}"))? {
+        cfg.boot = boot;
     }
     if header.iter().any(|a| vm::is_cpu_option(a))
         && args.qemu_arg.iter().any(|a| vm::is_cpu_option(a))
@@ -117,9 +134,12 @@ pub const QEMU_HEADER: &str = "e2e-qemu:";
 /// The comment that gives a script its number of emulated CPUs.
 pub const SMP_HEADER: &str = "e2e-smp:";
 
-/// The number of emulated CPUs a script asks for with `# e2e-smp: N` in its
-/// leading comment block (1 to 8), if it asks.
-pub fn smp_header(script: &str) -> Result<Option<u32>, String> {
+/// The comment that makes a script's machine boot another way.
+pub const BOOT_HEADER: &str = "e2e-boot:";
+
+/// The value of the first `# KEY value` line in a script's leading comment
+/// block, trimmed.
+fn header_value<'a>(script: &'a str, key: &str) -> Option<&'a str> {
     for line in script.lines() {
         let trimmed = line.trim();
         let Some(comment) = trimmed.strip_prefix('#').map(str::trim_start) else {
@@ -128,17 +148,35 @@ pub fn smp_header(script: &str) -> Result<Option<u32>, String> {
             }
             break;
         };
-        if let Some(n) = comment.strip_prefix(SMP_HEADER) {
-            return match n.trim().parse::<u32>() {
-                Ok(n) if (1..=8).contains(&n) => Ok(Some(n)),
-                _ => Err(format!(
-                    "`{SMP_HEADER}` wants a number of CPUs from 1 to 8, not `{}`",
-                    n.trim()
-                )),
-            };
+        if let Some(value) = comment.strip_prefix(key) {
+            return Some(value.trim());
         }
     }
-    Ok(None)
+    None
+}
+
+/// The number of emulated CPUs a script asks for with `# e2e-smp: N` in its
+/// leading comment block (1 to 8), if it asks.
+pub fn smp_header(script: &str) -> Result<Option<u32>, String> {
+    let Some(n) = header_value(script, SMP_HEADER) else {
+        return Ok(None);
+    };
+    match n.parse::<u32>() {
+        Ok(n) if (1..=8).contains(&n) => Ok(Some(n)),
+        _ => Err(format!(
+            "`{SMP_HEADER}` wants a number of CPUs from 1 to 8, not `{n}`"
+        )),
+    }
+}
+
+/// How a script's machine boots (`# e2e-boot: uefi`), if it says.
+pub fn boot_header(script: &str) -> Result<Option<Boot>, String> {
+    let Some(way) = header_value(script, BOOT_HEADER) else {
+        return Ok(None);
+    };
+    Boot::from_str(way, true)
+        .map(Some)
+        .map_err(|_| format!("`{BOOT_HEADER}` wants `direct` or `uefi`, not `{way}`"))
 }
 
 /// Options the harness sets itself and a script may not: a second copy
@@ -216,7 +254,8 @@ pub fn qemu_header(script: &str) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{qemu_header, smp_header};
+    use super::{boot_header, qemu_header, smp_header};
+    use crate::esp::Boot;
 
     fn ok(script: &str) -> Vec<String> {
         qemu_header(script).unwrap_or_else(|e| panic!("{e}"))
@@ -242,6 +281,14 @@ mod tests {
         assert_eq!(smp_header("#!/bin/sh\n"), Ok(None));
         assert!(smp_header("# e2e-smp: 0\n").is_err());
         assert!(smp_header("# e2e-smp: two\n").is_err());
+    }
+
+    #[test]
+    fn a_script_can_boot_through_uefi() {
+        assert_eq!(boot_header("#!/bin/sh\n# e2e-boot: uefi\n"), Ok(Some(Boot::Uefi)));
+        assert_eq!(boot_header("#!/bin/sh\n# e2e-boot: direct\n"), Ok(Some(Boot::Direct)));
+        assert_eq!(boot_header("#!/bin/sh\nset -eu\n# e2e-boot: uefi\n"), Ok(None));
+        assert!(boot_header("# e2e-boot: bios\n").is_err());
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Modules to install with their dependencies: KVM for AMD.
-const MODULES: &[&str] = &["kvm_amd"];
+/// Modules to install with their dependencies: KVM for AMD, and efivarfs
+/// (a UEFI-booted machine reads microv.efi's report from a UEFI variable).
+const MODULES: &[&str] = &["kvm_amd", "efivarfs"];
 
 /// `--add HOST_PATH:VM_PATH`: a VM_PATH ending in `/` is a directory to put
 /// the host file or directory into.

@@ -1,6 +1,6 @@
 //! `cargo clippy` with warnings denied, over the host crates and over the
-//! image-only code of the microkernel and the extension (feature `image`),
-//! where the no-panic rules matter most.
+//! image-only code of the microkernel, the extension and microv.efi
+//! (feature `image`), where the no-panic rules matter most.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +17,10 @@ const RUNS: &[(&str, &[&str])] = &[
     (
         "extension image code",
         &["-p", "microv-extension", "--features", "image,test-hooks"],
+    ),
+    (
+        "UEFI application code",
+        &["-p", "microv-uefi", "--features", "image"],
     ),
 ];
 

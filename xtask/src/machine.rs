@@ -1,6 +1,7 @@
 //! Command-line options for the emulated machine, shared by `vm`, `demo` and
 //! `test`, and the `vm` subcommand itself.
 
+use crate::esp::Boot;
 use crate::initramfs::Add;
 use crate::prereq::{self, Kernel};
 use crate::vm::{self, Outcome, VmConfig};
@@ -40,6 +41,10 @@ pub struct MachineArgs {
     /// Keep the run's directory (initramfs, init script) under target/microv/runs/.
     #[arg(long)]
     pub keep: bool,
+    /// How the machine starts Linux: `direct` (QEMU loads it) or `uefi`
+    /// (OVMF runs microv.efi from an EFI system partition, which boots it).
+    #[arg(long, value_enum, default_value_t = Boot::Direct)]
+    pub boot: Boot,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -63,6 +68,9 @@ pub struct VmArgs {
 /// run needs first.
 pub fn prepare(root: &Path, args: &MachineArgs, test_hooks: bool) -> Result<(PathBuf, Kernel)> {
     prereq::check(prereq::VM)?;
+    if args.boot == Boot::Uefi {
+        prereq::check(&[prereq::Need::Ovmf])?;
+    }
     let stage = if args.no_build {
         let stage = util::stage_dir(root);
         if !stage.is_dir() {
@@ -93,6 +101,7 @@ pub fn config(root: &Path, args: &MachineArgs, command: Vec<String>) -> VmConfig
         debugcon: util::stage_dir(root).join("debugcon.log"),
         console_log: None,
         keep: args.keep,
+        boot: args.boot,
     }
 }
 

@@ -6,6 +6,8 @@ mod bench;
 mod coverage;
 mod demo;
 mod e2e;
+mod efi;
+mod esp;
 mod gen_header;
 mod guest;
 mod images;

@@ -22,7 +22,13 @@ pub enum Need {
     Kernel,
     /// The headers matching that kernel, to build the driver.
     Headers,
+    /// OVMF, the UEFI firmware for `--boot uefi`.
+    Ovmf,
 }
+
+/// OVMF's code and the template of its variable store (Debian's `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 
 /// What the emulated machine needs (on top of the build).
 pub const VM: &[Need] = &[
@@ -92,6 +98,11 @@ pub fn check(needs: &[Need]) -> Result<()> {
             Need::Make => {
                 if find_tool("make").is_none() {
                     missing("make", "make not found".into());
+                }
+            }
+            Need::Ovmf => {
+                if !Path::new(OVMF_CODE).is_file() || !Path::new(OVMF_VARS).is_file() {
+                    missing("ovmf", format!("{OVMF_CODE} or {OVMF_VARS} not found"));
                 }
             }
             Need::Kernel | Need::Headers => {

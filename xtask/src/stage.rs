@@ -2,7 +2,7 @@
 //! machine into the stage directory, `target/microv/`.
 
 use crate::prereq::{self, Need};
-use crate::{guest, images, test_tools, util};
+use crate::{efi, guest, images, test_tools, util};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ pub fn build(root: &Path, test_hooks: bool) -> Result<PathBuf> {
     build_cli(root, &stage)?;
     // Images before the module: the driver's Kbuild may embed them.
     images::build(root, &stage, test_hooks).context("building the hypervisor images")?;
+    efi::build(root, &stage).context("building microv.efi")?;
     if needs_module {
         build_module(root, &stage)?;
     } else {

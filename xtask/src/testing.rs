@@ -118,7 +118,9 @@ fn run_e2e(root: &Path, args: &TestArgs) -> Result<Vec<ScriptResult>> {
     }
     // --smp defaults to 2, as the scripts expect.
     let machine_args = &args.machine;
-    let (stage, kernel) = match machine::prepare(root, machine_args, true) {
+    let prepared = e2e::check_prerequisites(&scripts)
+        .and_then(|()| machine::prepare(root, machine_args, true));
+    let (stage, kernel) = match prepared {
         Ok(ready) => ready,
         Err(e) => {
             println!("e2e: cannot prepare the machine: {e:#}");

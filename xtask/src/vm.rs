@@ -4,6 +4,7 @@
 
 use crate::init::{self, InitConfig};
 use crate::initramfs::{self, Add};
+use crate::esp::{self, Boot};
 use crate::prereq::Kernel;
 use anyhow::{Context, Result};
 use std::fs;
@@ -35,6 +36,8 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// Keep the run's temporary directory (initramfs, logs) for debugging.
     pub keep: bool,
+    /// How the machine starts Linux.
+    pub boot: Boot,
 }
 
 /// How a run ended.
@@ -101,6 +104,10 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
     let debugcon = work.path().join("debugcon.log");
 
     let mut qemu = qemu_command(kernel, &cpio, &debugcon, cfg);
+    if cfg.boot == Boot::Uefi {
+        let firmware = esp::prepare(work.path(), stage, &kernel.image, &cpio, &cmdline(cfg))?;
+        qemu = uefi_command(qemu, firmware);
+    }
     eprintln!(
         "[xtask] booting {} in QEMU (cpu {}, smp {}, mem {})",
         kernel.image.display(),
@@ -137,9 +144,30 @@ fn remove_stale_runs(runs: &Path) {
     }
 }
 
-fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -> Command {
+/// Linux's command line: the harness's words and the run's.
+fn cmdline(cfg: &VmConfig) -> String {
     let mut append = vec!["console=ttyS0", "panic=-1", "quiet"];
     append.extend(cfg.append.iter().map(String::as_str));
+    append.join(" ")
+}
+
+/// `direct`'s command with the kernel, initramfs and command line replaced
+/// by the firmware and the EFI system partition (`esp::prepare`).
+fn uefi_command(direct: Command, firmware: Vec<String>) -> Command {
+    let mut cmd = Command::new(direct.get_program());
+    let mut args = direct.get_args();
+    while let Some(arg) = args.next() {
+        if matches!(arg.to_str(), Some("-kernel" | "-initrd" | "-append")) {
+            args.next();
+        } else {
+            cmd.arg(arg);
+        }
+    }
+    cmd.args(firmware);
+    cmd
+}
+
+fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     // One TCG thread for all vCPUs: with QEMU 7.2's multi-threaded TCG a
     // KVM guest inside the machine (kvm-smoke) soft-locks now and then, with
@@ -155,7 +183,7 @@ fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -
         .arg(&kernel.image)
         .arg("-initrd")
         .arg(cpio)
-        .args(["-append", &append.join(" ")])
+        .args(["-append", &cmdline(cfg)])
         // The hypervisor's debug output: bytes written to port 0xE9.
         .arg("-debugcon")
         .arg(format!("file:{}", debugcon.display()))

@@ -86,6 +86,7 @@ fn bench_machine(timeout: u64, no_build: bool, keep: bool, qemu_arg: Vec<String>
         append: Vec::new(),
         qemu_arg,
         keep,
+        boot: crate::esp::Boot::Direct,
     }
 }
 

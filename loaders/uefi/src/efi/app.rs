@@ -1,0 +1,186 @@
+//! The application: configuration, images, then the OS.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use uefi::boot::{
+    self, LoadImageSource, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol,
+};
+use uefi::fs::FileSystem;
+use uefi::proto::device_path::build::{media::FilePath, DevicePathBuilder};
+use uefi::proto::device_path::DevicePath;
+use uefi::proto::loaded_image::LoadedImage;
+use uefi::proto::BootPolicy;
+use uefi::proto::ProtocolPointer;
+use uefi::runtime::{self, VariableAttributes, VariableVendor};
+use uefi::{println, CStr16, CString16, Handle, Status};
+
+use crate::config::{self, Boot, Config};
+use crate::images;
+use crate::record;
+
+/// What microv.efi returns to hand the machine to the firmware's next boot
+/// entry: a boot option that returns an error makes the boot manager try
+/// the next one in BootOrder (EDK2's BDS shows its menu after a success).
+const NEXT_ENTRY: Status = Status::ABORTED;
+
+/// Called by `efi_main` once the image is relocated.
+pub(super) extern "efiapi" fn efi_rust_main(
+    image: Handle,
+    system_table: *const uefi_raw::table::system::SystemTable,
+) -> Status {
+    // SAFETY: the firmware's own handle for this image, passed to its entry.
+    unsafe { boot::set_image_handle(image) };
+    // SAFETY: the firmware's system table, valid while boot services run,
+    // which is all of this application's life.
+    unsafe { uefi::table::set_system_table(system_table) };
+    let mut report = Report(String::new());
+    report.say(&format!(
+        "MicroV {} (early boot)",
+        env!("CARGO_PKG_VERSION")
+    ));
+    match run(image, &mut report) {
+        Ok(status) => status,
+        Err(why) => {
+            report.say(&why);
+            report.say("back to the firmware, which boots its next boot entry");
+            report.publish();
+            NEXT_ENTRY
+        }
+    }
+}
+
+/// What microv.efi did, line by line: printed on the console as it
+/// happens, and left for the OS in a volatile variable
+/// ([`record::VARIABLE`]) just before it boots.
+struct Report(String);
+
+impl Report {
+    fn say(&mut self, line: &str) {
+        println!("microv.efi: {line}");
+        self.0.push_str(line);
+        self.0.push('\n');
+    }
+
+    fn publish(&mut self) {
+        let written = ucs2(record::VARIABLE).and_then(|name| {
+            runtime::set_variable(
+                &name,
+                &VariableVendor(record::VENDOR),
+                VariableAttributes::BOOTSERVICE_ACCESS | VariableAttributes::RUNTIME_ACCESS,
+                self.0.as_bytes(),
+            )
+            .map_err(|e| e.to_string())
+        });
+        if let Err(why) = written {
+            println!("microv.efi: cannot leave this report for the OS: {why}");
+        }
+    }
+}
+
+fn run(image: Handle, report: &mut Report) -> Result<Status, String> {
+    let volume =
+        boot::get_image_file_system(image).map_err(|e| format!("cannot open my volume: {e}"))?;
+    let mut fs = FileSystem::new(volume);
+    let text = fs
+        .read_to_string(ucs2(config::PATH)?.as_ref())
+        .map_err(|e| format!("cannot read {}: {e}", config::PATH))?;
+    let config = config::parse(&text).map_err(|e| e.to_string())?;
+    match start_microv(&mut fs, &config, report) {
+        Ok(()) => report.say("MicroV is running"),
+        Err(why) => report.say(&format!(
+            "MicroV not started: {why}; booting the OS natively"
+        )),
+    }
+    boot_os(image, &config, report)
+}
+
+/// Loads and checks both images; starting MicroV from UEFI is not built yet.
+fn start_microv(fs: &mut FileSystem, config: &Config, report: &mut Report) -> Result<(), String> {
+    for (path, kind) in images::ALL {
+        let elf = fs
+            .read(ucs2(path)?.as_ref())
+            .map_err(|e| format!("cannot read {path}: {e}"))?;
+        let line = images::check(path, kind, &elf).map_err(|e| format!("{path}: {e}"))?;
+        report.say(&line);
+    }
+    Err(format!(
+        "images checked, pool of {} MiB not taken: starting MicroV from UEFI is not built yet",
+        config.pool_bytes >> 20
+    ))
+}
+
+fn boot_os(image: Handle, config: &Config, report: &mut Report) -> Result<Status, String> {
+    let (kernel, cmdline) = match (&config.boot, config.boot.linux_cmdline()) {
+        (Boot::Linux { kernel, .. }, Some(cmdline)) => (kernel, cmdline),
+        _ => {
+            report.say("booting the firmware's next boot entry");
+            report.publish();
+            return Ok(NEXT_ENTRY);
+        }
+    };
+    let device = protocol::<LoadedImage>(image)
+        .map_err(|e| format!("cannot find my own image: {e}"))?
+        .device()
+        .ok_or("my image has no device")?;
+    let path = file_on(device, &ucs2(kernel)?)?;
+    let child = boot::load_image(
+        image,
+        LoadImageSource::FromDevicePath {
+            device_path: &path,
+            boot_policy: BootPolicy::ExactMatch,
+        },
+    )
+    .map_err(|e| format!("cannot load {kernel}: {e}"))?;
+    let options = ucs2(&cmdline)?;
+    {
+        let mut loaded = protocol::<LoadedImage>(child)
+            .map_err(|e| format!("cannot set {kernel}'s command line: {e}"))?;
+        // SAFETY: `options` is a NUL-terminated UCS-2 string that outlives
+        // the kernel's use of it: StartImage below runs while it is alive,
+        // and a Linux EFI stub copies its command line before it returns
+        // or exits boot services.
+        unsafe { loaded.set_load_options(options.as_ptr().cast(), options.num_bytes() as u32) };
+    }
+    report.say(&format!("starting {kernel} with \"{cmdline}\""));
+    report.publish();
+    let returned = boot::start_image(child);
+    Err(format!("{kernel} returned: {returned:?}"))
+}
+
+/// `path` (UCS-2) on the volume `device`: the volume's device path with a
+/// file path node.
+fn file_on(device: Handle, path: &CStr16) -> Result<Box<DevicePath>, String> {
+    let volume = protocol::<DevicePath>(device).map_err(|e| format!("no device path: {e}"))?;
+    let mut buf = Vec::new();
+    let mut builder = DevicePathBuilder::with_vec(&mut buf);
+    for node in volume.node_iter() {
+        builder = builder
+            .push(&node)
+            .map_err(|e| format!("device path: {e:?}"))?;
+    }
+    let full = builder
+        .push(&FilePath { path_name: path })
+        .and_then(|b| b.finalize())
+        .map_err(|e| format!("device path: {e:?}"))?;
+    Ok(full.to_boxed())
+}
+
+/// Opens protocol `P` on `handle` without taking it over (what
+/// HandleProtocol does): the volume stays its drivers'.
+fn protocol<P: ProtocolPointer + ?Sized>(handle: Handle) -> uefi::Result<ScopedProtocol<P>> {
+    let params = OpenProtocolParams {
+        handle,
+        agent: boot::image_handle(),
+        controller: None,
+    };
+    // SAFETY: GetProtocol opens without exclusive access; nothing here
+    // uninstalls the protocol while the scoped handle lives.
+    unsafe { boot::open_protocol::<P>(params, OpenProtocolAttributes::GetProtocol) }
+}
+
+fn ucs2(text: &str) -> Result<CString16, String> {
+    CString16::try_from(text).map_err(|_| format!("`{text}` is not UCS-2 text"))
+}

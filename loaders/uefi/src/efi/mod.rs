@@ -1,0 +1,4 @@
+//! The UEFI application around the host-tested logic (feature `image`).
+
+mod app;
+mod entry;

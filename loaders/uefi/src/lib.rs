@@ -1,0 +1,35 @@
+//! microv.efi, MicroV's UEFI application: the way in for early boot.
+//!
+//! The firmware runs it from the EFI system partition. It reads
+//! `\EFI\microv\microv.conf` ([`config`]), checks MicroV's two images
+//! exactly as the CLI does (`microv_image::flatten`), and then boots the OS:
+//! a Linux kernel through its EFI stub, or the firmware's next boot entry.
+//! Starting MicroV itself from here is the next step of issue 8; until then
+//! the application says so and boots the OS natively, as it will after any
+//! failure (early boot must never keep a machine from booting).
+//!
+//! The logic is plain Rust, unit-tested on the host; `efi` (feature
+//! `image`) is the application around it.
+#![cfg_attr(not(test), no_std)]
+// The no-panic lints are denied in Cargo.toml; unit tests may panic.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+extern crate alloc;
+
+pub mod config;
+pub mod images;
+pub mod record;
+
+#[cfg(feature = "image")]
+mod efi;
+
+#[cfg(feature = "image")]
+extern crate microv_rt;

@@ -1,0 +1,101 @@
+//! `--boot uefi`: the machine boots OVMF, which runs microv.efi from an EFI
+//! system partition the harness lays out in the run directory (QEMU serves
+//! the directory as a FAT drive); microv.efi then boots Debian's kernel
+//! through its EFI stub with the run's initramfs and command line.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+
+use crate::efi::EFI_APP;
+use crate::prereq::{OVMF_CODE, OVMF_VARS};
+
+/// How the emulated machine starts Linux.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Boot {
+    /// QEMU loads the kernel and initramfs itself (-kernel, -initrd).
+    #[default]
+    Direct,
+    /// OVMF runs microv.efi, which boots the kernel (early boot).
+    Uefi,
+}
+
+/// Where the application and its files go on the partition (the firmware's
+/// default boot path runs `\EFI\BOOT\BOOTX64.EFI`).
+const BOOT_APP: &str = "EFI/BOOT/BOOTX64.EFI";
+const MICROV_DIR: &str = "EFI/microv";
+
+/// The microv.conf that boots `vmlinuz` and `initrd.img` from the
+/// partition's MicroV directory with `cmdline`.
+pub fn conf_text(cmdline: &str) -> String {
+    format!(
+        "# Written by cargo xtask vm --boot uefi\n\
+         kernel = \\EFI\\microv\\vmlinuz\n\
+         initrd = \\EFI\\microv\\initrd.img\n\
+         cmdline = {cmdline}\n"
+    )
+}
+
+/// Lays out the partition in `work/esp` and copies OVMF's variable store
+/// template to `work/OVMF_VARS.fd`; returns QEMU's arguments for both and
+/// for the firmware.
+pub fn prepare(
+    work: &Path,
+    stage: &Path,
+    kernel: &Path,
+    cpio: &Path,
+    cmdline: &str,
+) -> Result<Vec<String>> {
+    let esp = work.join("esp");
+    let dir = esp.join(MICROV_DIR);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let boot_app = esp.join(BOOT_APP);
+    if let Some(parent) = boot_app.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let app = stage.join(EFI_APP);
+    let copies: [(PathBuf, PathBuf); 6] = [
+        (app.clone(), boot_app),
+        (app, dir.join(EFI_APP)),
+        (
+            stage.join("microv-kernel.elf"),
+            dir.join("microv-kernel.elf"),
+        ),
+        (
+            stage.join("microv-extension.elf"),
+            dir.join("microv-extension.elf"),
+        ),
+        (kernel.to_path_buf(), dir.join("vmlinuz")),
+        (cpio.to_path_buf(), dir.join("initrd.img")),
+    ];
+    for (from, to) in &copies {
+        fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    fs::write(dir.join("microv.conf"), conf_text(cmdline))?;
+    let vars = work.join("OVMF_VARS.fd");
+    fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+    Ok(vec![
+        "-drive".into(),
+        format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,file={}", vars.display()),
+        "-drive".into(),
+        format!("format=raw,file=fat:rw:{}", esp.display()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_boots_the_partitions_kernel() {
+        let text = conf_text("console=ttyS0 panic=-1");
+        assert!(text.contains("kernel = \\EFI\\microv\\vmlinuz\n"));
+        assert!(text.contains("initrd = \\EFI\\microv\\initrd.img\n"));
+        assert!(text.ends_with("cmdline = console=ttyS0 panic=-1\n"));
+    }
+}
