@@ -669,3 +669,23 @@ guest_line() {
 guest_when() {
     grep -F -m1 -- "$2" "$MVT_TMP/$1.out" | cut -d' ' -f1 || true
 }
+
+# uefi_report FILE: microv.efi's report (the lines it printed before it
+# booted this Linux), from its volatile UEFI variable, into FILE; shown
+# indented. Fails if this Linux was not booted through microv.efi.
+uefi_report() {
+    local var=/sys/firmware/efi/efivars/MicroVBoot-a3c96db2-04ba-470a-84da-534392210347
+    [ -d /sys/firmware/efi ] || fail "no /sys/firmware/efi: this Linux was not booted by UEFI"
+    modprobe efivarfs
+    grep -q ' /sys/firmware/efi/efivars ' /proc/mounts ||
+        mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+    [ -e "$var" ] || fail "no $var: microv.efi left no report"
+    # Four attribute bytes, then the text.
+    tail -c +5 "$var" >"$1"
+    sed 's/^/  | /' "$1"
+}
+
+# report_has FILE TEXT: fails unless FILE has a line with TEXT (fixed).
+report_has() {
+    grep -qF -- "$2" "$1" || fail "microv.efi's report has no line with '$2'"
+}

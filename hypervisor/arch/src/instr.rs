@@ -20,6 +20,20 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     }
 }
 
+/// Reads an MSR.
+///
+/// # Safety
+/// Ring 0 only; the MSR must exist on this CPU (else #GP).
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees ring 0 and an existing MSR.
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi,
+            options(nostack, preserves_flags, nomem))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 /// Writes an MSR.
 ///
 /// # Safety

@@ -27,6 +27,7 @@ extern crate alloc;
 pub mod config;
 pub mod images;
 pub mod record;
+pub mod svm;
 
 #[cfg(feature = "image")]
 mod efi;

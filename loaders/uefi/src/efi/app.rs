@@ -20,6 +20,28 @@ use uefi::{println, CStr16, CString16, Handle, Status};
 use crate::config::{self, Boot, Config};
 use crate::images;
 use crate::record;
+use crate::svm;
+use microv_arch::cpuid::CpuidResult;
+use microv_arch::{instr, msr};
+
+/// The CPU microv.efi runs on (the bootstrap processor), in ring 0 under
+/// the firmware.
+struct BootCpu;
+
+impl svm::Cpu for BootCpu {
+    fn cpuid(&self, leaf: u32) -> CpuidResult {
+        instr::cpuid(leaf, 0)
+    }
+    fn vm_cr(&self) -> u64 {
+        // SAFETY: UEFI applications run in ring 0; `svm::check` reads VM_CR
+        // only after CPUID showed SVM, so the MSR exists.
+        unsafe { instr::rdmsr(msr::VM_CR) }
+    }
+    fn efer(&self) -> u64 {
+        // SAFETY: ring 0; EFER exists on every x86-64 CPU.
+        unsafe { instr::rdmsr(msr::EFER) }
+    }
+}
 
 /// What microv.efi returns to hand the machine to the firmware's next boot
 /// entry: a boot option that returns an error makes the boot manager try
@@ -97,8 +119,11 @@ fn run(image: Handle, report: &mut Report) -> Result<Status, String> {
     boot_os(image, &config, report)
 }
 
-/// Loads and checks both images; starting MicroV from UEFI is not built yet.
+/// Checks the CPU, loads and checks both images; starting MicroV from UEFI
+/// is not built yet.
 fn start_microv(fs: &mut FileSystem, config: &Config, report: &mut Report) -> Result<(), String> {
+    svm::check(&BootCpu).map_err(|e| format!("{} ({})", e.message(), e.advice()))?;
+    report.say("this CPU has SVM with nested paging, enabled and unused");
     for (path, kind) in images::ALL {
         let elf = fs
             .read(ucs2(path)?.as_ref())
