@@ -26,6 +26,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod images;
+pub mod layout;
 pub mod pool;
 pub mod record;
 pub mod svm;

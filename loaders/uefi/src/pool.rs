@@ -94,7 +94,12 @@ mod tests {
         let pool = 64 * MIB;
         let pages = pages_to_allocate(pool);
         assert_eq!(pages, (64 * MIB + 2 * MIB - PAGE) / PAGE);
-        for start in [0x4000_0000, 0x4000_1000, 0x401f_f000, 0x7e00_0000 + 3 * PAGE] {
+        for start in [
+            0x4000_0000,
+            0x4000_1000,
+            0x401f_f000,
+            0x7e00_0000 + 3 * PAGE,
+        ] {
             let t = trim(start, pages, pool).unwrap();
             assert_eq!(t.pool_start % CHUNK_SIZE, 0);
             assert!(t.pool_start >= start);
@@ -112,8 +117,16 @@ mod tests {
     #[test]
     fn a_short_or_odd_allocation_is_refused() {
         let pool = 4 * MIB;
-        assert_eq!(trim(0x4000_1000, pool / PAGE, pool), None, "too few pages once aligned");
-        assert_eq!(trim(0x4000_0800, pages_to_allocate(pool), pool), None, "not page aligned");
+        assert_eq!(
+            trim(0x4000_1000, pool / PAGE, pool),
+            None,
+            "too few pages once aligned"
+        );
+        assert_eq!(
+            trim(0x4000_0800, pages_to_allocate(pool), pool),
+            None,
+            "not page aligned"
+        );
         assert_eq!(trim(0x4000_0000, 2048, 3 * MIB), None, "not whole chunks");
         assert_eq!(trim(0x4000_0000, 2048, 0), None);
         assert_eq!(trim(u64::MAX - PAGE + 1, 2048, pool), None, "wraps");
@@ -134,7 +147,11 @@ mod tests {
         let ranges = ram_ranges(map.into_iter()).unwrap();
         assert_eq!(
             ranges,
-            [[0x0, 0x9_efff], [0x10_0000, 0x1f_ffff], [0x21_0000, 0x22_ffff]]
+            [
+                [0x0, 0x9_efff],
+                [0x10_0000, 0x1f_ffff],
+                [0x21_0000, 0x22_ffff]
+            ]
         );
     }
 

@@ -84,16 +84,35 @@ mod tests {
 
     #[test]
     fn each_missing_piece_has_its_error() {
-        let no_svm = Fake { svm: false, ..Fake::amd() };
+        let no_svm = Fake {
+            svm: false,
+            ..Fake::amd()
+        };
         assert_eq!(check(&no_svm), Err(StartError::SvmUnsupported));
-        assert_eq!(no_svm.vm_cr_reads.get(), 0, "VM_CR read on a CPU without SVM");
-        let old = Fake { max: 0x8000_0008, ..Fake::amd() };
+        assert_eq!(
+            no_svm.vm_cr_reads.get(),
+            0,
+            "VM_CR read on a CPU without SVM"
+        );
+        let old = Fake {
+            max: 0x8000_0008,
+            ..Fake::amd()
+        };
         assert_eq!(check(&old), Err(StartError::SvmUnsupported));
-        let no_np = Fake { np: false, ..Fake::amd() };
+        let no_np = Fake {
+            np: false,
+            ..Fake::amd()
+        };
         assert_eq!(check(&no_np), Err(StartError::SvmUnsupported));
-        let disabled = Fake { vm_cr: vm_cr::SVMDIS | vm_cr::LOCK, ..Fake::amd() };
+        let disabled = Fake {
+            vm_cr: vm_cr::SVMDIS | vm_cr::LOCK,
+            ..Fake::amd()
+        };
         assert_eq!(check(&disabled), Err(StartError::SvmDisabled));
-        let in_use = Fake { efer: efer::SVME, ..Fake::amd() };
+        let in_use = Fake {
+            efer: efer::SVME,
+            ..Fake::amd()
+        };
         assert_eq!(check(&in_use), Err(StartError::SvmInUse));
     }
 }
