@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * MicroV's trampoline: the only code that runs on both Linux's page tables
- * and the hypervisor's. The driver maps these pages (and each CPU's landing
- * page) at the same virtual address in the hypervisor's address space, so
- * switching CR3 here never pulls the code or data from under us.
+ * MicroV's trampoline: the only code that runs on both the OS's (or the
+ * firmware's) page tables and the hypervisor's. The loader maps these pages
+ * (and each CPU's landing page) at the same virtual address in the
+ * hypervisor's address space, so switching CR3 here never pulls the code
+ * or data from under us. Both loaders use this one file: the Linux driver
+ * (Kbuild) and microv.efi (`xtask/src/efi.rs` assembles it with
+ * -D__ASSEMBLY__ and links it in; its code has no absolute references, so
+ * microv.efi runs it from a copy of the page).
  */
-#include <linux/linkage.h>
 #include "microv_abi.h"
 
 #define MSR_EFER_NUM	0xc0000080

@@ -1,8 +1,9 @@
 //! Builds microv.efi: `loaders/uefi` as a static library for the linux-gnu
 //! target (the only one the toolchain has), linked by GNU ld as a PIE at
 //! address 0 with `loaders/uefi/link.ld`, then converted to a PE32+ EFI
-//! application by objcopy. The application relocates itself at entry
-//! (`loaders/uefi/src/efi/entry.rs`), which handles only relative
+//! application by objcopy. The trampoline is the Linux driver's assembly
+//! source, assembled by gcc and linked in. The application relocates itself
+//! at entry (`loaders/uefi/src/efi/entry.rs`), which handles only relative
 //! relocations: the build refuses an image with any other kind.
 
 use std::path::Path;
@@ -14,6 +15,9 @@ use crate::util;
 
 /// The application's file name in the stage.
 pub const EFI_APP: &str = "microv.efi";
+
+/// The trampoline both loaders use (the driver's Kbuild builds it too).
+const TRAMPOLINE: &str = "loaders/linux/microv_tramp.S";
 
 /// The ELF sections that make up the PE file (everything else — symbol
 /// tables, hash tables — stays behind).
@@ -41,6 +45,16 @@ pub fn build(root: &Path, stage: &Path) -> Result<()> {
     )
     .context("building loaders/uefi")?;
     let lib = target_dir.join("hv/libmicrov_uefi.a");
+    let tramp = target_dir.join("microv_tramp.o");
+    util::run(
+        Command::new("gcc")
+            .args(["-c", "-D__ASSEMBLY__", "-I"])
+            .arg(root.join("loaders/linux"))
+            .arg(root.join(TRAMPOLINE))
+            .arg("-o")
+            .arg(&tramp),
+    )
+    .context("assembling the trampoline (install gcc)")?;
     let elf = target_dir.join("microv-efi.so");
     util::run(
         Command::new("ld")
@@ -51,10 +65,11 @@ pub fn build(root: &Path, stage: &Path) -> Result<()> {
                 "-z",
                 "nocombreloc",
             ])
-            .args(["-z", "norelro", "--gc-sections", "-e", "efi_main", "-T"])
+            .args(["-z", "norelro", "-z", "noexecstack", "--gc-sections", "-e", "efi_main", "-T"])
             .arg(root.join("loaders/uefi/link.ld"))
             .arg("-o")
             .arg(&elf)
+            .arg(&tramp)
             .arg(&lib),
     )
     .context("linking microv.efi (install binutils)")?;

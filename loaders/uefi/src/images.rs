@@ -4,7 +4,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use microv_image::{flatten, ImageError, ImageKind};
+use microv_image::{flatten, FlatImage, ImageError, ImageKind};
 
 /// Where the microkernel's image is, on the volume microv.efi came from.
 pub const KERNEL_PATH: &str = "\\EFI\\microv\\microv-kernel.elf";
@@ -17,15 +17,17 @@ pub const ALL: [(&str, ImageKind); 2] = [
     (EXTENSION_PATH, ImageKind::Extension),
 ];
 
-/// Checks one image file's bytes as the CLI does; the line to print.
-pub fn check(path: &str, kind: ImageKind, elf: &[u8]) -> Result<String, ImageError> {
+/// Checks one image file's bytes as the CLI does; the image as it is
+/// loaded, and the line to print.
+pub fn check(path: &str, kind: ImageKind, elf: &[u8]) -> Result<(FlatImage, String), ImageError> {
     let flat = flatten(elf, kind)?;
-    Ok(format!(
+    let line = format!(
         "{path}: {} bytes in memory, {} segments, checksum {:#018x}",
         flat.bytes.len(),
         flat.segments.len(),
         flat.header().checksum
-    ))
+    );
+    Ok((flat, line))
 }
 
 #[cfg(test)]
@@ -36,7 +38,8 @@ mod tests {
     #[test]
     fn a_sealed_image_is_described_and_a_swapped_one_refused() {
         let elf = testing::sample_image(ImageKind::Kernel);
-        let line = check(KERNEL_PATH, ImageKind::Kernel, &elf).unwrap();
+        let (flat, line) = check(KERNEL_PATH, ImageKind::Kernel, &elf).unwrap();
+        assert!(line.contains(&format!("{} bytes in memory", flat.bytes.len())), "{line}");
         assert!(
             line.starts_with("\\EFI\\microv\\microv-kernel.elf: "),
             "{line}"

@@ -13,11 +13,13 @@
 //! the CR3 switch in the trampoline runs on mapped code.
 
 use microv_abi::launch::{
-    BootInfo, CpuLanding, LoadedImage, StartMode, BOOT_INFO_MAGIC, CHUNK_SIZE, KERNEL_STACK_SIZE,
-    LANDING_MAGIC, LAUNCH_VERSION, MAX_CHUNKS, MAX_CPUS, MAX_RAM_RANGES, MAX_SEGMENTS, POOL_VA,
+    BootInfo, CpuLanding, LoadedImage, StartMode, BOOT_INFO_MAGIC, CHUNK_SIZE, EXTENSION_BASE,
+    EXTENSION_MAX_SIZE, KERNEL_STACK_SIZE, LANDING_MAGIC, LAUNCH_VERSION, MAX_CHUNKS, MAX_CPUS,
+    MAX_RAM_RANGES, MAX_SEGMENTS, POOL_VA,
 };
+use microv_abi::syscall::EXTENSION_BOOT_INFO;
 use microv_arch::mapper::{self, MapError, TableMemory};
-use microv_arch::paging::{self, NO_EXECUTE, PAGE_SIZE, WRITABLE};
+use microv_arch::paging::{self, NO_EXECUTE, PAGE_SIZE, USER, WRITABLE};
 use microv_image::FlatImage;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -37,7 +39,16 @@ pub enum LayoutError {
     BadImage,
     /// A page-table mapping failed (an address clash).
     Map(MapError),
+    /// An identity-mapped page (trampoline, landing page, log) lies where
+    /// the extension's address space is ([`EXTENSION_WINDOW`]).
+    InExtensionWindow(u64),
 }
+
+/// The extension's low user window, from its read-only boot info page up
+/// to the end of its image's room: identity mappings there would clash
+/// with the microkernel's mappings for ring 3.
+pub const EXTENSION_WINDOW: core::ops::Range<u64> =
+    EXTENSION_BOOT_INFO..EXTENSION_BASE + EXTENSION_MAX_SIZE;
 
 /// The pool's memory while microv.efi builds it: quadwords, so table pages
 /// are reached without casts; `pa` is where its first byte is.
@@ -160,9 +171,23 @@ pub fn build(pool: &mut Pool, inputs: &Inputs) -> Result<Layout, LayoutError> {
     let extension_offset = pool.reserve(inputs.extension.bytes.len() as u64)?;
     pool.copy_in(extension_offset, &inputs.extension.bytes)?;
 
+    let tramp_pages = (inputs.trampoline.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let identity = [(inputs.trampoline_va, tramp_pages), (inputs.log, inputs.log_size)];
+    let landings = inputs.landing.iter().map(|&l| (l, PAGE_SIZE));
+    for (va, size) in identity.into_iter().chain(landings) {
+        let end = va.saturating_add(size);
+        if va < EXTENSION_WINDOW.end && end > EXTENSION_WINDOW.start {
+            return Err(LayoutError::InExtensionWindow(va));
+        }
+    }
+
     let pml4_pa = pool.alloc_table().ok_or(LayoutError::PoolTooSmall)?;
+    // Tables in the lower half also lead to the extension's user pages,
+    // which the microkernel maps under them later: they allow ring 3, and
+    // each leaf decides (the loader's leaves never do).
     let map =
         |pool: &mut Pool, va: u64, pa: u64, size: u64, flags: u64| -> Result<(), LayoutError> {
+            let tables = if va < POOL_VA { WRITABLE | USER } else { WRITABLE };
             let mut at = 0;
             while at < size {
                 let large = (va + at).is_multiple_of(CHUNK_SIZE)
@@ -173,7 +198,7 @@ pub fn build(pool: &mut Pool, inputs: &Inputs) -> Result<Layout, LayoutError> {
                 } else {
                     (1, PAGE_SIZE)
                 };
-                mapper::map(pool, pml4_pa, va + at, pa + at, level, flags, WRITABLE)
+                mapper::map(pool, pml4_pa, va + at, pa + at, level, flags, tables)
                     .map_err(LayoutError::Map)?;
                 at += step;
             }
@@ -184,7 +209,6 @@ pub fn build(pool: &mut Pool, inputs: &Inputs) -> Result<Layout, LayoutError> {
     map(pool, POOL_VA, pool_pa, pool_size, WRITABLE)?;
     let tramp_copy = pool.reserve(inputs.trampoline.len() as u64)?;
     pool.copy_in(tramp_copy, inputs.trampoline)?;
-    let tramp_pages = (inputs.trampoline.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
     map(
         pool,
         inputs.trampoline_va,
@@ -442,6 +466,45 @@ mod tests {
             build(&mut pool, &clash),
             Err(LayoutError::Map(MapError::AlreadyMapped))
         );
+    }
+
+    #[test]
+    fn identity_pages_keep_out_of_the_extensions_window() {
+        let (k, e) = images();
+        let tramp = vec![0; PAGE_SIZE as usize];
+        let mut words = vec![0u64; (2 * CHUNK_SIZE / 8) as usize];
+        for landing in [
+            EXTENSION_BOOT_INFO,
+            EXTENSION_BASE + 0x10_0000,
+            EXTENSION_WINDOW.end - PAGE_SIZE,
+        ] {
+            let mut pool = Pool::new(&mut words, POOL_PA).unwrap();
+            assert_eq!(
+                build(&mut pool, &inputs(&k, &e, &tramp, &[landing])),
+                Err(LayoutError::InExtensionWindow(landing))
+            );
+        }
+        let mut log_below = inputs(&k, &e, &tramp, &LANDING);
+        log_below.log = EXTENSION_BOOT_INFO - 2 * PAGE_SIZE;
+        log_below.log_size = 4 * PAGE_SIZE;
+        let mut pool = Pool::new(&mut words, POOL_PA).unwrap();
+        assert_eq!(
+            build(&mut pool, &log_below),
+            Err(LayoutError::InExtensionWindow(log_below.log))
+        );
+        let landing = [EXTENSION_BOOT_INFO - PAGE_SIZE];
+        let mut below = inputs(&k, &e, &tramp, &landing);
+        below.log = EXTENSION_WINDOW.end;
+        words.fill(0);
+        let mut pool = Pool::new(&mut words, POOL_PA).unwrap();
+        let layout = build(&mut pool, &below).unwrap();
+        // The tables above the low identity pages let ring 3 through to
+        // pages of its own; the loader's own leaves stay supervisor-only.
+        let (_, flags) = mapper::translate(&mut pool, layout.pml4_pa, landing[0]).unwrap();
+        assert_eq!(flags & USER, 0);
+        let pml4 = *pool.table(layout.pml4_pa).unwrap();
+        assert_ne!(pml4[0] & USER, 0, "the low half's tables allow ring 3");
+        assert_eq!(pml4[paging::index(POOL_VA, 4)] & USER, 0, "the pool's do not");
     }
 
     #[test]

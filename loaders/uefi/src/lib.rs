@@ -29,6 +29,7 @@ pub mod images;
 pub mod layout;
 pub mod pool;
 pub mod record;
+pub mod selectors;
 pub mod svm;
 
 #[cfg(feature = "image")]

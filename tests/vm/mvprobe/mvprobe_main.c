@@ -135,10 +135,23 @@ static int mvprobe_pa_once(void)
 		return -EINVAL;
 	}
 	va = phys_to_virt(pa);
-	/* A fault (a hole in the direct map) becomes an error, not an oops. */
+	/*
+	 * A fault (a hole in the direct map) becomes an error, not an oops,
+	 * unless the page is one Linux leaves out of its direct map (reserved
+	 * memory, such as an early-booted MicroV's pool): that one is read
+	 * through a mapping of its own.
+	 */
 	if (copy_from_kernel_nofault(buf, va, sizeof(buf))) {
-		pr_info("mvprobe: pa=%#llx error: reading the direct map faulted\n", pa);
-		return -EFAULT;
+		void *m = page_is_ram(PHYS_PFN(pa)) ? NULL :
+			  memremap(pa & PAGE_MASK, PAGE_SIZE, MEMREMAP_WB);
+
+		if (!m || copy_from_kernel_nofault(buf, m + (pa & ~PAGE_MASK), sizeof(buf))) {
+			if (m)
+				memunmap(m);
+			pr_info("mvprobe: pa=%#llx error: reading the direct map faulted\n", pa);
+			return -EFAULT;
+		}
+		memunmap(m);
 	}
 	for (i = 0; i < MVPROBE_LEN; i++)
 		ascii[i] = buf[i] >= 0x20 && buf[i] < 0x7f ? buf[i] : '.';

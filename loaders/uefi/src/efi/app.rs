@@ -5,23 +5,22 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use core::ptr::NonNull;
-
 use uefi::boot::{
-    self, AllocateType, LoadImageSource, MemoryType, OpenProtocolAttributes, OpenProtocolParams,
-    ScopedProtocol,
+    self, LoadImageSource, MemoryType, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol,
 };
 use uefi::mem::memory_map::MemoryMap;
 use uefi::fs::FileSystem;
 use uefi::proto::device_path::build::{media::FilePath, DevicePathBuilder};
 use uefi::proto::device_path::DevicePath;
 use uefi::proto::loaded_image::LoadedImage;
+use uefi::proto::pi::mp::MpServices;
 use uefi::proto::BootPolicy;
 use uefi::proto::ProtocolPointer;
 use uefi::runtime::{self, VariableAttributes, VariableVendor};
 use uefi::{println, CStr16, CString16, Handle, Status};
 
 use crate::config::{self, Boot, Config};
+use super::start;
 use crate::images;
 use crate::pool;
 use crate::record;
@@ -82,10 +81,10 @@ pub(super) extern "efiapi" fn efi_rust_main(
 /// What microv.efi did, line by line: printed on the console as it
 /// happens, and left for the OS in a volatile variable
 /// ([`record::VARIABLE`]) just before it boots.
-struct Report(String);
+pub(super) struct Report(String);
 
 impl Report {
-    fn say(&mut self, line: &str) {
+    pub(super) fn say(&mut self, line: &str) {
         println!("microv.efi: {line}");
         self.0.push_str(line);
         self.0.push('\n');
@@ -124,84 +123,46 @@ fn run(image: Handle, report: &mut Report) -> Result<Status, String> {
     boot_os(image, &config, report)
 }
 
-/// Checks the CPU, loads and checks both images, lists the OS's RAM and
-/// allocates the pool; starting MicroV from UEFI is not built yet, so the
-/// pool goes back.
+/// Checks the CPU, loads and checks both images, lists the OS's RAM, then
+/// starts MicroV on this CPU (`start`).
 fn start_microv(fs: &mut FileSystem, config: &Config, report: &mut Report) -> Result<(), String> {
     svm::check(&BootCpu).map_err(|e| format!("{} ({})", e.message(), e.advice()))?;
     report.say("this CPU has SVM with nested paging, enabled and unused");
+    let mut flat = Vec::new();
     for (path, kind) in images::ALL {
         let elf = fs
             .read(ucs2(path)?.as_ref())
             .map_err(|e| format!("cannot read {path}: {e}"))?;
-        let line = images::check(path, kind, &elf).map_err(|e| format!("{path}: {e}"))?;
+        let (image, line) = images::check(path, kind, &elf).map_err(|e| format!("{path}: {e}"))?;
         report.say(&line);
+        flat.push(image);
     }
+    let [kernel, extension] = <[_; 2]>::try_from(flat).map_err(|_| "two images expected")?;
     let map = boot::memory_map(MemoryType::LOADER_DATA)
         .map_err(|e| format!("cannot read the memory map: {e}"))?;
     let ram = pool::ram_ranges(map.entries().map(|d| (d.ty, d.phys_start, d.page_count)))
         .ok_or("the memory map has more RAM ranges than MicroV can list")?;
     let bytes: u64 = ram.iter().map(|[first, last]| last - first + 1).sum();
     report.say(&format!("RAM for the OS: {} MiB in {} ranges", bytes >> 20, ram.len()));
-    let pool = Pool::allocate(config.pool_bytes)?;
-    report.say(&format!(
-        "pool: {} MiB of reserved memory at {:#x}",
-        config.pool_bytes >> 20,
-        pool.start()
-    ));
-    drop(pool);
-    report.say("pool given back");
-    Err("starting MicroV from UEFI is not built yet".to_string())
+    let cpus = cpu_count()?;
+    if cpus != 1 {
+        return Err(format!(
+            "this machine has {cpus} CPUs, and MicroV starts from UEFI on one CPU only so far \
+             (its application processors are not built yet)"
+        ));
+    }
+    start::start(&kernel, &extension, &ram, config.pool_bytes, report)
 }
 
-/// The pool: whole 2 MiB chunks of `EfiReservedMemoryType`, given back to
-/// the firmware when dropped (nothing is left half-started).
-struct Pool {
-    start: NonNull<u8>,
-    pages: usize,
-}
-
-impl Pool {
-    fn allocate(pool_bytes: u64) -> Result<Pool, String> {
-        let pages = pool::pages_to_allocate(pool_bytes);
-        let count = usize::try_from(pages).map_err(|_| "pool too large")?;
-        let base = boot::allocate_pages(AllocateType::AnyPages, MemoryType::RESERVED, count)
-            .map_err(|e| format!("cannot allocate a pool of {} MiB: {e}", pool_bytes >> 20))?;
-        let addr = base.as_ptr() as u64;
-        let Some(t) = pool::trim(addr, pages, pool_bytes) else {
-            // SAFETY: exactly the pages just allocated, unused.
-            let _ = unsafe { boot::free_pages(base, count) };
-            return Err(format!("the firmware allocated an unusable run at {addr:#x}"));
-        };
-        let give_back = |at: u64, pages: u64| {
-            if let (Some(ptr), Ok(n)) = (NonNull::new(at as *mut u8), usize::try_from(pages)) {
-                if n != 0 {
-                    // SAFETY: pages of the allocation above, outside the
-                    // aligned pool, never used.
-                    let _ = unsafe { boot::free_pages(ptr, n) };
-                }
-            }
-        };
-        give_back(addr, t.head_pages);
-        give_back(t.pool_start + pool_bytes, t.tail_pages);
-        let start = NonNull::new(t.pool_start as *mut u8).ok_or("the pool would start at 0")?;
-        Ok(Pool {
-            start,
-            pages: (pool_bytes / pool::PAGE) as usize,
-        })
-    }
-
-    fn start(&self) -> u64 {
-        self.start.as_ptr() as u64
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // SAFETY: the pool's own pages, allocated in `allocate`, which
-        // nothing uses once the pool is dropped.
-        let _ = unsafe { boot::free_pages(self.start, self.pages) };
-    }
+/// How many CPUs the firmware's MP Services count (enabled ones).
+fn cpu_count() -> Result<usize, String> {
+    let handle = boot::get_handle_for_protocol::<MpServices>()
+        .map_err(|e| format!("cannot count the CPUs (no MP Services): {e}"))?;
+    let mp = protocol::<MpServices>(handle).map_err(|e| format!("cannot open MP Services: {e}"))?;
+    let count = mp
+        .get_number_of_processors()
+        .map_err(|e| format!("cannot count the CPUs: {e}"))?;
+    Ok(count.enabled)
 }
 
 fn boot_os(image: Handle, config: &Config, report: &mut Report) -> Result<Status, String> {
