@@ -83,6 +83,8 @@ start_errors! {
         "boot without pti=on (AMD CPUs are not affected by Meltdown and do not need it)",
     VmsRunning = 26 : "micro VMs are running; stopping MicroV would pull the hypervisor from under them",
         "end them first (`microv status` lists them with their VMM's pid), then stop",
+    EarlyBoot = 27 : "MicroV was started at boot, before Linux (early boot), and runs until the machine restarts",
+        "to run without it, boot the OS's own entry instead of microv.efi (see docs/early-boot.md)",
 }
 
 #[cfg(test)]

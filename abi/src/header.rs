@@ -75,6 +75,8 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     define(w, "MV_SEGMENT_W", SEGMENT_W)?;
     define(w, "MV_SEGMENT_R", SEGMENT_R)?;
     define(w, "MV_START_MODE_LATE_LAUNCH", StartMode::LateLaunch as u64)?;
+    define(w, "MV_START_MODE_EARLY_BOOT", StartMode::EarlyBoot as u64)?;
+    define(w, "MV_CAP_EARLY_BOOT", crate::hypercall::capability::EARLY_BOOT)?;
     define(w, "MV_BOOT_FLAG_FAIL_CPU", boot_flags::FAIL_CPU)?;
     define(w, "MV_BOOT_FLAG_FAIL_CPU_SHIFT", boot_flags::FAIL_CPU_SHIFT)?;
     define(w, "MV_EXIT_KINDS_MAX", EXIT_KINDS_MAX as u64)?;

@@ -59,6 +59,12 @@ struct mv_instance {
 	struct mv_cpu_stop stop[MV_MAX_CPUS];
 	/* Test: the OS CPU that does not join the rendezvous, or -1. */
 	int stop_skip_cpu;
+	/*
+	 * Early boot: microv.efi started MicroV before Linux, and the driver
+	 * attached to it at load. It owns none of MicroV's memory (no pool,
+	 * landing pages or log of its own) and cannot stop it.
+	 */
+	bool attached;
 };
 
 /* microv_pool.c */

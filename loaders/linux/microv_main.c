@@ -566,7 +566,7 @@ static int do_start(struct mv_start_args *a)
 
 	a->error_cpu = U32_MAX;
 	if (mv_inst)
-		return MV_ERR_ALREADY_RUNNING;
+		return mv_inst->attached ? MV_ERR_EARLY_BOOT : MV_ERR_ALREADY_RUNNING;
 	/* A new attempt: an older fault must not be reported next to its result. */
 	memset(&mv_last_fault, 0, sizeof(mv_last_fault));
 	/*
@@ -689,6 +689,15 @@ static int do_stop(struct mv_stop_args *a)
 	if (!mv_inst)
 		return MV_ERR_NOT_RUNNING;
 	/*
+	 * MicroV started by the firmware stays until the machine restarts:
+	 * handing the CPUs back would need a promotion path Linux's page
+	 * tables do not map (docs/early-boot.md).
+	 */
+	if (mv_inst->attached) {
+		pr_info("microv: stop refused: MicroV was started at boot (early boot)\n");
+		return MV_ERR_EARLY_BOOT;
+	}
+	/*
 	 * A failed MicroV still on some CPUs: this stop is a retry. It
 	 * succeeds once MicroV is gone everywhere; a fault noticed only now
 	 * means MicroV stopped itself, so there was nothing to stop.
@@ -753,11 +762,11 @@ static void fill_status(struct mv_status *s)
 	s->last_fault = mv_last_fault;
 	if (!inst)
 		return;
-	s->start_mode = MV_START_MODE_LATE_LAUNCH;
+	s->start_mode = inst->attached ? MV_START_MODE_EARLY_BOOT : MV_START_MODE_LATE_LAUNCH;
 	s->cpu_count = inst->cpu_count;
 	s->chunk_count = inst->pool.chunk_count;
 	s->pool_bytes = (u64)inst->pool.chunk_count * MV_CHUNK_SIZE;
-	s->pool_first_pa = page_to_phys(inst->pool.chunks[0]);
+	s->pool_first_pa = inst->attached ? 0 : page_to_phys(inst->pool.chunks[0]);
 	s->uptime_ns = ktime_get_ns() - mv_start_ns;
 	{
 		u64 r10 = 0, r11 = 0, r12 = 0, r13 = 0;
@@ -770,13 +779,23 @@ static void fill_status(struct mv_status *s)
 		if (mv_hypercall(MV_HC_ID_CAPABILITIES, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS)
 			s->capabilities = r10;
 		r10 = inst->handle;
-		if (mv_hypercall(MV_HC_HV_MEMORY, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS)
+		if (mv_hypercall(MV_HC_HV_MEMORY, &r10, &r11, &r12, &r13) == MV_STATUS_SUCCESS) {
 			s->pool_free_bytes = r11 * PAGE_SIZE;
+			/* An attached MicroV's pool is not the driver's: ask it. */
+			if (inst->attached) {
+				s->pool_bytes = r10 * PAGE_SIZE;
+				s->chunk_count = s->pool_bytes / MV_CHUNK_SIZE;
+			}
+		}
 	}
 	for (i = 0; i < inst->cpu_count; i++) {
 		s->cpus[i].os_cpu = inst->os_cpu[i];
-		s->cpus[i].state = READ_ONCE(inst->landing[i]->running) ? MV_CPU_RUNNING :
-			inst->landing[i]->fault.code ? MV_CPU_FAILED : MV_CPU_NATIVE;
+		if (inst->attached)
+			/* MicroV was beneath every CPU before Linux brought it up. */
+			s->cpus[i].state = MV_CPU_RUNNING;
+		else
+			s->cpus[i].state = READ_ONCE(inst->landing[i]->running) ? MV_CPU_RUNNING :
+				inst->landing[i]->fault.code ? MV_CPU_FAILED : MV_CPU_NATIVE;
 		for (k = 0; k < MV_EXIT_KINDS_MAX; k += 4) {
 			u64 r10 = inst->handle, r11 = i, r12 = k, r13 = 0;
 
@@ -798,7 +817,8 @@ static long copy_log(struct mv_log_args *a)
 	char *buf;
 
 	a->copied = 0;
-	if (!mv_inst)
+	/* An attached MicroV's log is in memory the driver was not given. */
+	if (!mv_inst || !mv_inst->log)
 		return 0;
 	h = mv_inst->log;
 	ring = mv_inst->log_size - sizeof(*h);
@@ -948,6 +968,54 @@ static struct miscdevice mv_dev = {
 };
 
 /*
+ * Early boot: microv.efi started MicroV before Linux, so it runs beneath
+ * the CPUs Linux brought up (CPUID 0x40000000 says so, and `id.*` answers
+ * with the early-boot capability). Attach to it: an instance that owns none
+ * of MicroV's memory, the management handle (micro VMs and the status need
+ * it), and a module reference, as after a late launch (the handle stays
+ * open while the driver lives, and a reloaded driver could not take
+ * another). A MicroV that does not answer is left alone.
+ */
+static void mv_attach_early(void)
+{
+	u64 r10 = 0, r11 = 0, r12 = 0, r13 = 0;
+	struct mv_instance *inst;
+	struct mv_cpu_arg arg = {};
+	unsigned int cpu;
+
+	if (mv_hypercall(MV_HC_ID_CAPABILITIES, &r10, &r11, &r12, &r13) != MV_STATUS_SUCCESS ||
+	    !(r10 & MV_CAP_EARLY_BOOT))
+		return;
+	inst = kzalloc(sizeof(*inst), GFP_KERNEL);
+	if (!inst)
+		return;
+	inst->attached = true;
+	inst->stop_skip_cpu = -1;
+	cpus_read_lock();
+	for_each_online_cpu(cpu)
+		if (inst->cpu_count < MV_MAX_CPUS)
+			inst->os_cpu[inst->cpu_count++] = cpu;
+	cpus_read_unlock();
+	arg.inst = inst;
+	if (mv_cpu_open_handle(&arg)) {
+		pr_err("microv: MicroV runs (early boot) but refused a handle (status 0x%llx); not attached\n",
+		       arg.detail);
+		kfree(inst);
+		return;
+	}
+	mutex_lock(&mv_lock);
+	__module_get(THIS_MODULE);
+	WRITE_ONCE(mv_generation, ++mv_generations);
+	WRITE_ONCE(mv_inst, inst);
+	WRITE_ONCE(mv_handle, inst->handle);
+	mv_state = MV_HV_RUNNING;
+	mv_start_ns = ktime_get_ns();
+	mutex_unlock(&mv_lock);
+	pr_info("microv: attached to MicroV, started at boot (early boot), on %u CPUs\n",
+		inst->cpu_count);
+}
+
+/*
  * While MicroV runs, the set of online CPUs must not change: an offlined CPU
  * would later be woken with INIT (which MicroV must not let reset a CPU it
  * runs on), a new CPU would run without MicroV beneath it, and the stop
@@ -977,9 +1045,12 @@ static int __init mv_init(void)
 		return ret;
 	mv_hp_state = ret;
 	ret = misc_register(&mv_dev);
-	if (ret)
+	if (ret) {
 		cpuhp_remove_state_nocalls(mv_hp_state);
-	return ret;
+		return ret;
+	}
+	mv_attach_early();
+	return 0;
 }
 
 /* Never runs while MicroV may run anywhere: the instance holds a module reference. */

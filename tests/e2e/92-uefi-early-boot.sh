@@ -6,7 +6,10 @@
 # never gets), checks that CPUID now says MicroV, and boots Linux, which
 # runs as the root VM from its first instruction: CPUID says MicroV, SVM is
 # hidden and kvm_amd refused, the pool is not Linux's RAM and reading it
-# gives no hypervisor data, and a late launch on top refuses cleanly.
+# gives no hypervisor data. The driver attaches to the running MicroV at
+# load: `microv status` says early boot with the CPU running and its
+# counters, a micro VM runs, `microv stop` refuses with the reason, and a
+# late launch on top refuses cleanly.
 set -eu
 . /usr/lib/microv-tests/e2e-lib.sh
 
@@ -47,8 +50,35 @@ case "$PROBE_LINE" in
 *) fail "the root did not read zeros at the pool's first page: ${PROBE_LINE:-nothing}" ;;
 esac
 
+check "the driver attached: microv status says early boot, the CPU runs, exits are counted"
+dmesg | grep -q "microv: attached to MicroV, started at boot (early boot), on 1 CPUs" ||
+    fail "the driver did not say it attached"
+must microv status
+out_has "state          running" || fail "microv status does not say running"
+out_has "started        early boot (before the OS, by the UEFI loader)" || fail "not early boot"
+out_has "memory         64 MiB pool" || fail "not MicroV's 64 MiB pool"
+status_json
+[ "$(cpu_field 0 state)" = running ] || fail "CPU 0 is $(cpu_field 0 state)"
+cpuid_exits=$(cpu_field 0 exits.cpuid)
+# The firmware and Linux's boot alone run CPUID thousands of times.
+[ "$cpuid_exits" -gt 1000 ] || fail "only $cpuid_exits CPUID exits counted since boot"
+echo "  CPU 0: $cpuid_exits CPUID exits since MicroV started beneath the firmware"
+
+check "a micro VM runs on the early-booted MicroV"
+mv-guest-elf hello >"$MVT_TMP/hello.elf"
+must timeout 60 microv run --kernel "$MVT_TMP/hello.elf" --mem 32M
+out_has "hello from a micro VM" || fail "the guest's output is missing"
+out_has "the guest powered off" || fail "no power-off report"
+
+check "microv stop refuses: MicroV started at boot stays until the machine restarts"
+run microv stop
+[ "$RUN_RC" -ne 0 ] || fail "microv stop succeeded"
+out_has "MicroV was started at boot, before Linux (early boot)" || fail "microv stop gave another reason"
+must microv status
+out_has "state          running" || fail "MicroV is not running after the refused stop"
+
 check "a late launch on top of the running MicroV refuses cleanly"
 run microv start
 [ "$RUN_RC" -ne 0 ] || fail "microv start succeeded beneath a running MicroV"
-out_has "this CPU has no AMD SVM with nested paging" || fail "microv start gave another reason"
+out_has "MicroV was started at boot, before Linux (early boot)" || fail "microv start gave another reason"
 echo "uefi-early-boot: all checks passed"

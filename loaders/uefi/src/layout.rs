@@ -37,8 +37,8 @@ pub enum LayoutError {
     TooManyRamRanges,
     /// An image larger than its segment table or address space allows.
     BadImage,
-    /// A page-table mapping failed (an address clash).
-    Map(MapError),
+    /// A page-table mapping failed at this address (an address clash).
+    Map(MapError, u64),
     /// An identity-mapped page (trampoline, landing page, log) lies where
     /// the extension's address space is ([`EXTENSION_WINDOW`]).
     InExtensionWindow(u64),
@@ -60,7 +60,8 @@ pub struct Pool<'a> {
 }
 
 impl<'a> Pool<'a> {
-    /// `words` must be zero and start at the chunk-aligned address `pa`.
+    /// `words` start at the chunk-aligned address `pa`; they should be
+    /// zero (the parts no image or table fills are left as they are).
     pub fn new(words: &'a mut [u64], pa: u64) -> Result<Pool<'a>, LayoutError> {
         let bytes = words.len() as u64 * 8;
         let chunks = bytes / CHUNK_SIZE;
@@ -119,9 +120,11 @@ impl TableMemory for Pool<'_> {
     }
 
     fn alloc_table(&mut self) -> Option<u64> {
-        // Reserved pages are still zero: the pool was zeroed and nothing
-        // else writes past `used`.
-        self.reserve(PAGE_SIZE).ok().map(|offset| self.pa + offset)
+        let pa = self.pa + self.reserve(PAGE_SIZE).ok()?;
+        // Zeroed here, whatever the page held: a table with a stale entry
+        // would map something nobody asked for.
+        self.table(pa)?.fill(0);
+        Some(pa)
     }
 }
 
@@ -199,7 +202,7 @@ pub fn build(pool: &mut Pool, inputs: &Inputs) -> Result<Layout, LayoutError> {
                     (1, PAGE_SIZE)
                 };
                 mapper::map(pool, pml4_pa, va + at, pa + at, level, flags, tables)
-                    .map_err(LayoutError::Map)?;
+                    .map_err(|e| LayoutError::Map(e, va + at))?;
                 at += step;
             }
             Ok(())
@@ -464,7 +467,7 @@ mod tests {
         let mut pool = Pool::new(&mut words, POOL_PA).unwrap();
         assert_eq!(
             build(&mut pool, &clash),
-            Err(LayoutError::Map(MapError::AlreadyMapped))
+            Err(LayoutError::Map(MapError::AlreadyMapped, LANDING[0]))
         );
     }
 
@@ -505,6 +508,18 @@ mod tests {
         let pml4 = *pool.table(layout.pml4_pa).unwrap();
         assert_ne!(pml4[0] & USER, 0, "the low half's tables allow ring 3");
         assert_eq!(pml4[paging::index(POOL_VA, 4)] & USER, 0, "the pool's do not");
+    }
+
+    #[test]
+    fn tables_are_zeroed_whatever_the_pool_held() {
+        let (k, e) = images();
+        let tramp = vec![0; PAGE_SIZE as usize];
+        let mut words = vec![u64::MAX; (4 * CHUNK_SIZE / 8) as usize];
+        let mut pool = Pool::new(&mut words, POOL_PA).unwrap();
+        let layout = build(&mut pool, &inputs(&k, &e, &tramp, &LANDING)).unwrap();
+        let (pa, _) = mapper::translate(&mut pool, layout.pml4_pa, LANDING[1]).unwrap();
+        assert_eq!(pa, LANDING[1]);
+        assert_eq!(mapper::translate(&mut pool, layout.pml4_pa, LANDING[1] + PAGE_SIZE), None);
     }
 
     #[test]
