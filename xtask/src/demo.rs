@@ -1,9 +1,14 @@
-//! `cargo xtask demo`: the whole life cycle in the emulated machine — load
-//! the driver, start MicroV beneath the running Linux, boot a Linux micro VM
-//! on it (Debian's kernel and the tests' busybox initramfs), show it in
-//! `microv status` while it runs, let it power off, stop MicroV.
+//! `cargo xtask demo`: both ways in, in the emulated machine. Late launch:
+//! load the driver, start MicroV beneath the running Linux, boot a Linux
+//! micro VM on it (Debian's kernel and the tests' busybox initramfs), show
+//! it in `microv status` while it runs, let it power off, stop MicroV. Early
+//! boot: a one-CPU machine whose firmware runs microv.efi, which starts
+//! MicroV before Linux; Linux's driver attaches, a micro VM runs, and
+//! `microv stop` refuses.
 
+use crate::esp::Boot;
 use crate::machine::{self, MachineArgs};
+use crate::prereq::{self, Need};
 use crate::vm::{self, Outcome};
 use anyhow::Result;
 use std::path::Path;
@@ -28,24 +33,51 @@ echo \"demo: the root computes the same checksum: $(seq 1 50000 | sha256sum | cu
 echo 'demo: microv log'; microv log | tail -n 8
 echo 'demo: microv stop'; microv stop
 echo 'demo: microv status'; microv status | head -1
-echo 'demo: done'";
+echo 'demo: late launch done'";
+
+/// The early-boot machine's command (one CPU: microv.efi starts MicroV on
+/// one CPU only so far).
+const EARLY_SCRIPT: &str = "set -e
+echo 'demo: early boot: the firmware ran microv.efi, which started MicroV, then this Linux'
+dmesg | grep 'microv: attached'
+echo 'demo: microv status'; microv status
+echo 'demo: a micro VM on the MicroV started at boot'
+mv-guest-elf hello >/tmp/hello.elf
+microv run --kernel /tmp/hello.elf --mem 32M </dev/null
+echo 'demo: microv stop (refused: MicroV started at boot stays until the machine restarts)'
+microv stop || true
+echo 'demo: early boot done'";
 
 pub fn run(root: &Path, args: &MachineArgs) -> Result<i32> {
+    prereq::check(&[Need::Ovmf])?;
     let (stage, kernel) = machine::prepare(root, args, false)?;
     let cfg = machine::config(root, args, vec![SCRIPT.to_string()]);
     let outcome = vm::run(&stage, &kernel, &cfg)?;
-    if outcome == Outcome::Exited(0) {
-        println!(
-            "demo: MicroV started, ran a Linux micro VM, reported its status and stopped inside the emulated machine"
-        );
-    } else {
-        println!(
-            "demo: FAILED: {}.\n\
-             The demo needs the driver (target/microv/microv.ko), the hypervisor images \
-             (target/microv/*.elf) and the CLI's start/status/stop; the 'demo:' lines above \
-             show which step failed.",
-            outcome.describe()
-        );
+    if outcome != Outcome::Exited(0) {
+        return Ok(failed(&outcome, "the driver (target/microv/microv.ko), the hypervisor images (target/microv/*.elf) and the CLI's start/status/stop"));
     }
-    Ok(outcome.exit_code())
+    let mut early = machine::config(root, args, vec![EARLY_SCRIPT.to_string()]);
+    early.boot = Boot::Uefi;
+    early.smp = 1;
+    let outcome = vm::run(&stage, &kernel, &early)?;
+    if outcome != Outcome::Exited(0) {
+        return Ok(failed(
+            &outcome,
+            "OVMF (Debian's ovmf), microv.efi (target/microv/microv.efi) and the driver's attach",
+        ));
+    }
+    println!(
+        "demo: MicroV started beneath a running Linux, ran a Linux micro VM, reported its status and stopped; \
+         then it started from UEFI before Linux, and Linux ran on it as the root VM with a micro VM beside it"
+    );
+    Ok(0)
+}
+
+fn failed(outcome: &Outcome, needs: &str) -> i32 {
+    println!(
+        "demo: FAILED: {}.\n\
+         This part of the demo needs {needs}; the 'demo:' lines above show which step failed.",
+        outcome.describe()
+    );
+    outcome.exit_code()
 }
