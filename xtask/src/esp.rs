@@ -28,14 +28,19 @@ const BOOT_APP: &str = "EFI/BOOT/BOOTX64.EFI";
 const MICROV_DIR: &str = "EFI/microv";
 
 /// The microv.conf that boots `vmlinuz` and `initrd.img` from the
-/// partition's MicroV directory with `cmdline`.
-pub fn conf_text(cmdline: &str) -> String {
-    format!(
+/// partition's MicroV directory with `cmdline`, and the `extra` lines.
+pub fn conf_text(cmdline: &str, extra: &[String]) -> String {
+    let mut text = format!(
         "# Written by cargo xtask vm --boot uefi\n\
          kernel = \\EFI\\microv\\vmlinuz\n\
          initrd = \\EFI\\microv\\initrd.img\n\
          cmdline = {cmdline}\n"
-    )
+    );
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 /// Lays out the partition in `work/esp` and copies OVMF's variable store
@@ -47,6 +52,7 @@ pub fn prepare(
     kernel: &Path,
     cpio: &Path,
     cmdline: &str,
+    extra_conf: &[String],
 ) -> Result<Vec<String>> {
     let esp = work.join("esp");
     let dir = esp.join(MICROV_DIR);
@@ -74,7 +80,7 @@ pub fn prepare(
         fs::copy(from, to)
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
-    fs::write(dir.join("microv.conf"), conf_text(cmdline))?;
+    fs::write(dir.join("microv.conf"), conf_text(cmdline, extra_conf))?;
     let vars = work.join("OVMF_VARS.fd");
     fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
     Ok(vec![
@@ -93,9 +99,11 @@ mod tests {
 
     #[test]
     fn the_configuration_boots_the_partitions_kernel() {
-        let text = conf_text("console=ttyS0 panic=-1");
+        let text = conf_text("console=ttyS0 panic=-1", &[]);
         assert!(text.contains("kernel = \\EFI\\microv\\vmlinuz\n"));
         assert!(text.contains("initrd = \\EFI\\microv\\initrd.img\n"));
         assert!(text.ends_with("cmdline = console=ttyS0 panic=-1\n"));
+        let text = conf_text("quiet", &["microv = off".to_string()]);
+        assert!(text.ends_with("cmdline = quiet\nmicrov = off\n"));
     }
 }

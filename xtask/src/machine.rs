@@ -45,6 +45,10 @@ pub struct MachineArgs {
     /// (OVMF runs microv.efi from an EFI system partition, which boots it).
     #[arg(long, value_enum, default_value_t = Boot::Direct)]
     pub boot: Boot,
+    /// An extra microv.conf line for `--boot uefi` (repeatable), e.g.
+    /// --esp-conf 'microv = off' to boot the same way without MicroV.
+    #[arg(long, value_name = "LINE")]
+    pub esp_conf: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -102,6 +106,7 @@ pub fn config(root: &Path, args: &MachineArgs, command: Vec<String>) -> VmConfig
         console_log: None,
         keep: args.keep,
         boot: args.boot,
+        esp_conf: args.esp_conf.clone(),
     }
 }
 

@@ -25,6 +25,7 @@ pub const PROGRAMS: &[&str] = &[
     "mv-guest-elf",
     "mv-bench-guest",
     "mv-bench-vm",
+    "tsc-now",
 ];
 
 /// The test module's name in the stage and in [`TEST_DIR`].

@@ -38,6 +38,8 @@ pub struct VmConfig {
     pub keep: bool,
     /// How the machine starts Linux.
     pub boot: Boot,
+    /// Extra microv.conf lines (`--boot uefi`).
+    pub esp_conf: Vec<String>,
 }
 
 /// How a run ended.
@@ -105,7 +107,8 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
 
     let mut qemu = qemu_command(kernel, &cpio, &debugcon, cfg);
     if cfg.boot == Boot::Uefi {
-        let firmware = esp::prepare(work.path(), stage, &kernel.image, &cpio, &cmdline(cfg))?;
+        let firmware =
+            esp::prepare(work.path(), stage, &kernel.image, &cpio, &cmdline(cfg), &cfg.esp_conf)?;
         qemu = uefi_command(qemu, firmware);
     }
     eprintln!(

@@ -8,6 +8,7 @@
 //! boot    = next                     # instead of kernel=: the next boot entry
 //! pool    = 64M                      # MicroV's memory (2M steps, 2M..512M)
 //! log     = info                     # or debug
+//! microv  = off                      # boot the OS without MicroV (default on)
 //! ```
 //!
 //! A line this parser does not understand is an error, not ignored: a typo
@@ -75,6 +76,8 @@ pub struct Config {
     pub boot: Boot,
     pub pool_bytes: u64,
     pub log: LogLevel,
+    /// Start MicroV (`microv = on`, the default) or boot the OS without it.
+    pub start: bool,
 }
 
 /// What is wrong with a line.
@@ -94,6 +97,8 @@ pub enum Problem {
     /// Not a size, or not a whole number of 2 MiB chunks within bounds.
     BadPool(String),
     BadLog(String),
+    /// `microv` takes `on` or `off`.
+    BadSwitch(String),
     /// `boot = next` with `kernel`, `initrd` or `cmdline`.
     NextWithKernel,
     /// `initrd` or `cmdline` without `kernel`.
@@ -120,7 +125,7 @@ impl fmt::Display for ConfigError {
             Problem::NotKeyValue => f.write_str("expected `key = value`"),
             Problem::UnknownKey(k) => write!(
                 f,
-                "unknown key `{k}` (known: kernel, initrd, cmdline, boot, pool, log)"
+                "unknown key `{k}` (known: kernel, initrd, cmdline, boot, pool, log, microv)"
             ),
             Problem::Repeated { first } => write!(f, "repeats the key of line {first}"),
             Problem::NotAbsolute(p) => write!(
@@ -133,6 +138,7 @@ impl fmt::Display for ConfigError {
                 "pool = `{v}`: give a size in M or G, a multiple of 2M from 2M to 512M"
             ),
             Problem::BadLog(v) => write!(f, "log = `{v}`: use info or debug"),
+            Problem::BadSwitch(v) => write!(f, "microv = `{v}`: use on or off"),
             Problem::NextWithKernel => {
                 f.write_str("boot = next and kernel/initrd/cmdline exclude each other")
             }
@@ -145,7 +151,9 @@ impl fmt::Display for ConfigError {
 }
 
 /// Every key, in the order [`parse`] keeps the line each was seen on.
-const KEYS: [&str; 6] = ["kernel", "initrd", "cmdline", "boot", "pool", "log"];
+const KEYS: [&str; 7] = [
+    "kernel", "initrd", "cmdline", "boot", "pool", "log", "microv",
+];
 
 /// Parses the file's text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -156,6 +164,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut next = false;
     let mut pool_bytes = DEFAULT_POOL;
     let mut log = LogLevel::Info;
+    let mut start = true;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let err = |problem| ConfigError { line, problem };
@@ -184,6 +193,13 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             "boot" => return Err(err(Problem::BadBoot(value.to_string()))),
             "pool" => {
                 pool_bytes = pool(value).ok_or_else(|| err(Problem::BadPool(value.into())))?
+            }
+            "microv" => {
+                start = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(err(Problem::BadSwitch(value.to_string()))),
+                }
             }
             _ => {
                 log = match value {
@@ -215,6 +231,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         boot,
         pool_bytes,
         log,
+        start,
     })
 }
 
@@ -279,6 +296,9 @@ mod tests {
         assert_eq!(c.boot.linux_cmdline(), None);
         assert_eq!(c.pool_bytes, DEFAULT_POOL);
         assert_eq!(c.log, LogLevel::Info);
+        assert!(c.start);
+        assert!(!parse("boot = next\nmicrov = off").unwrap().start);
+        assert!(parse("boot = next\nmicrov = on").unwrap().start);
         let c = parse("kernel=\\vmlinuz").unwrap();
         assert_eq!(c.boot.linux_cmdline().unwrap(), "");
         let c = parse("kernel=\\vmlinuz\ninitrd=\\i").unwrap();
@@ -372,6 +392,7 @@ mod tests {
             Problem::BadBoot("x".into()),
             Problem::BadPool("x".into()),
             Problem::BadLog("x".into()),
+            Problem::BadSwitch("x".into()),
             Problem::NextWithKernel,
             Problem::NoKernel,
             Problem::NotKeyValue,

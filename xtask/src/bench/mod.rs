@@ -87,6 +87,7 @@ fn bench_machine(timeout: u64, no_build: bool, keep: bool, qemu_arg: Vec<String>
         qemu_arg,
         keep,
         boot: crate::esp::Boot::Direct,
+        esp_conf: Vec::new(),
     }
 }
 

@@ -62,9 +62,13 @@ pub(super) extern "efiapi" fn efi_rust_main(
     // SAFETY: the firmware's system table, valid while boot services run,
     // which is all of this application's life.
     unsafe { uefi::table::set_system_table(system_table) };
+    // The firmware's hand-off, in TSC ticks since reset (instructions under
+    // QEMU's -icount shift=0): a machine's init can stamp its own and tell
+    // how long the boot took from here.
+    let handed_off = instr::rdtsc();
     let mut report = Report(String::new());
     report.say(&format!(
-        "MicroV {} (early boot)",
+        "MicroV {} (early boot), TSC {handed_off}",
         env!("CARGO_PKG_VERSION")
     ));
     match run(image, &mut report) {
@@ -114,7 +118,12 @@ fn run(image: Handle, report: &mut Report) -> Result<Status, String> {
         .read_to_string(ucs2(config::PATH)?.as_ref())
         .map_err(|e| format!("cannot read {}: {e}", config::PATH))?;
     let config = config::parse(&text).map_err(|e| e.to_string())?;
-    match start_microv(&mut fs, &config, report) {
+    let started = if config.start {
+        start_microv(&mut fs, &config, report)
+    } else {
+        Err(format!("microv = off in {}", config::PATH))
+    };
+    match started {
         Ok(()) => report.say("MicroV is running"),
         Err(why) => report.say(&format!(
             "MicroV not started: {why}; booting the OS natively"
