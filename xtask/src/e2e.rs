@@ -87,6 +87,14 @@ pub fn run_script(
     if let Some(boot) = boot_header(&text).map_err(|why| anyhow!("{name}: {why}"))? {
         cfg.boot = boot;
     }
+    if let Some(mem) = header_value(&text, MEM_HEADER) {
+        cfg.mem = mem.to_string();
+    }
+    cfg.esp_conf
+        .extend(header_values(&text, ESP_CONF_HEADER).into_iter().map(str::to_string));
+    for (esp, repo) in esp_file_headers(&text).map_err(|why| anyhow!("{name}: {why}"))? {
+        cfg.esp_files.push((esp, root.join(repo)));
+    }
     if header.iter().any(|a| vm::is_cpu_option(a))
         && args.qemu_arg.iter().any(|a| vm::is_cpu_option(a))
     {
@@ -140,6 +148,13 @@ pub const BOOT_HEADER: &str = "e2e-boot:";
 /// The value of the first `# KEY value` line in a script's leading comment
 /// block, trimmed.
 fn header_value<'a>(script: &'a str, key: &str) -> Option<&'a str> {
+    header_values(script, key).into_iter().next()
+}
+
+/// The values of every `# KEY value` line in a script's leading comment
+/// block, trimmed, in order.
+fn header_values<'a>(script: &'a str, key: &str) -> Vec<&'a str> {
+    let mut values = Vec::new();
     for line in script.lines() {
         let trimmed = line.trim();
         let Some(comment) = trimmed.strip_prefix('#').map(str::trim_start) else {
@@ -149,10 +164,30 @@ fn header_value<'a>(script: &'a str, key: &str) -> Option<&'a str> {
             break;
         };
         if let Some(value) = comment.strip_prefix(key) {
-            return Some(value.trim());
+            values.push(value.trim());
         }
     }
-    None
+    values
+}
+
+/// The comments that shape a `# e2e-boot: uefi` script's EFI system
+/// partition and memory: extra microv.conf lines, files put on the
+/// partition (`ESP_PATH=REPO_PATH`), the machine's memory.
+pub const ESP_CONF_HEADER: &str = "e2e-esp-conf:";
+pub const ESP_FILE_HEADER: &str = "e2e-esp-file:";
+pub const MEM_HEADER: &str = "e2e-mem:";
+
+/// The `# e2e-esp-file: ESP_PATH=REPO_PATH` lines as pairs.
+pub fn esp_file_headers(script: &str) -> Result<Vec<(String, String)>, String> {
+    header_values(script, ESP_FILE_HEADER)
+        .into_iter()
+        .map(|v| {
+            v.split_once('=')
+                .filter(|(esp, repo)| !esp.is_empty() && !repo.is_empty())
+                .map(|(esp, repo)| (esp.trim().to_string(), repo.trim().to_string()))
+                .ok_or_else(|| format!("`{ESP_FILE_HEADER}` wants ESP_PATH=REPO_PATH, not `{v}`"))
+        })
+        .collect()
 }
 
 /// The number of emulated CPUs a script asks for with `# e2e-smp: N` in its
@@ -254,7 +289,7 @@ pub fn qemu_header(script: &str) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{boot_header, qemu_header, smp_header};
+    use super::{boot_header, esp_file_headers, header_values, qemu_header, smp_header};
     use crate::esp::Boot;
 
     fn ok(script: &str) -> Vec<String> {
@@ -281,6 +316,19 @@ mod tests {
         assert_eq!(smp_header("#!/bin/sh\n"), Ok(None));
         assert!(smp_header("# e2e-smp: 0\n").is_err());
         assert!(smp_header("# e2e-smp: two\n").is_err());
+    }
+
+    #[test]
+    fn a_script_shapes_its_efi_system_partition() {
+        let script = "#!/bin/sh\n# e2e-esp-conf: pool = 512M\n# e2e-esp-conf: log = debug\n\
+                      # e2e-esp-file: EFI/microv/x.elf=tests/e2e/a.sh\nset -eu\n# e2e-esp-conf: late\n";
+        assert_eq!(header_values(script, "e2e-esp-conf:"), ["pool = 512M", "log = debug"]);
+        assert_eq!(
+            esp_file_headers(script),
+            Ok(vec![("EFI/microv/x.elf".to_string(), "tests/e2e/a.sh".to_string())])
+        );
+        assert!(esp_file_headers("# e2e-esp-file: no-equals\n").is_err());
+        assert!(esp_file_headers("# e2e-esp-file: =tests/a\n").is_err());
     }
 
     #[test]

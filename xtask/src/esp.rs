@@ -43,9 +43,10 @@ pub fn conf_text(cmdline: &str, extra: &[String]) -> String {
     text
 }
 
-/// Lays out the partition in `work/esp` and copies OVMF's variable store
-/// template to `work/OVMF_VARS.fd`; returns QEMU's arguments for both and
-/// for the firmware.
+/// Lays out the partition in `work/esp` (with `extra_conf` lines in
+/// microv.conf and `files` put over the defaults) and copies OVMF's
+/// variable store template to `work/OVMF_VARS.fd`; returns QEMU's
+/// arguments for both and for the firmware.
 pub fn prepare(
     work: &Path,
     stage: &Path,
@@ -53,6 +54,7 @@ pub fn prepare(
     cpio: &Path,
     cmdline: &str,
     extra_conf: &[String],
+    files: &[(String, PathBuf)],
 ) -> Result<Vec<String>> {
     let esp = work.join("esp");
     let dir = esp.join(MICROV_DIR);
@@ -81,6 +83,15 @@ pub fn prepare(
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     fs::write(dir.join("microv.conf"), conf_text(cmdline, extra_conf))?;
+    // Files a test puts there instead (a broken image, say).
+    for (on_esp, host) in files {
+        let to = esp.join(on_esp);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(host, &to)
+            .with_context(|| format!("copying {} to {}", host.display(), to.display()))?;
+    }
     let vars = work.join("OVMF_VARS.fd");
     fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
     Ok(vec![

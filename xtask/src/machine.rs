@@ -107,6 +107,7 @@ pub fn config(root: &Path, args: &MachineArgs, command: Vec<String>) -> VmConfig
         keep: args.keep,
         boot: args.boot,
         esp_conf: args.esp_conf.clone(),
+        esp_files: Vec::new(),
     }
 }
 

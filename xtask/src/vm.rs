@@ -40,6 +40,9 @@ pub struct VmConfig {
     pub boot: Boot,
     /// Extra microv.conf lines (`--boot uefi`).
     pub esp_conf: Vec<String>,
+    /// Files put on the EFI system partition over the defaults:
+    /// (path on the partition, host file).
+    pub esp_files: Vec<(String, PathBuf)>,
 }
 
 /// How a run ended.
@@ -107,8 +110,15 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
 
     let mut qemu = qemu_command(kernel, &cpio, &debugcon, cfg);
     if cfg.boot == Boot::Uefi {
-        let firmware =
-            esp::prepare(work.path(), stage, &kernel.image, &cpio, &cmdline(cfg), &cfg.esp_conf)?;
+        let firmware = esp::prepare(
+            work.path(),
+            stage,
+            &kernel.image,
+            &cpio,
+            &cmdline(cfg),
+            &cfg.esp_conf,
+            &cfg.esp_files,
+        )?;
         qemu = uefi_command(qemu, firmware);
     }
     eprintln!(

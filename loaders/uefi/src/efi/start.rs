@@ -43,7 +43,7 @@ impl Reserved {
         let count = usize::try_from(pages).map_err(|_| format!("{what}: too large"))?;
         let below = AllocateType::MaxAddress(layout::EXTENSION_WINDOW.start - 1);
         let start = boot::allocate_pages(below, ty, count)
-            .map_err(|e| format!("cannot allocate {what}: {e}"))?;
+            .map_err(|e| format!("cannot allocate {what}: {}", e.status()))?;
         let r = Reserved { start, pages: count };
         // SAFETY: the pages were just allocated for this and are mapped
         // (the firmware identity-maps memory).
@@ -57,7 +57,7 @@ impl Reserved {
         let pages = pool::pages_to_allocate(pool_bytes);
         let count = usize::try_from(pages).map_err(|_| "pool too large")?;
         let base = boot::allocate_pages(AllocateType::AnyPages, MemoryType::RESERVED, count)
-            .map_err(|e| format!("cannot allocate a pool of {} MiB: {e}", pool_bytes >> 20))?;
+            .map_err(|e| format!("cannot allocate a pool of {} MiB: {}", pool_bytes >> 20, e.status()))?;
         let addr = base.as_ptr() as u64;
         let Some(t) = pool::trim(addr, pages, pool_bytes) else {
             // SAFETY: exactly the pages just allocated, unused.
