@@ -7,6 +7,7 @@ use crate::initramfs::{self, Add};
 use crate::esp::{self, Boot};
 use crate::prereq::Kernel;
 use anyhow::{Context, Result};
+use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -108,9 +109,18 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
     let cpio = initramfs::build(work.path(), stage, kernel, &cfg.adds, &init)?;
     let debugcon = work.path().join("debugcon.log");
 
-    let mut qemu = qemu_command(kernel, &cpio, &debugcon, cfg);
-    if cfg.boot == Boot::Uefi {
-        let firmware = esp::prepare(
+    // How Linux comes up: QEMU loads it, or the firmware runs microv.efi
+    // from an EFI system partition, which boots it.
+    let boot_args: Vec<OsString> = match cfg.boot {
+        Boot::Direct => vec![
+            "-kernel".into(),
+            kernel.image.clone().into(),
+            "-initrd".into(),
+            cpio.clone().into(),
+            "-append".into(),
+            cmdline(cfg).into(),
+        ],
+        Boot::Uefi => esp::prepare(
             work.path(),
             stage,
             &kernel.image,
@@ -118,9 +128,12 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
             &cmdline(cfg),
             &cfg.esp_conf,
             &cfg.esp_files,
-        )?;
-        qemu = uefi_command(qemu, firmware);
-    }
+        )?
+        .into_iter()
+        .map(OsString::from)
+        .collect(),
+    };
+    let mut qemu = qemu_command(&boot_args, &debugcon, cfg);
     eprintln!(
         "[xtask] booting {} in QEMU (cpu {}, smp {}, mem {})",
         kernel.image.display(),
@@ -164,23 +177,7 @@ fn cmdline(cfg: &VmConfig) -> String {
     append.join(" ")
 }
 
-/// `direct`'s command with the kernel, initramfs and command line replaced
-/// by the firmware and the EFI system partition (`esp::prepare`).
-fn uefi_command(direct: Command, firmware: Vec<String>) -> Command {
-    let mut cmd = Command::new(direct.get_program());
-    let mut args = direct.get_args();
-    while let Some(arg) = args.next() {
-        if matches!(arg.to_str(), Some("-kernel" | "-initrd" | "-append")) {
-            args.next();
-        } else {
-            cmd.arg(arg);
-        }
-    }
-    cmd.args(firmware);
-    cmd
-}
-
-fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -> Command {
+fn qemu_command(boot_args: &[OsString], debugcon: &Path, cfg: &VmConfig) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     // One TCG thread for all vCPUs: with QEMU 7.2's multi-threaded TCG a
     // KVM guest inside the machine (kvm-smoke) soft-locks now and then, with
@@ -192,11 +189,7 @@ fn qemu_command(kernel: &Kernel, cpio: &Path, debugcon: &Path, cfg: &VmConfig) -
         .args(["-nographic", "-no-reboot"])
         // No network card: nothing uses one, and its boot ROM costs time.
         .args(["-nic", "none"])
-        .arg("-kernel")
-        .arg(&kernel.image)
-        .arg("-initrd")
-        .arg(cpio)
-        .args(["-append", &cmdline(cfg)])
+        .args(boot_args)
         // The hypervisor's debug output: bytes written to port 0xE9.
         .arg("-debugcon")
         .arg(format!("file:{}", debugcon.display()))

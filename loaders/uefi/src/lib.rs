@@ -1,12 +1,13 @@
 //! microv.efi, MicroV's UEFI application: the way in for early boot.
 //!
 //! The firmware runs it from the EFI system partition. It reads
-//! `\EFI\microv\microv.conf` ([`config`]), checks MicroV's two images
-//! exactly as the CLI does (`microv_image::flatten`), and then boots the OS:
-//! a Linux kernel through its EFI stub, or the firmware's next boot entry.
-//! Starting MicroV itself from here is the next step of issue 8; until then
-//! the application says so and boots the OS natively, as it will after any
-//! failure (early boot must never keep a machine from booting).
+//! `\EFI\microv\microv.conf` ([`config`]), checks the CPU ([`svm`]) and
+//! MicroV's two images exactly as the CLI does (`microv_image::flatten`),
+//! lays out the pool as the Linux driver does ([`layout`]) and starts MicroV
+//! beneath the firmware (one-CPU machines so far), then boots the OS: a
+//! Linux kernel through its EFI stub, or the firmware's next boot entry.
+//! After any failure it gives back what it took and boots the OS natively:
+//! early boot must never keep a machine from booting.
 //!
 //! The logic is plain Rust, unit-tested on the host; `efi` (feature
 //! `image`) is the application around it.

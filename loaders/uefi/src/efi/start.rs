@@ -29,7 +29,8 @@ const TSC_SAMPLE: Duration = Duration::from_millis(10);
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// Pages of `EfiReservedMemoryType`, given back when dropped unless kept.
+/// Pages the firmware allocated for MicroV (reserved memory, or runtime
+/// code for the trampoline), given back when dropped unless kept.
 struct Reserved {
     start: NonNull<u8>,
     pages: usize,
