@@ -685,6 +685,32 @@ uefi_report() {
     sed 's/^/  | /' "$1"
 }
 
+# uefi_cpus_report FILE: what microv.efi wrote when not every CPU came into
+# MicroV as the OS exited boot services (its non-volatile variable), into
+# FILE, shown indented; returns 1 (FILE empty) if there is none, as after
+# a boot where every CPU came in. Call uefi_report first (it mounts
+# efivarfs).
+uefi_cpus_report() {
+    local var=/sys/firmware/efi/efivars/MicroVBootCpus-a3c96db2-04ba-470a-84da-534392210347
+    : >"$1"
+    [ -e "$var" ] || return 1
+    tail -c +5 "$var" >"$1"
+    sed 's/^/  | /' "$1"
+}
+
+# madt_has_mailbox: true if the MADT Linux uses has an ACPI Multiprocessor
+# Wakeup structure (type 0x10, length 16) among its entries.
+madt_has_mailbox() {
+    # shellcheck disable=SC2046
+    set -- $(od -A n -t x1 -v -j 44 /sys/firmware/acpi/tables/APIC)
+    while [ $# -ge 2 ]; do
+        [ "$1" = 10 ] && [ "$2" = 10 ] && return 0
+        [ $((0x$2)) -ge 2 ] || return 1
+        shift $((0x$2)) 2>/dev/null || return 1
+    done
+    return 1
+}
+
 # report_has FILE TEXT: fails unless FILE has a line with TEXT (fixed).
 report_has() {
     grep -qF -- "$2" "$1" || fail "microv.efi's report has no line with '$2'"

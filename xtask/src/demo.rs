@@ -39,7 +39,8 @@ echo 'demo: late launch done'";
 /// one CPU only so far).
 const EARLY_SCRIPT: &str = "set -e
 echo 'demo: early boot: the firmware ran microv.efi, which started MicroV, then this Linux'
-dmesg | grep 'microv: attached'
+echo 'demo: Linux started its second CPU at the ACPI wakeup mailbox microv.efi added: it runs beneath MicroV too'
+dmesg | grep -E 'smp: Brought up|microv: attached'
 echo 'demo: microv status'; microv status
 echo 'demo: a micro VM on the MicroV started at boot'
 mv-guest-elf hello >/tmp/hello.elf
@@ -58,7 +59,6 @@ pub fn run(root: &Path, args: &MachineArgs) -> Result<i32> {
     }
     let mut early = machine::config(root, args, vec![EARLY_SCRIPT.to_string()]);
     early.boot = Boot::Uefi;
-    early.smp = 1;
     let outcome = vm::run(&stage, &kernel, &early)?;
     if outcome != Outcome::Exited(0) {
         return Ok(failed(

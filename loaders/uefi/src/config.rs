@@ -9,6 +9,7 @@
 //! pool    = 64M                      # MicroV's memory (2M steps, 2M..512M)
 //! log     = info                     # or debug
 //! microv  = off                      # boot the OS without MicroV (default on)
+//! test-fail-cpu = 1                  # tests only: CPU 1's bring-up fails
 //! ```
 //!
 //! A line this parser does not understand is an error, not ignored: a typo
@@ -78,6 +79,9 @@ pub struct Config {
     pub log: LogLevel,
     /// Start MicroV (`microv = on`, the default) or boot the OS without it.
     pub start: bool,
+    /// `test-fail-cpu`: the CPU whose bring-up fails on purpose (the
+    /// failure tests' switch, as `microv start --fail-cpu`).
+    pub fail_cpu: Option<u8>,
 }
 
 /// What is wrong with a line.
@@ -99,6 +103,8 @@ pub enum Problem {
     BadLog(String),
     /// `microv` takes `on` or `off`.
     BadSwitch(String),
+    /// `test-fail-cpu` is not a CPU index 1..=63.
+    BadFailCpu(String),
     /// `boot = next` with `kernel`, `initrd` or `cmdline`.
     NextWithKernel,
     /// `initrd` or `cmdline` without `kernel`.
@@ -139,6 +145,7 @@ impl fmt::Display for ConfigError {
             ),
             Problem::BadLog(v) => write!(f, "log = `{v}`: use info or debug"),
             Problem::BadSwitch(v) => write!(f, "microv = `{v}`: use on or off"),
+            Problem::BadFailCpu(v) => write!(f, "test-fail-cpu = `{v}`: a CPU index from 1 to 63"),
             Problem::NextWithKernel => {
                 f.write_str("boot = next and kernel/initrd/cmdline exclude each other")
             }
@@ -151,8 +158,15 @@ impl fmt::Display for ConfigError {
 }
 
 /// Every key, in the order [`parse`] keeps the line each was seen on.
-const KEYS: [&str; 7] = [
-    "kernel", "initrd", "cmdline", "boot", "pool", "log", "microv",
+const KEYS: [&str; 8] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "boot",
+    "pool",
+    "log",
+    "microv",
+    "test-fail-cpu",
 ];
 
 /// Parses the file's text.
@@ -165,6 +179,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut pool_bytes = DEFAULT_POOL;
     let mut log = LogLevel::Info;
     let mut start = true;
+    let mut fail_cpu = None;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let err = |problem| ConfigError { line, problem };
@@ -201,6 +216,15 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                     _ => return Err(err(Problem::BadSwitch(value.to_string()))),
                 }
             }
+            "test-fail-cpu" => {
+                fail_cpu = Some(
+                    value
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|n| (1..=63).contains(n))
+                        .ok_or_else(|| err(Problem::BadFailCpu(value.to_string())))?,
+                )
+            }
             _ => {
                 log = match value {
                     "info" => LogLevel::Info,
@@ -232,6 +256,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         pool_bytes,
         log,
         start,
+        fail_cpu,
     })
 }
 
@@ -299,6 +324,15 @@ mod tests {
         assert!(c.start);
         assert!(!parse("boot = next\nmicrov = off").unwrap().start);
         assert!(parse("boot = next\nmicrov = on").unwrap().start);
+        assert_eq!(c.fail_cpu, None);
+        assert_eq!(
+            parse("boot = next\ntest-fail-cpu = 1").unwrap().fail_cpu,
+            Some(1)
+        );
+        for bad in ["0", "64", "x", "-1", ""] {
+            let e = parse(&format!("boot = next\ntest-fail-cpu = {bad}")).unwrap_err();
+            assert_eq!(e.problem, Problem::BadFailCpu(bad.into()));
+        }
         let c = parse("kernel=\\vmlinuz").unwrap();
         assert_eq!(c.boot.linux_cmdline().unwrap(), "");
         let c = parse("kernel=\\vmlinuz\ninitrd=\\i").unwrap();
@@ -393,6 +427,7 @@ mod tests {
             Problem::BadPool("x".into()),
             Problem::BadLog("x".into()),
             Problem::BadSwitch("x".into()),
+            Problem::BadFailCpu("x".into()),
             Problem::NextWithKernel,
             Problem::NoKernel,
             Problem::NotKeyValue,

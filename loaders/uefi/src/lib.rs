@@ -4,7 +4,8 @@
 //! `\EFI\microv\microv.conf` ([`config`]), checks the CPU ([`svm`]) and
 //! MicroV's two images exactly as the CLI does (`microv_image::flatten`),
 //! lays out the pool as the Linux driver does ([`layout`]) and starts MicroV
-//! beneath the firmware (one-CPU machines so far), then boots the OS: a
+//! beneath the firmware, brings the other CPUs in when the OS exits boot
+//! services ([`aps`], [`acpi`]), and boots the OS: a
 //! Linux kernel through its EFI stub, or the firmware's next boot entry.
 //! After any failure it gives back what it took and boots the OS natively:
 //! early boot must never keep a machine from booting.
@@ -25,6 +26,8 @@
 
 extern crate alloc;
 
+pub mod acpi;
+pub mod aps;
 pub mod config;
 pub mod images;
 pub mod layout;

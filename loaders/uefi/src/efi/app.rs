@@ -8,8 +8,8 @@ use alloc::vec::Vec;
 use uefi::boot::{
     self, LoadImageSource, MemoryType, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol,
 };
-use uefi::mem::memory_map::MemoryMap;
 use uefi::fs::FileSystem;
+use uefi::mem::memory_map::MemoryMap;
 use uefi::proto::device_path::build::{media::FilePath, DevicePathBuilder};
 use uefi::proto::device_path::DevicePath;
 use uefi::proto::loaded_image::LoadedImage;
@@ -19,8 +19,9 @@ use uefi::proto::ProtocolPointer;
 use uefi::runtime::{self, VariableAttributes, VariableVendor};
 use uefi::{println, CStr16, CString16, Handle, Status};
 
-use crate::config::{self, Boot, Config};
+use super::aps;
 use super::start;
+use crate::config::{self, Boot, Config};
 use crate::images;
 use crate::pool;
 use crate::record;
@@ -152,15 +153,23 @@ fn start_microv(fs: &mut FileSystem, config: &Config, report: &mut Report) -> Re
     let ram = pool::ram_ranges(map.entries().map(|d| (d.ty, d.phys_start, d.page_count)))
         .ok_or("the memory map has more RAM ranges than MicroV can list")?;
     let bytes: u64 = ram.iter().map(|[first, last]| last - first + 1).sum();
-    report.say(&format!("RAM for the OS: {} MiB in {} ranges", bytes >> 20, ram.len()));
+    report.say(&format!(
+        "RAM for the OS: {} MiB in {} ranges",
+        bytes >> 20,
+        ram.len()
+    ));
     let cpus = cpu_count()?;
-    if cpus != 1 {
-        return Err(format!(
-            "this machine has {cpus} CPUs, and MicroV starts from UEFI on one CPU only so far \
-             (its application processors are not built yet)"
+    let armed = start::start(&kernel, &extension, &ram, config, cpus, report, |for_aps| {
+        (cpus > 1).then(|| aps::prepare(for_aps)).transpose()
+    })?;
+    if let Some(armed) = armed {
+        report.say(&format!(
+            "the other {} CPUs enter MicroV when the OS exits boot services",
+            cpus - 1
         ));
+        aps::arm(armed);
     }
-    start::start(&kernel, &extension, &ram, config.pool_bytes, report)
+    Ok(())
 }
 
 /// How many CPUs the firmware's MP Services count (enabled ones).

@@ -6,21 +6,22 @@
 
 use alloc::format;
 use alloc::string::String;
-use core::ptr::NonNull;
+use alloc::vec::Vec;
 use core::time::Duration;
 
-use microv_abi::launch::{CpuLanding, PAGE_SIZE};
+use microv_abi::launch::{boot_flags, CpuLanding, PAGE_SIZE};
 use microv_abi::StartError;
 use microv_arch::cpuid::LEAF_HYPERVISOR;
 use microv_arch::instr;
 use microv_image::FlatImage;
-use uefi::boot::{self, AllocateType, MemoryType};
+use uefi::boot::{self, MemoryType};
 
 use super::app::Report;
 use super::capture::capture;
+use super::reserved::Reserved;
 use super::tramp;
+use crate::config::Config;
 use crate::layout::{self, Inputs};
-use crate::pool;
 
 /// Pages of the log ring (as the Linux driver's, 16 KiB).
 const LOG_PAGES: u64 = 4;
@@ -29,96 +30,29 @@ const TSC_SAMPLE: Duration = Duration::from_millis(10);
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// Pages the firmware allocated for MicroV (reserved memory, or runtime
-/// code for the trampoline), given back when dropped unless kept.
-struct Reserved {
-    start: NonNull<u8>,
-    pages: usize,
+/// What the application processors need from the bootstrap CPU's start:
+/// their landing pages (index 1 on) and the trampoline copy's entry.
+pub(super) struct ForAps<'a> {
+    pub landings: &'a [u64],
+    pub enter: u64,
+    pub tsc_khz: u64,
 }
 
-impl Reserved {
-    /// `pages` zeroed pages of type `ty` below the extension's address
-    /// window (identity-mapped pages of MicroV's must keep out of it:
-    /// `layout::EXTENSION_WINDOW`).
-    fn pages(pages: u64, ty: MemoryType, what: &str) -> Result<Reserved, String> {
-        let count = usize::try_from(pages).map_err(|_| format!("{what}: too large"))?;
-        let below = AllocateType::MaxAddress(layout::EXTENSION_WINDOW.start - 1);
-        let start = boot::allocate_pages(below, ty, count)
-            .map_err(|e| format!("cannot allocate {what}: {}", e.status()))?;
-        let r = Reserved { start, pages: count };
-        // SAFETY: the pages were just allocated for this and are mapped
-        // (the firmware identity-maps memory).
-        unsafe { core::ptr::write_bytes(r.start.as_ptr(), 0, count * PAGE_SIZE as usize) };
-        Ok(r)
-    }
-
-    /// The pool: whole 2 MiB chunks (one chunk's worth of pages more is
-    /// allocated, and the unaligned head and tail go back at once).
-    fn pool(pool_bytes: u64) -> Result<Reserved, String> {
-        let pages = pool::pages_to_allocate(pool_bytes);
-        let count = usize::try_from(pages).map_err(|_| "pool too large")?;
-        let base = boot::allocate_pages(AllocateType::AnyPages, MemoryType::RESERVED, count)
-            .map_err(|e| format!("cannot allocate a pool of {} MiB: {}", pool_bytes >> 20, e.status()))?;
-        let addr = base.as_ptr() as u64;
-        let Some(t) = pool::trim(addr, pages, pool_bytes) else {
-            // SAFETY: exactly the pages just allocated, unused.
-            let _ = unsafe { boot::free_pages(base, count) };
-            return Err(format!("the firmware allocated an unusable run at {addr:#x}"));
-        };
-        give_back(addr, t.head_pages);
-        give_back(t.pool_start + pool_bytes, t.tail_pages);
-        let start = NonNull::new(t.pool_start as *mut u8).ok_or("the pool would start at 0")?;
-        let r = Reserved {
-            start,
-            pages: (pool_bytes / pool::PAGE) as usize,
-        };
-        // SAFETY: the aligned pool, inside the allocation, mapped.
-        unsafe { core::ptr::write_bytes(r.start.as_ptr(), 0, pool_bytes as usize) };
-        Ok(r)
-    }
-
-    fn addr(&self) -> u64 {
-        self.start.as_ptr() as u64
-    }
-
-    fn bytes(&self) -> u64 {
-        self.pages as u64 * PAGE_SIZE
-    }
-
-    /// MicroV runs on these pages now: they stay reserved.
-    fn keep(self) {
-        core::mem::forget(self);
-    }
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        // SAFETY: these pages were allocated by `pages`/`pool` and nothing
-        // uses them once dropped (MicroV did not start on them).
-        let _ = unsafe { boot::free_pages(self.start, self.pages) };
-    }
-}
-
-/// Frees pages of an allocation that lie outside the aligned pool.
-fn give_back(at: u64, pages: u64) {
-    if let (Some(ptr), Ok(n)) = (NonNull::new(at as *mut u8), usize::try_from(pages)) {
-        if n != 0 {
-            // SAFETY: allocated above, outside the aligned pool, never used.
-            let _ = unsafe { boot::free_pages(ptr, n) };
-        }
-    }
-}
-
-/// Starts MicroV on this CPU beneath the firmware.
-pub(super) fn start(
+/// Starts MicroV on this CPU beneath the firmware, laid out for `cpus`
+/// CPUs; `before_entry` prepares the others (their landing pages are
+/// ready) and its failure keeps MicroV from starting at all.
+pub(super) fn start<T>(
     kernel: &FlatImage,
     extension: &FlatImage,
     ram: &[[u64; 2]],
-    pool_bytes: u64,
+    config: &Config,
+    cpus: usize,
     report: &mut Report,
-) -> Result<(), String> {
+    before_entry: impl FnOnce(&ForAps) -> Result<T, String>,
+) -> Result<T, String> {
+    let pool_bytes = config.pool_bytes;
     let pool = Reserved::pool(pool_bytes)?;
-    let landing = Reserved::pages(1, MemoryType::RESERVED, "a landing page")?;
+    let landing = Reserved::pages(cpus as u64, MemoryType::RESERVED, "the landing pages")?;
     let log = Reserved::pages(LOG_PAGES, MemoryType::RESERVED, "the log")?;
     // The trampoline runs from a copy the OS keeps too (runtime-services
     // code: mapped executable by the firmware, never reused by the OS).
@@ -141,38 +75,53 @@ pub(super) fn start(
     let tramp_va = tramp.addr();
     let at = |symbol: u64| tramp_va + (symbol - code);
     // SAFETY: the copy just made, a whole page, kept unchanged.
-    let trampoline = unsafe { core::slice::from_raw_parts(tramp.start.as_ptr(), PAGE_SIZE as usize) };
+    let trampoline =
+        unsafe { core::slice::from_raw_parts(tramp.start.as_ptr(), PAGE_SIZE as usize) };
     let words_len = (pool.bytes() / 8) as usize;
     // SAFETY: the pool's pages are ours alone (allocated above, zeroed,
     // identity-mapped) and nothing else refers to them while `words` lives.
-    let words = unsafe { core::slice::from_raw_parts_mut(pool.start.as_ptr().cast::<u64>(), words_len) };
+    let words =
+        unsafe { core::slice::from_raw_parts_mut(pool.start.as_ptr().cast::<u64>(), words_len) };
     let mut memory = layout::Pool::new(words, pool.addr()).map_err(|e| format!("pool: {e:?}"))?;
-    let landing_va = landing.addr();
+    let landings: Vec<u64> = (0..cpus as u64)
+        .map(|i| landing.addr() + i * PAGE_SIZE)
+        .collect();
+    let tsc_khz = tsc_khz();
     let built = layout::build(
         &mut memory,
         &Inputs {
             kernel,
             extension,
-            landing: &[landing_va],
+            landing: &landings,
             trampoline,
             trampoline_va: tramp_va,
             log: log.addr(),
             log_size: log.bytes(),
             ram,
-            tsc_khz: tsc_khz(),
+            tsc_khz,
             promote_entry: at(tramp::microv_promote as *const () as u64),
-            flags: 0,
+            flags: config.fail_cpu.map_or(0, |n| {
+                boot_flags::FAIL_CPU | (u64::from(n) << boot_flags::FAIL_CPU_SHIFT)
+            }),
         },
     )
     .map_err(|e| format!("cannot lay out the pool: {e:?}"))?;
+    for (index, &va) in landings.iter().enumerate() {
+        // SAFETY: the landing pages are ours, whole zeroed pages (CpuLanding
+        // fits one), and nothing else refers to them yet.
+        unsafe { (va as *mut CpuLanding).write(layout::landing(index as u32, &built, kernel)) };
+    }
+    let enter_va = at(tramp::microv_enter as *const () as u64);
+    let prepared = before_entry(&ForAps {
+        landings: landings.get(1..).unwrap_or_default(),
+        enter: enter_va,
+        tsc_khz,
+    })?;
     let page = landing.start.as_ptr().cast::<CpuLanding>();
-    // SAFETY: the landing page is ours, a whole zeroed page (CpuLanding
-    // fits one), and nothing else refers to it.
-    unsafe { page.write(layout::landing(0, &built, kernel)) };
     // SAFETY: the copy's `microv_enter`, at the same offset in its page as
     // in microv.efi's: the trampoline has no absolute references.
     let enter_fn: unsafe extern "C" fn(*mut CpuLanding) -> u64 =
-        unsafe { core::mem::transmute(at(tramp::microv_enter as *const () as u64) as usize) };
+        unsafe { core::mem::transmute(enter_va as usize) };
     let status = enter(page, enter_fn);
     if status != 0 {
         // SAFETY: the microkernel has left the page (it came back natively).
@@ -190,7 +139,7 @@ pub(super) fn start(
     report.say(&format!(
         "MicroV runs beneath the firmware on this CPU (CPUID 0x40000000: {signature})"
     ));
-    Ok(())
+    Ok(prepared)
 }
 
 /// Captures this CPU's state into the landing page and enters MicroV, with
