@@ -146,6 +146,11 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     )?;
     define(w, "MV_EXIT_KICK", u64::from(run::exit_reason::KICK))?;
     define(w, "MV_EXIT_TIMER", u64::from(run::exit_reason::TIMER))?;
+    define(
+        w,
+        "MV_EXIT_STRING_IO",
+        u64::from(run::exit_reason::STRING_IO),
+    )?;
     define(w, "MV_HLT_HALTED", run::hlt::HALTED)?;
     define(w, "MV_HLT_WAIT_FOR_SIPI", run::hlt::WAIT_FOR_SIPI)?;
     define(w, "MV_MAP_READ", run::map_access::READ)?;

@@ -20,7 +20,7 @@ pub mod exit_reason {
     pub const NONE: u32 = 0;
     /// Port I/O: [`super::RunExit::io`] says which. An `out` is complete
     /// (RIP is past it); an `in` is completed at the next `run.run` with
-    /// the value the VMM put in `io.data`.
+    /// the value the VMM put in `io.data`. String I/O is [`STRING_IO`].
     pub const IO: u32 = 1;
     /// A guest-physical access outside the VM's memory:
     /// [`super::RunExit::mmio`]. RIP still points at the instruction: the
@@ -52,6 +52,16 @@ pub mod exit_reason {
     /// deadline): the driver re-arms and runs the vCPU again; the VMM
     /// never sees this exit.
     pub const TIMER: u32 = 9;
+    /// String port I/O (INS or OUTS, with or without REP):
+    /// [`super::RunExit::io`] has the port, the element size, the
+    /// direction, `rep` and `address_size` (`data` is unused). RIP is still
+    /// at the instruction and nothing has moved: the VMM performs it
+    /// between the port and guest memory (the segment, RSI/RDI, RCX and
+    /// RFLAGS.DF are in the registers) and completes it through the
+    /// registers ([`super::request::SET_REGS`]): RSI/RDI and RCX advanced,
+    /// and RIP past the instruction once the count is done (until then the
+    /// instruction runs again and exits again).
+    pub const STRING_IO: u32 = 10;
 
     /// True if an exit of `reason` writes the special registers
     /// (segments, descriptor tables, control registers, EFER) to the run
@@ -60,7 +70,7 @@ pub mod exit_reason {
     /// the special registers are as they were (`run.get_registers`
     /// refreshes them).
     pub const fn writes_special_registers(reason: u32) -> bool {
-        matches!(reason, MMIO | SHUTDOWN | FAIL_ENTRY | UNHANDLED)
+        matches!(reason, MMIO | STRING_IO | SHUTDOWN | FAIL_ENTRY | UNHANDLED)
     }
 }
 
@@ -162,7 +172,15 @@ c_struct! {
         pub size: u8,
         /// [`io_direction`].
         pub direction: u8,
-        pub reserved: u32,
+        /// `STRING_IO`: 1 if the instruction has a REP prefix (RCX, or
+        /// ECX or CX by `address_size`, counts the elements); 0 otherwise.
+        pub rep: u8,
+        /// `STRING_IO`: the address size in bytes (2, 4 or 8), which
+        /// says how much of RSI/RDI and RCX the instruction uses, or 0 if
+        /// the CPU does not report it (QEMU's TCG does not: the VMM takes
+        /// it from the instruction); 0 for other exits.
+        pub address_size: u8,
+        pub reserved: u16,
         /// `out`: the value written (low `size` bytes). `in`: the VMM
         /// writes the value the guest reads here before the next `run.run`.
         pub data: u64,
@@ -277,7 +295,7 @@ mod tests {
     #[test]
     fn exits_that_need_special_registers_carry_them() {
         use exit_reason::*;
-        for r in [MMIO, SHUTDOWN, FAIL_ENTRY, UNHANDLED] {
+        for r in [MMIO, STRING_IO, SHUTDOWN, FAIL_ENTRY, UNHANDLED] {
             assert!(writes_special_registers(r), "reason {r}");
         }
         for r in [NONE, IO, HLT, INTERRUPTED, KICK, TIMER] {

@@ -135,6 +135,7 @@
 #define MV_EXIT_UNHANDLED 0x7ULL
 #define MV_EXIT_KICK 0x8ULL
 #define MV_EXIT_TIMER 0x9ULL
+#define MV_EXIT_STRING_IO 0xaULL
 #define MV_HLT_HALTED 0x0ULL
 #define MV_HLT_WAIT_FOR_SIPI 0x1ULL
 #define MV_MAP_READ 0x1ULL
@@ -724,13 +725,17 @@ struct mv_run_io {
 	__u16 port;
 	__u8 size;
 	__u8 direction;
-	__u32 reserved;
+	__u8 rep;
+	__u8 address_size;
+	__u16 reserved;
 	__u64 data;
 };
 _Static_assert(offsetof(struct mv_run_io, port) == 0, "mv_run_io.port");
 _Static_assert(offsetof(struct mv_run_io, size) == 2, "mv_run_io.size");
 _Static_assert(offsetof(struct mv_run_io, direction) == 3, "mv_run_io.direction");
-_Static_assert(offsetof(struct mv_run_io, reserved) == 4, "mv_run_io.reserved");
+_Static_assert(offsetof(struct mv_run_io, rep) == 4, "mv_run_io.rep");
+_Static_assert(offsetof(struct mv_run_io, address_size) == 5, "mv_run_io.address_size");
+_Static_assert(offsetof(struct mv_run_io, reserved) == 6, "mv_run_io.reserved");
 _Static_assert(offsetof(struct mv_run_io, data) == 8, "mv_run_io.data");
 _Static_assert(sizeof(struct mv_run_io) == 16, "sizeof mv_run_io");
 

@@ -497,7 +497,8 @@ static void count_exit(struct mv_vm *vm, u64 reason)
 	unsigned int i;
 
 	switch (reason) {
-	case MV_EXIT_IO: i = MV_VM_EXITS_IO; break;
+	case MV_EXIT_IO:
+	case MV_EXIT_STRING_IO: i = MV_VM_EXITS_IO; break;
 	case MV_EXIT_MMIO: i = MV_VM_EXITS_MMIO; break;
 	case MV_EXIT_HLT: i = MV_VM_EXITS_HLT; break;
 	case MV_EXIT_INTERRUPTED: i = MV_VM_EXITS_INTERRUPTED; break;

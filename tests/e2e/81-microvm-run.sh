@@ -4,7 +4,9 @@
 # serial output comes back on stdout; power-off and a keyboard-controller
 # reset each end the command with status 0; an MMIO store to an address
 # with no device is decoded by the VMM (iced-x86) and completed, and the
-# guest carries on; NMIs it sends itself arrive one at a time; a guest that spins with interrupts off is ended by
+# guest carries on; string port I/O (rep/no rep, ins/outs, byte/word/
+# dword, downwards, across pages) is emulated by the VMM; NMIs it sends
+# itself arrive one at a time; a guest that spins with interrupts off is ended by
 # SIGKILL of its VMM and leaves MicroV's pool as it was. Without MicroV
 # `microv run` says so, with a hint.
 set -eu
@@ -15,7 +17,7 @@ pool_free() {
     jget pool.free_bytes
 }
 
-for kind in hello reset mmio spin nmi; do
+for kind in hello reset mmio spin nmi strings; do
     mv-guest-elf "$kind" >"$MVT_TMP/$kind.elf"
 done
 
@@ -45,13 +47,18 @@ must timeout 60 microv run --kernel "$MVT_TMP/mmio.elf" --mem 32M
 out_has "after mmio" || fail "the guest did not carry on after its MMIO store"
 out_has "mmio_write 1" || fail "the MMIO write was not counted once"
 
+check "string port I/O: rep/no rep outs and ins, all widths, std, across pages, count 0, 32-bit addresses"
+must timeout 60 microv run --kernel "$MVT_TMP/strings.elf" --mem 32M
+expect_strings_guest
+out_has "the guest powered off" || fail "no power-off report"
+
 check "self-NMIs: each delivered once, never nested in the NMI handler, also with interrupts off"
 must timeout 60 microv run --kernel "$MVT_TMP/nmi.elf" --mem 32M
 out_has "nmi: delivered 0000000000000003 nested 0000000000000000" ||
     fail "not three NMIs one at a time: $(printf '%s\n' "$RUN_OUT" | grep '^nmi' | tr '\n' ';')"
 out_has "nmi: end" || fail "the guest did not finish"
 
-check "the pool is back to its baseline after three more VMs"
+check "the pool is back to its baseline after four more VMs"
 expect_eq "free pool bytes" "$(pool_free)" "$POOL0"
 
 check "a guest spinning with interrupts off: the root keeps working, SIGKILL ends it"

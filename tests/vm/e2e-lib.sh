@@ -715,3 +715,13 @@ madt_has_mailbox() {
 report_has() {
     grep -qF -- "$2" "$1" || fail "microv.efi's report has no line with '$2'"
 }
+
+# expect_strings_guest: $RUN_OUT (a `microv run` of `mv-guest-elf
+# strings`) has exactly the guest's lines for string port I/O, in order.
+expect_strings_guest() {
+    expect_eq "the strings guest's lines" \
+        "$(printf '%s\n' "$RUN_OUT" | grep '^strings:' | tr '\n' ';')" \
+"strings: start;strings: rep outsb;strings: rep outsw;strings: rep outsd;strings: outsb;\
+strings: std rep outsb;strings: across a page boundary;strings: rep outsw across a page;\
+strings: a32 rep outsb;strings: rep insb: ssss!;strings: end;"
+}

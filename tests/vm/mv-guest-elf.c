@@ -17,6 +17,16 @@
  *            prints "after mmio" and powers off
  *   spin     prints "spin: start (cli; jmp $)", then cli; jmp $ (never
  *            exits on its own)
+ *   strings  string port I/O (tests/e2e/81): "strings: start", then
+ *            rep outsb/outsw/outsd to COM1 (a UART register is a byte:
+ *            wider elements send their low byte), outsb without rep,
+ *            rep outsb downwards (std), across a 4 KiB page boundary,
+ *            words with one across a boundary, a count of 0, 32-bit
+ *            addresses, each printing its own `strings: ...` line; rep
+ *            insb and insb from the UART's scratch register, printed
+ *            back as "strings: rep insb: ssss!"; "strings: end". A line
+ *            "strings: ... is wrong" says RSI, RDI or RCX is not what the
+ *            CPU leaves.
  *
  * Hostile kinds (tests/e2e/84-hostile-guests.sh). Each prints "KIND: start"
  * first and, if it gets that far, "KIND: end" before it powers off. Those
@@ -1434,6 +1444,188 @@ static void kind_nmi(void)
 	epilogue("nmi");
 }
 
+/* ---- string I/O ---------------------------------------------------------- */
+
+/* String data lives from image offset 0xc000 (past the page tables). */
+#define STR_OFF 0xc000u
+#define STR_ACROSS_OFF 0xcff0u	/* 16 bytes before a 4 KiB boundary */
+#define STR_ODD_OFF 0xdff9u	/* a word element straddles 0xe000 */
+#define STR_BUF_OFF 0xe800u	/* what rep insb stores */
+
+static size_t str_next = STR_OFF;
+
+/*
+ * Puts `n` elements of `size` bytes at image offset `off`, element i's low
+ * byte being s[i] (the rest 0); its guest address.
+ */
+static uint64_t str_put_at(size_t off, const char *s, size_t n, unsigned size)
+{
+	size_t i;
+
+	used(off, n * size);
+	memset(image + off, 0, n * size);
+	for (i = 0; i < n; i++)
+		image[off + i * size] = (unsigned char)s[i];
+	return LOAD_ADDR + off;
+}
+
+static uint64_t str_put(const char *s, unsigned size)
+{
+	size_t n = strlen(s);
+	uint64_t at = str_put_at(str_next, s, n, size);
+
+	str_next += (n * size + 15) & ~(size_t)15;
+	return at;
+}
+
+/* mov dx, port: 66 ba imm16 */
+static void mov_dx(uint16_t port)
+{
+	byte(0x66);
+	byte(0xba);
+	emit(&port, 2);
+}
+
+/*
+ * Unless REG == VALUE (cmp REG, RAX after mov rax, VALUE): prints
+ * "strings: WHAT is wrong". Clobbers RAX and the flags.
+ */
+static void expect_reg(enum reg r, uint64_t value, const char *what)
+{
+	size_t ok;
+
+	mov_imm64(RAX, value);
+	byte(0x48);			/* cmp r64, rax: 48 39 /r */
+	byte(0x39);
+	byte(0xc0 | r);
+	ok = jump_fwd(CC_E);		/* je ok */
+	say2(what, " is wrong\n");
+	land(ok);
+}
+
+/*
+ * `[prefix] rep outs` of the `n` elements of `size` bytes at `at`
+ * (opcode 6e for bytes, 6f with 66 for words, 6f for dwords) to COM1,
+ * then checks RSI and RCX. RCX's upper half holds junk when the address
+ * size is 32 bits (a32): only ECX counts, and the CPU zero-extends it.
+ */
+static void rep_outs_at(uint64_t at, size_t n, unsigned size, int a32, const char *what)
+{
+	mov_imm64(RSI, at);
+	mov_imm64(RCX, a32 ? 0xdead000000000000ull | n : n);
+	mov_dx(0x3f8);
+	if (a32)
+		byte(0x67);
+	if (size == 2)
+		byte(0x66);
+	byte(0xf3);			/* rep */
+	byte(size == 1 ? 0x6e : 0x6f);	/* outsb / outsw / outsd */
+	expect_reg(RSI, at + n * size, what);
+	expect_reg(RCX, 0, what);
+}
+
+/* rep_outs_at() of `s`, stored next in the string area. */
+static void rep_outs(const char *s, unsigned size, int a32, const char *what)
+{
+	rep_outs_at(str_put(s, size), strlen(s), size, a32, what);
+}
+
+/*
+ * String port I/O, each kind once: rep outsb/outsw/outsd to COM1 (a UART
+ * register is a byte: wider elements send their low byte), outsb without
+ * rep, rep outsb downwards (std), across a 4 KiB page boundary, with a
+ * word across one, with a count of 0 and with 32-bit addresses; rep insb
+ * from the UART's scratch register into memory, printed back. RSI, RDI
+ * and RCX are checked after each ("strings: ... is wrong").
+ */
+static void kind_strings(void)
+{
+	const char *one = "strings: outsb\n";
+	const char *down = "strings: std rep outsb\n";
+	const char *across = "strings: across a page boundary\n";
+	const char *odd = "strings: rep outsw across a page\n";
+	char reversed[64];
+	uint64_t at, buf;
+	size_t i, n;
+
+	prologue("strings");
+	lidt(IDTR);
+	byte(0xfc);			/* cld */
+	rep_outs("strings: rep outsb\n", 1, 0, "strings: rep outsb");
+	rep_outs("strings: rep outsw\n", 2, 0, "strings: rep outsw");
+	rep_outs("strings: rep outsd\n", 4, 0, "strings: rep outsd");
+
+	/* outsb without rep, once per byte: RSI moves, RCX stays. */
+	at = str_put(one, 1);
+	mov_imm64(RSI, at);
+	mov_imm64(RCX, 0x1234);
+	mov_dx(0x3f8);
+	for (i = 0; i < strlen(one); i++)
+		byte(0x6e);		/* outsb */
+	expect_reg(RSI, at + strlen(one), "strings: outsb");
+	expect_reg(RCX, 0x1234, "strings: outsb");
+
+	/* Downwards: the string stored reversed, RSI at its last byte. */
+	n = strlen(down);
+	for (i = 0; i < n; i++)
+		reversed[i] = down[n - 1 - i];
+	reversed[n] = 0;
+	at = str_put(reversed, 1);
+	mov_imm64(RSI, at + n - 1);
+	mov_imm64(RCX, n);
+	byte(0xfd);			/* std */
+	byte(0xf3);			/* rep outsb */
+	byte(0x6e);
+	byte(0xfc);			/* cld */
+	expect_reg(RSI, at - 1, "strings: std rep outsb");
+	expect_reg(RCX, 0, "strings: std rep outsb");
+
+	/* Across a page boundary: the VMM moves it in two batches. */
+	n = strlen(across);
+	at = str_put_at(STR_ACROSS_OFF, across, n, 1);
+	rep_outs_at(at, n, 1, 0, "strings: across");
+
+	/* Words from an odd address: one straddles the boundary. */
+	n = strlen(odd);
+	at = str_put_at(STR_ODD_OFF, odd, n, 2);
+	rep_outs_at(at, n, 2, 0, "strings: odd rep outsw");
+
+	/* A count of 0: nothing moves, the instruction ends. */
+	mov_imm64(RSI, at);
+	mov_imm64(RCX, 0);
+	byte(0xf3);			/* rep outsb */
+	byte(0x6e);
+	expect_reg(RSI, at, "strings: rep outsb of 0");
+
+	rep_outs("strings: a32 rep outsb\n", 1, 1, "strings: a32 rep outsb");
+
+	/* rep insb: the scratch register (0x3ff) read 4 times, then 1 insb. */
+	buf = LOAD_ADDR + STR_BUF_OFF;
+	used(STR_BUF_OFF, 8);
+	mov_dx(0x3ff);
+	mov_imm32(RAX, 's');		/* mov eax, 's'; out dx, al */
+	byte(0xee);
+	mov_imm64(RDI, buf);
+	mov_imm64(RCX, 4);
+	byte(0xf3);			/* rep insb */
+	byte(0x6c);
+	expect_reg(RDI, buf + 4, "strings: rep insb");
+	expect_reg(RCX, 0, "strings: rep insb");
+	mov_dx(0x3ff);
+	mov_imm32(RAX, '!');
+	byte(0xee);
+	byte(0x6c);			/* insb */
+	expect_reg(RDI, buf + 5, "strings: insb");
+	say("strings: rep insb: ");
+	mov_imm64(RSI, buf);
+	mov_imm64(RCX, 5);
+	mov_dx(0x3f8);
+	byte(0xf3);			/* rep outsb */
+	byte(0x6e);
+	say("\n");
+	epilogue("strings");
+}
+
 /* hlt forever, with interrupts off (cli) or on (sti) and nothing to wake it */
 static void kind_halt(const char *kind, int sti)
 {
@@ -1508,6 +1700,8 @@ int main(int argc, char **argv)
 		kind_xsetbv();
 	} else if (!strcmp(kind, "nmi")) {
 		kind_nmi();
+	} else if (!strcmp(kind, "strings")) {
+		kind_strings();
 	} else if (!strcmp(kind, "halt-cli")) {
 		kind_halt(kind, 0);
 	} else if (!strcmp(kind, "halt-sti")) {
@@ -1516,7 +1710,7 @@ int main(int argc, char **argv)
 		fprintf(stderr,
 			"usage: mv-guest-elf hello|reset|mmio|spin|triple|hypercalls|svm|"
 			"readfar PA|msrs|ports|badcr3-ff|badcr3-far|ipi-cli|ipi-sti|cpuid|ipi-cross|ipi-listen|"
-			"efer|xsetbv|nmi|halt-cli|halt-sti > guest.elf\n");
+			"efer|xsetbv|nmi|strings|halt-cli|halt-sti > guest.elf\n");
 		return 2;
 	}
 	if (len > image_len)

@@ -28,13 +28,23 @@ pub enum Flow {
 pub fn handle_exit(exit: VmExit<'_>, ctx: &VcpuContext<'_>) -> Result<Flow, VmmError> {
     ctx.stats.count(exit.kind());
     let access = match exit {
-        VmExit::IoIn { port, data } => {
+        // String I/O hands several accesses at once; each reaches the
+        // device on its own, as the guest's instruction makes them.
+        VmExit::IoIn { port, size, data } => {
             ctx.stats.count_port(port);
-            ctx.pio.read(u64::from(port), data)?
+            let mut access = Access::Handled;
+            for one in data.chunks_mut(size.max(1)) {
+                access = ctx.pio.read(u64::from(port), one)?;
+            }
+            access
         }
-        VmExit::IoOut { port, data } => {
+        VmExit::IoOut { port, size, data } => {
             ctx.stats.count_port(port);
-            ctx.pio.write(u64::from(port), data)?
+            let mut access = Access::Handled;
+            for one in data.chunks(size.max(1)) {
+                access = ctx.pio.write(u64::from(port), one)?;
+            }
+            access
         }
         VmExit::MmioRead { gpa, data } => ctx.mmio.read(gpa, data)?,
         VmExit::MmioWrite { gpa, data } => ctx.mmio.write(gpa, data)?,
@@ -182,6 +192,24 @@ mod tests {
         assert_eq!(c.get(ExitKind::IoIn), 2);
         assert_eq!(c.get(ExitKind::Shutdown), 1);
         assert_eq!(c.unclaimed, 1);
+    }
+
+    #[test]
+    fn string_io_reaches_the_device_one_access_at_a_time() {
+        let w = World::new();
+        let mut vcpu = FakeVcpu::new(vec![
+            // rep outsw: each word's low byte is the UART's.
+            Step::Outs(0x3f8, 2, vec![b'o', 0, b'k', 0]),
+            Step::Out(0x3ff, vec![b's']), // the scratch register
+            Step::Ins(0x3ff, 1, 3),
+            Step::Ins(0x3ff, 1, 0), // a rep with a count of 0
+            Step::Shutdown,
+        ]);
+        run(&mut vcpu, &w.ctx()).unwrap();
+        assert_eq!(&*w.out.0.lock().unwrap(), b"ok");
+        assert_eq!(vcpu.reads(), [b"sss".to_vec(), Vec::new()]);
+        let c = w.stats.snapshot();
+        assert_eq!((c.get(ExitKind::IoOut), c.get(ExitKind::IoIn)), (2, 2));
     }
 
     #[test]

@@ -751,20 +751,16 @@ fn handle_exit(
             }
             GuestAction::Resume
         }
+        Exit::Io { access, .. } if access.string => string_io(v, &access),
         Exit::Io { access, next_rip } => {
-            if access.string {
-                host.log(format_args!(
-                    "vcpu {vcpu}: string I/O on port {:#x} is not emulated",
-                    access.port
-                ));
-                return GuestAction::ToVmm(exit_record(exit_reason::UNHANDLED, u64::from(access.port)));
-            }
             let mask = (1u64 << (8 * u32::from(access.size))) - 1;
             let mut e = exit_record(exit_reason::IO, 0);
             e.io = RunIo {
                 port: access.port,
                 size: access.size,
                 direction: if access.is_in { io_direction::IN } else { io_direction::OUT },
+                rep: 0,
+                address_size: 0,
                 reserved: 0,
                 data: if access.is_in { 0 } else { v.save.rax & mask },
             };
@@ -823,6 +819,26 @@ fn handle_exit(
         Exit::EntryFailed(code) => GuestAction::ToVmm(exit_record(exit_reason::FAIL_ENTRY, code)),
         Exit::Other(code) => GuestAction::ToVmm(exit_record(exit_reason::UNHANDLED, code)),
     }
+}
+
+/// INS/OUTS goes to the VMM with RIP still at the instruction: the VMM
+/// decodes it (the segment, which the CPU reports only with decode
+/// assists), moves the data between the port and guest memory and hands
+/// the registers back. The instruction runs, so an interrupt shadow
+/// before it ends here, as after any instruction.
+fn string_io(v: &mut Vmcb, access: &crate::io::Access) -> GuestAction {
+    let mut e = exit_record(exit_reason::STRING_IO, 0);
+    e.io = RunIo {
+        port: access.port,
+        size: access.size,
+        direction: if access.is_in { io_direction::IN } else { io_direction::OUT },
+        rep: u8::from(access.rep),
+        address_size: access.address_size,
+        reserved: 0,
+        data: 0,
+    };
+    v.control.interrupt_shadow &= !1;
+    GuestAction::ToVmm(e)
 }
 
 /// A guest's RDMSR/WRMSR. The guest's own MSRs live in the VMCB (EFER,
@@ -1018,13 +1034,13 @@ mod tests {
     fn port_io_goes_to_the_vmm_and_an_in_completes_at_the_next_run() {
         let mut s = setup();
         s.v.save.rax = 0x1234_5678_9abc_def0;
-        let out = Access { port: 0x3f8, size: 2, is_in: false, string: false };
+        let out = Access { port: 0x3f8, size: 2, is_in: false, string: false, rep: false, address_size: 2 };
         let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: out, next_rip: 0x1002 }) else {
             panic!()
         };
         assert_eq!((e.reason, e.io.port, e.io.size, e.io.direction, e.io.data), (exit_reason::IO, 0x3f8, 2, io_direction::OUT, 0xdef0));
         assert_eq!(s.v.save.rip, 0x1002);
-        let inb = Access { port: 0x3fd, size: 1, is_in: true, string: false };
+        let inb = Access { port: 0x3fd, size: 1, is_in: true, ..out };
         let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: inb, next_rip: 0x1003 }) else {
             panic!()
         };
@@ -1038,12 +1054,34 @@ mod tests {
         assert_eq!(s.v.save.rax, 0x1234_5678_9abc_de60);
         assert_eq!(merge(u64::MAX, 0x1_2345_6789, 4), 0x2345_6789);
         assert_eq!(merge(u64::MAX, 0x1_2345_6789, 2), 0xffff_ffff_ffff_6789);
-        // String I/O is not emulated: the VM stops, clearly.
-        let outs = Access { string: true, ..out };
-        let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: outs, next_rip: 0 }) else {
+    }
+
+    #[test]
+    fn string_io_goes_to_the_vmm_at_the_instruction() {
+        let mut s = setup();
+        s.v.save.rax = 0x1234;
+        s.v.control.interrupt_shadow = 1;
+        let rep_outsw = Access { port: 0x3f8, size: 2, is_in: false, string: true, rep: true, address_size: 8 };
+        let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: rep_outsw, next_rip: 0x1003 }) else {
             panic!()
         };
-        assert_eq!(e.reason, exit_reason::UNHANDLED);
+        assert_eq!(
+            (e.reason, e.io.port, e.io.size, e.io.direction, e.io.rep, e.io.address_size, e.io.data),
+            (exit_reason::STRING_IO, 0x3f8, 2, io_direction::OUT, 1, 8, 0)
+        );
+        assert!(exit_reason::writes_special_registers(e.reason), "the VMM translates with them");
+        assert_eq!(s.v.save.rip, 0x1000, "the VMM completes the instruction");
+        assert_eq!(s.v.control.interrupt_shadow, 0, "the instruction ran");
+        let insb = Access { size: 1, is_in: true, rep: false, address_size: 4, ..rep_outsw };
+        let GuestAction::ToVmm(e) = s.exit(Exit::Io { access: insb, next_rip: 0x1001 }) else {
+            panic!()
+        };
+        assert_eq!((e.io.direction, e.io.size, e.io.rep, e.io.address_size), (io_direction::IN, 1, 0, 4));
+        // No `in` is pending: the next run leaves RAX alone.
+        let mut i = input();
+        i.io_data = 0xff;
+        accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus);
+        assert_eq!(s.v.save.rax, 0x1234);
     }
 
     #[test]

@@ -22,6 +22,9 @@ mod info {
     pub const REP: u64 = 1 << 3;
     pub const SIZE16: u64 = 1 << 5;
     pub const SIZE32: u64 = 1 << 6;
+    pub const ADDR16: u64 = 1 << 7;
+    pub const ADDR32: u64 = 1 << 8;
+    pub const ADDR64: u64 = 1 << 9;
     pub const PORT_SHIFT: u64 = 16;
 }
 
@@ -34,6 +37,12 @@ pub struct Access {
     pub is_in: bool,
     /// INS/OUTS (with or without REP).
     pub string: bool,
+    /// A REP prefix (string I/O only).
+    pub rep: bool,
+    /// The address size in bytes (2, 4 or 8): how much of RSI/RDI and
+    /// RCX a string instruction uses; 0 if the CPU does not say (QEMU's
+    /// TCG sets none of the bits).
+    pub address_size: u8,
 }
 
 /// Decodes EXITINFO1 of an IOIO exit.
@@ -50,6 +59,16 @@ pub fn decode(info1: u64) -> Access {
         size,
         is_in: info1 & info::IN != 0,
         string: info1 & (info::STRING | info::REP) != 0,
+        rep: info1 & info::REP != 0,
+        address_size: if info1 & info::ADDR64 != 0 {
+            8
+        } else if info1 & info::ADDR32 != 0 {
+            4
+        } else if info1 & info::ADDR16 != 0 {
+            2
+        } else {
+            0
+        },
     }
 }
 
@@ -116,6 +135,14 @@ mod tests {
         assert_eq!(decode(info1(0xcfe, info::SIZE16, false)).size, 2);
         assert!(decode(info1(0xcf8, SIZE8 | info::STRING, true)).string);
         assert!(decode(info1(0xcf8, SIZE8 | info::REP, true)).string);
+        let rep_outsw = info::SIZE16 | info::STRING | info::REP | info::ADDR64;
+        let a = decode(info1(0x3f8, rep_outsw, false));
+        assert_eq!((a.size, a.rep, a.address_size), (2, true, 8));
+        let a = decode(info1(0x3f8, SIZE8 | info::STRING | info::ADDR32, true));
+        assert_eq!((a.string, a.rep, a.address_size), (true, false, 4));
+        let insb = SIZE8 | info::STRING;
+        assert_eq!(decode(info1(0x3f8, insb | info::ADDR16, true)).address_size, 2);
+        assert_eq!(decode(info1(0x3f8, insb, true)).address_size, 0, "not said");
     }
 
     #[test]

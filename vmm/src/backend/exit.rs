@@ -11,10 +11,21 @@
 /// the next `run`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum VmExit<'a> {
-    /// `in` from `port`; `data.len()` is the access size (1, 2 or 4).
-    IoIn { port: u16, data: &'a mut [u8] },
-    /// `out` to `port` of `data` (1, 2 or 4 bytes).
-    IoOut { port: u16, data: &'a [u8] },
+    /// `in` from `port`: `data` holds `data.len() / size` accesses of
+    /// `size` bytes (1, 2 or 4) in the order the guest makes them. One for
+    /// `in`; string I/O (`ins`) may hand several, or none (a `rep` with a
+    /// count of 0).
+    IoIn {
+        port: u16,
+        size: usize,
+        data: &'a mut [u8],
+    },
+    /// `out` to `port` of `data`: accesses of `size` bytes, as for `IoIn`.
+    IoOut {
+        port: u16,
+        size: usize,
+        data: &'a [u8],
+    },
     /// A decoded read of `data.len()` bytes at guest-physical `gpa`, outside
     /// guest RAM.
     MmioRead { gpa: u64, data: &'a mut [u8] },
@@ -129,6 +140,7 @@ mod tests {
         assert_eq!(
             VmExit::IoIn {
                 port: 1,
+                size: 1,
                 data: &mut b
             }
             .kind(),

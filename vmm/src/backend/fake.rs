@@ -15,8 +15,14 @@ use super::{
 /// One scripted exit.
 #[derive(Clone, Debug)]
 pub enum Step {
+    /// `in` of that many bytes.
     In(u16, usize),
+    /// `out` of these bytes, one access.
     Out(u16, Vec<u8>),
+    /// String `ins`: (port, access size, count).
+    Ins(u16, usize, usize),
+    /// String `outs`: (port, access size, the accesses' bytes).
+    Outs(u16, usize, Vec<u8>),
     MmioRead(u64, usize),
     MmioWrite(u64, Vec<u8>),
     Hlt,
@@ -141,6 +147,27 @@ impl FakeVcpu {
     }
 }
 
+impl FakeVcpu {
+    fn ins(&mut self, port: u16, size: usize, count: usize) -> VmExit<'_> {
+        self.buf = vec![0; size * count];
+        self.pending_read = true;
+        VmExit::IoIn {
+            port,
+            size,
+            data: &mut self.buf,
+        }
+    }
+
+    fn outs(&mut self, port: u16, size: usize, data: Vec<u8>) -> VmExit<'_> {
+        self.buf = data;
+        VmExit::IoOut {
+            port,
+            size,
+            data: &self.buf,
+        }
+    }
+}
+
 impl Vcpu for FakeVcpu {
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<(), BackendError> {
         if let Some(r) = &self.record {
@@ -168,21 +195,13 @@ impl Vcpu for FakeVcpu {
             return Err(BackendError::NotImplemented("fake: script exhausted"));
         };
         Ok(match step {
-            Step::In(port, size) => {
-                self.buf = vec![0; size];
-                self.pending_read = true;
-                VmExit::IoIn {
-                    port,
-                    data: &mut self.buf,
-                }
-            }
+            Step::In(port, size) => self.ins(port, size, 1),
+            Step::Ins(port, size, count) => self.ins(port, size, count),
             Step::Out(port, data) => {
-                self.buf = data;
-                VmExit::IoOut {
-                    port,
-                    data: &self.buf,
-                }
+                let size = data.len();
+                self.outs(port, size, data)
             }
+            Step::Outs(port, size, data) => self.outs(port, size, data),
             Step::MmioRead(gpa, size) => {
                 self.buf = vec![0; size];
                 self.pending_read = true;

@@ -48,6 +48,17 @@ fn unhandled_code(exit: &VcpuExit<'_>) -> u64 {
     })
 }
 
+impl KvmVcpu {
+    /// The access size of the KVM_EXIT_IO that the last run ended with.
+    fn io_size(&mut self) -> usize {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: called right after a KVM_EXIT_IO, so `io` is the member
+        // KVM filled; it is plain integers, valid for any bit pattern.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        usize::from(io.size)
+    }
+}
+
 impl Vcpu for KvmVcpu {
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<(), BackendError> {
         let kvm_entries: Vec<_> = entries.iter().map(convert::cpuid_to_kvm).collect();
@@ -115,7 +126,15 @@ impl Vcpu for KvmVcpu {
     }
 
     fn run(&mut self) -> Result<VmExit<'_>, BackendError> {
-        let exit = match self.fd.run() {
+        let fd: *mut VcpuFd = &mut self.fd;
+        // SAFETY: `fd` is `self.fd`, which `&mut self` holds for as long as
+        // the exit lives. Going through a pointer only lets the borrow
+        // checker see what is true: the exit's slices point into the vCPU's
+        // `kvm_run` mapping, never into the `VcpuFd`, and the one further
+        // use of `self.fd` while they live (`io_size`, for port I/O) reads
+        // the `kvm_run` struct on the mapping's first page, while port
+        // I/O data lies on page KVM_PIO_PAGE_OFFSET.
+        let exit = match unsafe { &mut *fd }.run() {
             Ok(exit) => exit,
             // A signal (the VMM kicking this thread) or immediate_exit.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -129,8 +148,18 @@ impl Vcpu for KvmVcpu {
             }
         };
         Ok(match exit {
-            VcpuExit::IoIn(port, data) => VmExit::IoIn { port, data },
-            VcpuExit::IoOut(port, data) => VmExit::IoOut { port, data },
+            // String I/O (`ins`/`outs`) comes as one exit of several
+            // accesses in one slice; their size is in `kvm_run`.
+            VcpuExit::IoIn(port, data) => VmExit::IoIn {
+                port,
+                size: self.io_size(),
+                data,
+            },
+            VcpuExit::IoOut(port, data) => VmExit::IoOut {
+                port,
+                size: self.io_size(),
+                data,
+            },
             VcpuExit::MmioRead(gpa, data) => VmExit::MmioRead { gpa, data },
             VcpuExit::MmioWrite(gpa, data) => VmExit::MmioWrite { gpa, data },
             VcpuExit::Hlt => VmExit::Hlt,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use microv_abi::run::RunRegs;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::regs::segment_from_run;
 
@@ -25,23 +25,44 @@ const PTE_PRESENT: u64 = 1;
 const PTE_LARGE: u64 = 1 << 7;
 /// Bits 12–51 of an entry: the next table or the page.
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
-const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = 4096;
 
-/// Guest-physical memory the VMM can read: the VM's RAM.
+/// Guest-physical memory the VMM can reach: the VM's RAM.
 pub trait GuestPhys {
     /// Reads `buf.len()` bytes at `gpa`; false if they are not all RAM.
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Writes `buf` at `gpa`; false if the bytes are not all RAM.
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> bool;
+    /// True if the `len` bytes at `gpa` are all RAM.
+    fn is_ram(&self, gpa: u64, len: usize) -> bool;
 }
 
 impl GuestPhys for GuestMemoryMmap {
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
         self.read_slice(buf, GuestAddress(gpa)).is_ok()
     }
+
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> bool {
+        self.write_slice(buf, GuestAddress(gpa)).is_ok()
+    }
+
+    fn is_ram(&self, gpa: u64, len: usize) -> bool {
+        self.check_range(GuestAddress(gpa), len)
+    }
 }
 
 impl GuestPhys for [Arc<GuestMemoryMmap>] {
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
         self.iter().any(|m| m.read_phys(gpa, buf))
+    }
+
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> bool {
+        self.iter()
+            .any(|m| m.is_ram(gpa, buf.len()) && m.write_phys(gpa, buf))
+    }
+
+    fn is_ram(&self, gpa: u64, len: usize) -> bool {
+        self.iter().any(|m| m.is_ram(gpa, len))
     }
 }
 
@@ -77,7 +98,8 @@ pub enum WalkError {
     NotPresent { level: u8 },
     /// A table lies outside guest RAM.
     Table(u64),
-    /// The instruction's first byte is not in guest RAM.
+    /// The instruction's first byte (or a string instruction's memory
+    /// operand) is not in guest RAM.
     NotRam(u64),
 }
 
@@ -131,6 +153,30 @@ pub fn translate<M: GuestPhys + ?Sized>(
     }
     // The loop returns at level 1 at the latest.
     Err(WalkError::NotPresent { level: 1 })
+}
+
+/// The guest-physical pieces of the `len` bytes at `linear`, one per page
+/// they touch, each checked to be guest RAM.
+pub fn ram_pieces<M: GuestPhys + ?Sized>(
+    mem: &M,
+    regs: &RunRegs,
+    linear: u64,
+    len: usize,
+) -> Result<Vec<(u64, usize)>, WalkError> {
+    let mut pieces = Vec::new();
+    let mut at = linear;
+    let mut left = len;
+    while left > 0 {
+        let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(left);
+        let gpa = translate(mem, regs, at)?;
+        if !mem.is_ram(gpa, n) {
+            return Err(WalkError::NotRam(gpa));
+        }
+        pieces.push((gpa, n));
+        at = at.wrapping_add(n as u64);
+        left -= n;
+    }
+    Ok(pieces)
 }
 
 /// The instruction bytes at CS:RIP: up to [`MAX_INSN_LEN`], fewer where
@@ -298,11 +344,14 @@ pub mod tests {
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1_0000_0000), 0x1000)]).unwrap(),
         );
         put(&high, 0x1_0000_0000, &[7]);
-        let both = [low, high];
+        let both = [Arc::clone(&low), high];
         let mut b = [0u8; 1];
         assert!(both.read_phys(0x1_0000_0000, &mut b));
         assert_eq!(b, [7]);
         assert!(!both.read_phys(0x2000, &mut b));
+        assert!(both.write_phys(0xfff, &[9]) && both.is_ram(0x1_0000_0000, 0x1000));
+        assert!(!both.write_phys(0xfff, &[9, 9]) && !both.is_ram(0xfff, 2));
+        assert!(low.read_phys(0xfff, &mut b) && b == [9]);
         assert!(WalkError::Table(0x10).to_string().contains("0x10"));
         assert!(WalkError::NotPresent { level: 2 }
             .to_string()

@@ -13,10 +13,12 @@
 //! devices' but MicroV's local APIC's: [`decode_apic`] turns them into the
 //! run page's `RunApic` (32-bit `mov` loads and stores only).
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 use microv_abi::run::{RunApic, RunRegs};
 
-use super::guest::{code_bits, fetch, GuestPhys};
+use super::guest::GuestPhys;
+use super::insn::Fetched;
+pub use super::insn::Refusal;
 
 /// How a register is written (x86-64 rules): 32-bit writes zero the upper
 /// half, 8- and 16-bit writes keep the other bits.
@@ -135,67 +137,14 @@ impl Access {
     }
 }
 
-/// Why an MMIO instruction cannot be emulated: a sentence for the report.
-pub type Refusal = String;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The instruction at the guest's CS:RIP, decoded.
-struct Fetched {
-    insn: Instruction,
-    /// Its bytes.
-    bytes: Vec<u8>,
-    /// The code size: 16, 32 or 64.
-    bits: u32,
-}
-
 impl Fetched {
-    /// Fetches and decodes the instruction at CS:RIP.
-    fn at<M: GuestPhys + ?Sized>(mem: &M, regs: &RunRegs) -> Result<Self, Refusal> {
-        let bits = code_bits(regs);
-        let bytes = fetch(mem, regs)
-            .map_err(|e| format!("cannot read the instruction at rip {:#x}: {e}", regs.rip))?;
-        let mut decoder = Decoder::try_with_ip(bits, &bytes, regs.rip, DecoderOptions::NONE)
-            .map_err(|e| format!("cannot decode at rip {:#x}: {e}", regs.rip))?;
-        let insn = decoder.decode();
-        if insn.is_invalid() {
-            return Err(format!(
-                "the bytes at rip {:#x} ({}) are no valid {bits}-bit instruction",
-                regs.rip,
-                hex(&bytes)
-            ));
-        }
-        let bytes = bytes.get(..insn.len()).unwrap_or(&bytes).to_vec();
-        Ok(Fetched { insn, bytes, bits })
-    }
-
     /// RIP past the instruction and, for a read, the register the VMM loads.
     fn completion(&self, dest: Option<(Gpr, Extend)>) -> Completion {
         Completion {
             dest,
-            len: self.insn.len() as u64,
-            ip_mask: match self.bits {
-                16 => 0xffff,
-                32 => 0xffff_ffff,
-                _ => u64::MAX,
-            },
+            len: self.len(),
+            ip_mask: self.ip_mask(),
         }
-    }
-
-    /// "`Code` (bytes) at rip …", for refusals.
-    fn describe(&self) -> String {
-        format!(
-            "`{:?}` ({}) at rip {:#x}",
-            self.insn.code(),
-            hex(&self.bytes),
-            self.insn.ip()
-        )
     }
 }
 
@@ -728,7 +677,7 @@ mod tests {
         ] {
             let r = apic64(code, &[], 0x300).unwrap_err();
             assert!(r.contains(name), "{code:02x?}: {r}");
-            assert!(r.contains(&hex(code)), "{r}");
+            assert!(r.contains(&super::super::insn::hex(code)), "{r}");
             assert!(r.contains("touched the xAPIC page at offset 0x300"), "{r}");
             assert!(r.contains(&format!("at rip {RIP:#x}")), "{r}");
         }

@@ -18,7 +18,8 @@
 //!   (EINTR: a signal, [`VmExit::Interrupted`](crate::backend::VmExit)),
 //!   translates the run page's exit. MMIO arrives undecoded: the backend
 //!   decodes the instruction from guest memory through the guest's page
-//!   tables (`guest`, `mmio`) and completes it through the registers.
+//!   tables (`guest`, `insn`, `mmio`) and completes it through the
+//!   registers; string I/O likewise (`string_io`), a batch per exit.
 //!   After a HLT the next run first waits (at most `vcpu::HALT_POLL`) for
 //!   a vector.
 //! - Interrupts (`irq`): the x2APIC and the TSC-deadline timer are
@@ -38,10 +39,12 @@ mod cpuid;
 mod device;
 mod doorbell;
 mod guest;
+mod insn;
 mod irq;
 mod mmio;
 mod page;
 mod regs;
+mod string_io;
 #[cfg(test)]
 mod testing;
 mod vcpu;

@@ -5,7 +5,10 @@
 //! the next entry: an `in`'s value into `exit.io.data` (MicroV finishes the
 //! instruction), an MMIO read's value into the destination register with
 //! RIP past the instruction (the registers plus `request::SET_REGS`), an
-//! MMIO write just RIP.
+//! MMIO write just RIP. String I/O (`string_io`) is performed against
+//! guest memory here: `outs` reads its elements when it exits, `ins`
+//! stores what the VMM read at the next run; both then hand back RSI/RDI,
+//! RCX and RIP through the registers.
 //!
 //! An MMIO exit in the xAPIC page (`run::APIC_MMIO_BASE`, where the guest
 //! reaches its local APIC once it has switched it from x2APIC to xAPIC
@@ -23,6 +26,7 @@ use microv_abi::run::{
 use super::doorbell::Doorbell;
 use super::mmio::{self, Access, Completion};
 use super::page::RunPageMap;
+use super::string_io::{self, Batch};
 use super::{ioctl_error, regs, VmShared};
 use crate::backend::{BackendError, CpuidEntry, Regs, SpecialRegs, Vcpu, VmExit};
 
@@ -44,6 +48,8 @@ enum Pending {
         size: usize,
         completion: Completion,
     },
+    /// A batch of string I/O; an `ins` stores the elements read.
+    StringIo(Batch),
 }
 
 /// A vCPU of a MicroV VM.
@@ -55,6 +61,8 @@ pub struct MicrovVcpu {
     pending: Pending,
     /// The data of the exit handed out (little-endian).
     buf: [u8; 8],
+    /// The elements of a string I/O batch handed out.
+    elements: Vec<u8>,
     /// The last exit was HLT: wait before entering again.
     halted: bool,
     /// Why the last exit could not be translated, for [`Vcpu::diagnose`].
@@ -75,13 +83,15 @@ impl MicrovVcpu {
             vm,
             pending: Pending::Nothing,
             buf: [0; 8],
+            elements: Vec::new(),
             halted: false,
             refusal: None,
         }
     }
 
-    /// Hands the VMM's answer to the last exit to MicroV.
-    fn complete(&mut self) {
+    /// Hands the VMM's answer to the last exit to MicroV. Err: why it
+    /// cannot be.
+    fn complete(&mut self) -> Result<(), String> {
         match std::mem::replace(&mut self.pending, Pending::Nothing) {
             Pending::Nothing => {}
             Pending::In => self.page.set_io_data(u64::from_le_bytes(self.buf)),
@@ -91,7 +101,18 @@ impl MicrovVcpu {
                 self.page.set_regs(&r);
                 self.page.request(request::SET_REGS);
             }
+            Pending::StringIo(batch) => {
+                if batch.is_in {
+                    let memory = self.vm.memory.lock().map_err(|_| POISONED.to_owned())?;
+                    batch.write(memory.as_slice(), &self.elements)?;
+                }
+                let mut r = self.page.regs();
+                batch.completion.apply(&mut r);
+                self.page.set_regs(&r);
+                self.page.request(request::SET_REGS);
+            }
         }
+        Ok(())
     }
 
     /// Ends translation with an exit the VMM cannot handle, saying why.
@@ -108,6 +129,7 @@ impl MicrovVcpu {
         match exit.reason {
             exit_reason::IO => self.io(&exit.io),
             exit_reason::MMIO => self.mmio(&exit.mmio),
+            exit_reason::STRING_IO => self.string_io(&exit.io),
             exit_reason::HLT => {
                 self.halted = true;
                 VmExit::Hlt
@@ -144,6 +166,7 @@ impl MicrovVcpu {
                 self.pending = Pending::In;
                 VmExit::IoIn {
                     port: io.port,
+                    size,
                     data: self.buf.get_mut(..size).unwrap_or_default(),
                 }
             }
@@ -151,6 +174,7 @@ impl MicrovVcpu {
                 self.buf = io.data.to_le_bytes();
                 VmExit::IoOut {
                     port: io.port,
+                    size,
                     data: self.buf.get(..size).unwrap_or_default(),
                 }
             }
@@ -158,6 +182,43 @@ impl MicrovVcpu {
                 exit_reason::IO,
                 format!("port I/O in direction {d} at port {:#x}", io.port),
             ),
+        }
+    }
+
+    /// The next batch of a string instruction: its elements handed out,
+    /// the completion kept for the next run.
+    fn string_io(&mut self, io: &RunIo) -> VmExit<'_> {
+        let regs = self.page.regs();
+        let prepared = match self.vm.memory.lock() {
+            Ok(memory) => string_io::prepare(memory.as_slice(), &regs, io).and_then(|batch| {
+                let elements = if batch.is_in {
+                    vec![0; batch.elements * batch.size]
+                } else {
+                    batch.read(memory.as_slice())?
+                };
+                Ok((batch, elements))
+            }),
+            Err(_) => Err(POISONED.to_owned()),
+        };
+        let (batch, elements) = match prepared {
+            Ok(p) => p,
+            Err(why) => return self.refuse(exit_reason::STRING_IO, why),
+        };
+        let (port, size, is_in) = (batch.port, batch.size, batch.is_in);
+        self.elements = elements;
+        self.pending = Pending::StringIo(batch);
+        if is_in {
+            VmExit::IoIn {
+                port,
+                size,
+                data: &mut self.elements,
+            }
+        } else {
+            VmExit::IoOut {
+                port,
+                size,
+                data: &self.elements,
+            }
         }
     }
 
@@ -169,7 +230,7 @@ impl MicrovVcpu {
         let mut regs = self.page.regs();
         let decoded = match self.vm.memory.lock() {
             Ok(memory) => mmio::decode_apic(memory.as_slice(), &regs, offset),
-            Err(_) => Err("the guest memory's lock is poisoned".to_owned()),
+            Err(_) => Err(POISONED.to_owned()),
         };
         let access = decoded.map_err(|why| format!("{why} (gpa {gpa:#x})"))?;
         if mmio.access & mmio_access::WRITE != 0 && access.apic.write == 0 {
@@ -197,7 +258,7 @@ impl MicrovVcpu {
         let regs = self.page.regs();
         let decoded = match self.vm.memory.lock() {
             Ok(memory) => mmio::decode(memory.as_slice(), &regs),
-            Err(_) => Err("the guest memory's lock is poisoned".to_owned()),
+            Err(_) => Err(POISONED.to_owned()),
         };
         let access = match decoded {
             Ok(a) => a,
@@ -244,6 +305,8 @@ impl MicrovVcpu {
     }
 }
 
+const POISONED: &str = "the guest memory's lock is poisoned";
+
 /// Size of the xAPIC page at `APIC_MMIO_BASE`.
 const APIC_PAGE: u64 = 0x1000;
 
@@ -283,7 +346,10 @@ impl Vcpu for MicrovVcpu {
     }
 
     fn run(&mut self) -> Result<VmExit<'_>, BackendError> {
-        self.complete();
+        self.refusal = None;
+        if let Err(why) = self.complete() {
+            return Ok(self.refuse(exit_reason::STRING_IO, why));
+        }
         if std::mem::take(&mut self.halted) {
             self.doorbell.wait_halted(HALT_POLL);
         }
@@ -323,7 +389,7 @@ impl Vcpu for MicrovVcpu {
 mod tests {
     use super::*;
     use crate::backend::microv::guest::tests::{long_mode, memory, paged, put};
-    use crate::backend::microv::regs::gpr::{RAX, RDX};
+    use crate::backend::microv::regs::gpr::{RAX, RCX, RDI, RDX, RSI};
     use crate::backend::microv::testing::{vcpu_with, Microv};
     use crate::backend::ExitKind;
     use microv_abi::run::RunApic;
@@ -361,11 +427,16 @@ mod tests {
             v.run().unwrap(),
             VmExit::IoOut {
                 port: 0x3f8,
+                size: 1,
                 data: &[0x42]
             }
         );
         match v.run().unwrap() {
-            VmExit::IoIn { port: 0x3fd, data } => {
+            VmExit::IoIn {
+                port: 0x3fd,
+                size: 2,
+                data,
+            } => {
                 assert_eq!(data.len(), 2);
                 data.copy_from_slice(&[0x60, 0x01]);
             }
@@ -554,6 +625,118 @@ mod tests {
             "{d}"
         );
         assert!(d.ends_with("(gpa 0xfec00000)"), "{d}");
+    }
+
+    fn string_exit(is_in: bool, size: u8) -> RunExit {
+        let mut e = exit(exit_reason::STRING_IO);
+        e.io.direction = if is_in {
+            io_direction::IN
+        } else {
+            io_direction::OUT
+        };
+        e.io.port = 0x3f8;
+        e.io.size = size;
+        e.io.rep = 1;
+        e
+    }
+
+    /// `rep outsb` then `rep insb` at RIP (64-bit, paging); data in the
+    /// 2 MiB page at linear 0xffff_8000_0060_0000 (gpa 0x20_0000).
+    fn string_guest() -> (Arc<vm_memory::GuestMemoryMmap>, microv_abi::run::RunRegs) {
+        let mem = memory(1 << 22);
+        let mut regs = long_mode(paged(&mem), 0xffff_8000_0040_1000);
+        put(&mem, 0x5000, &[0xf3, 0x6e, 0xf3, 0x6c]);
+        put(&mem, 0x20_0ffe, b"hi!");
+        regs.gprs[RDX] = 0x3f8;
+        regs.gprs[RSI] = 0xffff_8000_0060_0ffe;
+        regs.gprs[RDI] = 0xffff_8000_0060_0100;
+        regs.gprs[RCX] = 3;
+        (Arc::new(mem), regs)
+    }
+
+    #[test]
+    fn string_io_is_performed_in_batches_and_completed_through_the_registers() {
+        let (mem, regs) = string_guest();
+        let m = Microv::new();
+        // rep outsb of 3 bytes across a page: two batches.
+        m.exit_with_regs(string_exit(false, 1), regs);
+        let mut second = regs;
+        second.gprs[RSI] += 2;
+        second.gprs[RCX] = 1;
+        m.exit_with_regs(string_exit(false, 1), second);
+        // rep insb of 3 bytes.
+        let mut ins = second;
+        ins.gprs[RSI] += 1;
+        ins.gprs[RCX] = 3;
+        ins.rip += 2;
+        m.exit_with_regs(string_exit(true, 1), ins);
+        m.exit(exit(exit_reason::SHUTDOWN));
+        let mut v = vcpu_with(&m, vec![Arc::clone(&mem)]);
+        let out = |data: &'static [u8]| VmExit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data,
+        };
+        assert_eq!(v.run().unwrap(), out(b"hi"));
+        assert_eq!(v.run().unwrap(), out(b"!"));
+        match v.run().unwrap() {
+            VmExit::IoIn {
+                port: 0x3f8,
+                size: 1,
+                data,
+            } => data.copy_from_slice(b"abc"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(v.run().unwrap(), VmExit::Shutdown);
+        let seen = m.seen();
+        // The first batch: RIP stays, the instruction runs again.
+        assert_eq!(seen[1].requests, request::SET_REGS);
+        assert_eq!((seen[1].regs.gprs[RCX], seen[1].regs.rip), (1, regs.rip));
+        assert_eq!(seen[1].regs.gprs[RSI], regs.gprs[RSI] + 2);
+        // The last: RIP past it.
+        assert_eq!(
+            (seen[2].regs.gprs[RCX], seen[2].regs.rip),
+            (0, regs.rip + 2)
+        );
+        // The ins: the bytes in memory, RDI moved.
+        assert_eq!(
+            (seen[3].regs.gprs[RDI], seen[3].regs.rip),
+            (ins.gprs[RDI] + 3, ins.rip + 2)
+        );
+        let mut got = [0u8; 3];
+        vm_memory::Bytes::read_slice(&*mem, &mut got, vm_memory::GuestAddress(0x20_0100)).unwrap();
+        assert_eq!(&got, b"abc");
+    }
+
+    #[test]
+    fn string_io_that_cannot_be_done_ends_the_vm_with_the_reason() {
+        let (mem, mut regs) = string_guest();
+        let m = Microv::new();
+        let mut unmapped = regs;
+        unmapped.gprs[RSI] = 0x1000;
+        m.exit_with_regs(string_exit(false, 1), unmapped);
+        regs.rip += 2;
+        m.exit_with_regs(string_exit(true, 1), regs);
+        let mut v = vcpu_with(&m, vec![Arc::clone(&mem)]);
+        let unhandled = VmExit::Unhandled {
+            backend: "microv",
+            reason: u64::from(exit_reason::STRING_IO),
+        };
+        assert_eq!(v.run().unwrap(), unhandled);
+        let d = v.diagnose();
+        assert!(
+            d.contains("`Outsb_DX_m8`") && d.contains("not present"),
+            "{d}"
+        );
+        // Guest RAM gone by the time an ins completes: refused, not lost.
+        assert!(matches!(v.run().unwrap(), VmExit::IoIn { .. }));
+        v.vm.memory.lock().unwrap().clear();
+        assert_eq!(v.run().unwrap(), unhandled);
+        assert!(
+            v.diagnose().contains("cannot be written"),
+            "{}",
+            v.diagnose()
+        );
     }
 
     #[test]
