@@ -127,13 +127,11 @@ impl Vcpu for KvmVcpu {
 
     fn run(&mut self) -> Result<VmExit<'_>, BackendError> {
         let fd: *mut VcpuFd = &mut self.fd;
-        // SAFETY: `fd` is `self.fd`, which `&mut self` holds for as long as
-        // the exit lives. Going through a pointer only lets the borrow
-        // checker see what is true: the exit's slices point into the vCPU's
-        // `kvm_run` mapping, never into the `VcpuFd`, and the one further
-        // use of `self.fd` while they live (`io_size`, for port I/O) reads
-        // the `kvm_run` struct on the mapping's first page, while port
-        // I/O data lies on page KVM_PIO_PAGE_OFFSET.
+        // SAFETY: `self.fd`, borrowed for as long as `&mut self`. The
+        // pointer only works around the borrow checker's view of a borrow
+        // returned on some paths (non-I/O exits are returned from here);
+        // on the port-I/O path the exit is taken apart below before `self`
+        // is used again, so no two live references overlap.
         let exit = match unsafe { &mut *fd }.run() {
             Ok(exit) => exit,
             // A signal (the VMM kicking this thread) or immediate_exit.
@@ -147,31 +145,44 @@ impl Vcpu for KvmVcpu {
                 ))
             }
         };
-        Ok(match exit {
-            // String I/O (`ins`/`outs`) comes as one exit of several
-            // accesses in one slice; their size is in `kvm_run`.
-            VcpuExit::IoIn(port, data) => VmExit::IoIn {
-                port,
-                size: self.io_size(),
-                data,
-            },
-            VcpuExit::IoOut(port, data) => VmExit::IoOut {
-                port,
-                size: self.io_size(),
-                data,
-            },
-            VcpuExit::MmioRead(gpa, data) => VmExit::MmioRead { gpa, data },
-            VcpuExit::MmioWrite(gpa, data) => VmExit::MmioWrite { gpa, data },
-            VcpuExit::Hlt => VmExit::Hlt,
-            VcpuExit::Shutdown => VmExit::Shutdown,
-            VcpuExit::Intr => VmExit::Interrupted,
-            VcpuExit::FailEntry(reason, _cpu) => VmExit::FailEntry { reason },
-            VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => VmExit::PowerOff,
-            VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => VmExit::Reset,
-            other => VmExit::Unhandled {
-                backend: "kvm",
-                reason: unhandled_code(&other),
-            },
+        // Port I/O's access size (string I/O comes as one exit of several
+        // accesses in one slice) is in `kvm_run`, which the exit's borrow
+        // of the vCPU keeps out of reach: take the data slice apart, let
+        // that borrow end, read the size, and put the slice back together.
+        let (is_in, port, data, len) = match exit {
+            VcpuExit::IoIn(port, data) => (true, port, data.as_mut_ptr(), data.len()),
+            VcpuExit::IoOut(port, data) => (false, port, data.as_ptr().cast_mut(), data.len()),
+            other => return Ok(other_exit(other)),
+        };
+        let size = self.io_size();
+        // SAFETY: the slice KVM_RUN just returned, in this vCPU's `kvm_run`
+        // mapping (page KVM_PIO_PAGE_OFFSET), which lives as long as
+        // `self.fd`; `io_size` touched only the `kvm_run` struct on the
+        // mapping's first page, and nothing else refers to these bytes
+        // until the next run, which needs `&mut self` again.
+        let data = unsafe { std::slice::from_raw_parts_mut(data, len) };
+        Ok(if is_in {
+            VmExit::IoIn { port, size, data }
+        } else {
+            VmExit::IoOut { port, size, data }
         })
+    }
+}
+
+/// Every exit but port I/O, in the backend-neutral form.
+fn other_exit(exit: VcpuExit<'_>) -> VmExit<'_> {
+    match exit {
+        VcpuExit::MmioRead(gpa, data) => VmExit::MmioRead { gpa, data },
+        VcpuExit::MmioWrite(gpa, data) => VmExit::MmioWrite { gpa, data },
+        VcpuExit::Hlt => VmExit::Hlt,
+        VcpuExit::Shutdown => VmExit::Shutdown,
+        VcpuExit::Intr => VmExit::Interrupted,
+        VcpuExit::FailEntry(reason, _cpu) => VmExit::FailEntry { reason },
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => VmExit::PowerOff,
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => VmExit::Reset,
+        other => VmExit::Unhandled {
+            backend: "kvm",
+            reason: unhandled_code(&other),
+        },
     }
 }
