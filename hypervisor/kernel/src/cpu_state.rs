@@ -131,6 +131,10 @@ pub enum Refused {
     Pat(u64),
     Dr7(u64),
     Xcr0(u64),
+    /// After an early boot, the OS's own page tables (this CR3): they do
+    /// not map the trampoline, so promotion would fault on its first
+    /// instruction after the switch.
+    OsTables(u64),
 }
 
 impl Refused {
@@ -143,7 +147,8 @@ impl Refused {
             | Refused::Efer(v)
             | Refused::Pat(v)
             | Refused::Dr7(v)
-            | Refused::Xcr0(v) => v,
+            | Refused::Xcr0(v)
+            | Refused::OsTables(v) => v,
         }
     }
 }
@@ -189,6 +194,23 @@ pub fn check_promotable(save: &SaveArea, xcr0: u64, l: &Limits) -> Result<(), Re
         return Err(Refused::Xcr0(xcr0));
     }
     Ok(())
+}
+
+/// CR3's address bits (not the PCID, not the no-flush bit).
+const CR3_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+
+/// Whether promotion can switch to the root's page tables `cr3`: the
+/// trampoline runs on across the switch, so they must map it where
+/// MicroV's do. A late launch maps it in the OS's own tables (any CR3 will
+/// do: `tables` is None). After an early boot only the tables the CPU
+/// entered with (the firmware's, or microv.efi's for an AP) map it, at its
+/// physical address; once the OS has its own, MicroV cannot hand the CPU
+/// back and must stop it instead.
+pub fn check_tables(cr3: u64, tables: Option<u64>) -> Result<(), Refused> {
+    match tables {
+        Some(t) if t & CR3_ADDRESS != cr3 & CR3_ADDRESS => Err(Refused::OsTables(cr3)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +287,18 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((old.cr4, old.xcr0), (cr4::BASE, 0), "no leaf 7 or 0xD");
+    }
+
+    #[test]
+    fn after_an_early_boot_only_the_entry_tables_can_be_promoted_to() {
+        assert_eq!(check_tables(0x1234_5000, None), Ok(()), "late launch");
+        assert_eq!(check_tables(0x3fc0_1000, Some(0x3fc0_1000)), Ok(()));
+        assert_eq!(check_tables(0x3fc0_1000 | (1 << 63) | 7, Some(0x3fc0_1000)), Ok(()));
+        assert_eq!(
+            check_tables(0x0123_4000, Some(0x3fc0_1000)),
+            Err(Refused::OsTables(0x0123_4000))
+        );
+        assert_eq!(Refused::OsTables(5).value(), 5);
     }
 
     #[test]

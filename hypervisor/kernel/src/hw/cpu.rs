@@ -10,6 +10,7 @@ use core::mem::offset_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use microv_abi::launch::{
+    StartMode,
     self, BootInfo, CpuLanding, FaultRecord, PromoteFrame, EXTENSION_STACKS, EXTENSION_STACK_SIZE,
     EXTENSION_STACK_STRIDE, KERNEL_STACK_SIZE, PAGE_SIZE, POOL_VA, SEGMENT_W, SEGMENT_X,
 };
@@ -322,6 +323,7 @@ pub fn bring_up(
             promote_entry: entry,
             limits,
             root_tables: None,
+            entry_tables: (bi.start_mode == StartMode::EarlyBoot as u32).then_some(captured.cr3),
             asids: AsidPool::new(instr::cpuid(LEAF_SVM_FEATURES, 0).ebx),
             ext_tlb_generation: vs::EXT_TLB_GENERATION.load(Ordering::Acquire),
             root_started: false,
@@ -679,12 +681,21 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
     }
     pc.leaving = true;
     let (save, regs) = root_copy(pc);
-    if let Err(e) = cpu_state::check_promotable(&save, regs.xcr0, &pc.limits) {
-        log!(
-            "cpu {}: root state cannot be loaded ({:?}); halting",
-            pc.index,
-            e
-        );
+    let promotable = cpu_state::check_tables(save.cr3, pc.entry_tables)
+        .and_then(|()| cpu_state::check_promotable(&save, regs.xcr0, &pc.limits));
+    if let Err(e) = promotable {
+        if let cpu_state::Refused::OsTables(_) = e {
+            log!(
+                "cpu {}: MicroV started at boot cannot hand this CPU back: the OS's page tables do not map the trampoline; halting",
+                pc.index
+            );
+        } else {
+            log!(
+                "cpu {}: root state cannot be loaded ({:?}); halting",
+                pc.index,
+                e
+            );
+        }
         instr::halt_forever()
     }
     let landing = landing_of(pc);

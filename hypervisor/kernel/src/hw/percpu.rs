@@ -42,6 +42,10 @@ pub struct PerCpu {
     pub limits: Limits,
     /// The root's nested tables and permission maps, once known.
     pub root_tables: Option<RootTables>,
+    /// After an early boot, the page tables this CPU entered with (the
+    /// only root tables that map the trampoline): promotion is possible
+    /// only while the root still runs on them (`cpu_state::check_tables`).
+    pub entry_tables: Option<u64>,
     /// This CPU's ASIDs for guest vCPUs.
     pub asids: crate::guest_vm::AsidPool,
     /// The extension-mapping generation this CPU's TLB is clean for
