@@ -103,6 +103,7 @@ hypercalls! {
     HvMemory = (0x0004, 0x0000, "hv.memory", RootKernel, true),
     HvStopPp = (0x0004, 0x0001, "hv.stop_pp", RootKernel, true),
     HvTestFault = (0x0004, 0x0002, "hv.test_fault", RootKernel, true),
+    HvLog = (0x0004, 0x0003, "hv.log", RootKernel, true),
     VmCreate = (0x0005, 0x0000, "vm.create", RootKernel, true),
     VmDestroy = (0x0005, 0x0001, "vm.destroy", RootKernel, true),
     VmMapMemory = (0x0005, 0x0002, "vm.map_memory", RootKernel, true),

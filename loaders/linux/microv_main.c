@@ -15,6 +15,8 @@
 #include <linux/uaccess.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
+#include <linux/io.h>
+#include <linux/sizes.h>
 #include <linux/cpu.h>
 #include <linux/workqueue.h>
 #include <linux/mutex.h>
@@ -127,7 +129,9 @@ static void free_instance(struct mv_instance *inst)
 	for (i = 0; i < MV_MAX_CPUS; i++)
 		if (inst->landing[i])
 			free_page((unsigned long)inst->landing[i]);
-	if (inst->log)
+	if (inst->log && inst->attached)
+		memunmap(inst->log);
+	else if (inst->log)
 		free_pages((unsigned long)inst->log, LOG_ORDER);
 	kfree(inst);
 }
@@ -976,6 +980,28 @@ static struct miscdevice mv_dev = {
  * open while the driver lives, and a reloaded driver could not take
  * another). A MicroV that does not answer is left alone.
  */
+/*
+ * The log of a MicroV started at boot is in memory the UEFI loader reserved,
+ * not the driver's: hv.log says where; it is mapped for good (an attached
+ * instance is never freed). Without it `microv log` stays empty.
+ */
+static void mv_attach_log(struct mv_instance *inst)
+{
+	u64 r10 = inst->handle, r11 = 0, r12 = 0, r13 = 0;
+
+	if (mv_hypercall(MV_HC_HV_LOG, &r10, &r11, &r12, &r13) != MV_STATUS_SUCCESS)
+		return;
+	if (!PAGE_ALIGNED(r10) || r11 <= sizeof(struct mv_log_header) || r11 > SZ_1M ||
+	    !PAGE_ALIGNED(r11)) {
+		pr_warn("microv: MicroV's log at 0x%llx (%llu bytes) is not usable; microv log stays empty\n",
+			r10, r11);
+		return;
+	}
+	inst->log = memremap(r10, r11, MEMREMAP_WB);
+	if (inst->log)
+		inst->log_size = r11;
+}
+
 static void mv_attach_early(void)
 {
 	u64 r10 = 0, r11 = 0, r12 = 0, r13 = 0;
@@ -1003,6 +1029,7 @@ static void mv_attach_early(void)
 		kfree(inst);
 		return;
 	}
+	mv_attach_log(inst);
 	mutex_lock(&mv_lock);
 	__module_get(THIS_MODULE);
 	WRITE_ONCE(mv_generation, ++mv_generations);

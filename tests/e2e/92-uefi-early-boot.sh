@@ -10,7 +10,8 @@
 # MicroV; SVM is hidden and kvm_amd refused; the pool is not Linux's RAM
 # and reading it gives no hypervisor data. The driver attaches to the
 # running MicroV at load: `microv status` says early boot with both CPUs
-# running and their counters, a micro VM runs, `microv stop` refuses with
+# running and their counters, `microv log` shows MicroV's log from the
+# firmware on, a micro VM runs, `microv stop` refuses with
 # the reason, and a late launch on top refuses cleanly.
 set -eu
 . /usr/lib/microv-tests/e2e-lib.sh
@@ -105,6 +106,12 @@ status_json
 after=$(cpu_field 1 exits.cpuid)
 [ "$after" -gt "$before" ] || fail "a CPUID on CPU 1 was not counted by MicroV ($before, then $after)"
 echo "  CPU 1: $before CPUID exits since Linux started it, $after after one more"
+
+check "microv log shows MicroV's log since the firmware: both CPUs brought up"
+must microv log
+out_has "microkernel: pool 64 MiB, 2 CPUs" || fail "microv log lacks the microkernel's start"
+out_has "cpu 0: starting the root vCPU" || fail "microv log lacks CPU 0's start"
+out_has "cpu 1: starting the root vCPU" || fail "microv log lacks CPU 1's start"
 
 check "a micro VM runs on the early-booted MicroV"
 mv-guest-elf hello >"$MVT_TMP/hello.elf"

@@ -12,6 +12,9 @@ pub trait Host {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> CpuidResult;
     /// Pool pages: (total, free).
     fn mem_stats(&mut self) -> (u64, u64);
+    /// The log ring as the loader gave it: address (the physical one
+    /// after an early boot) and size in bytes.
+    fn log_ring(&mut self) -> (u64, u64);
     /// Writes a line to the hypervisor log.
     fn log(&mut self, args: fmt::Arguments);
     /// A value no caller can predict (for handles).
@@ -98,6 +101,9 @@ pub mod fake {
         }
         fn mem_stats(&mut self) -> (u64, u64) {
             (16384, 15000)
+        }
+        fn log_ring(&mut self) -> (u64, u64) {
+            (0x7f00_0000, 16384)
         }
         fn log(&mut self, args: fmt::Arguments) {
             self.lines.push(args.to_string());

@@ -178,6 +178,10 @@ pub fn dispatch(
             let (total, free) = host.mem_stats();
             out(total, free, 0, 0)
         }
+        Hypercall::HvLog => {
+            let (at, size) = host.log_ring();
+            out(at, size, 0, 0)
+        }
         Hypercall::HvStopPp => Outcome::StopThisCpu,
         // Served by test images only.
         Hypercall::HvTestFault if !TEST_HOOKS => done(Status::NotImplemented),
@@ -491,6 +495,12 @@ mod tests {
             panic!()
         };
         assert_eq!((r.r10, r.r11), (16384, 15000));
+        let Outcome::Done(Status::Success, r) =
+            call(&hv, &mut host, Hypercall::HvLog, KERNEL, a(0, 0))
+        else {
+            panic!()
+        };
+        assert_eq!((r.r10, r.r11), (0x7f00_0000, 16384));
         assert!(matches!(
             call(&hv, &mut host, Hypercall::DebugOut, KERNEL, a(0xabc, 0)),
             Outcome::Done(Status::Success, _)

@@ -84,6 +84,10 @@ impl Host for Machine {
     fn mem_stats(&mut self) -> (u64, u64) {
         sys::mem_stats()
     }
+    fn log_ring(&mut self) -> (u64, u64) {
+        let bi = boot_info();
+        (bi.log, bi.log_size)
+    }
     fn log(&mut self, args: fmt::Arguments) {
         log(args)
     }
