@@ -168,8 +168,14 @@ pub struct VsRegs {
     /// the microkernel checks it before every VMRUN and switches it in and
     /// out around the guest, so host code never runs on a guest's XCR0.
     pub xcr0: u64,
+    /// A guest vCPU's TSC_AUX (32 bits; reset value 0). The extension keeps
+    /// the guest's writes here; the microkernel checks it and has it in
+    /// the MSR while, and only while, that guest runs (`kernel::tsc_aux`).
+    /// Unused for a root vCPU: the root's value stays in the MSR.
+    pub tsc_aux: u64,
 }
 const _: () = assert!(core::mem::offset_of!(VsRegs, xcr0) == 128);
+const _: () = assert!(core::mem::offset_of!(VsRegs, tsc_aux) == 136);
 
 /// I/O ports the extension may use directly from ring 3 (the microkernel's
 /// TSS I/O permission bitmap allows exactly these): PCI configuration

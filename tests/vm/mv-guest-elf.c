@@ -76,7 +76,18 @@
  *   cpuid       CPUID 0x40000000 (`cpuid 40000000 eax=.. ebx=7263694DMicr
  *               ...`: each register in hex, then as text), 0x40000010, 1,
  *               0x80000001 and 0x8000000a; then rdtscp (` ecx=` what it
- *               left in ECX) and rdpid (` rax=`), which should raise #UD
+ *               left in ECX) and rdpid (` rax=`), which read the guest's
+ *               own TSC_AUX, or raise #UD where the CPU lacks them
+ *   tsc-aux [N] with #UD and #GP handlers: `before rdpid: rax=..` and
+ *               `before rdtscp: ecx=..` (TSC_AUX as the guest found it),
+ *               `rdmsr TSC_AUX`, `wrmsr TSC_AUX=100000005` (bits 63:32
+ *               are reserved: #GP), `wrmsr TSC_AUX=C0FFEE`, `rdmsr
+ *               TSC_AUX`, `after rdpid`/`after rdtscp`; then N rounds
+ *               (default 1000) of an `out` to COM1's scratch register
+ *               (0x3ff: an exit to the VMM, so the root runs in between),
+ *               rdpid (if CPUID 7 ECX bit 22 says the CPU has it) and
+ *               rdtscp: `tsc-aux rounds: N mismatches=M` counts the reads
+ *               that were not 0xC0FFEE
  *   ipi-cross   with interrupts off, every kind of x2APIC ICR write (fixed
  *               to the APIC ID in EDX, all-but-self, all-including-self,
  *               INIT, STARTUP, NMI) to every APIC ID 0-255, forever; prints
@@ -1142,6 +1153,84 @@ static void kind_cpuid(void)
 	epilogue("cpuid");
 }
 
+/* rdpid and rdtscp: `LABEL rdpid: rax=..`, `LABEL rdtscp: ecx=..` */
+static void tsc_aux_reads(const char *label)
+{
+	const unsigned char rdtscp[] = { 0x0f, 0x01, 0xf9 };
+	const unsigned char rdpid[] = { 0xf3, 0x0f, 0xc7, 0xf8 };	/* rdpid rax */
+	const unsigned char eax_ecx[] = { 0x89, 0xc8 };	/* mov eax, ecx */
+
+	say2(label, " rdpid: ");
+	mov_imm64(RAX, ~0ull);		/* mov rax, -1 */
+	emit(rdpid, sizeof(rdpid));	/* rdpid rax (#UD: the handler lands on f8, clc) */
+	say("rax=");
+	call(hex64_at);
+	say("\n");
+	say2(label, " rdtscp: ");
+	mov_imm32(RCX, 0xffffffffu);	/* mov ecx, 0xffffffff */
+	emit(rdtscp, sizeof(rdtscp));	/* rdtscp */
+	say("ecx=");
+	emit(eax_ecx, sizeof(eax_ecx));
+	call(hex32_at);
+	say("\n");
+}
+
+/* The guest's own TSC_AUX: see the comment at the top. */
+#define TSC_AUX_MSR 0xc0000103u
+#define TSC_AUX_VALUE 0xc0ffeeu
+
+static void kind_tsc_aux(uint32_t rounds)
+{
+	const unsigned char has_rdpid[] = {
+		0xb8, 0x07, 0x00, 0x00, 0x00,	/* mov eax, 7 */
+		0x31, 0xc9,			/* xor ecx, ecx */
+		0x0f, 0xa2,			/* cpuid */
+		0xc1, 0xe9, 0x16,		/* shr ecx, 22 */
+		0x83, 0xe1, 0x01,		/* and ecx, 1 */
+		0x41, 0x89, 0xcc,		/* mov r12d, ecx: RDPID? */
+	};
+	const unsigned char round[] = {
+		0x66, 0xba, 0xff, 0x03,		/* mov dx, 0x3ff */
+		0xee,				/* out dx, al */
+		0x45, 0x85, 0xe4,		/* test r12d, r12d */
+		0x74, 0x0f,			/* jz 1f (no RDPID) */
+		0xf3, 0x0f, 0xc7, 0xf8,		/* rdpid rax */
+		0x48, 0x3d, 0xee, 0xff, 0xc0, 0x00, /* cmp rax, 0xc0ffee */
+		0x74, 0x03,			/* je 1f */
+		0x49, 0xff, 0xc5,		/* inc r13 */
+		0x0f, 0x01, 0xf9,		/* 1: rdtscp */
+		0x81, 0xf9, 0xee, 0xff, 0xc0, 0x00, /* cmp ecx, 0xc0ffee */
+		0x74, 0x03,			/* je 2f */
+		0x49, 0xff, 0xc5,		/* inc r13 */
+		0x41, 0xff, 0xce,		/* 2: dec r14d */
+	};
+	const unsigned char clear_r13[] = { 0x4d, 0x31, 0xed };	/* xor r13, r13 */
+	const unsigned char r13_rax[] = { 0x4c, 0x89, 0xe8 };	/* mov rax, r13 */
+	uint64_t top;
+
+	prologue("tsc-aux");
+	lidt(IDTR);
+	gate(6, ud_at);
+	gate(13, gp_at);
+	tsc_aux_reads("before");
+	msr_read_named(TSC_AUX_MSR, "TSC_AUX");
+	msr_write_named(TSC_AUX_MSR, 0x100000005ull, "TSC_AUX");
+	msr_write_named(TSC_AUX_MSR, TSC_AUX_VALUE, "TSC_AUX");
+	msr_read_named(TSC_AUX_MSR, "TSC_AUX");
+	tsc_aux_reads("after");
+	emit(has_rdpid, sizeof(has_rdpid));
+	mov_imm32(R14, rounds);		/* mov r14d, ROUNDS */
+	emit(clear_r13, sizeof(clear_r13));
+	top = here();
+	emit(round, sizeof(round));
+	jcc(CC_NE, top);		/* jnz top */
+	sayf("tsc-aux rounds: %llx mismatches=%s", rounds, "");
+	emit(r13_rax, sizeof(r13_rax));
+	call(hex64_at);
+	say("\n");
+	epilogue("tsc-aux");
+}
+
 /*
  * The cross-VM IPI attack: every kind of x2APIC ICR write to every APIC ID
  * (a VM's only vCPU has APIC ID 0, as another VM's does), forever.
@@ -1690,6 +1779,13 @@ int main(int argc, char **argv)
 		kind_ipi_sti();
 	} else if (!strcmp(kind, "cpuid")) {
 		kind_cpuid();
+	} else if (!strcmp(kind, "tsc-aux") && argc <= 3) {
+		char *end = "";
+		unsigned long rounds = argc == 3 ? strtoul(argv[2], &end, 0) : 1000;
+
+		if (*end || rounds == 0 || rounds > 0xffffffffu)
+			die("tsc-aux: N must be a number from 1 to 0xffffffff");
+		kind_tsc_aux((uint32_t)rounds);
 	} else if (!strcmp(kind, "ipi-cross")) {
 		kind_ipi_cross();
 	} else if (!strcmp(kind, "ipi-listen")) {
@@ -1709,8 +1805,8 @@ int main(int argc, char **argv)
 	} else {
 		fprintf(stderr,
 			"usage: mv-guest-elf hello|reset|mmio|spin|triple|hypercalls|svm|"
-			"readfar PA|msrs|ports|badcr3-ff|badcr3-far|ipi-cli|ipi-sti|cpuid|ipi-cross|ipi-listen|"
-			"efer|xsetbv|nmi|strings|halt-cli|halt-sti > guest.elf\n");
+			"readfar PA|msrs|ports|badcr3-ff|badcr3-far|ipi-cli|ipi-sti|cpuid|tsc-aux [N]|ipi-cross|"
+			"ipi-listen|efer|xsetbv|nmi|strings|halt-cli|halt-sti > guest.elf\n");
 		return 2;
 	}
 	if (len > image_len)

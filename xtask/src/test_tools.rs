@@ -26,6 +26,7 @@ pub const PROGRAMS: &[&str] = &[
     "mv-bench-guest",
     "mv-bench-vm",
     "tsc-now",
+    "tsc-aux",
 ];
 
 /// The test module's name in the stage and in [`TEST_DIR`].

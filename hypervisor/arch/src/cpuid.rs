@@ -10,6 +10,16 @@ pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 pub const EXT1_ECX_SVM: u32 = 1 << 2;
 /// Leaf 0x8000_0001 EDX: 1 GiB pages.
 pub const EXT1_EDX_PAGE1GB: u32 = 1 << 26;
+/// Leaf 0x8000_0001 EDX: RDTSCP (and with it the TSC_AUX MSR).
+pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
+/// Leaf 7 (subleaf 0) ECX: RDPID (which also reads TSC_AUX).
+pub const LEAF7_ECX_RDPID: u32 = 1 << 22;
+
+/// True if a CPU with leaf 7 ECX `leaf7_ecx` and leaf 0x8000_0001 EDX
+/// `ext1_edx` has the TSC_AUX MSR: it comes with RDTSCP or RDPID.
+pub const fn has_tsc_aux(leaf7_ecx: u32, ext1_edx: u32) -> bool {
+    leaf7_ecx & LEAF7_ECX_RDPID != 0 || ext1_edx & EXT1_EDX_RDTSCP != 0
+}
 /// Leaf 0x8000_000A: SVM revision and features.
 pub const LEAF_SVM_FEATURES: u32 = 0x8000_000A;
 /// Leaf 0x8000_000A EDX: nested paging.

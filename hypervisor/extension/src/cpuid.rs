@@ -47,17 +47,15 @@ const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_EDX_MCE: u32 = 1 << 7;
 const LEAF1_EDX_MTRR: u32 = 1 << 12;
 const LEAF1_EDX_MCA: u32 = 1 << 14;
-/// Leaf 0x8000_0001 ECX: MONITORX; EDX: RDTSCP. Leaf 7 ECX: RDPID.
+/// Leaf 0x8000_0001 ECX: MONITORX.
 const EXT1_ECX_MONITORX: u32 = 1 << 29;
-const EXT1_EDX_RDTSCP: u32 = 1 << 27;
-const LEAF7_ECX_RDPID: u32 = 1 << 22;
 
 /// A micro-VM vCPU's view: the root's, with the x2APIC and TSC-deadline
 /// timer MicroV emulates, the vCPU's own APIC ID, and without what it does
 /// not model (MONITOR/MWAIT, which would idle the CPU outside the
 /// scheduler's sight; machine-check architecture and MTRRs, whose MSRs a
-/// guest cannot reach; RDTSCP and RDPID, which read TSC_AUX, the root's
-/// per-CPU value, which MicroV does not switch).
+/// guest cannot reach). RDTSCP and RDPID are the CPU's: they read the
+/// guest's own TSC_AUX (`kernel::tsc_aux`).
 pub fn guest_view(leaf: u32, subleaf: u32, root: CpuidResult, apic_id: u32) -> CpuidResult {
     match leaf {
         1 => CpuidResult {
@@ -67,10 +65,6 @@ pub fn guest_view(leaf: u32, subleaf: u32, root: CpuidResult, apic_id: u32) -> C
             ..root
         },
         5 => CpuidResult::default(),
-        7 if subleaf == 0 => CpuidResult {
-            ecx: root.ecx & !LEAF7_ECX_RDPID,
-            ..root
-        },
         // Extended topology: the x2APIC ID in EDX of every subleaf.
         0xb | 0x1f => CpuidResult {
             edx: apic_id,
@@ -78,11 +72,18 @@ pub fn guest_view(leaf: u32, subleaf: u32, root: CpuidResult, apic_id: u32) -> C
         },
         0x8000_0001 => CpuidResult {
             ecx: root.ecx & !EXT1_ECX_MONITORX,
-            edx: root.edx & !EXT1_EDX_RDTSCP,
             ..root
         },
         _ => root,
     }
+}
+
+/// True if the real CPU has the TSC_AUX MSR (RDTSCP or RDPID): then a
+/// guest has its own, and sees RDTSCP and RDPID as the CPU has them.
+pub fn has_tsc_aux(host: &mut dyn crate::host::Host) -> bool {
+    let leaf7 = host.cpuid(7, 0).ecx;
+    let ext1 = host.cpuid(0x8000_0001, 0).edx;
+    microv_arch::cpuid::has_tsc_aux(leaf7, ext1)
 }
 
 /// Leaf 1 ECX bit 27 (OSXSAVE) and leaf 7 ECX bit 4 (OSPKE) mirror CR4.
@@ -185,8 +186,9 @@ mod tests {
         assert_eq!(guest_view(0xb, 1, all, 9).eax, 7);
         assert_eq!(guest_view(0xb, 2, all, 9), CpuidResult { edx: 9, ..Default::default() });
         assert_eq!(guest_view(0x8000_0001, 0, all, 0).ecx & EXT1_ECX_MONITORX, 0);
-        assert_eq!(guest_view(0x8000_0001, 0, all, 0).edx & EXT1_EDX_RDTSCP, 0);
-        assert_eq!(guest_view(7, 0, all, 0).ecx & LEAF7_ECX_RDPID, 0);
+        // RDTSCP and RDPID read the guest's own TSC_AUX: as the CPU has them.
+        assert_eq!(guest_view(0x8000_0001, 0, all, 0).edx, all.edx);
+        assert_eq!(guest_view(7, 0, all, 0), all);
         assert_eq!(guest_view(7, 1, all, 0), all);
         assert_eq!(guest_view(0xd, 0, all, 0), all);
     }

@@ -215,7 +215,6 @@ pub fn handle(
         | Exit::HostInterrupt
         | Exit::InterruptWindow
         | Exit::Iret
-        | Exit::Rdtscp
         | Exit::Other(_) => {
             // An exit MicroV never asked for: the root gets #UD, as for an
             // instruction the CPU does not have, and MicroV carries on.

@@ -453,7 +453,7 @@ pub fn configure_vmcb(v: &mut Vmcb) {
         | misc1::SMI
         | misc1::CPUID
         | misc1::HLT;
-    c.intercept_misc2 = required::MISC2 | misc2::VMMCALL | misc2::RDTSCP;
+    c.intercept_misc2 = required::MISC2 | misc2::VMMCALL;
     c.np_control = NP_ENABLE;
     c.vintr = vintr::V_INTR_MASKING;
     c.guest_asid = ASID_PLACEHOLDER;
@@ -724,7 +724,7 @@ fn handle_exit(
             GuestAction::Resume
         }
         Exit::Msr { write } => {
-            if let Some(e) = kick_exit(msr_access(v, r, write, vcpu, vcpus)) {
+            if let Some(e) = kick_exit(msr_access(v, r, write, vcpu, vcpus, host)) {
                 // The IPI's targets are woken by the driver, which then runs
                 // this vCPU again at once.
                 return GuestAction::ToVmm(e);
@@ -804,7 +804,7 @@ fn handle_exit(
         Exit::Shutdown => to_vmm(exit_reason::SHUTDOWN),
         Exit::Init => GuestAction::Resume,
         // Hidden from the guest's CPUID; #UD, as on a CPU without it.
-        Exit::VirtInstruction | Exit::Rdtscp => {
+        Exit::VirtInstruction => {
             v.control.event_inj = event::exception(vector::UD);
             GuestAction::Resume
         }
@@ -842,20 +842,23 @@ fn string_io(v: &mut Vmcb, access: &crate::io::Access) -> GuestAction {
 }
 
 /// A guest's RDMSR/WRMSR. The guest's own MSRs live in the VMCB (EFER,
-/// the SYSCALL/SYSENTER MSRs, FS/GS bases, PAT); the x2APIC and the
-/// TSC deadline are the APIC's. EFER.SVME stays MicroV's and hidden. Every
-/// other MSR raises #GP.
-fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpus) -> Kicks {
+/// the SYSCALL/SYSENTER MSRs, FS/GS bases, PAT) and its register page
+/// (TSC_AUX, which the microkernel has in the MSR while the guest runs);
+/// the x2APIC and the TSC deadline are the APIC's. EFER.SVME stays
+/// MicroV's and hidden. Every other MSR raises #GP.
+fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpus, host: &mut dyn Host) -> Kicks {
     let index = r.gprs.get(gpr::RCX).copied().unwrap_or(0) as u32;
     let value = (r.gprs.get(gpr::RDX).copied().unwrap_or(0) << 32) | (v.save.rax & 0xffff_ffff);
+    // TSC_AUX exists where the CPU has RDTSCP or RDPID (asked only for it).
+    let tsc_aux = index == msr::TSC_AUX && crate::cpuid::has_tsc_aux(host);
     let mut kicks = NO_KICKS;
     let done = if write {
-        msr_write(v, index, value, vcpu, vcpus).map(|k| {
+        msr_write(v, r, index, value, vcpu, vcpus, tsc_aux).map(|k| {
             kicks = k;
             None
         })
     } else {
-        msr_read(v, index, vcpu, vcpus).map(Some)
+        msr_read(v, r, index, vcpu, vcpus, tsc_aux).map(Some)
     };
     match done {
         Some(read) => {
@@ -875,9 +878,10 @@ fn msr_access(v: &mut Vmcb, r: &mut VsRegs, write: bool, vcpu: u64, vcpus: &Vcpu
 /// AMD's NB_CFG: reads as 0, writes are ignored.
 const NB_CFG: u32 = 0xc001_001f;
 
-fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
+fn msr_read(v: &Vmcb, r: &VsRegs, index: u32, vcpu: u64, vcpus: &Vcpus, tsc_aux: bool) -> Option<u64> {
     let s = &v.save;
     Some(match index {
+        msr::TSC_AUX if tsc_aux => r.tsc_aux,
         msr::EFER => s.efer & !efer::SVME,
         msr::STAR => s.star,
         msr::LSTAR => s.lstar,
@@ -903,10 +907,21 @@ fn msr_read(v: &Vmcb, index: u32, vcpu: u64, vcpus: &Vcpus) -> Option<u64> {
 }
 
 /// The vCPUs to wake if the write was accepted; `None` if refused.
-fn msr_write(v: &mut Vmcb, index: u32, value: u64, vcpu: u64, vcpus: &Vcpus) -> Option<Kicks> {
+fn msr_write(
+    v: &mut Vmcb,
+    r: &mut VsRegs,
+    index: u32,
+    value: u64,
+    vcpu: u64,
+    vcpus: &Vcpus,
+    tsc_aux: bool,
+) -> Option<Kicks> {
     let s = &mut v.save;
     let canonical = microv_arch::paging::is_canonical(value);
     match index {
+        // Bits 63:32 are reserved (Intel's SDM; current AMD CPUs drop
+        // them): refused, so the value is always 32 bits.
+        msr::TSC_AUX if tsc_aux && value >> 32 == 0 => r.tsc_aux = value,
         msr::EFER => {
             let allowed = efer::SCE | efer::LME | efer::LMA | efer::NXE;
             // As the CPU: LME cannot change while paging is on, and LMA
@@ -1003,6 +1018,8 @@ mod tests {
         assert_ne!(c.intercept_misc1 & misc1::INTR, 0);
         assert_ne!(c.intercept_misc1 & misc1::NMI, 0);
         assert_ne!(c.vintr & vintr::V_INTR_MASKING, 0);
+        // RDTSCP runs in the guest: TSC_AUX is its own while it runs.
+        assert_eq!(c.intercept_misc2 & misc2::RDTSCP, 0);
         assert_eq!(s.v.save.cs.base + s.v.save.rip, 0xffff_0000 + 0x1000);
         assert_ne!(s.v.save.efer & efer::SVME, 0);
     }
@@ -1117,8 +1134,6 @@ mod tests {
     fn svm_instructions_fault_and_management_calls_are_refused() {
         let mut s = setup();
         assert_eq!(s.exit(Exit::VirtInstruction), GuestAction::Resume);
-        assert_eq!(s.v.control.event_inj, event::exception(vector::UD));
-        assert_eq!(s.exit(Exit::Rdtscp), GuestAction::Resume);
         assert_eq!(s.v.control.event_inj, event::exception(vector::UD));
         // Even with the root's handle in R10, from guest ring 0.
         s.hv.handle.store(0x55, Ordering::Release);
@@ -1459,6 +1474,41 @@ mod tests {
         i.apic = RunApic { offset: 0x300, write: 1, value: 1 << 11 | 0xfc, gpr: 0 };
         assert_eq!(accept_input(&mut s.v, &mut s.r, 7, &i, &s.hv.vcpus), NO_KICKS);
         assert_eq!(s.hv.vcpus.with_lapic(7, |l| l.pending(0xfc)), Some(true));
+    }
+
+    #[test]
+    fn tsc_aux_is_the_guests_own_32_bits() {
+        let mut s = setup();
+        // Reset value 0 (the register page starts zeroed).
+        assert_eq!(s.rdmsr(msr::TSC_AUX), Some(0));
+        assert!(s.wrmsr(msr::TSC_AUX, 0xdead_beef));
+        assert_eq!(s.r.tsc_aux, 0xdead_beef, "kept where the microkernel loads it from");
+        assert_eq!(s.rdmsr(msr::TSC_AUX), Some(0xdead_beef));
+        assert_eq!(s.v.save.rip, 0x1000 + 3 * MSR_LEN);
+        // Bits 63:32 are reserved: #GP, the value stays.
+        assert!(!s.wrmsr(msr::TSC_AUX, 1 << 32 | 5));
+        assert_eq!(s.v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        assert_eq!(s.v.save.rip, 0x1000 + 3 * MSR_LEN, "a faulting WRMSR is not skipped");
+        assert_eq!(s.rdmsr(msr::TSC_AUX), Some(0xdead_beef));
+        assert!(s.wrmsr(msr::TSC_AUX, 0));
+        assert_eq!(s.r.tsc_aux, 0);
+    }
+
+    #[test]
+    fn without_rdtscp_and_rdpid_there_is_no_tsc_aux() {
+        let mut s = setup();
+        let none = microv_arch::cpuid::CpuidResult::default();
+        s.host.cpuid_answers.insert(7, none);
+        s.host.cpuid_answers.insert(0x8000_0001, none);
+        assert_eq!(s.rdmsr(msr::TSC_AUX), None);
+        assert!(!s.wrmsr(msr::TSC_AUX, 1));
+        assert_eq!(s.r.tsc_aux, 0);
+        // RDTSCP alone, or RDPID alone, brings it.
+        s.host.cpuid_answers.insert(0x8000_0001, microv_arch::cpuid::CpuidResult { edx: 1 << 27, ..none });
+        assert!(s.wrmsr(msr::TSC_AUX, 1));
+        s.host.cpuid_answers.insert(0x8000_0001, none);
+        s.host.cpuid_answers.insert(7, microv_arch::cpuid::CpuidResult { ecx: 1 << 22, ..none });
+        assert_eq!(s.rdmsr(msr::TSC_AUX), Some(1));
     }
 
     #[test]

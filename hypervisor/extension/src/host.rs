@@ -72,6 +72,8 @@ pub mod fake {
         pub vm_calls: Vec<(&'static str, [u64; 3])>,
         pub vm_status: Option<Status>,
         pub tsc: u64,
+        /// CPUID answers by leaf, instead of the made-up default.
+        pub cpuid_answers: std::collections::BTreeMap<u32, CpuidResult>,
     }
 
     impl FakeHost {
@@ -92,6 +94,9 @@ pub mod fake {
 
     impl Host for FakeHost {
         fn cpuid(&mut self, leaf: u32, subleaf: u32) -> CpuidResult {
+            if let Some(r) = self.cpuid_answers.get(&leaf) {
+                return *r;
+            }
             CpuidResult {
                 eax: leaf,
                 ebx: subleaf,

@@ -34,8 +34,6 @@ pub enum Exit {
     /// A virtualization instruction (VMRUN, VMLOAD, VMSAVE, STGI, CLGI,
     /// SKINIT, INVLPGA; VMX instructions on Intel).
     VirtInstruction,
-    /// RDTSCP (it would read the host's TSC_AUX).
-    Rdtscp,
     Xsetbv,
     Invd,
     /// The CPU refused the vCPU's state; the vendor's code, for reports.
@@ -106,7 +104,6 @@ pub fn decode_svm(c: &Control) -> Exit {
         exit::INIT => Exit::Init,
         code if SVM_INSTRUCTIONS.contains(&code) => Exit::VirtInstruction,
         exit::XSETBV => Exit::Xsetbv,
-        exit::RDTSCP => Exit::Rdtscp,
         exit::INVD => Exit::Invd,
         exit::INVALID => Exit::EntryFailed(exit::INVALID),
         code => Exit::Other(code),
@@ -145,7 +142,7 @@ mod tests {
             (exit::VMRUN, 0, 0, Exit::VirtInstruction),
             (exit::INVLPGA, 0, 0, Exit::VirtInstruction),
             (exit::XSETBV, 0, 0, Exit::Xsetbv),
-            (exit::RDTSCP, 0, 0, Exit::Rdtscp),
+            (exit::RDTSCP, 0, 0, Exit::Other(exit::RDTSCP)),
             (exit::INVD, 0, 0, Exit::Invd),
             (exit::INVALID, 0, 0, Exit::EntryFailed(exit::INVALID)),
             (0x7e, 0, 0, Exit::Other(0x7e)),

@@ -53,6 +53,8 @@ pub struct Limits {
     pub xsave_size: u64,
     /// Physical-address bits (CPUID 0x8000_0008 EAX[7:0]; 36 if absent).
     pub phys_bits: u32,
+    /// The TSC_AUX MSR exists (RDTSCP or RDPID).
+    pub tsc_aux: bool,
 }
 
 const fn bit(reg: u32, n: u32, value: u64) -> u64 {
@@ -78,6 +80,11 @@ pub fn limits(cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult) -> Limits {
     } else {
         36
     };
+    let ext1_edx = if max_ext >= 0x8000_0001 {
+        cpuid(0x8000_0001, 0).edx
+    } else {
+        0
+    };
     let xsave_leaf = if max >= xsave::LEAF_XSAVE {
         cpuid(xsave::LEAF_XSAVE, 0)
     } else {
@@ -102,6 +109,7 @@ pub fn limits(cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult) -> Limits {
         xcr0: xsave::supported_xcr0(xsave_leaf),
         xsave_size: xsave::max_area_size(xsave_leaf),
         phys_bits,
+        tsc_aux: microv_arch::cpuid::has_tsc_aux(l7.ecx, ext1_edx),
     }
 }
 
@@ -220,7 +228,8 @@ mod tests {
 
     type Change = fn(&mut SaveArea);
 
-    /// A Zen-like CPU: leaf 7 with FSGSBASE, SMEP, SMAP, UMIP; XSAVE x87/SSE/AVX.
+    /// A Zen-like CPU: leaf 7 with FSGSBASE, SMEP, SMAP, UMIP; XSAVE x87/SSE/AVX;
+    /// FFXSR and RDTSCP, no RDPID.
     fn zen(leaf: u32, _sub: u32) -> CpuidResult {
         match leaf {
             0 => CpuidResult {
@@ -250,7 +259,7 @@ mod tests {
                 ..Default::default()
             },
             0x8000_0001 => CpuidResult {
-                edx: 1 << 25,
+                edx: (1 << 25) | (1 << 27),
                 ..Default::default()
             },
             _ => CpuidResult::default(),
@@ -287,6 +296,19 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((old.cr4, old.xcr0), (cr4::BASE, 0), "no leaf 7 or 0xD");
+        assert!(!old.tsc_aux, "no RDTSCP or RDPID");
+        assert!(l.tsc_aux, "RDTSCP");
+        let neither = limits(&mut |leaf, subleaf| match leaf {
+            0x8000_0001 => CpuidResult::default(),
+            _ => zen(leaf, subleaf),
+        });
+        assert!(!neither.tsc_aux, "zen() without RDTSCP has no RDPID either");
+        let rdpid_only = limits(&mut |leaf, subleaf| match leaf {
+            7 => CpuidResult { ecx: 1 << 22, ..zen(leaf, subleaf) },
+            0x8000_0001 => CpuidResult::default(),
+            _ => zen(leaf, subleaf),
+        });
+        assert!(rdpid_only.tsc_aux, "RDPID alone");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod rendezvous;
 pub mod root;
 pub mod root_tables;
 pub mod stacks;
+pub mod tsc_aux;
 pub mod vmcb_check;
 pub mod vmcb_copy;
 

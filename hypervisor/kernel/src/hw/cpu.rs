@@ -34,6 +34,7 @@ use crate::descriptors;
 use crate::guest_vm::{AsidPool, Flush};
 use crate::rendezvous::{Outcome, StopBarrier};
 use crate::root;
+use crate::tsc_aux::{self, TscAux};
 use crate::vmcb_check::{self, Owner, RootTables};
 use crate::vmcb_copy::copy_spans;
 use microv_arch::cpuid::LEAF_SVM_FEATURES;
@@ -325,6 +326,7 @@ pub fn bring_up(
             root_tables: None,
             entry_tables: (bi.start_mode == StartMode::EarlyBoot as u32).then_some(captured.cr3),
             asids: AsidPool::new(instr::cpuid(LEAF_SVM_FEATURES, 0).ebx),
+            tsc_aux: TscAux::new(limits.tsc_aux),
             ext_tlb_generation: vs::EXT_TLB_GENERATION.load(Ordering::Acquire),
             root_started: false,
             leaving: false,
@@ -526,6 +528,28 @@ fn regs_xcr0(vs: &vs::Vs) -> u64 {
     unsafe { core::ptr::read_volatile(xcr0_field.cast::<u64>()) }
 }
 
+/// The TSC_AUX in a guest state's register page (checked before use).
+fn regs_tsc_aux(vs: &vs::Vs) -> u64 {
+    let field = (vs.regs_va as *const u8).wrapping_add(offset_of!(VsRegs, tsc_aux));
+    // SAFETY: the register page is this state's and mapped; one read.
+    unsafe { core::ptr::read_volatile(field.cast::<u64>()) }
+}
+
+/// This CPU's TSC_AUX MSR, for [`TscAux`] (which decides every access).
+struct TscAuxMsr;
+
+impl tsc_aux::Msr for TscAuxMsr {
+    fn read(&mut self) -> u64 {
+        // SAFETY: ring 0; `TscAux` reads only on a CPU that has TSC_AUX.
+        unsafe { instr::rdmsr(msr::TSC_AUX) }
+    }
+    fn write(&mut self, value: u64) {
+        // SAFETY: ring 0; `TscAux` writes only on a CPU that has TSC_AUX,
+        // a value read from it or a guest's checked 32-bit one.
+        unsafe { instr::wrmsr(msr::TSC_AUX, value) }
+    }
+}
+
 /// One VMRUN of a checked private VMCB; the exit code.
 fn switch(vs: &vs::Vs, pc: &PerCpu, xcr0: u64) -> u64 {
     let mut args = SwitchArgs {
@@ -564,6 +588,7 @@ fn run_root(pc: &mut PerCpu, id: u64, vs: &vs::Vs) -> Result<u64, SysStatus> {
         );
         return Err(SysStatus::InvalidArgument);
     }
+    pc.tsc_aux.enter_root(&mut TscAuxMsr);
     let first_root_run = id == pc.root_vs && !pc.root_started;
     if first_root_run {
         // The loader's call returns as soon as the root runs: say so first.
@@ -596,6 +621,16 @@ fn run_guest_on(
     let (asid, flush) =
         vs::asid(id, &mut pc.asids, cpu, generation).ok_or(SysStatus::InvalidArgument)?;
     let xcr0 = regs_xcr0(vs);
+    let raw_tsc_aux = regs_tsc_aux(vs);
+    let Some(guest_tsc_aux) = tsc_aux::guest_value(raw_tsc_aux) else {
+        log!(
+            "cpu {}: refused to run guest vCPU state {}: TSC_AUX {:#x}",
+            pc.index,
+            id,
+            raw_tsc_aux
+        );
+        return Err(SysStatus::InvalidArgument);
+    };
     let vmcb = guest_copy_in(pc, vs, tables, asid, flush);
     if let Err(e) = vmcb_check::check(&vmcb.control, xcr0, pc.limits.xcr0, Owner::Guest(tables)) {
         log!(
@@ -606,6 +641,7 @@ fn run_guest_on(
         );
         return Err(SysStatus::InvalidArgument);
     }
+    pc.tsc_aux.enter_guest(guest_tsc_aux, &mut TscAuxMsr);
     Ok(switch(vs, pc, xcr0))
 }
 
@@ -698,6 +734,9 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
         }
         instr::halt_forever()
     }
+    // A guest may have run last on this CPU (a failure while handling its
+    // exit): the root gets its own TSC_AUX back.
+    pc.tsc_aux.enter_root(&mut TscAuxMsr);
     let landing = landing_of(pc);
     landing.set_promote(root::promote_frame(&save, &regs.gprs));
     landing.set_running(0);

@@ -48,6 +48,8 @@ pub struct PerCpu {
     pub entry_tables: Option<u64>,
     /// This CPU's ASIDs for guest vCPUs.
     pub asids: crate::guest_vm::AsidPool,
+    /// What this CPU's TSC_AUX holds: the root's value or a guest's.
+    pub tsc_aux: crate::tsc_aux::TscAux,
     /// The extension-mapping generation this CPU's TLB is clean for
     /// (`vs::EXT_TLB_GENERATION`).
     pub ext_tlb_generation: u64,
