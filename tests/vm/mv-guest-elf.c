@@ -80,8 +80,9 @@
  *               own TSC_AUX, or raise #UD where the CPU lacks them
  *   tsc-aux [N] with #UD and #GP handlers: `before rdpid: rax=..` and
  *               `before rdtscp: ecx=..` (TSC_AUX as the guest found it),
- *               `rdmsr TSC_AUX`, `wrmsr TSC_AUX=100000005` (bits 63:32
- *               are reserved: #GP), `wrmsr TSC_AUX=C0FFEE`, `rdmsr
+ *               `rdmsr TSC_AUX`, `wrmsr TSC_AUX=100000005` and `rdmsr
+ *               TSC_AUX` (bits 63:32 dropped, as on AMD: 5), `wrmsr
+ *               TSC_AUX=C0FFEE`, `rdmsr
  *               TSC_AUX`, `after rdpid`/`after rdtscp`; then N rounds
  *               (default 1000) of an `out` to COM1's scratch register
  *               (0x3ff: an exit to the VMM, so the root runs in between),
@@ -1215,6 +1216,7 @@ static void kind_tsc_aux(uint32_t rounds)
 	tsc_aux_reads("before");
 	msr_read_named(TSC_AUX_MSR, "TSC_AUX");
 	msr_write_named(TSC_AUX_MSR, 0x100000005ull, "TSC_AUX");
+	msr_read_named(TSC_AUX_MSR, "TSC_AUX");
 	msr_write_named(TSC_AUX_MSR, TSC_AUX_VALUE, "TSC_AUX");
 	msr_read_named(TSC_AUX_MSR, "TSC_AUX");
 	tsc_aux_reads("after");

@@ -919,9 +919,10 @@ fn msr_write(
     let s = &mut v.save;
     let canonical = microv_arch::paging::is_canonical(value);
     match index {
-        // Bits 63:32 are reserved (Intel's SDM; current AMD CPUs drop
-        // them): refused, so the value is always 32 bits.
-        msr::TSC_AUX if tsc_aux && value >> 32 == 0 => r.tsc_aux = value,
+        // Bits 63:32: Intel reserves them (#GP), current AMD CPUs drop
+        // them; guests here see an AMD CPU, so they are dropped and the
+        // value is always 32 bits.
+        msr::TSC_AUX if tsc_aux => r.tsc_aux = value & 0xffff_ffff,
         msr::EFER => {
             let allowed = efer::SCE | efer::LME | efer::LMA | efer::NXE;
             // As the CPU: LME cannot change while paging is on, and LMA
@@ -1485,11 +1486,9 @@ mod tests {
         assert_eq!(s.r.tsc_aux, 0xdead_beef, "kept where the microkernel loads it from");
         assert_eq!(s.rdmsr(msr::TSC_AUX), Some(0xdead_beef));
         assert_eq!(s.v.save.rip, 0x1000 + 3 * MSR_LEN);
-        // Bits 63:32 are reserved: #GP, the value stays.
-        assert!(!s.wrmsr(msr::TSC_AUX, 1 << 32 | 5));
-        assert_eq!(s.v.control.event_inj, event::exception_with_code(vector::GP, 0));
-        assert_eq!(s.v.save.rip, 0x1000 + 3 * MSR_LEN, "a faulting WRMSR is not skipped");
-        assert_eq!(s.rdmsr(msr::TSC_AUX), Some(0xdead_beef));
+        // Bits 63:32 are dropped, as AMD CPUs do.
+        assert!(s.wrmsr(msr::TSC_AUX, 1 << 32 | 5));
+        assert_eq!(s.rdmsr(msr::TSC_AUX), Some(5));
         assert!(s.wrmsr(msr::TSC_AUX, 0));
         assert_eq!(s.r.tsc_aux, 0);
     }
