@@ -254,9 +254,9 @@ pub mod policy {
         r(0x0000_0179, 0x0000_017B, Pass, Checked), // MCG_CAP, MCG_STATUS, MCG_CTL
         r(DEBUGCTL, DEBUGCTL, Emulate, Emulate),
         r(LAST_BRANCH_FROM_IP, LAST_INT_TO_IP, Emulate, Refuse),
-        r(MTRR_FIRST, PAT - 1, Pass, Refuse),
+        r(MTRR_FIRST, PAT - 1, Checked, Emulate),
         r(PAT, PAT, Emulate, Emulate),
-        r(PAT + 1, MTRR_DEF_TYPE, Pass, Refuse),
+        r(PAT + 1, MTRR_DEF_TYPE, Checked, Emulate),
         r(0x0000_0400, 0x0000_047F, Pass, Checked), // MCi_CTL/STATUS/ADDR/MISC
         r(TSC_DEADLINE, TSC_DEADLINE, Pass, Pass),
         r(X2APIC_FIRST, X2APIC_LAST, Pass, Pass),
@@ -429,7 +429,7 @@ mod tests {
     #[test]
     fn lookups_find_rows_and_defaults() {
         assert_eq!(rule(PAT).read, Action::Emulate);
-        assert_eq!(rule(MTRR_FIRST + 0x50).write, Action::Refuse);
+        assert_eq!(rule(MTRR_FIRST + 0x50).write, Action::Emulate);
         assert_eq!(rule(X2APIC_FIRST + 0x30).write, Action::Pass);
         assert_eq!(rule(0xC000_2001).read, Action::Checked);
         // Unlisted MSRs are refused inside the permission map's ranges and

@@ -151,9 +151,20 @@ fn emulated_write(
         // behaviour, TLB and cache controls) must stay as it is.
         msr::HWCR => Decision::IgnoreUnlessChanging(hwcr::CPB_DIS | hwcr::IRPERF_EN),
         msr::PAT | msr::DEBUGCTL => Decision::GeneralProtection,
+        // MTRRs set the memory type of MicroV's own memory too, so they
+        // stay the firmware's. Linux only re-applies them (at boot and on
+        // every CPU it brings up: MTRRdefType off, the ranges that differ,
+        // MTRRdefType back on): a write of the real value, or one that only
+        // turns MTRRdefType's enables and default type off and on, is
+        // accepted without effect; a write that would change a range #GPs.
+        msr::MTRR_DEF_TYPE => Decision::IgnoreUnlessChanging(MTRR_DEF_TYPE_SWITCHES),
+        msr::MTRR_FIRST..=msr::MTRR_DEF_TYPE => Decision::IgnoreUnlessChanging(0),
         _ => return None,
     })
 }
+
+/// MTRRdefType's default type (7:0) and its FE and E enables (10, 11).
+const MTRR_DEF_TYPE_SWITCHES: u64 = 0xcff;
 
 /// A checked write: passed through, with LS_CFG limited to its SSBD bit
 /// (the only bit Linux changes at runtime, per task, on Zen 1 and older).
@@ -328,6 +339,30 @@ mod tests {
             assert_eq!(v.save.rip, 0x1002);
             true
         }
+    }
+
+    #[test]
+    fn mtrr_writes_of_the_firmwares_values_are_accepted_without_effect() {
+        let mut host = FakeHost::default();
+        host.msrs.insert(msr::MTRR_DEF_TYPE, 0xc06);
+        host.msrs.insert(msr::MTRR_FIRST, 0x8000_0006);
+        let mut write = |index, value| {
+            let mut v = vmcb();
+            v.save.rip = 0x1000;
+            write_via_exit(&mut host, &mut v, index, value)
+        };
+        // Linux's cache set-up: MTRRs off, the same ranges, back on.
+        assert!(write(msr::MTRR_DEF_TYPE, 0));
+        assert!(write(msr::MTRR_FIRST, 0x8000_0006));
+        assert!(write(msr::MTRR_DEF_TYPE, 0xc06));
+        // A range that would change, or a reserved bit: #GP.
+        assert!(!write(msr::MTRR_FIRST, 0x9000_0006));
+        assert!(!write(msr::MTRR_DEF_TYPE, 0x1c06));
+        // No MTRR there: #GP.
+        assert!(!write(msr::MTRR_FIRST + 0x30, 0));
+        // The real MTRRs never change.
+        assert_eq!(host.msrs[&msr::MTRR_DEF_TYPE], 0xc06);
+        assert_eq!(host.msrs[&msr::MTRR_FIRST], 0x8000_0006);
     }
 
     #[test]
