@@ -51,6 +51,11 @@ pub const IORR_FIRST: u32 = 0xC001_0016;
 pub const IORR_LAST: u32 = 0xC001_0019;
 pub const TOP_MEM: u32 = 0xC001_001A;
 pub const TOP_MEM2: u32 = 0xC001_001D;
+/// AMD: northbridge configuration (bit 46: extended PCI configuration
+/// registers through port 0xCF8).
+pub const NB_CFG: u32 = 0xC001_001F;
+/// NB_CFG's EnableCf8ExtCfg.
+pub const NB_CFG_EXT_CFG: u64 = 1 << 46;
 /// AMD: microcode patch loader (write the patch's linear address).
 pub const PATCH_LOADER: u32 = 0xC001_0020;
 /// AMD: PCI MMIO configuration-space base.
@@ -239,7 +244,7 @@ pub mod policy {
     /// Every MSR range with a policy of its own, sorted, not overlapping.
     /// `docs/msr-policy.md` gives each row's reason. MSRs not listed get
     /// [`default_rule`].
-    pub const RULES: [Rule; 62] = [
+    pub const RULES: [Rule; 63] = [
         r(TSC, TSC, Pass, Refuse),
         r(KVM_OLD_FIRST, KVM_OLD_LAST, Refuse, Refuse),
         r(APIC_BASE, APIC_BASE, Checked, Emulate),
@@ -281,6 +286,7 @@ pub mod policy {
         r(IORR_FIRST, IORR_LAST, Pass, Refuse),
         r(TOP_MEM, TOP_MEM, Pass, Refuse),
         r(TOP_MEM2, TOP_MEM2, Pass, Refuse),
+        r(NB_CFG, NB_CFG, Checked, Checked),
         r(PATCH_LOADER, PATCH_LOADER, Refuse, Emulate),
         r(MMIO_CONF_BASE, MMIO_CONF_BASE, Pass, Refuse),
         r(0xC001_0061, 0xC001_0061, Pass, Refuse), // P-state current limit
@@ -351,7 +357,7 @@ pub mod policy {
     /// debugging or code (MTRRs, TOM, IORRs, SYSCFG, HWCR, the APIC window,
     /// SMM, microcode, …). Every write to them exits (never `Pass`) and is
     /// emulated or refused, never `Checked`.
-    pub const NEVER_WRITTEN: [(u32, u32); 21] = [
+    pub const NEVER_WRITTEN: [(u32, u32); 22] = [
         (TSC, TSC),
         (KVM_OLD_FIRST, KVM_OLD_LAST),
         (APIC_BASE, APIC_BASE),
@@ -367,7 +373,9 @@ pub mod policy {
         (TSC_RATIO, TSC_RATIO),
         (SYSCFG, SYSCFG),
         (HWCR, TOP_MEM),
-        (TOP_MEM2, PATCH_LOADER),
+        // Not NB_CFG between them: its one bit Linux sets is checked.
+        (TOP_MEM2, NB_CFG - 1),
+        (PATCH_LOADER, PATCH_LOADER),
         (MMIO_CONF_BASE, MMIO_CONF_BASE),
         (PSTATE_DEF_FIRST, PSTATE_DEF_LAST),
         (SMM_BASE, VM_HSAVE_PA),

@@ -169,10 +169,13 @@ const MTRR_DEF_TYPE_SWITCHES: u64 = 0xcff;
 /// A checked write: passed through, with LS_CFG limited to its SSBD bit
 /// (the only bit Linux changes at runtime, per task, on Zen 1 and older).
 fn checked_write(index: u32, cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult) -> Decision {
-    if index == msr::LS_CFG {
-        Decision::PassThroughChanging(msr::ls_cfg_ssbd_bit(cpuid(1, 0)))
-    } else {
-        Decision::PassThrough
+    match index {
+        msr::LS_CFG => Decision::PassThroughChanging(msr::ls_cfg_ssbd_bit(cpuid(1, 0))),
+        // Linux turns on extended configuration through 0xCF8 on every CPU
+        // it brings up; nothing else in NB_CFG may change. (The root
+        // reaches the same registers through ECAM anyway.)
+        msr::NB_CFG => Decision::PassThroughChanging(msr::NB_CFG_EXT_CFG),
+        _ => Decision::PassThrough,
     }
 }
 
@@ -417,6 +420,11 @@ mod tests {
         assert_eq!(
             w(msr::LS_CFG, 0, &mut zen1),
             Decision::PassThroughChanging(1 << 10)
+        );
+        assert_eq!(decide_read(msr::NB_CFG, &v), Decision::PassThrough);
+        assert_eq!(
+            w(msr::NB_CFG, 1 << 46, &mut cpu),
+            Decision::PassThroughChanging(1 << 46)
         );
         // Emulate.
         assert_eq!(w(msr::PATCH_LOADER, 0x1000, &mut cpu), Decision::Ignore);
