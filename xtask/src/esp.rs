@@ -28,19 +28,37 @@ const BOOT_APP: &str = "EFI/BOOT/BOOTX64.EFI";
 const MICROV_DIR: &str = "EFI/microv";
 
 /// The microv.conf that boots `vmlinuz` and `initrd.img` from the
-/// partition's MicroV directory with `cmdline`, and the `extra` lines.
+/// partition's MicroV directory with `cmdline`, and the `extra` lines; with
+/// a `boot = next` line among them, only those (the firmware's next boot
+/// entry boots the kernel: [`startup_script`]).
 pub fn conf_text(cmdline: &str, extra: &[String]) -> String {
-    let mut text = format!(
-        "# Written by cargo xtask vm --boot uefi\n\
-         kernel = \\EFI\\microv\\vmlinuz\n\
-         initrd = \\EFI\\microv\\initrd.img\n\
-         cmdline = {cmdline}\n"
-    );
+    let mut text = String::from("# Written by cargo xtask vm --boot uefi\n");
+    if !boots_next(extra) {
+        text.push_str(&format!(
+            "kernel = \\EFI\\microv\\vmlinuz\n\
+             initrd = \\EFI\\microv\\initrd.img\n\
+             cmdline = {cmdline}\n"
+        ));
+    }
     for line in extra {
         text.push_str(line);
         text.push('\n');
     }
     text
+}
+
+/// True if the extra microv.conf lines hand over to the next boot entry.
+fn boots_next(extra: &[String]) -> bool {
+    extra
+        .iter()
+        .any(|l| l.split_once('=').is_some_and(|(k, v)| k.trim() == "boot" && v.trim() == "next"))
+}
+
+/// The UEFI shell's `startup.nsh`: OVMF's boot entry after the disk (whose
+/// default path is microv.efi) is its shell, which runs this and so boots
+/// the kernel the way another boot entry would, after microv.efi.
+pub fn startup_script(cmdline: &str) -> String {
+    format!("fs0:\n\\EFI\\microv\\vmlinuz initrd=\\EFI\\microv\\initrd.img {cmdline}\n")
 }
 
 /// Lays out the partition in `work/esp` (with `extra_conf` lines in
@@ -83,6 +101,9 @@ pub fn prepare(
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     fs::write(dir.join("microv.conf"), conf_text(cmdline, extra_conf))?;
+    if boots_next(extra_conf) {
+        fs::write(esp.join("startup.nsh"), startup_script(cmdline))?;
+    }
     // Files a test puts there instead (a broken image, say).
     for (on_esp, host) in files {
         let to = esp.join(on_esp);
@@ -116,5 +137,17 @@ mod tests {
         assert!(text.ends_with("cmdline = console=ttyS0 panic=-1\n"));
         let text = conf_text("quiet", &["microv = off".to_string()]);
         assert!(text.ends_with("cmdline = quiet\nmicrov = off\n"));
+    }
+
+    #[test]
+    fn boot_next_leaves_the_kernel_to_the_shells_startup_script() {
+        let text = conf_text("quiet", &["boot = next".to_string()]);
+        assert!(!text.contains("kernel"), "{text}");
+        assert!(text.ends_with("boot = next\n"));
+        assert_eq!(
+            startup_script("console=ttyS0"),
+            "fs0:\n\\EFI\\microv\\vmlinuz initrd=\\EFI\\microv\\initrd.img console=ttyS0\n"
+        );
+        assert!(!boots_next(&["boot = nextish".to_string(), "microv = off".to_string()]));
     }
 }

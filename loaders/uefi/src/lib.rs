@@ -28,6 +28,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod aps;
+pub mod bootopt;
 pub mod config;
 pub mod images;
 pub mod layout;

@@ -21,6 +21,7 @@ use uefi::{println, CStr16, CString16, Handle, Status};
 
 use super::aps;
 use super::start;
+use crate::bootopt;
 use crate::config::{self, Boot, Config};
 use crate::images;
 use crate::pool;
@@ -72,6 +73,12 @@ pub(super) extern "efiapi" fn efi_rust_main(
         "MicroV {} (early boot), TSC {handed_off}",
         env!("CARGO_PKG_VERSION")
     ));
+    if start::microv_runs() {
+        // Started again by the boot entry after the one that started
+        // MicroV (say, the firmware's default path is this file too).
+        report.say("MicroV already runs beneath this CPU; back to the firmware");
+        return NEXT_ENTRY;
+    }
     match run(image, &mut report) {
         Ok(status) => status,
         Err(why) => {
@@ -186,11 +193,7 @@ fn cpu_count() -> Result<usize, String> {
 fn boot_os(image: Handle, config: &Config, report: &mut Report) -> Result<Status, String> {
     let (kernel, cmdline) = match (&config.boot, config.boot.linux_cmdline()) {
         (Boot::Linux { kernel, .. }, Some(cmdline)) => (kernel, cmdline),
-        _ => {
-            report.say("booting the firmware's next boot entry");
-            report.publish();
-            return Ok(NEXT_ENTRY);
-        }
+        _ => return boot_next(image, report),
     };
     let device = protocol::<LoadedImage>(image)
         .map_err(|e| format!("cannot find my own image: {e}"))?
@@ -219,6 +222,75 @@ fn boot_os(image: Handle, config: &Config, report: &mut Report) -> Result<Status
     report.publish();
     let returned = boot::start_image(child);
     Err(format!("{kernel} returned: {returned:?}"))
+}
+
+/// `boot = next`: starts the boot entries after the one that started
+/// microv.efi, in `BootOrder`, until one boots, rather than returning to the
+/// firmware, which would unload microv.efi (its ExitBootServices wrapper
+/// must be there when that OS exits boot services). If none boots, MicroV
+/// is stopped (the firmware must not boot on with one CPU beneath it and
+/// the others native) and the firmware gets control back.
+fn boot_next(image: Handle, report: &mut Report) -> Result<Status, String> {
+    let global = VariableVendor::GLOBAL_VARIABLE;
+    let current = runtime::get_variable_boxed(&ucs2("BootCurrent")?, &global)
+        .ok()
+        .and_then(|(v, _)| Some(u16::from_le_bytes(v.get(..2)?.try_into().ok()?)));
+    let order = runtime::get_variable_boxed(&ucs2("BootOrder")?, &global)
+        .map(|(v, _)| bootopt::order(&v))
+        .unwrap_or_default();
+    for n in bootopt::after_current(&order, current) {
+        let name = bootopt::variable(n);
+        let Ok((bytes, _)) = runtime::get_variable_boxed(&ucs2(&name)?, &global) else {
+            continue;
+        };
+        let Some(option) = bootopt::parse(&bytes).filter(|o| o.active) else {
+            continue;
+        };
+        let Ok(path) = <&DevicePath>::try_from(option.device_path) else {
+            report.say(&format!("{name}: its device path is malformed; skipped"));
+            continue;
+        };
+        let child = match boot::load_image(
+            image,
+            LoadImageSource::FromDevicePath {
+                device_path: path,
+                boot_policy: BootPolicy::BootSelection,
+            },
+        ) {
+            Ok(child) => child,
+            Err(e) => {
+                report.say(&format!("{name} \"{}\" cannot be loaded: {e}", option.description));
+                continue;
+            }
+        };
+        if !option.optional_data.is_empty() {
+            let mut loaded = protocol::<LoadedImage>(child)
+                .map_err(|e| format!("cannot give {name} its load options: {e}"))?;
+            // SAFETY: `bytes` holds the options and outlives StartImage
+            // below; an image that keeps them copies them first.
+            unsafe {
+                loaded.set_load_options(
+                    option.optional_data.as_ptr().cast(),
+                    option.optional_data.len() as u32,
+                )
+            };
+        }
+        report.say(&format!("starting the next boot entry, {name} \"{}\"", option.description));
+        report.publish();
+        let returned = boot::start_image(child);
+        report.say(&format!("{name} returned: {returned:?}"));
+    }
+    if start::microv_runs() {
+        aps::disarm();
+        match start::stop() {
+            Ok(()) => report.say("no boot entry after this one booted: MicroV stopped; back to the firmware"),
+            Err(why) => report.say(&format!("no boot entry after this one booted, and MicroV could not be stopped: {why}")),
+        }
+    } else {
+        report.say("no boot entry after this one booted; back to the firmware");
+    }
+    report.publish();
+    Ok(NEXT_ENTRY)
 }
 
 /// `path` (UCS-2) on the volume `device`: the volume's device path with a

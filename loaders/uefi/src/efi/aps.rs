@@ -220,8 +220,20 @@ pub(super) fn arm(mut armed: Armed) {
         alloc::boxed::Box::leak(alloc::boxed::Box::new(armed)),
         Ordering::Release,
     );
-    // SAFETY: as above; the wrapper has ExitBootServices' signature.
-    unsafe { (*bs).exit_boot_services = exit_boot_services };
+    set_exit_boot_services(exit_boot_services);
+}
+
+/// Installs `f` as ExitBootServices, with the table's CRC made right.
+fn set_exit_boot_services(f: unsafe extern "efiapi" fn(uefi_raw::Handle, usize) -> uefi_raw::Status) {
+    let Some(st) = uefi::table::system_table_raw() else { return };
+    // SAFETY: the firmware's system table, live while boot services run.
+    let bs = unsafe { st.as_ref() }.boot_services;
+    if bs.is_null() {
+        return;
+    }
+    // SAFETY: the boot services table; this application is the only code
+    // running (no other CPU touches it); `f` has the signature.
+    unsafe { (*bs).exit_boot_services = f };
     // SAFETY: as above (the CRC is computed with the field at zero).
     unsafe { (*bs).header.crc = 0 };
     // SAFETY: as above.
@@ -233,6 +245,20 @@ pub(super) fn arm(mut armed: Armed) {
     let _ = unsafe { crc32(bs.cast(), size, &mut crc) };
     // SAFETY: as above.
     unsafe { (*bs).header.crc = crc };
+}
+
+/// Puts the firmware's ExitBootServices back (MicroV stopped before any
+/// OS ran: nothing is to start the APs into).
+pub(super) fn disarm() {
+    let original = ORIGINAL.swap(0, Ordering::AcqRel);
+    ARMED.store(core::ptr::null_mut(), Ordering::Release);
+    if original == 0 {
+        return;
+    }
+    // SAFETY: `arm` stored the firmware's own function here.
+    let original: unsafe extern "efiapi" fn(uefi_raw::Handle, usize) -> uefi_raw::Status =
+        unsafe { core::mem::transmute(original) };
+    set_exit_boot_services(original);
 }
 
 /// The firmware's ExitBootServices, then the APs.

@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use microv_abi::launch::{boot_flags, CpuLanding, PAGE_SIZE};
+use microv_abi::hypercall::{self, Hypercall};
 use microv_abi::StartError;
 use microv_arch::cpuid::LEAF_HYPERVISOR;
 use microv_arch::instr;
@@ -167,6 +168,44 @@ fn tsc_khz() -> u64 {
     boot::stall(TSC_SAMPLE);
     let t1 = instr::rdtsc();
     t1.wrapping_sub(t0) / TSC_SAMPLE.as_millis() as u64
+}
+
+/// True if MicroV already runs beneath this CPU (an earlier microv.efi,
+/// say one the boot entry after it started again).
+pub(super) fn microv_runs() -> bool {
+    signature() == "MicroVMicroV"
+}
+
+/// Stops MicroV on this CPU, the only one in it before the OS exits boot
+/// services (when nothing could be booted after it: the firmware must not
+/// go on with one CPU beneath MicroV and the others native). Its memory
+/// stays reserved until the machine restarts.
+pub(super) fn stop() -> Result<(), String> {
+    let (status, handle) = hypercall(Hypercall::HandleOpen, 0);
+    if status != 0 {
+        return Err(format!("handle.open failed with status {status}"));
+    }
+    let (status, _) = hypercall(Hypercall::HvStopPp, handle);
+    if status != 0 || microv_runs() {
+        return Err(format!("hv.stop_pp failed with status {status}"));
+    }
+    Ok(())
+}
+
+/// A management hypercall from the root VM (CPL 0): the status, and R10.
+fn hypercall(call: Hypercall, r10: u64) -> (u64, u64) {
+    let (status, out): (u64, u64);
+    // SAFETY: VMMCALL under MicroV (the caller checked it runs): MicroV
+    // answers in RAX and R10..R13, which are declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "vmmcall",
+            inout("rax") hypercall::encode(call) => status,
+            inout("r10") r10 => out,
+            out("r11") _, out("r12") _, out("r13") _,
+        )
+    };
+    (status, out)
 }
 
 /// CPUID 0x40000000's signature as text.
