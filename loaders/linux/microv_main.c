@@ -1036,7 +1036,11 @@ static void mv_attach_early(void)
 	WRITE_ONCE(mv_inst, inst);
 	WRITE_ONCE(mv_handle, inst->handle);
 	mv_state = MV_HV_RUNNING;
-	mv_start_ns = ktime_get_ns();
+	/*
+	 * MicroV has run since before Linux: its uptime counts from Linux's
+	 * clock's start at least (the firmware's time before is not known).
+	 */
+	mv_start_ns = 0;
 	mutex_unlock(&mv_lock);
 	pr_info("microv: attached to MicroV, started at boot (early boot), on %u CPUs\n",
 		inst->cpu_count);

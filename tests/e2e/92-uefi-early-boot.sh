@@ -93,6 +93,11 @@ status_json
 for c in 0 1; do
     [ "$(cpu_field $c state)" = running ] || fail "CPU $c is $(cpu_field $c state)"
 done
+# Uptime from Linux's start, not from the driver's attach: Linux has been
+# up for seconds when this runs.
+up=$(jget uptime_ns)
+[ "${up:-0}" -ge 1000000000 ] || fail "microv status's uptime counts from the driver's attach: ${up:-none} ns"
+echo "  uptime: $up ns (Linux's: $(cut -d' ' -f1 /proc/uptime) s)"
 cpuid_exits=$(cpu_field 0 exits.cpuid)
 # The firmware and Linux's boot alone run CPUID thousands of times.
 [ "$cpuid_exits" -gt 1000 ] || fail "only $cpuid_exits CPUID exits counted since boot"
