@@ -136,7 +136,8 @@ pub struct Cpu {
 /// The processors the MADT lists (local APIC and local x2APIC structures).
 pub fn cpus(madt: &[u8]) -> Result<Vec<Cpu>, AcpiError> {
     let mut cpus = Vec::new();
-    for (ty, at) in structures(madt)? {
+    for found in structures(madt)? {
+        let (ty, at) = found?;
         let cpu = match ty {
             entry::LOCAL_APIC => Cpu {
                 apic_id: u32::from(*madt.get(at + 3).ok_or(AcpiError::BadEntry(at))?),
@@ -173,8 +174,19 @@ pub fn with_wakeup(madt: &[u8], mailbox: u64) -> Result<Vec<u8>, AcpiError> {
 /// Marks the processor `apic_id` neither enabled nor online-capable (the
 /// OS will not start it) and fixes the checksum; false if not listed.
 pub fn disable(madt: &mut [u8], apic_id: u32) -> Result<bool, AcpiError> {
+    // Checked whole first, so nothing is changed in a broken table.
+    for found in structures(madt)? {
+        found?;
+    }
     let mut found = false;
-    for (ty, at) in structures(madt)? {
+    let mut next = MADT_ENTRIES;
+    let len = length(madt)?;
+    while next < len {
+        let at = next;
+        let (Some(&ty), Some(&size)) = (madt.get(at), madt.get(at + 1)) else {
+            break;
+        };
+        next = at + usize::from(size).max(2);
         let flags_at = match ty {
             entry::LOCAL_APIC if madt.get(at + 3).map(|&b| u32::from(b)) == Some(apic_id) => at + 4,
             entry::LOCAL_X2APIC if u32_at(madt, at + 4)? == apic_id => at + 8,
@@ -203,8 +215,10 @@ pub fn set_checksum(table: &mut [u8]) -> Result<(), AcpiError> {
     Ok(())
 }
 
-/// The type and offset of each MADT structure, checked to lie inside.
-fn structures(madt: &[u8]) -> Result<Vec<(u8, usize)>, AcpiError> {
+/// The type and offset of each MADT structure, checked to lie inside
+/// (an iterator: [`disable`] runs after boot services, when nothing can be
+/// allocated).
+fn structures(madt: &[u8]) -> Result<Structures<'_>, AcpiError> {
     if madt.get(..4) != Some(&MADT[..]) {
         return Err(AcpiError::Signature);
     }
@@ -212,20 +226,35 @@ fn structures(madt: &[u8]) -> Result<Vec<(u8, usize)>, AcpiError> {
     if madt.len() < len || len < MADT_ENTRIES {
         return Err(AcpiError::Truncated);
     }
-    let mut at = MADT_ENTRIES;
-    let mut out = Vec::new();
-    while at < len {
-        let (Some(&ty), Some(&size)) = (madt.get(at), madt.get(at + 1)) else {
-            return Err(AcpiError::BadEntry(at));
+    Ok(Structures { madt, len, at: MADT_ENTRIES })
+}
+
+struct Structures<'a> {
+    madt: &'a [u8],
+    len: usize,
+    at: usize,
+}
+
+impl Iterator for Structures<'_> {
+    type Item = Result<(u8, usize), AcpiError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.len {
+            return None;
+        }
+        let at = self.at;
+        let (Some(&ty), Some(&size)) = (self.madt.get(at), self.madt.get(at + 1)) else {
+            self.at = self.len;
+            return Some(Err(AcpiError::BadEntry(at)));
         };
         let size = usize::from(size);
-        if size < 2 || at + size > len {
-            return Err(AcpiError::BadEntry(at));
+        if size < 2 || at + size > self.len {
+            self.at = self.len;
+            return Some(Err(AcpiError::BadEntry(at)));
         }
-        out.push((ty, at));
-        at += size;
+        self.at += size;
+        Some(Ok((ty, at)))
     }
-    Ok(out)
 }
 
 /// A table's entries after its header.

@@ -16,7 +16,7 @@
 //!
 //! Everything the stub and the entry share is one [`Params`] page.
 
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 use microv_abi::launch::MAX_CPUS;
 
@@ -53,8 +53,12 @@ pub mod state {
     pub const FAILED: u32 = 2;
     /// Left MicroV after another CPU failed; native, halted.
     pub const NATIVE: u32 = 3;
-    /// The stub found no slot for its APIC ID; native, halted.
-    pub const NO_SLOT: u32 = 4;
+    /// The stub claimed the slot (from WAITING) and is on its way in.
+    pub const STARTING: u32 = 4;
+    /// microv.efi gave up waiting (from WAITING): an AP that arrives later
+    /// finds its slot taken and halts in the low block, never running
+    /// microv.efi's code, which the OS may have reused by then.
+    pub const ABANDONED: u32 = 5;
 }
 
 /// Selectors of the stub's GDT (also the APs' root state until the OS
@@ -72,8 +76,8 @@ pub struct Slot {
     pub apic_id: u32,
     /// [`state`].
     pub state: AtomicU32,
-    /// The MicroV status after a failed entry.
-    pub status: u64,
+    /// The MicroV status after a failed entry (written before the state).
+    pub status: AtomicU64,
     /// The AP's landing page (identity-mapped).
     pub landing: u64,
     /// The top of the stack microv.efi's entry runs on.
@@ -207,7 +211,7 @@ pub fn params(base: u64, stub: StubOffsets, entry: u64, enter: u64) -> Params {
         slots: core::array::from_fn(|_| Slot {
             apic_id: u32::MAX,
             state: AtomicU32::new(state::WAITING),
-            status: 0,
+            status: AtomicU64::new(0),
             landing: 0,
             stack_top: 0,
         }),
@@ -260,30 +264,23 @@ pub enum Outcome {
     /// MicroV failed on the first of these CPUs (index, status) and stops
     /// everywhere: every CPU leaves and the OS boots natively.
     Failed { cpu: usize, status: u64 },
-    /// These APs (APIC IDs) never answered: the OS is told they are
-    /// absent, and uses the others beneath MicroV.
-    Missing(alloc::vec::Vec<u32>),
+    /// This many APs never came in (abandoned, or stuck on the way): the
+    /// OS is told they are absent and uses the others beneath MicroV.
+    Missing(usize),
 }
 
-/// Decides from each slot's state (and status) what the OS gets.
-pub fn outcome(slots: &[(u32, u32, u64)]) -> Outcome {
-    if let Some((i, &(_, _, status))) = slots
-        .iter()
-        .enumerate()
-        .find(|(_, &(_, s, _))| s != state::ENTERED && s != state::WAITING)
+/// Decides from each slot's (state, status) what the OS gets. Allocates
+/// nothing: it runs after the firmware's boot services are gone.
+pub fn outcome(slots: &[(u32, u64)]) -> Outcome {
+    if let Some((i, &(_, status))) =
+        slots.iter().enumerate().find(|(_, &(s, _))| s == state::FAILED || s == state::NATIVE)
     {
         // CPU index: the APs follow the CPU microv.efi runs on (index 0).
         return Outcome::Failed { cpu: i + 1, status };
     }
-    let missing: alloc::vec::Vec<u32> = slots
-        .iter()
-        .filter(|&&(_, s, _)| s == state::WAITING)
-        .map(|&(id, _, _)| id)
-        .collect();
-    if missing.is_empty() {
-        Outcome::AllIn
-    } else {
-        Outcome::Missing(missing)
+    match slots.iter().filter(|&&(s, _)| s != state::ENTERED).count() {
+        0 => Outcome::AllIn,
+        n => Outcome::Missing(n),
     }
 }
 
@@ -364,18 +361,18 @@ mod tests {
     fn the_outcome_follows_the_slots() {
         use state::*;
         assert_eq!(outcome(&[]), Outcome::AllIn);
-        assert_eq!(outcome(&[(1, ENTERED, 0), (2, ENTERED, 0)]), Outcome::AllIn);
+        assert_eq!(outcome(&[(ENTERED, 0), (ENTERED, 0)]), Outcome::AllIn);
         assert_eq!(
-            outcome(&[(1, ENTERED, 0), (2, FAILED, 26), (3, FAILED, 5)]),
+            outcome(&[(ENTERED, 0), (FAILED, 26), (FAILED, 5)]),
             Outcome::Failed { cpu: 2, status: 26 }
         );
         assert_eq!(
-            outcome(&[(1, WAITING, 0), (2, NO_SLOT, 0)]),
+            outcome(&[(ABANDONED, 0), (NATIVE, 0)]),
             Outcome::Failed { cpu: 2, status: 0 }
         );
         assert_eq!(
-            outcome(&[(1, ENTERED, 0), (5, WAITING, 0), (7, WAITING, 0)]),
-            Outcome::Missing(vec![5, 7])
+            outcome(&[(ENTERED, 0), (ABANDONED, 0), (STARTING, 0)]),
+            Outcome::Missing(2)
         );
     }
 }

@@ -69,6 +69,56 @@ pub fn variable(n: u16) -> String {
     alloc::format!("Boot{n:04X}")
 }
 
+/// Device path node types: media (hard drive is its subtype 1), and the
+/// end of the path.
+const MEDIA: u8 = 0x04;
+const HARD_DRIVE: u8 = 0x01;
+const END: u8 = 0x7f;
+/// The node that ends a whole device path.
+const END_NODE: [u8; 4] = [0x7f, 0xff, 0x04, 0x00];
+
+/// A device path's nodes, up to its first end node; `None` if a node's
+/// length runs past the bytes.
+pub fn nodes(path: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let header = path.get(at..at + 4)?;
+        let len = usize::from(u16::from_le_bytes([*header.get(2)?, *header.get(3)?]));
+        if len < 4 {
+            return None;
+        }
+        if header.first() == Some(&END) {
+            return Some(out);
+        }
+        out.push(path.get(at..at + len)?);
+        at += len;
+    }
+}
+
+/// A short-form path (`HD(…)/File(…)`, as `efibootmgr` writes them) made
+/// whole with the path of the partition that has the same hard-drive node
+/// (the firmware's boot manager does this; LoadImage does not). `None` if
+/// the path is not short-form or no partition matches; `partitions` are
+/// the device paths of the volumes the firmware has.
+pub fn expand(short: &[u8], partitions: &[&[u8]]) -> Option<Vec<u8>> {
+    let short = nodes(short)?;
+    let (first, rest) = short.split_first()?;
+    if first.get(..2) != Some(&[MEDIA, HARD_DRIVE][..]) {
+        return None;
+    }
+    partitions.iter().find_map(|p| {
+        let full = nodes(p)?;
+        let upto = full.iter().position(|n| n == first)?;
+        let mut out = Vec::new();
+        for node in full.iter().take(upto + 1).chain(rest) {
+            out.extend_from_slice(node);
+        }
+        out.extend_from_slice(&END_NODE);
+        Some(out)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +158,37 @@ mod tests {
         }
         // No NUL after the description.
         assert_eq!(parse(&[1, 0, 0, 0, 0, 0, 0x41, 0]), None);
+    }
+
+    fn node(ty: u8, sub: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![ty, sub];
+        v.extend_from_slice(&((4 + body.len()) as u16).to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn short_form_paths_are_completed_with_their_partition() {
+        let pci = node(1, 1, &[1, 2]);
+        let sata = node(3, 18, &[0, 0, 0, 0, 0, 0]);
+        let hd1 = node(4, 1, &[1; 38]);
+        let hd2 = node(4, 1, &[2; 38]);
+        let file = node(4, 4, &[b'\\', 0, 0, 0]);
+        let end = END_NODE.to_vec();
+        let short = [hd2.clone(), file.clone(), end.clone()].concat();
+        let part1 = [pci.clone(), sata.clone(), hd1, end.clone()].concat();
+        let part2 = [pci.clone(), sata.clone(), hd2.clone(), end.clone()].concat();
+        assert_eq!(
+            expand(&short, &[&part1, &part2]).unwrap(),
+            [pci.clone(), sata.clone(), hd2, file.clone(), end.clone()].concat()
+        );
+        assert_eq!(expand(&short, &[&part1]), None, "no such partition");
+        let full = [pci, file, end].concat();
+        assert_eq!(expand(&full, &[&part2]), None, "not short-form");
+        assert_eq!(nodes(&full).unwrap().len(), 2);
+        assert_eq!(nodes(&full[..5]), None, "cut short");
+        assert_eq!(nodes(&[1, 1, 2, 0]), None, "a node shorter than its header");
+        assert_eq!(expand(&END_NODE, &[]), None, "empty");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! log     = info                     # or debug
 //! microv  = off                      # boot the OS without MicroV (default on)
 //! test-fail-cpu = 1                  # tests only: CPU 1's bring-up fails
+//! test-silent-cpu = 1                # tests only: CPU 1 is never started
 //! ```
 //!
 //! A line this parser does not understand is an error, not ignored: a typo
@@ -82,6 +83,10 @@ pub struct Config {
     /// `test-fail-cpu`: the CPU whose bring-up fails on purpose (the
     /// failure tests' switch, as `microv start --fail-cpu`).
     pub fail_cpu: Option<u8>,
+    /// `test-silent-cpu`: the CPU microv.efi never starts, so it never
+    /// answers (the failure tests' stand-in for a CPU that does not come
+    /// up at all).
+    pub silent_cpu: Option<u8>,
 }
 
 /// What is wrong with a line.
@@ -103,7 +108,7 @@ pub enum Problem {
     BadLog(String),
     /// `microv` takes `on` or `off`.
     BadSwitch(String),
-    /// `test-fail-cpu` is not a CPU index 1..=63.
+    /// `test-fail-cpu` or `test-silent-cpu` is not a CPU index 1..=63.
     BadFailCpu(String),
     /// `boot = next` with `kernel`, `initrd` or `cmdline`.
     NextWithKernel,
@@ -145,7 +150,7 @@ impl fmt::Display for ConfigError {
             ),
             Problem::BadLog(v) => write!(f, "log = `{v}`: use info or debug"),
             Problem::BadSwitch(v) => write!(f, "microv = `{v}`: use on or off"),
-            Problem::BadFailCpu(v) => write!(f, "test-fail-cpu = `{v}`: a CPU index from 1 to 63"),
+            Problem::BadFailCpu(v) => write!(f, "test-fail-cpu/test-silent-cpu = `{v}`: a CPU index from 1 to 63"),
             Problem::NextWithKernel => {
                 f.write_str("boot = next and kernel/initrd/cmdline exclude each other")
             }
@@ -158,7 +163,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// Every key, in the order [`parse`] keeps the line each was seen on.
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 9] = [
     "kernel",
     "initrd",
     "cmdline",
@@ -167,6 +172,7 @@ const KEYS: [&str; 8] = [
     "log",
     "microv",
     "test-fail-cpu",
+    "test-silent-cpu",
 ];
 
 /// Parses the file's text.
@@ -180,6 +186,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut log = LogLevel::Info;
     let mut start = true;
     let mut fail_cpu = None;
+    let mut silent_cpu = None;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let err = |problem| ConfigError { line, problem };
@@ -216,14 +223,17 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                     _ => return Err(err(Problem::BadSwitch(value.to_string()))),
                 }
             }
-            "test-fail-cpu" => {
-                fail_cpu = Some(
-                    value
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|n| (1..=63).contains(n))
-                        .ok_or_else(|| err(Problem::BadFailCpu(value.to_string())))?,
-                )
+            "test-fail-cpu" | "test-silent-cpu" => {
+                let n = value
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|n| (1..=63).contains(n))
+                    .ok_or_else(|| err(Problem::BadFailCpu(value.to_string())))?;
+                if key == "test-fail-cpu" {
+                    fail_cpu = Some(n);
+                } else {
+                    silent_cpu = Some(n);
+                }
             }
             _ => {
                 log = match value {
@@ -257,6 +267,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         log,
         start,
         fail_cpu,
+        silent_cpu,
     })
 }
 
@@ -329,8 +340,12 @@ mod tests {
             parse("boot = next\ntest-fail-cpu = 1").unwrap().fail_cpu,
             Some(1)
         );
+        assert_eq!(c.silent_cpu, None);
+        assert_eq!(parse("boot = next\ntest-silent-cpu = 2").unwrap().silent_cpu, Some(2));
         for bad in ["0", "64", "x", "-1", ""] {
             let e = parse(&format!("boot = next\ntest-fail-cpu = {bad}")).unwrap_err();
+            assert_eq!(e.problem, Problem::BadFailCpu(bad.into()));
+            let e = parse(&format!("boot = next\ntest-silent-cpu = {bad}")).unwrap_err();
             assert_eq!(e.problem, Problem::BadFailCpu(bad.into()));
         }
         let c = parse("kernel=\\vmlinuz").unwrap();

@@ -200,6 +200,24 @@ pub fn global_init(bi: &'static BootInfo, bi_va: u64) -> Result<(), StartError> 
     Ok(())
 }
 
+/// This CPU cannot run MicroV: back to the loader, as [`early_return`].
+/// After an early boot no loader is left to take MicroV off the other CPUs
+/// (the Linux driver does that after a late launch), so every CPU leaves
+/// at its next exit, as after a failure.
+fn refuse(
+    bi: &BootInfo,
+    landing: Landing,
+    captured: &launch::CapturedState,
+    entry: u64,
+    status: u64,
+    detail: u64,
+) -> ! {
+    if bi.start_mode == StartMode::EarlyBoot as u32 {
+        FAILED.store(status as u32, Ordering::Release);
+    }
+    early_return(landing, captured, entry, status, detail)
+}
+
 /// Returns to the loader before anything on this CPU was changed: the CPU
 /// still has the state it entered with, so only CR3 and the frame matter.
 pub fn early_return(
@@ -282,14 +300,14 @@ pub fn bring_up(
     let limits = cpu_state::limits(&mut cpuid);
     if !xsave::xcr0_valid(captured.xcr0, limits.xcr0) {
         let code = StartError::UnsupportedCpuState as u64;
-        early_return(landing, &captured, entry, code, captured.xcr0)
+        refuse(bi, landing, &captured, entry, code, captured.xcr0)
     }
     let pages = match alloc_cpu(index, &limits, captured.xcr0) {
         Ok(p) => p,
-        Err(e) => early_return(landing, &captured, entry, e as u64, 0),
+        Err(e) => refuse(bi, landing, &captured, entry, e as u64, 0),
     };
     let Some(root) = vs::get(pages.root_vs) else {
-        early_return(landing, &captured, entry, StartError::KernelFault as u64, 0)
+        refuse(bi, landing, &captured, entry, StartError::KernelFault as u64, 0)
     };
 
     // Capture what VMSAVE covers (FS, GS, TR, LDTR, syscall MSRs) exactly
@@ -301,7 +319,7 @@ pub fn bring_up(
     // CPU's root state is not running; no other reference exists.
     let vmcb = unsafe { &mut *(root.vmcb_va as *mut Vmcb) };
     if let Err((e, detail)) = root::root_save_area(&captured, &mut vmcb.save, 0) {
-        early_return(landing, &captured, entry, e as u64, detail)
+        refuse(bi, landing, &captured, entry, e as u64, detail)
     }
     copy_out(&root, &vmcb_spans::CONTROL_STATE);
 
@@ -703,7 +721,8 @@ fn root_copy(pc: &mut PerCpu) -> (SaveArea, VsRegs) {
 
 fn check_root(pc: &mut PerCpu) -> Result<(), cpu_state::Refused> {
     let (save, regs) = root_copy(pc);
-    cpu_state::check_promotable(&save, regs.xcr0, &pc.limits)
+    cpu_state::check_tables(save.cr3, pc.entry_tables)
+        .and_then(|()| cpu_state::check_promotable(&save, regs.xcr0, &pc.limits))
 }
 
 /// Puts this CPU's root vCPU state back onto the real CPU; if it cannot be

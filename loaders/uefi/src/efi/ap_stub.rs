@@ -87,7 +87,13 @@ core::arch::global_asm!(
     "add rdi, {slot_size}",
     "dec ecx",
     "jmp 2b",
+    // Claim the slot: if microv.efi gave up on this AP meanwhile, stop
+    // here, in the low block (microv.efi's code may be the OS's by now).
     "3:",
+    "mov eax, {waiting}",
+    "mov ecx, {starting}",
+    "lock cmpxchg [rdi + {slot_state}], ecx",
+    "jne microv_ap_halt",
     "mov rsp, [rdi + {slot_stack}]",
     "call qword ptr [r12 + {params} + {entry}]",
     "jmp microv_ap_halt",
@@ -104,9 +110,12 @@ core::arch::global_asm!(
     "pause",
     "cmp dword ptr [rdx], 0",
     "jne 5f",
-    "cmp word ptr [rdi + {command}], {wakeup}",
-    "jne 4b",
+    // The APIC ID first, then the command: the OS writes them the other
+    // way round, so a command seen after this AP's ID is this AP's (a
+    // command read first could be the previous CPU's wake-up).
     "cmp [rdi + {apic_id}], esi",
+    "jne 4b",
+    "cmp word ptr [rdi + {command}], {wakeup}",
     "jne 4b",
     "mov rax, [rdi + {vector}]",
     "mov word ptr [rdi + {command}], 0",
@@ -135,6 +144,9 @@ core::arch::global_asm!(
     entry = const offset_of!(Params, entry),
     slot_apic = const offset_of!(Slot, apic_id),
     slot_stack = const offset_of!(Slot, stack_top),
+    slot_state = const offset_of!(Slot, state),
+    waiting = const state::WAITING,
+    starting = const state::STARTING,
     slot_size = const core::mem::size_of::<Slot>(),
     data = const selector::DATA,
     cr4 = const CR4_SET,

@@ -6,7 +6,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use uefi::boot::{
-    self, LoadImageSource, MemoryType, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol,
+    self, LoadImageSource, SearchType, MemoryType, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol,
 };
 use uefi::fs::FileSystem;
 use uefi::mem::memory_map::MemoryMap;
@@ -14,10 +14,11 @@ use uefi::proto::device_path::build::{media::FilePath, DevicePathBuilder};
 use uefi::proto::device_path::DevicePath;
 use uefi::proto::loaded_image::LoadedImage;
 use uefi::proto::pi::mp::MpServices;
+use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::proto::BootPolicy;
 use uefi::proto::ProtocolPointer;
 use uefi::runtime::{self, VariableAttributes, VariableVendor};
-use uefi::{println, CStr16, CString16, Handle, Status};
+use uefi::{println, CStr16, CString16, Handle, Identify, Status};
 
 use super::aps;
 use super::start;
@@ -79,10 +80,15 @@ pub(super) extern "efiapi" fn efi_rust_main(
         report.say("MicroV already runs beneath this CPU; back to the firmware");
         return NEXT_ENTRY;
     }
+    aps::forget_previous_outcome();
     match run(image, &mut report) {
         Ok(status) => status,
         Err(why) => {
             report.say(&why);
+            // Never back to the firmware with MicroV on this CPU alone (the
+            // others native) or with the ExitBootServices wrapper in place
+            // (the firmware unloads microv.efi once it returns).
+            leave_microv(&mut report);
             report.say("back to the firmware, which boots its next boot entry");
             report.publish();
             NEXT_ENTRY
@@ -167,14 +173,17 @@ fn start_microv(fs: &mut FileSystem, config: &Config, report: &mut Report) -> Re
     ));
     let cpus = cpu_count()?;
     let armed = start::start(&kernel, &extension, &ram, config, cpus, report, |for_aps| {
-        (cpus > 1).then(|| aps::prepare(for_aps)).transpose()
+        (cpus > 1).then(|| aps::prepare(for_aps, config.silent_cpu)).transpose()
     })?;
     if let Some(armed) = armed {
+        if !aps::arm(armed) {
+            leave_microv(report);
+            return Err("the firmware's boot services table cannot be reached".into());
+        }
         report.say(&format!(
             "the other {} CPUs enter MicroV when the OS exits boot services",
             cpus - 1
         ));
-        aps::arm(armed);
     }
     Ok(())
 }
@@ -246,7 +255,13 @@ fn boot_next(image: Handle, report: &mut Report) -> Result<Status, String> {
         let Some(option) = bootopt::parse(&bytes).filter(|o| o.active) else {
             continue;
         };
-        let Ok(path) = <&DevicePath>::try_from(option.device_path) else {
+        // efibootmgr's entries are short-form (`HD(…)/File(…)`): made
+        // whole as the firmware's boot manager would.
+        let volumes = volume_paths();
+        let volumes: Vec<&[u8]> = volumes.iter().map(Vec::as_slice).collect();
+        let expanded = bootopt::expand(option.device_path, &volumes);
+        let Ok(path) = <&DevicePath>::try_from(expanded.as_deref().unwrap_or(option.device_path))
+        else {
             report.say(&format!("{name}: its device path is malformed; skipped"));
             continue;
         };
@@ -264,8 +279,11 @@ fn boot_next(image: Handle, report: &mut Report) -> Result<Status, String> {
             }
         };
         if !option.optional_data.is_empty() {
-            let mut loaded = protocol::<LoadedImage>(child)
-                .map_err(|e| format!("cannot give {name} its load options: {e}"))?;
+            let Ok(mut loaded) = protocol::<LoadedImage>(child) else {
+                report.say(&format!("{name}: cannot give it its load options; skipped"));
+                let _ = boot::unload_image(child);
+                continue;
+            };
             // SAFETY: `bytes` holds the options and outlives StartImage
             // below; an image that keeps them copies them first.
             unsafe {
@@ -280,17 +298,32 @@ fn boot_next(image: Handle, report: &mut Report) -> Result<Status, String> {
         let returned = boot::start_image(child);
         report.say(&format!("{name} returned: {returned:?}"));
     }
-    if start::microv_runs() {
-        aps::disarm();
-        match start::stop() {
-            Ok(()) => report.say("no boot entry after this one booted: MicroV stopped; back to the firmware"),
-            Err(why) => report.say(&format!("no boot entry after this one booted, and MicroV could not be stopped: {why}")),
-        }
-    } else {
-        report.say("no boot entry after this one booted; back to the firmware");
+    Err("no boot entry after this one booted".into())
+}
+
+/// The device paths of the volumes the firmware has (file systems).
+fn volume_paths() -> Vec<Vec<u8>> {
+    let Ok(handles) = boot::locate_handle_buffer(SearchType::ByProtocol(&SimpleFileSystem::GUID))
+    else {
+        return Vec::new();
+    };
+    handles
+        .iter()
+        .filter_map(|&h| protocol::<DevicePath>(h).ok().map(|p| p.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Takes MicroV off this CPU (the only one in it before the OS exits boot
+/// services) and puts the firmware's ExitBootServices back, if it runs.
+fn leave_microv(report: &mut Report) {
+    if !start::microv_runs() {
+        return;
     }
-    report.publish();
-    Ok(NEXT_ENTRY)
+    aps::disarm();
+    match start::stop() {
+        Ok(()) => report.say("MicroV stopped (its memory stays reserved until the next restart)"),
+        Err(why) => report.say(&format!("MicroV could not be stopped: {why}")),
+    }
 }
 
 /// `path` (UCS-2) on the volume `device`: the volume's device path with a

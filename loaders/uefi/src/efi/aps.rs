@@ -56,6 +56,8 @@ pub(super) struct Armed {
     rsdt: u64,
     tsc_khz: u64,
     aps: usize,
+    /// `test-silent-cpu`'s slot: never sent INIT or STARTUP.
+    silent: Option<usize>,
     /// The lines for [`record::CPUS_VARIABLE`], room reserved up front.
     lines: Vec<u8>,
     original: usize,
@@ -76,7 +78,7 @@ static PARAMS: AtomicPtr<Params> = AtomicPtr::new(core::ptr::null_mut());
 /// Prepares the APs before MicroV starts: the CPUs from the MADT (one
 /// landing page each), the low block with the stub, the identity tables
 /// and the mailbox, a stack each, and the MADT copy with the mailbox.
-pub(super) fn prepare(for_aps: &ForAps) -> Result<Armed, String> {
+pub(super) fn prepare(for_aps: &ForAps, silent_cpu: Option<u8>) -> Result<Armed, String> {
     let rsdp = rsdp_address().ok_or("the firmware has no ACPI 2.0 tables")?;
     // SAFETY: the firmware's RSDP, identity-mapped; 36 bytes in ACPI 2.0.
     let root = acpi::rsdp(unsafe { bytes(rsdp, 36) }).map_err(|e| format!("ACPI RSDP: {e:?}"))?;
@@ -91,10 +93,17 @@ pub(super) fn prepare(for_aps: &ForAps) -> Result<Armed, String> {
         .map_err(|e| format!("ACPI XSDT: {e:?}"))?
         .into_iter()
         // SAFETY: each address the XSDT lists is a table's header.
-        .find(|&a| unsafe { bytes(a, 4) } == acpi::MADT)
+        .find(|&a| a != 0 && unsafe { bytes(a, 4) } == acpi::MADT)
         .ok_or("the ACPI tables have no MADT")?;
     // SAFETY: the MADT just found.
     let madt_bytes = unsafe { table(old_madt) }.map_err(|e| format!("MADT: {e:?}"))?;
+    // The APs run microv.efi's entry (and read `PARAMS`) on the identity
+    // tables, which map the low 4 GiB only.
+    let entry = ap_entry as *const () as u64;
+    let shared = core::ptr::addr_of!(PARAMS) as u64;
+    if entry.max(shared) >= aps::IDENTITY_BYTES - (16 << 20) {
+        return Err("microv.efi was loaded above 4 GiB, where its APs' start cannot reach it".into());
+    }
     let bsp = instr::cpuid(1, 0).ebx >> 24;
     let ids: Vec<u32> = acpi::cpus(madt_bytes)
         .map_err(|e| format!("MADT: {e:?}"))?
@@ -119,9 +128,11 @@ pub(super) fn prepare(for_aps: &ForAps) -> Result<Armed, String> {
         MemoryType::RESERVED,
         "the APs' start block",
     )?;
+    // Reserved: the APs' root VMs keep their stack pointers in it until
+    // the OS gives them its own.
     let stacks = Reserved::pages(
         STACK_PAGES * ids.len() as u64,
-        MemoryType::LOADER_DATA,
+        MemoryType::RESERVED,
         "the APs' stacks",
     )?;
     let new_madt = acpi::with_wakeup(madt_bytes, low.addr() + block::MAILBOX * PAGE_SIZE)
@@ -189,6 +200,7 @@ pub(super) fn prepare(for_aps: &ForAps) -> Result<Armed, String> {
         rsdt: u64::from(root.rsdt),
         tsc_khz: for_aps.tsc_khz,
         aps: ids.len(),
+        silent: silent_cpu.map(|n| usize::from(n) - 1),
         lines: Vec::with_capacity(REPORT_ROOM),
         original: 0,
     })
@@ -196,14 +208,16 @@ pub(super) fn prepare(for_aps: &ForAps) -> Result<Armed, String> {
 
 /// Once MicroV runs on this CPU: wraps the firmware's ExitBootServices so
 /// the APs start when the OS exits boot services.
-pub(super) fn arm(mut armed: Armed) {
+/// False if the firmware's tables cannot be reached (MicroV must then not
+/// go on on this CPU alone).
+pub(super) fn arm(mut armed: Armed) -> bool {
     let Some(st) = uefi::table::system_table_raw() else {
-        return;
+        return false;
     };
     // SAFETY: the firmware's system table, live while boot services run.
     let bs = unsafe { st.as_ref() }.boot_services;
     if bs.is_null() {
-        return;
+        return false;
     }
     // SAFETY: the boot services table the system table names; this
     // application is the only code running (no other CPU touches it).
@@ -211,16 +225,22 @@ pub(super) fn arm(mut armed: Armed) {
     armed.original = original;
     PARAMS.store(armed.params(), Ordering::Release);
     ORIGINAL.store(original, Ordering::Release);
-    // A previous boot's outcome would mislead: this boot writes its own.
-    let name = cpus_variable();
-    if let Some(name) = name_of(&name) {
-        let _ = uefi::runtime::delete_variable(name, &VariableVendor(record::VENDOR));
-    }
     ARMED.store(
         alloc::boxed::Box::leak(alloc::boxed::Box::new(armed)),
         Ordering::Release,
     );
     set_exit_boot_services(exit_boot_services);
+    true
+}
+
+/// Deletes a previous boot's [`record::CPUS_VARIABLE`]: it would mislead
+/// (each boot that starts MicroV on more than one CPU writes its own if
+/// not every CPU came in).
+pub(super) fn forget_previous_outcome() {
+    let name = cpus_variable();
+    if let Some(name) = name_of(&name) {
+        let _ = uefi::runtime::delete_variable(name, &VariableVendor(record::VENDOR));
+    }
 }
 
 /// Installs `f` as ExitBootServices, with the table's CRC made right.
@@ -286,12 +306,15 @@ fn start_aps(a: &mut Armed) {
     let params = a.params();
     let apic = Apic::new();
     let ticks_per_ms = a.tsc_khz.max(1);
-    // SAFETY: the shared page (written in `prepare`); slots are read here
-    // and written by the APs only through their atomics.
+    // SAFETY: the shared page (written in `prepare`); the APs change their
+    // slots only through the atomics.
     let slots = unsafe { &(*params).slots };
     let slots = slots.get(..a.aps).unwrap_or_default();
     let page = a.low.addr() + block::CODE * PAGE_SIZE;
-    for slot in slots {
+    for (i, slot) in slots.iter().enumerate() {
+        if a.silent == Some(i) {
+            continue;
+        }
         apic.send(slot.apic_id, icr::INIT);
         delay(ticks_per_ms * 10);
         apic.send(slot.apic_id, icr::startup(page));
@@ -300,38 +323,52 @@ fn start_aps(a: &mut Armed) {
             apic.send(slot.apic_id, icr::startup(page));
         }
     }
+    let on_the_way = |s: &Slot| matches!(s.state.load(Ordering::Acquire), state::WAITING | state::STARTING);
     let deadline = instr::rdtsc().wrapping_add(ticks_per_ms * ANSWER_MS);
-    while slots
-        .iter()
-        .any(|s| s.state.load(Ordering::Acquire) == state::WAITING)
-        && instr::rdtsc() < deadline
-    {
+    while slots.iter().any(on_the_way) && instr::rdtsc() < deadline {
         core::hint::spin_loop();
     }
-    let states: [(u32, u32, u64); aps::MAX_APS] = core::array::from_fn(|i| {
-        slots.get(i).map_or((0, state::ENTERED, 0), |s| {
-            // SAFETY: a FAILED AP wrote its status before its state.
-            let status = unsafe { core::ptr::addr_of!(s.status).read_volatile() };
-            (s.apic_id, s.state.load(Ordering::Acquire), status)
+    // An AP not heard from by now is given up: if it starts later it finds
+    // its slot taken and halts in the low block.
+    for slot in slots {
+        let _ = slot.state.compare_exchange(
+            state::WAITING,
+            state::ABANDONED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+    let states: [(u32, u64); aps::MAX_APS] = core::array::from_fn(|i| {
+        slots.get(i).map_or((state::ENTERED, 0), |s| {
+            // The state first: a FAILED AP stored its status before it.
+            let st = s.state.load(Ordering::Acquire);
+            (st, s.status.load(Ordering::Acquire))
         })
     });
     let states = states.get(..a.aps).unwrap_or_default();
     match aps::outcome(states) {
         Outcome::AllIn => {
             // `microv status` shows every CPU running: nothing to report.
-            install_madt(a, &[]);
+            install_madt(a, slots);
             return;
         }
-        Outcome::Missing(ids) => {
-            install_madt(a, &ids);
-            a.say(format_args!(
-                "CPUs with APIC IDs {ids:?} did not answer; the OS will not use them"
-            ));
+        Outcome::Missing(_) => {
+            install_madt(a, slots);
+            for (i, slot) in slots.iter().enumerate() {
+                if slot.state.load(Ordering::Acquire) != state::ENTERED {
+                    a.say(format_args!(
+                        "CPU {} (APIC ID {}) did not come into MicroV in time; the OS will not use it",
+                        i + 1,
+                        slot.apic_id
+                    ));
+                }
+            }
         }
         Outcome::Failed { cpu, status } => {
             // SAFETY: the shared page; the flag is an atomic.
             unsafe { (*params).leave.store(1, Ordering::Release) };
-            // One exit: MicroV, failed, gives this CPU back natively.
+            // One exit: MicroV, failed (a refused CPU stops it everywhere
+            // after an early boot), gives this CPU back natively.
             let _ = instr::cpuid(0, 0);
             let deadline = instr::rdtsc().wrapping_add(ticks_per_ms * ANSWER_MS);
             while slots
@@ -342,9 +379,15 @@ fn start_aps(a: &mut Armed) {
                 core::hint::spin_loop();
             }
             let why = StartError::from_u32(status as u32).map_or("unknown error", |e| e.message());
-            a.say(format_args!(
-                "CPU {cpu} did not come up under MicroV: {why} (status {status}); MicroV stopped on every CPU and the OS boots natively"
-            ));
+            if super::start::microv_runs() {
+                a.say(format_args!(
+                    "CPU {cpu} did not come up under MicroV: {why} (status {status}); MicroV did not stop, and the OS boots on it without that CPU's mailbox"
+                ));
+            } else {
+                a.say(format_args!(
+                    "CPU {cpu} did not come up under MicroV: {why} (status {status}); MicroV stopped on every CPU and the OS boots natively"
+                ));
+            }
         }
     }
     publish(a);
@@ -390,12 +433,14 @@ impl Write for Line {
 }
 
 /// Points the XSDT (and RSDT) at the MADT copy with the mailbox, with the
-/// CPUs in `absent` marked unusable.
-fn install_madt(a: &Armed, absent: &[u32]) {
+/// APs not in MicroV marked unusable.
+fn install_madt(a: &Armed, slots: &[Slot]) {
     // SAFETY: the copy's pages, ours (prepared before boot services ended).
     let madt = unsafe { core::slice::from_raw_parts_mut(a.madt.start.as_ptr(), a.madt_len) };
-    for &id in absent {
-        let _ = acpi::disable(madt, id);
+    for slot in slots {
+        if slot.state.load(Ordering::Acquire) != state::ENTERED {
+            let _ = acpi::disable(madt, slot.apic_id);
+        }
     }
     let new = a.madt.addr();
     for (list, width) in [(a.xsdt, 8), (Some(a.rsdt), 4)] {
@@ -496,8 +541,9 @@ extern "C" fn ap_entry(slot: *mut Slot) -> ! {
     let Some(p) = (unsafe { params.as_ref() }) else {
         halt()
     };
-    // SAFETY: the stub passes this AP's own slot; only this AP writes it.
-    let slot = unsafe { &mut *slot };
+    // SAFETY: the stub passes this AP's own slot, in the shared page for
+    // good; it is changed only through its atomics.
+    let slot = unsafe { &*slot };
     take_mtrrs(p);
     let landing = slot.landing as *mut CpuLanding;
     // SAFETY: this AP's landing page, written by microv.efi before, now
@@ -516,9 +562,14 @@ extern "C" fn ap_entry(slot: *mut Slot) -> ! {
         // SAFETY: the mailbox and the flags live in the low block for good.
         unsafe { park(p.mailbox, slot.apic_id, &p.leave, &slot.state) }
     }
-    slot.status = status;
+    slot.status.store(status, Ordering::Release);
     slot.state.store(state::FAILED, Ordering::Release);
-    halt()
+    // Natively again: halt in the low block, not in microv.efi's code
+    // (the OS reuses that memory).
+    // SAFETY: the stub's halt loop in the low block (never returns).
+    let stop: unsafe extern "C" fn() -> ! = unsafe { core::mem::transmute(p.halt as usize) };
+    // SAFETY: as above.
+    unsafe { stop() }
 }
 
 /// Makes this AP's MTRRs the bootstrap CPU's (off while they change).

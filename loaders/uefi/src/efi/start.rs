@@ -173,7 +173,9 @@ fn tsc_khz() -> u64 {
 /// True if MicroV already runs beneath this CPU (an earlier microv.efi,
 /// say one the boot entry after it started again).
 pub(super) fn microv_runs() -> bool {
-    signature() == "MicroVMicroV"
+    // No String here: this also runs after the OS exited boot services,
+    // when nothing can be allocated.
+    &signature_bytes() == b"MicroVMicroV"
 }
 
 /// Stops MicroV on this CPU, the only one in it before the OS exits boot
@@ -210,10 +212,15 @@ fn hypercall(call: Hypercall, r10: u64) -> (u64, u64) {
 
 /// CPUID 0x40000000's signature as text.
 fn signature() -> String {
+    String::from_utf8_lossy(&signature_bytes()).into_owned()
+}
+
+/// CPUID 0x40000000's signature (EBX, ECX, EDX).
+fn signature_bytes() -> [u8; 12] {
     let r = instr::cpuid(LEAF_HYPERVISOR, 0);
     let mut bytes = [0u8; 12];
     for (chunk, word) in bytes.chunks_mut(4).zip([r.ebx, r.ecx, r.edx]) {
         chunk.copy_from_slice(&word.to_le_bytes());
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    bytes
 }
