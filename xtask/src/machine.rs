@@ -49,6 +49,20 @@ pub struct MachineArgs {
     /// --esp-conf 'microv = off' to boot the same way without MicroV.
     #[arg(long, value_name = "LINE")]
     pub esp_conf: Vec<String>,
+    /// A file put on the EFI system partition for `--boot uefi`, over the
+    /// default (repeatable), e.g. --esp-file startup.nsh=/tmp/exit.nsh.
+    #[arg(long, value_name = "ESP_PATH=FILE", value_parser = esp_file)]
+    pub esp_file: Vec<(String, PathBuf)>,
+}
+
+/// `ESP_PATH=FILE` of `--esp-file`.
+fn esp_file(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((on_esp, file)) if !on_esp.is_empty() && !file.is_empty() => {
+            Ok((on_esp.to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!("`{arg}`: expected ESP_PATH=FILE")),
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -107,7 +121,7 @@ pub fn config(root: &Path, args: &MachineArgs, command: Vec<String>) -> VmConfig
         keep: args.keep,
         boot: args.boot,
         esp_conf: args.esp_conf.clone(),
-        esp_files: Vec::new(),
+        esp_files: args.esp_file.clone(),
     }
 }
 

@@ -88,6 +88,7 @@ fn bench_machine(timeout: u64, no_build: bool, keep: bool, qemu_arg: Vec<String>
         keep,
         boot: crate::esp::Boot::Direct,
         esp_conf: Vec::new(),
+        esp_file: Vec::new(),
     }
 }
 

@@ -183,7 +183,8 @@ pub(super) fn microv_runs() -> bool {
 /// go on with one CPU beneath MicroV and the others native). Its memory
 /// stays reserved until the machine restarts.
 pub(super) fn stop() -> Result<(), String> {
-    let (status, handle) = hypercall(Hypercall::HandleOpen, 0);
+    // handle.open takes the ABI version the caller speaks.
+    let (status, handle) = hypercall(Hypercall::HandleOpen, hypercall::ABI_VERSION);
     if status != 0 {
         return Err(format!("handle.open failed with status {status}"));
     }
