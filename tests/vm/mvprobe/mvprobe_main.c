@@ -66,6 +66,10 @@
  *    stoppp cpu=N
  *        hv.stop_pp on that one CPU only; prints status, elapsed_ns and
  *        whether CPUID 0x40000000 still shows MicroV there afterwards.
+ *    init target=N
+ *        Sends OS CPU N an INIT IPI (level assert, as CPU bring-up does)
+ *        from the calling CPU (cpu=, default 0): the attack of taking a CPU
+ *        away from MicroV (tests/pending/69-attack-init-ipi.sh).
  *
  * Built by `cargo xtask build` against the same kernel headers as microv.ko
  * (with a copy of loaders/linux/microv_abi.h); installed in the machine at
@@ -85,6 +89,7 @@
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
 #include <linux/workqueue.h>
+#include <asm/apic.h>
 #include <asm/asm.h>
 #include <asm/debugreg.h>
 #include <asm/desc.h>
@@ -959,6 +964,41 @@ static int do_stoppp(struct cmd *c)
 	return 0;
 }
 
+struct init_args {
+	u32 apic_id;
+};
+
+static long init_from_cpu(void *arg)
+{
+	struct init_args *a = arg;
+	unsigned long flags;
+
+	local_irq_save(flags);
+	apic_icr_write(APIC_INT_LEVELTRIG | APIC_INT_ASSERT | APIC_DM_INIT, a->apic_id);
+	local_irq_restore(flags);
+	return 0;
+}
+
+static int do_init(struct cmd *c)
+{
+	struct init_args a = {};
+	u64 target;
+	int cpu, err;
+
+	err = cpu_arg(c, &cpu) ?: num(c, "target", ~0ULL, &target);
+	if (err)
+		return err;
+	if (target >= nr_cpu_ids || !cpu_online(target) || target == cpu) {
+		out("error=target-must-be-another-online-cpu\n");
+		return -EINVAL;
+	}
+	a.apic_id = per_cpu(x86_cpu_to_apicid, target);
+	out("op=init cpu=%d target=%llu apic_id=%u", cpu, target, a.apic_id);
+	work_on_cpu(cpu, init_from_cpu, &a);
+	out(" sent=1\n");
+	return 0;
+}
+
 static int dispatch(char *line)
 {
 	struct cmd c = {};
@@ -998,6 +1038,8 @@ static int dispatch(char *line)
 		return do_phys(&c);
 	if (!strcmp(c.op, "stoppp"))
 		return do_stoppp(&c);
+	if (!strcmp(c.op, "init"))
+		return do_init(&c);
 	out("error=unknown-command %s\n", c.op);
 	return -EINVAL;
 }
