@@ -19,6 +19,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
 use microv_abi::launch::MAX_CPUS;
+use microv_arch::msr;
 
 /// The most APs (every CPU but the one microv.efi runs on).
 pub const MAX_APS: usize = MAX_CPUS - 1;
@@ -124,10 +125,8 @@ pub struct Params {
 }
 
 /// MTRR MSRs.
+/// (MTRRcap, the first variable range and MTRRdefType are `arch::msr`'s.)
 pub mod mtrr {
-    pub const CAP: u32 = 0xFE;
-    pub const DEF_TYPE: u32 = 0x2FF;
-    pub const PHYS_BASE0: u32 = 0x200;
     pub const FIXED: [u32; 11] = [
         0x250, 0x258, 0x259, 0x268, 0x269, 0x26A, 0x26B, 0x26C, 0x26D, 0x26E, 0x26F,
     ];
@@ -142,7 +141,7 @@ pub const MAX_MTRRS: usize = 11 + 32 + 1;
 /// (it enables them), after the fixed and variable ranges. `read` reads an
 /// MSR of the CPU that has them right.
 pub fn mtrrs(read: &mut dyn FnMut(u32) -> u64) -> [[u64; 2]; MAX_MTRRS] {
-    let cap = read(mtrr::CAP);
+    let cap = read(msr::MTRR_CAP);
     let mut out = [[0u64; 2]; MAX_MTRRS];
     let fixed = if cap & mtrr::CAP_FIX != 0 {
         &mtrr::FIXED[..]
@@ -150,12 +149,12 @@ pub fn mtrrs(read: &mut dyn FnMut(u32) -> u64) -> [[u64; 2]; MAX_MTRRS] {
         &[]
     };
     let pairs = (cap & mtrr::CAP_VCNT).min(16) as u32;
-    let variable = (0..2 * pairs).map(|i| mtrr::PHYS_BASE0 + i);
+    let variable = (0..2 * pairs).map(|i| msr::MTRR_FIRST + i);
     let all = fixed
         .iter()
         .copied()
         .chain(variable)
-        .chain([mtrr::DEF_TYPE]);
+        .chain([msr::MTRR_DEF_TYPE]);
     for (slot, msr) in out.iter_mut().zip(all) {
         *slot = [u64::from(msr), read(msr)];
     }

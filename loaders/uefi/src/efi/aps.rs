@@ -60,7 +60,6 @@ pub(super) struct Armed {
     silent: Option<usize>,
     /// The lines for [`record::CPUS_VARIABLE`], room reserved up front.
     lines: Vec<u8>,
-    original: usize,
 }
 
 impl Armed {
@@ -69,7 +68,10 @@ impl Armed {
     }
 }
 
-/// The wrapped ExitBootServices, and what it needs.
+/// ExitBootServices' type.
+type ExitBootServices = unsafe extern "efiapi" fn(uefi_raw::Handle, usize) -> uefi_raw::Status;
+
+/// The wrapped ExitBootServices (0: none), and what the wrapper needs.
 static ORIGINAL: AtomicUsize = AtomicUsize::new(0);
 static ARMED: AtomicPtr<Armed> = AtomicPtr::new(core::ptr::null_mut());
 /// The shared page, for the APs' entry.
@@ -202,7 +204,6 @@ pub(super) fn prepare(for_aps: &ForAps, silent_cpu: Option<u8>) -> Result<Armed,
         aps: ids.len(),
         silent: silent_cpu.map(|n| usize::from(n) - 1),
         lines: Vec::with_capacity(REPORT_ROOM),
-        original: 0,
     })
 }
 
@@ -210,19 +211,13 @@ pub(super) fn prepare(for_aps: &ForAps, silent_cpu: Option<u8>) -> Result<Armed,
 /// the APs start when the OS exits boot services.
 /// False if the firmware's tables cannot be reached (MicroV must then not
 /// go on on this CPU alone).
-pub(super) fn arm(mut armed: Armed) -> bool {
-    let Some(st) = uefi::table::system_table_raw() else {
+pub(super) fn arm(armed: Armed) -> bool {
+    let Some(bs) = boot_services() else {
         return false;
     };
-    // SAFETY: the firmware's system table, live while boot services run.
-    let bs = unsafe { st.as_ref() }.boot_services;
-    if bs.is_null() {
-        return false;
-    }
     // SAFETY: the boot services table the system table names; this
     // application is the only code running (no other CPU touches it).
     let original = unsafe { (*bs).exit_boot_services } as usize;
-    armed.original = original;
     PARAMS.store(armed.params(), Ordering::Release);
     ORIGINAL.store(original, Ordering::Release);
     ARMED.store(
@@ -231,6 +226,22 @@ pub(super) fn arm(mut armed: Armed) -> bool {
     );
     set_exit_boot_services(exit_boot_services);
     true
+}
+
+/// The firmware's boot services table, while boot services run.
+fn boot_services() -> Option<*mut uefi_raw::table::boot::BootServices> {
+    let st = uefi::table::system_table_raw()?;
+    // SAFETY: the firmware's system table, live while boot services run.
+    let bs = unsafe { st.as_ref() }.boot_services;
+    (!bs.is_null()).then_some(bs)
+}
+
+/// The firmware's ExitBootServices that `arm` wrapped, if it is wrapped.
+fn original() -> Option<ExitBootServices> {
+    let f = ORIGINAL.load(Ordering::Acquire);
+    // SAFETY: `arm` stored the firmware's own function here (a non-zero
+    // function address of this type).
+    (f != 0).then(|| unsafe { core::mem::transmute::<usize, ExitBootServices>(f) })
 }
 
 /// Deletes a previous boot's [`record::CPUS_VARIABLE`]: it would mislead
@@ -244,13 +255,8 @@ pub(super) fn forget_previous_outcome() {
 }
 
 /// Installs `f` as ExitBootServices, with the table's CRC made right.
-fn set_exit_boot_services(f: unsafe extern "efiapi" fn(uefi_raw::Handle, usize) -> uefi_raw::Status) {
-    let Some(st) = uefi::table::system_table_raw() else { return };
-    // SAFETY: the firmware's system table, live while boot services run.
-    let bs = unsafe { st.as_ref() }.boot_services;
-    if bs.is_null() {
-        return;
-    }
+fn set_exit_boot_services(f: ExitBootServices) {
+    let Some(bs) = boot_services() else { return };
     // SAFETY: the boot services table; this application is the only code
     // running (no other CPU touches it); `f` has the signature.
     unsafe { (*bs).exit_boot_services = f };
@@ -270,24 +276,19 @@ fn set_exit_boot_services(f: unsafe extern "efiapi" fn(uefi_raw::Handle, usize) 
 /// Puts the firmware's ExitBootServices back (MicroV stopped before any
 /// OS ran: nothing is to start the APs into).
 pub(super) fn disarm() {
-    let original = ORIGINAL.swap(0, Ordering::AcqRel);
     ARMED.store(core::ptr::null_mut(), Ordering::Release);
-    if original == 0 {
-        return;
+    if let Some(f) = original() {
+        set_exit_boot_services(f);
+        ORIGINAL.store(0, Ordering::Release);
     }
-    // SAFETY: `arm` stored the firmware's own function here.
-    let original: unsafe extern "efiapi" fn(uefi_raw::Handle, usize) -> uefi_raw::Status =
-        unsafe { core::mem::transmute(original) };
-    set_exit_boot_services(original);
 }
 
 /// The firmware's ExitBootServices, then the APs.
 extern "efiapi" fn exit_boot_services(image: uefi_raw::Handle, key: usize) -> uefi_raw::Status {
-    let original = ORIGINAL.load(Ordering::Acquire);
-    // SAFETY: `arm` stored the firmware's own function here before
-    // installing this wrapper.
-    let original: unsafe extern "efiapi" fn(uefi_raw::Handle, usize) -> uefi_raw::Status =
-        unsafe { core::mem::transmute(original) };
+    // Installed only after `arm` stored the original; never without it.
+    let Some(original) = original() else {
+        return uefi_raw::Status::ABORTED;
+    };
     // SAFETY: the caller's arguments, as the firmware expects them.
     let status = unsafe { original(image, key) };
     if status != uefi_raw::Status::SUCCESS {
@@ -576,7 +577,7 @@ extern "C" fn ap_entry(slot: *mut Slot) -> ! {
 fn take_mtrrs(p: &Params) {
     // SAFETY: ring 0, natively; disabling the MTRRs first is the
     // documented way to change them.
-    unsafe { instr::wrmsr(aps::mtrr::DEF_TYPE, 0) };
+    unsafe { instr::wrmsr(msr::MTRR_DEF_TYPE, 0) };
     for &[msr, value] in p.mtrrs.iter().take_while(|e| e[0] != 0) {
         // SAFETY: an MTRR the bootstrap CPU has (the same model), with its
         // value there.
