@@ -35,6 +35,7 @@ exit_kinds! {
     Xsetbv = 8 : "xsetbv",
     Other = 9 : "other",
     Io = 10 : "io",
+    ApicWrite = 11 : "apic",
 }
 
 /// Length of per-CPU exit-count arrays (room to grow without an ABI break).

@@ -96,6 +96,19 @@ numbered! {
         VmUnmap = 13,
         /// Destroy guest vCPU state RDI (not a root state; not running).
         VsDestroy = 14,
+        /// The root's code, for emulating one of its instructions: the 8
+        /// bytes at root linear address RDI, read through this CPU's root
+        /// vCPU's page tables. RDX = the bytes (little-endian), R8 = how
+        /// many are valid (0–8: the read stops at the first byte that is
+        /// not mapped as the root's RAM).
+        RootFetch = 15,
+        /// Write RSI to this CPU's local APIC register at xAPIC offset RDI
+        /// for the root; RDX = 1 for the x2APIC ICR (offset 0x300, all 64
+        /// bits of RSI). [`SysStatus::Refused`] for an INIT or SIPI that
+        /// could reach a CPU in MicroV, or an APIC ID change;
+        /// [`SysStatus::InvalidArgument`] for an offset that is no register
+        /// or an APIC mode other than RDX names.
+        ApicWrite = 16,
     }
 }
 
@@ -116,7 +129,7 @@ numbered! {
         /// calls: the VM or vCPU is in use.
         Busy = 5,
         /// A root-physical range given to a VM is not ordinary root RAM or
-        /// overlaps the pool.
+        /// overlaps the pool; `ApicWrite`: an IPI the root may not send.
         Refused = 6,
     }
 }

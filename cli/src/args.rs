@@ -27,7 +27,8 @@ With --json, prints one JSON object with these fields (names are stable):
   cpu_count         number of CPUs MicroV runs on
   cpus              [{os_cpu, state (\"native\", \"running\" or \"failed\"),
                     exits_total, exits: {cpuid, rdmsr, wrmsr, vmmcall, npf,
-                    svm_insn, init, shutdown, xsetbv, other}}]
+                    svm_insn, init, shutdown, xsetbv, other, io,
+                    apic}}]
   vm_count          micro VMs the driver holds (null: the driver cannot list
                     them)
   vms               null or [{id, pid (the VMM's), command, state (\"live\";

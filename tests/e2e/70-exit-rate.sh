@@ -9,7 +9,12 @@
 # Asserts the root takes no exit per syscall, per context switch or per timer
 # tick: exits during the workload (except the hypercalls `microv status`
 # itself makes) stay below 1% of syscalls + context switches, and below a
-# quarter of the timer interrupts that arrived meanwhile.
+# quarter of the timer interrupts that arrived meanwhile. The exception is
+# the root's writes to its xAPIC page (`apic`: the EOI that ends each
+# interrupt, the timer, IPIs), which exit so that MicroV sees every IPI the
+# root sends (no INIT to a CPU in MicroV); on an x2APIC only the ICR write
+# exits. Those are counted apart and must stay within 3 per interrupt
+# handled (an EOI, and the two ICR halves of an IPI sent).
 set -eu
 . /usr/lib/microv-tests/e2e-lib.sh
 
@@ -57,6 +62,8 @@ total() {
 
 ctxt() { awk '$1 == "ctxt" { print $2 }' /proc/stat; }
 timer_irqs() { awk '$1 == "LOC:" { t = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) t += $i; print t }' /proc/interrupts; }
+# Every interrupt handled on every CPU (the per-CPU columns of each row).
+all_irqs() { awk '$1 != "CPU0" && $1 != "ERR:" && $1 != "MIS:" { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) t += $i } END { print t + 0 }' /proc/interrupts; }
 
 # workload: the syscall and context-switch load on CPU 1; prints its output.
 workload_run() {
@@ -93,20 +100,25 @@ echo "  about $(($(total start-up vmmcall) / 20)) exits per program start (tasks
 check "busy: exits during $GETPPID getppid() calls and $PINGPONG pipe round trips on CPU 1"
 c0=$(ctxt)
 t0=$(timer_irqs)
+i0=$(all_irqs)
 sample busy0
 workload_run >"$MVT_TMP/busy.out"
 sample busy1
 c1=$(ctxt)
 t1=$(timer_irqs)
+i1=$(all_irqs)
 sed 's/^/  beneath MicroV: /' "$MVT_TMP/busy.out"
 show busy busy0 busy1
 syscalls=$(sed -n 's/.*syscalls=\([0-9]*\).*/\1/p' "$MVT_TMP/busy.out" | awk '{ t += $1 } END { print t + 0 }')
 switches=$((c1 - c0))
 ticks=$((t1 - t0))
+irqs=$((i1 - i0))
 busy_total=$(total busy)
-busy_exits=$(total busy vmmcall)
-echo "  syscalls: $syscalls; context switches: $switches; timer interrupts: $ticks"
-echo "  exits during the workload: $busy_total ($busy_exits without the status hypercalls), $(awk -v t="$busy_total" -v s="$secs" 'BEGIN { printf "%.1f", t / s }') per second"
+busy_apic=$(awk '$1 == "apic" { print $2 }' "$MVT_TMP/d.busy")
+busy_apic=${busy_apic:-0}
+busy_exits=$(($(total busy vmmcall) - busy_apic))
+echo "  syscalls: $syscalls; context switches: $switches; timer interrupts: $ticks; interrupts: $irqs; APIC writes: $busy_apic"
+echo "  exits during the workload: $busy_total ($busy_exits without the status hypercalls and APIC writes), $(awk -v t="$busy_total" -v s="$secs" 'BEGIN { printf "%.1f", t / s }') per second"
 awk -v e="$busy_exits" -v n=$((syscalls + switches)) -v t="$ticks" 'BEGIN {
     printf "  exits per 1000 syscalls+switches: %.3f; exits per timer interrupt: %.3f\n", 1000 * e / n, (t > 0 ? e / t : 0) }'
 for kind in getppid pingpong; do
@@ -123,6 +135,10 @@ check "no exit per syscall or context switch: exits < 1% of syscalls + context s
 check "no exit per timer tick: exits < 1/4 of the timer interrupts during the workload"
 [ "$ticks" -gt 0 ] || fail "no timer interrupts counted during the workload"
 [ $((busy_exits * 4)) -lt "$ticks" ] || fail "$busy_exits exits for $ticks timer interrupts"
+
+check "APIC writes: at most 3 per interrupt handled (EOI, the two ICR halves of an IPI)"
+[ "$irqs" -gt 0 ] || fail "no interrupts counted during the workload"
+[ "$busy_apic" -le $((3 * irqs)) ] || fail "$busy_apic APIC write exits for $irqs interrupts"
 
 check "MicroV still runs; stop works"
 expect_running_on_all

@@ -14,6 +14,7 @@
     )
 )]
 
+pub mod apic;
 pub mod cpuid;
 pub mod descriptor;
 pub mod instr;

@@ -28,6 +28,8 @@ pub const MTRR_DEF_TYPE: u32 = 0x0000_02FF;
 pub const TSC_DEADLINE: u32 = 0x0000_06E0;
 pub const X2APIC_FIRST: u32 = 0x0000_0800;
 pub const X2APIC_LAST: u32 = 0x0000_08FF;
+/// The x2APIC interrupt command register.
+pub const X2APIC_ICR: u32 = crate::apic::X2APIC_ICR;
 pub const XSS: u32 = 0x0000_0DA0;
 pub const EFER: u32 = 0xC000_0080;
 pub const STAR: u32 = 0xC000_0081;
@@ -244,7 +246,7 @@ pub mod policy {
     /// Every MSR range with a policy of its own, sorted, not overlapping.
     /// `docs/msr-policy.md` gives each row's reason. MSRs not listed get
     /// [`default_rule`].
-    pub const RULES: [Rule; 63] = [
+    pub const RULES: [Rule; 65] = [
         r(TSC, TSC, Pass, Refuse),
         r(KVM_OLD_FIRST, KVM_OLD_LAST, Refuse, Refuse),
         r(APIC_BASE, APIC_BASE, Checked, Emulate),
@@ -264,7 +266,10 @@ pub mod policy {
         r(PAT + 1, MTRR_DEF_TYPE, Checked, Emulate),
         r(0x0000_0400, 0x0000_047F, Pass, Checked), // MCi_CTL/STATUS/ADDR/MISC
         r(TSC_DEADLINE, TSC_DEADLINE, Pass, Pass),
-        r(X2APIC_FIRST, X2APIC_LAST, Pass, Pass),
+        r(X2APIC_FIRST, X2APIC_ICR - 1, Pass, Pass),
+        // IPIs exit: the root may not INIT or SIPI a CPU in MicroV.
+        r(X2APIC_ICR, X2APIC_ICR, Pass, Emulate),
+        r(X2APIC_ICR + 1, X2APIC_LAST, Pass, Pass),
         r(0x0000_0C81, 0x0000_0C81, Pass, Checked), // L3_QOS_CFG
         r(0x0000_0C8D, 0x0000_0C8F, Pass, Pass),    // QM_EVTSEL, QM_CTR, PQR_ASSOC
         r(0x0000_0C90, 0x0000_0C9F, Pass, Checked), // L3 cache allocation masks
@@ -438,7 +443,9 @@ mod tests {
     fn lookups_find_rows_and_defaults() {
         assert_eq!(rule(PAT).read, Action::Emulate);
         assert_eq!(rule(MTRR_FIRST + 0x50).write, Action::Emulate);
-        assert_eq!(rule(X2APIC_FIRST + 0x30).write, Action::Pass);
+        assert_eq!(rule(X2APIC_FIRST + 0x30).write, Action::Emulate);
+        assert_eq!(rule(X2APIC_FIRST + 0x2f).write, Action::Pass);
+        assert_eq!(rule(X2APIC_FIRST + 0x31).write, Action::Pass);
         assert_eq!(rule(0xC000_2001).read, Action::Checked);
         // Unlisted MSRs are refused inside the permission map's ranges and
         // outside them alike.

@@ -9,7 +9,7 @@
 use microv_abi::hypercall::Status;
 use microv_abi::launch::gpr;
 use microv_abi::syscall::VsRegs;
-use microv_abi::StartError;
+use microv_abi::{ExitKind, StartError};
 use microv_arch::svm::{event, vector, Vmcb};
 use microv_arch::xsave;
 
@@ -67,11 +67,20 @@ const MAX_INSN_LEN: u64 = 15;
 pub fn skip(vmcb: &mut Vmcb, len: u64) {
     let rip = vmcb.save.rip;
     let next = vmcb.control.next_rip;
-    vmcb.save.rip = if next > rip && next - rip <= MAX_INSN_LEN {
-        next
-    } else {
-        rip.wrapping_add(len)
-    };
+    advance(
+        vmcb,
+        if next > rip && next - rip <= MAX_INSN_LEN {
+            next
+        } else {
+            rip.wrapping_add(len)
+        },
+    );
+}
+
+/// Moves the vCPU to `next`, the end of an instruction MicroV completed
+/// for it.
+pub fn advance(vmcb: &mut Vmcb, next: u64) {
+    vmcb.save.rip = next;
     // The instruction completed: any STI/MOV SS shadow is over.
     vmcb.control.interrupt_shadow &= !1;
 }
@@ -89,7 +98,13 @@ pub fn handle(
     hv: &HvState,
     host: &mut dyn Host,
 ) -> Action {
-    hv.count_exit(cpu, exit.kind());
+    let kind = match exit {
+        Exit::NestedFault { gpa, write: true, .. } if gpa & !0xfff == hv.apic_page() => {
+            ExitKind::ApicWrite
+        }
+        _ => exit.kind(),
+    };
+    hv.count_exit(cpu, kind);
     // An event whose delivery the exit interrupted must be delivered again.
     vmcb.control.event_inj = if vmcb.control.exit_int_info & event::VALID != 0 {
         vmcb.control.exit_int_info
@@ -180,6 +195,10 @@ pub fn handle(
             // CPU hot-plug is blocked while MicroV runs; an INIT here would
             // reset the CPU from under the hypervisor. Drop it, loudly.
             host.log(format_args!("cpu {cpu}: ignored INIT signal"));
+            Action::Resume
+        }
+        Exit::NestedFault { gpa, write: true, .. } if gpa & !0xfff == hv.apic_page() => {
+            crate::root_apic::xapic_write(vmcb, gprs, gpa, cpu, host);
             Action::Resume
         }
         Exit::NestedFault { gpa, .. } => {
@@ -557,6 +576,96 @@ mod tests {
         assert_eq!(run(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
         assert_eq!(v.control.event_inj, event::exception_with_code(vector::GP, 0));
         assert_eq!(hv.exit_count(0, ExitKind::NestedPageFault as usize), 2);
+    }
+
+    /// A root write fault on its APIC page at offset `offset`, by the
+    /// instruction `code` at RIP 0x1000 in 64-bit code.
+    fn apic_fault(offset: u64, code: &[u8], host: &mut FakeHost) -> (Box<Vmcb>, VsRegs) {
+        let (mut v, mut g) = vcpu(exit::NPF);
+        v.control.exit_info1 = 0b111; // present, write, user
+        v.control.exit_info2 = 0xfee0_0000 + offset;
+        v.save.cs.attrib = 1 << 9;
+        g.gprs[gpr::RSI] = 0xdead_0000_0000_c500;
+        for (i, b) in code.iter().enumerate() {
+            host.root_code.insert(0x1000 + i as u64, *b);
+        }
+        (v, g)
+    }
+
+    #[test]
+    fn root_apic_writes_are_emulated_through_the_check() {
+        let hv = HvState::new();
+        hv.set_apic_base(0xfee0_0900);
+        // mov %esi,0x300(%rax): an INIT, carried out (the fake accepts).
+        let mut host = FakeHost::default();
+        let (mut v, mut g) = apic_fault(0x300, &[0x89, 0xb0, 0, 3, 0, 0], &mut host);
+        assert_eq!(run(&mut v, &mut g, 0, &hv, &mut host), Action::Resume);
+        assert_eq!(host.apic_writes, vec![(0x300, 0xc500, false)]);
+        assert_eq!((v.save.rip, v.control.event_inj), (0x1006, 0));
+        // Refused by the microkernel: dropped, logged, the root goes on.
+        host.apic_outcome = Some(crate::host::ApicOutcome::Refused);
+        let (mut v, mut g) = apic_fault(0x300, &[0x89, 0xb0, 0, 3, 0, 0], &mut host);
+        run(&mut v, &mut g, 1, &hv, &mut host);
+        assert_eq!((v.save.rip, v.control.event_inj), (0x1006, 0));
+        assert!(host.lines.last().unwrap().contains("refused the root's write of 0xc500"));
+        // No register there: #GP, RIP stays.
+        host.apic_outcome = Some(crate::host::ApicOutcome::Invalid);
+        let (mut v, mut g) = apic_fault(0x304, &[0x89, 0x30], &mut host);
+        run(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!((v.save.rip, v.control.event_inj), (0x1000, event::exception_with_code(vector::GP, 0)));
+        // An instruction MicroV does not emulate, or 32-bit code: #GP.
+        let mut host = FakeHost::default();
+        let (mut v, mut g) = apic_fault(0xb0, &[0x87, 0x30], &mut host);
+        run(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        let (mut v, mut g) = apic_fault(0xb0, &[0x89, 0x30], &mut host);
+        v.save.cs.attrib = 0;
+        run(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(v.control.event_inj, event::exception_with_code(vector::GP, 0));
+        assert!(host.apic_writes.is_empty());
+        // RAX and RSP come from the VMCB; a store across a page boundary
+        // of the code is read in two halves.
+        let mut code = vec![0x3e; 7];
+        code.extend([0x89, 0x20]); // mov %esp,(%rax) after 7 prefixes
+        let (mut v, mut g) = apic_fault(0xb0, &code, &mut host);
+        v.save.rsp = 0x1234;
+        run(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(host.apic_writes, vec![(0xb0, 0x1234, false)]);
+        assert_eq!(v.save.rip, 0x1009);
+        // A fault while delivering an event: nothing to emulate.
+        let (mut v, mut g) = apic_fault(0xb0, &[0x89, 0x30], &mut host);
+        v.control.exit_int_info = event::exception(vector::UD);
+        run(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(host.apic_writes.len(), 1);
+        assert_eq!(v.control.event_inj, event::exception(vector::UD), "delivered again");
+        // A read-only fault elsewhere is not the APIC's: mapped on demand.
+        let (mut v, mut g) = apic_fault(0x1000, &[0x89, 0x30], &mut host);
+        run(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(host.mapped_gpas, vec![0xfee0_1000]);
+        assert_eq!(hv.exit_count(0, ExitKind::ApicWrite as usize), 6);
+        assert_eq!(hv.exit_count(1, ExitKind::ApicWrite as usize), 1);
+        assert_eq!(hv.exit_count(0, ExitKind::NestedPageFault as usize), 1);
+    }
+
+    #[test]
+    fn x2apic_icr_writes_go_through_the_check() {
+        let hv = HvState::new();
+        let mut host = FakeHost::default();
+        let wrmsr = |value: u64, host: &mut FakeHost| {
+            let (mut v, mut g) = vcpu(exit::MSR);
+            v.control.exit_info1 = 1;
+            g.gprs[gpr::RCX] = u64::from(arch_msr::X2APIC_ICR);
+            g.gprs[gpr::RDX] = value >> 32;
+            v.save.rax = value & 0xffff_ffff;
+            run(&mut v, &mut g, 0, &hv, host);
+            (v.save.rip, v.control.event_inj)
+        };
+        assert_eq!(wrmsr(0x3_0000_c500, &mut host), (0x1002, 0));
+        assert_eq!(host.apic_writes, vec![(0x300, 0x3_0000_c500, true)]);
+        host.apic_outcome = Some(crate::host::ApicOutcome::Refused);
+        assert_eq!(wrmsr(0x3_0000_c500, &mut host), (0x1002, 0));
+        host.apic_outcome = Some(crate::host::ApicOutcome::Invalid);
+        assert_eq!(wrmsr(0xfd, &mut host), (0x1000, event::exception_with_code(vector::GP, 0)));
     }
 
     #[test]

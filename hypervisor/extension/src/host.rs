@@ -6,6 +6,17 @@ use core::fmt;
 use microv_abi::hypercall::Status;
 use microv_arch::cpuid::CpuidResult;
 
+/// What became of a root APIC write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApicOutcome {
+    Written,
+    /// An INIT or SIPI that could reach a CPU in MicroV, or an APIC ID
+    /// change: not carried out.
+    Refused,
+    /// Not a register write the APIC's mode has.
+    Invalid,
+}
+
 /// Services of the running hypervisor.
 pub trait Host {
     /// The real CPU's answer to CPUID.
@@ -30,6 +41,13 @@ pub trait Host {
     /// Identity-maps the root's guest-physical address `gpa`, which took a
     /// nested page fault; false if it lies beyond what the CPU can address.
     fn map_root_gpa(&mut self, gpa: u64) -> bool;
+    /// Up to 8 bytes of the root's code at linear address `la` (this CPU's
+    /// root paging): the bytes, little-endian, and how many are valid.
+    fn root_fetch(&mut self, la: u64) -> (u64, usize);
+    /// Writes `value` to this CPU's local APIC register `offset` for the
+    /// root (`x2apic`: the x2APIC ICR, `offset` 0x300), after the
+    /// microkernel's check.
+    fn apic_write(&mut self, offset: u32, value: u64, x2apic: bool) -> ApicOutcome;
     /// The time-stamp counter (guest time: guests run without a TSC offset).
     fn tsc(&mut self) -> u64;
     /// A new micro VM with empty nested tables; its id.
@@ -74,6 +92,11 @@ pub mod fake {
         pub tsc: u64,
         /// CPUID answers by leaf, instead of the made-up default.
         pub cpuid_answers: std::collections::BTreeMap<u32, CpuidResult>,
+        /// The root's code as `root_fetch` reads it: linear address → byte.
+        pub root_code: std::collections::BTreeMap<u64, u8>,
+        /// APIC writes: (offset, value, x2apic); `apic_outcome` is the answer.
+        pub apic_writes: Vec<(u32, u64, bool)>,
+        pub apic_outcome: Option<ApicOutcome>,
     }
 
     impl FakeHost {
@@ -134,6 +157,20 @@ pub mod fake {
             }
             self.mapped_gpas.push(gpa);
             true
+        }
+        fn root_fetch(&mut self, la: u64) -> (u64, usize) {
+            let mut bytes = [0u8; 8];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                match self.root_code.get(&(la + i as u64)) {
+                    Some(v) => *b = *v,
+                    None => return (u64::from_le_bytes(bytes), i),
+                }
+            }
+            (u64::from_le_bytes(bytes), 8)
+        }
+        fn apic_write(&mut self, offset: u32, value: u64, x2apic: bool) -> ApicOutcome {
+            self.apic_writes.push((offset, value, x2apic));
+            self.apic_outcome.unwrap_or(ApicOutcome::Written)
         }
         fn tsc(&mut self) -> u64 {
             self.tsc

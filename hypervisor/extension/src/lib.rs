@@ -27,6 +27,7 @@ pub mod io;
 pub mod lapic;
 pub mod msr;
 pub mod neutral;
+pub mod root_apic;
 pub mod root_vm;
 pub mod state;
 pub mod svm_regs;

@@ -7,6 +7,7 @@
 
 use microv_arch::cpuid::CpuidResult;
 use microv_arch::msr::policy::{self, Action};
+use microv_arch::apic;
 use microv_arch::msr::{self, debugctl, efer, hwcr, vm_cr};
 use microv_arch::svm::Vmcb;
 
@@ -47,6 +48,9 @@ pub enum Decision {
     /// Written on the real CPU if it changes no bit of the real value
     /// outside this mask; otherwise #GP.
     PassThroughChanging(u64),
+    /// An x2APIC ICR write: the IPI goes through the microkernel's check
+    /// (`root_apic`).
+    SendIpi(u64),
 }
 
 /// VMCB clean bits a write here makes stale: NP covers G_PAT, LBR covers
@@ -159,6 +163,8 @@ fn emulated_write(
         // accepted without effect; a write that would change a range #GPs.
         msr::MTRR_DEF_TYPE => Decision::IgnoreUnlessChanging(MTRR_DEF_TYPE_SWITCHES),
         msr::MTRR_FIRST..=msr::MTRR_DEF_TYPE => Decision::IgnoreUnlessChanging(0),
+        // Every IPI is checked: no INIT or SIPI to a CPU in MicroV.
+        apic::X2APIC_ICR => Decision::SendIpi(value),
         _ => return None,
     })
 }
@@ -235,6 +241,13 @@ fn apply(
             (Some(v), Some(real)) if changes_only(v, real, mask) => MsrOutcome::Written,
             _ => MsrOutcome::GeneralProtection,
         },
+        Decision::SendIpi(v) => {
+            if crate::root_apic::carry_out(host, apic::ICR_LOW, v, true) {
+                MsrOutcome::Written
+            } else {
+                MsrOutcome::GeneralProtection
+            }
+        }
         Decision::PassThroughChanging(mask) => match (write, host.msr_read(index)) {
             (Some(v), Some(real)) if changes_only(v, real, mask) => {
                 pass_through(host, index, write)

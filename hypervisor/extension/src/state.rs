@@ -18,6 +18,9 @@ pub struct HvState {
     exits: [[AtomicU64; EXIT_KINDS_MAX]; MAX_CPUS],
     /// Micro-VM vCPUs and which CPU runs which.
     pub vcpus: crate::guest::Vcpus,
+    /// The root's local APIC page (read-only in its nested tables); 0
+    /// until the first CPU read it.
+    apic_page: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -34,7 +37,23 @@ impl HvState {
             tsc_khz: AtomicU64::new(0),
             exits: [ZERO_ROW; MAX_CPUS],
             vcpus: crate::guest::Vcpus::new(),
+            apic_page: AtomicU64::new(0),
         }
+    }
+
+    /// The root's local APIC page, or `u64::MAX` before it is known (no
+    /// fault address matches that).
+    pub fn apic_page(&self) -> u64 {
+        match self.apic_page.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            page => page,
+        }
+    }
+
+    /// Records the root's local APIC page from its IA32_APIC_BASE value.
+    pub fn set_apic_base(&self, apic_base: u64) {
+        let page = apic_base & microv_arch::apic::BASE_ADDRESS_MASK;
+        self.apic_page.store(page, Ordering::Relaxed);
     }
 
     /// Counts one exit of `kind` on CPU `cpu`.

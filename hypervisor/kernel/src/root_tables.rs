@@ -9,7 +9,9 @@
 use microv_abi::launch::CHUNK_SIZE;
 use microv_arch::mapper::{self, MapError, TableMemory};
 use microv_arch::msr::policy::{self, Action};
-use microv_arch::paging::{ENTRIES, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PRESENT, USER, WRITABLE};
+use microv_arch::paging::{
+    ENTRIES, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE, PRESENT, USER, WRITABLE,
+};
 use microv_arch::svm;
 use microv_abi::syscall::EXTENSION_PORTS;
 
@@ -41,7 +43,9 @@ pub fn fill_hiding_table(table: &mut [u64; ENTRIES], dummy_pa: u64) {
 
 /// Builds the root's identity map of `[0, limit)`: 1 GiB pages (or 2 MiB if
 /// `huge_pages` is false) except around `hidden` chunks, which point at
-/// `hiding_table`.
+/// `hiding_table`, and around the `read_only` page (the root's local APIC:
+/// its writes exit so that `ipi_guard` sees every IPI the root sends),
+/// mapped with 4 KiB pages.
 pub fn build_npt(
     mem: &mut dyn TableMemory,
     root_pa: u64,
@@ -49,6 +53,7 @@ pub fn build_npt(
     huge_pages: bool,
     hidden: &[u64],
     hiding_table: u64,
+    read_only: Option<u64>,
 ) -> Result<(), MapError> {
     let is_hidden = |pa: u64| hidden.iter().any(|&h| h <= pa && pa < h + CHUNK_SIZE);
     let any_hidden_in = |start: u64, len: u64| {
@@ -56,15 +61,20 @@ pub fn build_npt(
             .iter()
             .any(|&h| h < start + len && start < h + CHUNK_SIZE)
     };
+    let read_only = read_only.map(|pa| pa & !(PAGE_SIZE - 1));
+    let special_in =
+        |start: u64, len: u64| read_only.is_some_and(|p| start <= p && p < start + len);
     let mut gib = 0;
     while gib < limit {
-        if huge_pages && !any_hidden_in(gib, HUGE_PAGE_SIZE) {
+        if huge_pages && !any_hidden_in(gib, HUGE_PAGE_SIZE) && !special_in(gib, HUGE_PAGE_SIZE) {
             mapper::map(mem, root_pa, gib, gib, 3, NPT_FLAGS, NPT_FLAGS)?;
         } else {
             let mut pa = gib;
             while pa < gib + HUGE_PAGE_SIZE {
                 if is_hidden(pa) {
                     mapper::link_table(mem, root_pa, pa, 2, hiding_table, NPT_FLAGS)?;
+                } else if special_in(pa, LARGE_PAGE_SIZE) {
+                    map_small_pages(mem, root_pa, pa, read_only)?;
                 } else {
                     mapper::map(mem, root_pa, pa, pa, 2, NPT_FLAGS, NPT_FLAGS)?;
                 }
@@ -72,6 +82,27 @@ pub fn build_npt(
             }
         }
         gib += HUGE_PAGE_SIZE;
+    }
+    Ok(())
+}
+
+/// Maps the 2 MiB at `base` with 4 KiB identity pages, `read_only` without
+/// write access.
+fn map_small_pages(
+    mem: &mut dyn TableMemory,
+    root_pa: u64,
+    base: u64,
+    read_only: Option<u64>,
+) -> Result<(), MapError> {
+    let mut pa = base;
+    while pa < base + LARGE_PAGE_SIZE {
+        let flags = if Some(pa) == read_only {
+            NPT_FLAGS & !WRITABLE
+        } else {
+            NPT_FLAGS
+        };
+        mapper::map(mem, root_pa, pa, pa, 1, flags, NPT_FLAGS)?;
+        pa += PAGE_SIZE;
     }
     Ok(())
 }
@@ -151,12 +182,28 @@ mod tests {
 
     const DUMMY: u64 = 0x7_7000;
 
+    const APIC: u64 = 0xfee0_0000;
+
     fn tables(budget: usize, hidden: &[u64], huge: bool, limit: u64) -> (FakeTables, u64) {
         let (mut m, root) = FakeTables::new(budget);
         let hiding = m.alloc_table().unwrap();
         fill_hiding_table(m.table(hiding).unwrap(), DUMMY);
-        build_npt(&mut m, root, limit, huge, hidden, hiding).unwrap();
+        build_npt(&mut m, root, limit, huge, hidden, hiding, Some(APIC + 0x300)).unwrap();
         (m, root)
+    }
+
+    #[test]
+    fn the_apic_page_is_read_only() {
+        for huge in [true, false] {
+            let (mut m, root) = tables(64, &[], huge, 8 << 30);
+            let (pa, flags) = translate(&mut m, root, APIC + 0x300).unwrap();
+            assert_eq!(pa, APIC + 0x300);
+            assert_eq!(flags & NPT_FLAGS, PRESENT | USER);
+            for next in [APIC - 0x1000, APIC + 0x1000, APIC + 0x20_0000, 0x4000_0000] {
+                let (pa, flags) = translate(&mut m, root, next).unwrap();
+                assert_eq!((pa, flags & NPT_FLAGS), (next, NPT_FLAGS), "{next:#x}");
+            }
+        }
     }
 
     #[test]
@@ -213,7 +260,7 @@ mod tests {
     fn reports_running_out_of_table_pages() {
         let (mut m, root) = FakeTables::new(1);
         assert_eq!(
-            build_npt(&mut m, root, 4 << 30, false, &[], 0),
+            build_npt(&mut m, root, 4 << 30, false, &[], 0, None),
             Err(MapError::OutOfMemory)
         );
     }

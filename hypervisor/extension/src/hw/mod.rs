@@ -22,7 +22,7 @@ use microv_abi::run::{exit_reason, hlt};
 use crate::hypercall;
 use crate::neutral;
 use crate::svm_regs;
-use crate::host::Host;
+use crate::host::{ApicOutcome, Host};
 use crate::root_vm;
 use crate::state::HvState;
 
@@ -112,6 +112,12 @@ impl Host for Machine {
     fn map_root_gpa(&mut self, gpa: u64) -> bool {
         sys::root_map_gpa(gpa)
     }
+    fn root_fetch(&mut self, la: u64) -> (u64, usize) {
+        sys::root_fetch(la)
+    }
+    fn apic_write(&mut self, offset: u32, value: u64, x2apic: bool) -> ApicOutcome {
+        sys::apic_write(offset, value, x2apic)
+    }
     fn tsc(&mut self) -> u64 {
         instr::rdtsc()
     }
@@ -181,6 +187,9 @@ fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
     HV.start_mode
         .store(u64::from(boot_info().start_mode), Ordering::Relaxed);
     HV.tsc_khz.store(boot_info().tsc_khz, Ordering::Relaxed);
+    if let Some(base) = sys::msr_read(microv_arch::msr::APIC_BASE) {
+        HV.set_apic_base(base);
+    }
     // SAFETY: the microkernel created this CPU's root state for it; nothing
     // else refers to its VMCB on this CPU.
     root_vm::configure_vmcb(unsafe { vmcb(root_vs) });

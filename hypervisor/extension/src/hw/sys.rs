@@ -6,6 +6,8 @@ use microv_abi::hypercall::Status;
 use microv_abi::syscall::{SysStatus, Syscall};
 use microv_abi::StartError;
 
+use crate::host::ApicOutcome;
+
 fn raw(nr: Syscall, a0: u64, a1: u64) -> (u64, u64, u64) {
     raw3(nr, a0, a1, 0)
 }
@@ -59,6 +61,23 @@ pub fn msr_write(index: u32, value: u64) -> bool {
 /// false if it lies beyond what the CPU can address or no table page is left.
 pub fn root_map_gpa(gpa: u64) -> bool {
     matches!(call(Syscall::RootMapGpa, gpa, 0), Ok((1, _)))
+}
+
+/// The root's code at linear address `la`: 8 bytes and how many are valid.
+pub fn root_fetch(la: u64) -> (u64, usize) {
+    match call(Syscall::RootFetch, la, 0) {
+        Ok((bytes, valid)) => (bytes, valid.min(8) as usize),
+        Err(_) => (0, 0),
+    }
+}
+
+/// Has the microkernel carry out (or refuse) a root APIC write.
+pub fn apic_write(offset: u32, value: u64, x2apic: bool) -> ApicOutcome {
+    match call3(Syscall::ApicWrite, u64::from(offset), value, u64::from(x2apic)) {
+        Ok(_) => ApicOutcome::Written,
+        Err(SysStatus::Refused) => ApicOutcome::Refused,
+        Err(_) => ApicOutcome::Invalid,
+    }
 }
 
 pub fn mem_stats() -> (u64, u64) {

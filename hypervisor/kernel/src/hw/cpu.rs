@@ -57,13 +57,16 @@ const STOP_TIMEOUT_TICKS: u64 = 3_000_000_000;
 /// behind that is still being brought up) and not yet left.
 static IN_MICROV: AtomicU64 = AtomicU64::new(0);
 
-/// Counts this CPU in; called once per CPU, first thing at entry.
-pub fn entered() {
+/// Counts CPU `index` in; called once per CPU, first thing at entry. From
+/// here on the root's INIT and SIPI cannot reach it (`root_apic`).
+pub fn entered(index: u64) {
     IN_MICROV.fetch_add(1, Ordering::AcqRel);
+    super::root_apic::entered(index);
 }
 
-/// Counts this CPU out, just before it leaves.
-fn leaving() {
+/// Counts CPU `index` out, just before it leaves.
+fn leaving(index: u64) {
+    super::root_apic::leaving(index);
     IN_MICROV.fetch_sub(1, Ordering::AcqRel);
 }
 static STOP: StopBarrier = StopBarrier::new();
@@ -208,6 +211,7 @@ fn refuse(
     bi: &BootInfo,
     landing: Landing,
     captured: &launch::CapturedState,
+    index: u64,
     entry: u64,
     status: u64,
     detail: u64,
@@ -215,7 +219,7 @@ fn refuse(
     if bi.start_mode == StartMode::EarlyBoot as u32 {
         FAILED.store(status as u32, Ordering::Release);
     }
-    early_return(landing, captured, entry, status, detail)
+    early_return(landing, captured, index, entry, status, detail)
 }
 
 /// Returns to the loader before anything on this CPU was changed: the CPU
@@ -223,6 +227,7 @@ fn refuse(
 pub fn early_return(
     landing: Landing,
     captured: &launch::CapturedState,
+    index: u64,
     entry: u64,
     status: u64,
     detail: u64,
@@ -230,7 +235,7 @@ pub fn early_return(
     landing.set_status(status, detail);
     landing.set_running(0);
     landing.set_promote(root::early_frame(captured, status));
-    leaving();
+    leaving(index);
     // SAFETY: `entry` is the promotion routine of MicroV's private copy of
     // the trampoline, mapped at the same address on both sides; nothing of
     // the CPU's state was changed, so it takes RDI = landing, RAX = CR3.
@@ -300,14 +305,14 @@ pub fn bring_up(
     let limits = cpu_state::limits(&mut cpuid);
     if !xsave::xcr0_valid(captured.xcr0, limits.xcr0) {
         let code = StartError::UnsupportedCpuState as u64;
-        refuse(bi, landing, &captured, entry, code, captured.xcr0)
+        refuse(bi, landing, &captured, index, entry, code, captured.xcr0)
     }
     let pages = match alloc_cpu(index, &limits, captured.xcr0) {
         Ok(p) => p,
-        Err(e) => refuse(bi, landing, &captured, entry, e as u64, 0),
+        Err(e) => refuse(bi, landing, &captured, index, entry, e as u64, 0),
     };
     let Some(root) = vs::get(pages.root_vs) else {
-        refuse(bi, landing, &captured, entry, StartError::KernelFault as u64, 0)
+        refuse(bi, landing, &captured, index, entry, StartError::KernelFault as u64, 0)
     };
 
     // Capture what VMSAVE covers (FS, GS, TR, LDTR, syscall MSRs) exactly
@@ -319,7 +324,7 @@ pub fn bring_up(
     // CPU's root state is not running; no other reference exists.
     let vmcb = unsafe { &mut *(root.vmcb_va as *mut Vmcb) };
     if let Err((e, detail)) = root::root_save_area(&captured, &mut vmcb.save, 0) {
-        refuse(bi, landing, &captured, entry, e as u64, detail)
+        refuse(bi, landing, &captured, index, entry, e as u64, detail)
     }
     copy_out(&root, &vmcb_spans::CONTROL_STATE);
 
@@ -759,7 +764,7 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
     let landing = landing_of(pc);
     landing.set_promote(root::promote_frame(&save, &regs.gprs));
     landing.set_running(0);
-    leaving();
+    leaving(pc.index);
     log!("cpu {}: handing the CPU back to the root", pc.index);
     // SAFETY: ring 0; the host save area is not needed once this CPU leaves.
     unsafe { instr::wrmsr(msr::VM_HSAVE_PA, 0) };

@@ -7,6 +7,7 @@ mod guest;
 mod log;
 mod mm;
 mod percpu;
+mod root_apic;
 mod root_vm;
 mod syscall;
 mod vs;
@@ -52,7 +53,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 /// index and the boot info's address.
 #[no_mangle]
 extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
-    cpu::entered();
+    cpu::entered(index);
     // SAFETY: the entry code computed `bi_va` from this image's sealed size.
     let Some(bi) = (unsafe { cpu::boot_info(bi_va) }) else {
         // Without a valid boot info there is no way back: stop here.
@@ -64,7 +65,7 @@ extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
     let copy = landing.snapshot();
     let captured = copy.captured;
     if copy.magic != launch::LANDING_MAGIC || copy.launch_version != launch::LAUNCH_VERSION {
-        cpu::early_return(landing, &captured, bi.promote_entry, StartError::BadImage as u64, 0)
+        cpu::early_return(landing, &captured, index, bi.promote_entry, StartError::BadImage as u64, 0)
     }
     if GLOBAL_STATE
         .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
@@ -74,7 +75,7 @@ extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
             Ok(()) => GLOBAL_STATE.store(2, Ordering::Release),
             Err(e) => {
                 GLOBAL_STATE.store(0, Ordering::Release);
-                cpu::early_return(landing, &captured, bi.promote_entry, e as u64, 0)
+                cpu::early_return(landing, &captured, index, bi.promote_entry, e as u64, 0)
             }
         }
     }
@@ -83,7 +84,7 @@ extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
     }
     if GLOBAL_STATE.load(Ordering::Acquire) != 2 {
         let code = StartError::KernelFault as u64;
-        cpu::early_return(landing, &captured, bi.promote_entry, code, 0)
+        cpu::early_return(landing, &captured, index, bi.promote_entry, code, 0)
     }
     cpu::bring_up(landing, captured, index, bi)
 }

@@ -51,8 +51,12 @@ pub fn build(mem: &mut Memory, bi: &BootInfo) -> Result<RootTables, StartError> 
     let phys_bits = instr::cpuid(LEAF_ADDRESS_SIZES, 0).eax & 0xff;
     let limit = root_tables::phys_limit(phys_bits, huge);
     let chunks = bi.chunks.get(..bi.chunk_count as usize).unwrap_or_default();
-    root_tables::build_npt(mem, n_cr3, limit, huge, chunks, hiding_pa)
+    // The root's APIC writes exit (its INIT and SIPI are checked); MicroV
+    // maps the page for itself to carry out the rest.
+    let apic = super::root_apic::apic_page();
+    root_tables::build_npt(mem, n_cr3, limit, huge, chunks, hiding_pa, Some(apic))
         .map_err(|_| StartError::OutOfMemory)?;
+    super::root_apic::map(mem, apic).map_err(|_| StartError::OutOfMemory)?;
     let tables = RootTables {
         n_cr3,
         iopm: iopm_pa,

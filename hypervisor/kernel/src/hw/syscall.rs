@@ -86,6 +86,11 @@ fn dispatch(pc: &mut PerCpu, call: Syscall, [a0, a1, a2]: [u64; 3]) -> (SysStatu
             Ok(mapped) => (SysStatus::Success, u64::from(mapped), 0),
             Err(_) => (SysStatus::OutOfMemory, 0, 0),
         },
+        Syscall::RootFetch => {
+            let (bytes, valid) = super::root_apic::fetch(pc, a0);
+            (SysStatus::Success, bytes, valid)
+        }
+        Syscall::ApicWrite => status(super::root_apic::write(a0, a1, a2)),
         Syscall::Fail => {
             let code = u32::try_from(a0)
                 .ok()

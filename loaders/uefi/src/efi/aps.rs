@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use microv_abi::launch::{CpuLanding, PAGE_SIZE};
 use microv_abi::StartError;
-use microv_arch::{instr, msr};
+use microv_arch::{apic, instr, msr};
 use uefi::boot::MemoryType;
 use uefi::runtime::{VariableAttributes, VariableVendor};
 use uefi::table::cfg::ConfigTableEntry;
@@ -34,14 +34,6 @@ const ANSWER_MS: u64 = 1000;
 /// Bytes kept for the lines the wrapper reports after the firmware is gone
 /// (nothing can be allocated then).
 const REPORT_ROOM: usize = 1024;
-/// xAPIC registers: interrupt command, low and high words.
-const XAPIC_ICR_LOW: u64 = 0x300;
-const XAPIC_ICR_HIGH: u64 = 0x310;
-/// IA32_APIC_BASE: x2APIC mode, and the base's bits.
-const APIC_BASE_X2APIC: u64 = 1 << 10;
-const APIC_BASE_ADDR: u64 = 0x000f_ffff_ffff_f000;
-/// The x2APIC's interrupt command register.
-const X2APIC_ICR: u32 = 0x830;
 
 /// Everything the wrapper needs once boot services are gone: allocated
 /// before, never freed (the OS keeps what MicroV runs on).
@@ -497,8 +489,8 @@ impl Apic {
         // SAFETY: ring 0 (the root VM at CPL 0); IA32_APIC_BASE exists.
         let base = unsafe { instr::rdmsr(msr::APIC_BASE) };
         Apic {
-            x2apic: base & APIC_BASE_X2APIC != 0,
-            base: base & APIC_BASE_ADDR,
+            x2apic: base & apic::BASE_EXTD != 0,
+            base: base & apic::BASE_ADDRESS_MASK,
         }
     }
 
@@ -506,11 +498,11 @@ impl Apic {
     fn send(&self, id: u32, low: u32) {
         if self.x2apic {
             // SAFETY: ring 0; the x2APIC's ICR takes the whole command.
-            unsafe { instr::wrmsr(X2APIC_ICR, (u64::from(id) << 32) | u64::from(low)) };
+            unsafe { instr::wrmsr(apic::X2APIC_ICR, (u64::from(id) << 32) | u64::from(low)) };
             return;
         }
-        let high = (self.base + XAPIC_ICR_HIGH) as *mut u32;
-        let icr = (self.base + XAPIC_ICR_LOW) as *mut u32;
+        let high = (self.base + u64::from(apic::ICR_HIGH)) as *mut u32;
+        let icr = (self.base + u64::from(apic::ICR_LOW)) as *mut u32;
         // SAFETY: the xAPIC's registers, identity-mapped uncached by the
         // firmware; this CPU alone sends IPIs now.
         unsafe { high.write_volatile(id << 24) };
