@@ -103,9 +103,10 @@ numbered! {
         /// not mapped as the root's RAM).
         RootFetch = 15,
         /// Write RSI to this CPU's local APIC register at xAPIC offset RDI
-        /// for the root; RDX = 1 for the x2APIC ICR (offset 0x300, all 64
-        /// bits of RSI). [`SysStatus::Refused`] for an INIT or SIPI that
-        /// could reach a CPU in MicroV, or an APIC ID change;
+        /// for the root; RDX = 1 for an x2APIC register (MSR `0x800 + RDI /
+        /// 16`; the ICR takes all 64 bits of RSI). [`SysStatus::Refused`]
+        /// for an INIT or SIPI that could reach a CPU in MicroV, an LVT
+        /// entry delivering INIT, or an APIC ID change;
         /// [`SysStatus::InvalidArgument`] for an offset that is no register
         /// or an APIC mode other than RDX names.
         ApicWrite = 16,

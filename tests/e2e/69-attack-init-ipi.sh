@@ -8,6 +8,9 @@
 # (kernel::ipi_guard). Before that check existed, CPU 1 stopped answering
 # (RCU stall reports) and the machine hung. Shown here: MicroV logs the
 # refusal, CPU 1 keeps doing the root's work beneath MicroV, stop works.
+# The same check keeps the root from setting an LVT entry to deliver INIT
+# (LINT0 is wired to the 8259, which the root programs) and from changing
+# its APIC ID, while other APIC writes (the task priority) take effect.
 set -eu
 . /usr/lib/microv-tests/e2e-lib.sh
 
@@ -19,10 +22,34 @@ mvp_load
 check "the root kernel on CPU 0 sends CPU 1 an INIT IPI"
 must_mvp init cpu=0 target=1
 
+# logged_refusal REG VALUE: MicroV's log says it refused VALUE for REG.
+logged_refusal() {
+    must microv log
+    out_has "refused the root's write of $2 to APIC register $1" ||
+        fail "no refusal of $2 for register $1 in MicroV's log: $RUN_OUT"
+}
+
+# refused_on_cpu1 REG VALUE: writing VALUE to CPU 1's REG changes nothing,
+# and MicroV says it refused it.
+refused_on_cpu1() {
+    must_mvp apic cpu=1 reg="$1" value="$2"
+    [ "$(mvp_get after)" = "$(mvp_get before)" ] || fail "register $1 changed: $MVP_OUT"
+    logged_refusal "$1" "$2"
+}
+
 check "MicroV refused the INIT and said so"
-must microv log
-out_has "refused the root's write of 0xc500 to APIC register 0x300" ||
-    fail "no refusal in MicroV's log: $RUN_OUT"
+logged_refusal 0x300 0xc500
+
+check "LINT0 set to deliver INIT (masked) on CPU 1: refused, the entry unchanged"
+refused_on_cpu1 0x350 0x10500
+
+check "the APIC ID cannot change; the task priority can (and is put back)"
+refused_on_cpu1 0x20 0x5000000
+must_mvp apic cpu=1 reg=0x80 value=0x20
+tpr=$(mvp_get before)
+mvp_expect after=0x20
+must_mvp apic cpu=1 reg=0x80 value="$tpr"
+mvp_expect after="$tpr"
 
 check "CPU 1 still runs the root's work beneath MicroV"
 run timeout 10 taskset -c 1 cpuid-query 0x40000000

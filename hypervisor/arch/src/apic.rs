@@ -13,10 +13,37 @@ pub const ICR_LOW: u32 = 0x300;
 pub const ICR_HIGH: u32 = 0x310;
 /// Registers sit at 16-byte steps; only the first 4 bytes of each exist.
 pub const REGISTER_STRIDE: u32 = 16;
-/// Offsets past the last register (the page's top part is reserved).
-pub const REGISTERS_END: u32 = 0x400;
+/// Offsets past the last register: AMD's extended APIC space ends with
+/// the four extended LVT entries at 0x500–0x530 (AMD APM vol. 2 §16.4.5);
+/// the rest of the page is reserved.
+pub const REGISTERS_END: u32 = 0x540;
+/// The APIC ID register (read-only in x2APIC mode).
+pub const APIC_ID: u32 = 0x20;
+/// The first x2APIC MSR (register `offset` is `X2APIC_FIRST + offset / 16`).
+pub const X2APIC_FIRST: u32 = 0x800;
+
+/// True for a local vector table entry: CMCI, timer, thermal, performance
+/// counter, LINT0, LINT1, error, and AMD's extended entries. Their delivery
+/// mode field is where the ICR has it (bits 10:8), and LINT0/LINT1 (and on
+/// some CPUs more) take INIT: an interrupt on that pin then resets the CPU.
+pub const fn is_lvt(offset: u32) -> bool {
+    matches!(offset, 0x2f0 | 0x320..=0x370 | 0x500..=0x530) && offset.is_multiple_of(REGISTER_STRIDE)
+}
+
+/// The xAPIC register offset of x2APIC MSR `msr`, if it is one.
+pub const fn x2apic_offset(msr: u32) -> Option<u32> {
+    if msr >= X2APIC_FIRST && msr < X2APIC_FIRST + 0x100 {
+        Some((msr - X2APIC_FIRST) * REGISTER_STRIDE)
+    } else {
+        None
+    }
+}
 /// The x2APIC ICR MSR.
 pub const X2APIC_ICR: u32 = 0x830;
+/// The x2APIC MSRs of the local vector table: CMCI, then timer to error.
+pub const X2APIC_LVT_CMCI: u32 = 0x82f;
+pub const X2APIC_LVT_TIMER: u32 = 0x832;
+pub const X2APIC_LVT_ERROR: u32 = 0x837;
 /// IA32_APIC_BASE: x2APIC mode enabled.
 pub const BASE_EXTD: u64 = 1 << 10;
 /// IA32_APIC_BASE: the APIC is enabled.
@@ -135,5 +162,20 @@ mod tests {
             assert_eq!(Icr((s as u64) << 18).shorthand(), *want);
         }
         assert!(Icr(1 << 11).logical());
+    }
+
+    #[test]
+    fn knows_the_lvt_and_x2apic_numbers() {
+        for lvt in [0x2f0, 0x320, 0x350, 0x360, 0x370, 0x500, 0x530] {
+            assert!(is_lvt(lvt), "{lvt:#x}");
+        }
+        for other in [0x20, 0x300, 0x310, 0x380, 0x504, 0x540, 0x2e0] {
+            assert!(!is_lvt(other), "{other:#x}");
+        }
+        assert_eq!(x2apic_offset(X2APIC_ICR), Some(ICR_LOW));
+        assert_eq!(x2apic_offset(X2APIC_LVT_CMCI), Some(0x2f0));
+        assert_eq!(x2apic_offset(X2APIC_LVT_ERROR), Some(0x370));
+        assert_eq!(x2apic_offset(0x7ff), None);
+        assert_eq!(x2apic_offset(0x900), None);
     }
 }

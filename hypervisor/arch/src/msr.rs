@@ -5,6 +5,7 @@
 //! drift. `docs/msr-policy.md` is the same table with a reason per row (a
 //! unit test in the extension keeps the two equal).
 
+use crate::apic;
 use crate::cpuid::CpuidResult;
 
 pub const TSC: u32 = 0x0000_0010;
@@ -246,7 +247,7 @@ pub mod policy {
     /// Every MSR range with a policy of its own, sorted, not overlapping.
     /// `docs/msr-policy.md` gives each row's reason. MSRs not listed get
     /// [`default_rule`].
-    pub const RULES: [Rule; 65] = [
+    pub const RULES: [Rule; 67] = [
         r(TSC, TSC, Pass, Refuse),
         r(KVM_OLD_FIRST, KVM_OLD_LAST, Refuse, Refuse),
         r(APIC_BASE, APIC_BASE, Checked, Emulate),
@@ -266,10 +267,13 @@ pub mod policy {
         r(PAT + 1, MTRR_DEF_TYPE, Checked, Emulate),
         r(0x0000_0400, 0x0000_047F, Pass, Checked), // MCi_CTL/STATUS/ADDR/MISC
         r(TSC_DEADLINE, TSC_DEADLINE, Pass, Pass),
-        r(X2APIC_FIRST, X2APIC_ICR - 1, Pass, Pass),
-        // IPIs exit: the root may not INIT or SIPI a CPU in MicroV.
-        r(X2APIC_ICR, X2APIC_ICR, Pass, Emulate),
-        r(X2APIC_ICR + 1, X2APIC_LAST, Pass, Pass),
+        r(X2APIC_FIRST, apic::X2APIC_LVT_CMCI - 1, Pass, Pass),
+        // IPIs and LVT entries exit: the root may not INIT a CPU in MicroV,
+        // nor have an interrupt pin do it.
+        r(apic::X2APIC_LVT_CMCI, X2APIC_ICR, Pass, Emulate),
+        r(X2APIC_ICR + 1, X2APIC_ICR + 1, Pass, Pass),
+        r(apic::X2APIC_LVT_TIMER, apic::X2APIC_LVT_ERROR, Pass, Emulate),
+        r(apic::X2APIC_LVT_ERROR + 1, X2APIC_LAST, Pass, Pass),
         r(0x0000_0C81, 0x0000_0C81, Pass, Checked), // L3_QOS_CFG
         r(0x0000_0C8D, 0x0000_0C8F, Pass, Pass),    // QM_EVTSEL, QM_CTR, PQR_ASSOC
         r(0x0000_0C90, 0x0000_0C9F, Pass, Checked), // L3 cache allocation masks
@@ -444,7 +448,10 @@ mod tests {
         assert_eq!(rule(PAT).read, Action::Emulate);
         assert_eq!(rule(MTRR_FIRST + 0x50).write, Action::Emulate);
         assert_eq!(rule(X2APIC_FIRST + 0x30).write, Action::Emulate);
-        assert_eq!(rule(X2APIC_FIRST + 0x2f).write, Action::Pass);
+        assert_eq!(rule(X2APIC_FIRST + 0x2e).write, Action::Pass);
+        assert_eq!(rule(X2APIC_FIRST + 0x2f).write, Action::Emulate);
+        assert_eq!(rule(X2APIC_FIRST + 0x35).write, Action::Emulate);
+        assert_eq!(rule(X2APIC_FIRST + 0x38).write, Action::Pass);
         assert_eq!(rule(X2APIC_FIRST + 0x31).write, Action::Pass);
         assert_eq!(rule(0xC000_2001).read, Action::Checked);
         // Unlisted MSRs are refused inside the permission map's ranges and

@@ -662,6 +662,12 @@ mod tests {
         };
         assert_eq!(wrmsr(0x3_0000_c500, &mut host), (0x1002, 0));
         assert_eq!(host.apic_writes, vec![(0x300, 0x3_0000_c500, true)]);
+        let (mut v, mut g) = vcpu(exit::MSR);
+        v.control.exit_info1 = 1;
+        g.gprs[gpr::RCX] = 0x835; // LVT LINT0
+        v.save.rax = 0x1_0500;
+        run(&mut v, &mut g, 0, &hv, &mut host);
+        assert_eq!(host.apic_writes.last(), Some(&(0x350, 0x1_0500, true)));
         host.apic_outcome = Some(crate::host::ApicOutcome::Refused);
         assert_eq!(wrmsr(0x3_0000_c500, &mut host), (0x1002, 0));
         host.apic_outcome = Some(crate::host::ApicOutcome::Invalid);

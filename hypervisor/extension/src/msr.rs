@@ -48,9 +48,9 @@ pub enum Decision {
     /// Written on the real CPU if it changes no bit of the real value
     /// outside this mask; otherwise #GP.
     PassThroughChanging(u64),
-    /// An x2APIC ICR write: the IPI goes through the microkernel's check
-    /// (`root_apic`).
-    SendIpi(u64),
+    /// An x2APIC register write that exits (the ICR and the LVT entries):
+    /// the microkernel checks and carries it out (`root_apic`).
+    ApicWrite { offset: u32, value: u64 },
 }
 
 /// VMCB clean bits a write here makes stale: NP covers G_PAT, LBR covers
@@ -163,8 +163,11 @@ fn emulated_write(
         // accepted without effect; a write that would change a range #GPs.
         msr::MTRR_DEF_TYPE => Decision::IgnoreUnlessChanging(MTRR_DEF_TYPE_SWITCHES),
         msr::MTRR_FIRST..=msr::MTRR_DEF_TYPE => Decision::IgnoreUnlessChanging(0),
-        // Every IPI is checked: no INIT or SIPI to a CPU in MicroV.
-        apic::X2APIC_ICR => Decision::SendIpi(value),
+        // Every IPI and LVT entry is checked: no INIT to a CPU in MicroV.
+        msr::X2APIC_FIRST..=msr::X2APIC_LAST => match apic::x2apic_offset(index) {
+            Some(offset) => Decision::ApicWrite { offset, value },
+            None => Decision::GeneralProtection,
+        },
         _ => return None,
     })
 }
@@ -241,8 +244,8 @@ fn apply(
             (Some(v), Some(real)) if changes_only(v, real, mask) => MsrOutcome::Written,
             _ => MsrOutcome::GeneralProtection,
         },
-        Decision::SendIpi(v) => {
-            if crate::root_apic::carry_out(host, apic::ICR_LOW, v, true) {
+        Decision::ApicWrite { offset, value } => {
+            if crate::root_apic::carry_out(host, offset, value, true) {
                 MsrOutcome::Written
             } else {
                 MsrOutcome::GeneralProtection

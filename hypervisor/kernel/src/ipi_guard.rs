@@ -11,17 +11,17 @@
 //! other CPUs that way at boot), or go to all CPUs but the sender while no
 //! other CPU is in MicroV (the firmware wakes its APs that way before
 //! microv.efi starts them). It also refuses writes to the APIC ID
-//! register, which would let a CPU in MicroV hide behind another ID.
+//! register, which would let a CPU in MicroV hide behind another ID, and
+//! local vector table entries set to deliver INIT (LINT0 wired to the
+//! 8259, which the root programs, would then reset the CPU at will).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use microv_arch::apic::{
-    DeliveryMode, Icr, Shorthand, ICR_LOW, REGISTERS_END, REGISTER_STRIDE,
+    self, DeliveryMode, Icr, Shorthand, APIC_ID, ICR_LOW, REGISTERS_END, REGISTER_STRIDE,
 };
 use microv_arch::cpuid::CpuidResult;
 
-/// The xAPIC ID register (read-only in x2APIC mode).
-const APIC_ID: u32 = 0x20;
 /// The xAPIC's physical broadcast destination.
 const XAPIC_BROADCAST: u32 = 0xff;
 /// CPUID leaf of the x2APIC topology (its EDX is the x2APIC ID).
@@ -103,28 +103,39 @@ pub enum ApicRefusal {
     Refused,
 }
 
-/// Whether the root on the CPU with APIC ID `sender` may write to its
-/// local APIC's register `offset` (xAPIC offsets; the x2APIC ICR is
-/// `ICR_LOW` with the whole 64-bit value). `icr` is the command a write to
-/// `ICR_LOW` sends (the caller reads an xAPIC destination from the real
-/// ICR high); `x2apic` says which mode the APIC is in.
+/// Whether the root may write `value` to its local APIC's register
+/// `offset` (xAPIC offsets; an x2APIC register `x2apic_offset` of its MSR,
+/// the ICR with all 64 bits). For an ICR write, `icr_high` reads the real
+/// ICR's high half (an xAPIC destination) and `sender` this CPU's APIC ID;
+/// neither is read for other registers.
 pub fn check_write<const N: usize>(
     offset: u32,
-    icr: Option<Icr>,
+    value: u64,
     x2apic: bool,
-    sender: u32,
+    icr_high: &mut dyn FnMut() -> u32,
+    sender: &mut dyn FnMut() -> u32,
     cpus: &MicrovCpus<N>,
 ) -> Result<(), ApicRefusal> {
     if !offset.is_multiple_of(REGISTER_STRIDE) || offset >= REGISTERS_END {
         return Err(ApicRefusal::BadOffset);
     }
-    if offset == APIC_ID {
-        return Err(ApicRefusal::Refused);
-    }
-    match icr {
-        _ if offset != ICR_LOW => Ok(()),
-        Some(icr) if may_send(icr, x2apic, sender, cpus) => Ok(()),
-        _ => Err(ApicRefusal::Refused),
+    let allowed = match offset {
+        APIC_ID => false,
+        ICR_LOW => {
+            let icr = if x2apic {
+                Icr(value)
+            } else {
+                Icr::from_xapic(value as u32, icr_high())
+            };
+            may_send(icr, x2apic, sender(), cpus)
+        }
+        _ if apic::is_lvt(offset) => lvt_allowed(Icr(value)),
+        _ => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApicRefusal::Refused)
     }
 }
 
@@ -152,6 +163,12 @@ pub fn may_send<const N: usize>(
         Shorthand::AllExcludingSelf => !cpus.any_other_than(sender),
         Shorthand::SelfOnly | Shorthand::AllIncludingSelf => false,
     }
+}
+
+/// An LVT entry (its delivery mode where the ICR has it) may deliver
+/// anything but INIT (and the SIPI encoding, reserved there).
+fn lvt_allowed(entry: Icr) -> bool {
+    !matches!(entry.delivery_mode(), DeliveryMode::Init | DeliveryMode::Startup)
 }
 
 /// True if a write to `offset` sends an IPI (xAPIC: the ICR's low half;
@@ -226,19 +243,31 @@ mod tests {
     }
 
     #[test]
-    fn checks_offsets_the_id_and_the_command() {
+    fn checks_offsets_the_id_the_lvt_and_the_command() {
         let cpus = MicrovCpus::<2>::new();
         cpus.enter(0, 0);
         cpus.enter(1, 1);
-        let check = |offset, icr| check_write(offset, icr, false, 0, &cpus);
-        assert_eq!(check(0xb0, None), Ok(()));
-        assert_eq!(check(0x310, None), Ok(()));
-        assert_eq!(check(0x300, Some(Icr(0x1_0000_00fd))), Ok(()));
-        assert_eq!(check(0x300, Some(INIT_TO_1)), Err(ApicRefusal::Refused));
-        assert_eq!(check(0x300, None), Err(ApicRefusal::Refused));
-        assert_eq!(check(0x20, None), Err(ApicRefusal::Refused));
-        for bad in [0xb4, 0x301, 0x400, 0xff0 + 16] {
-            assert_eq!(check(bad, None), Err(ApicRefusal::BadOffset));
+        let check = |offset, value, x2apic| {
+            check_write(offset, value, x2apic, &mut || 1 << 24, &mut || 0, &cpus)
+        };
+        assert_eq!(check(0xb0, 0, false), Ok(()));
+        assert_eq!(check(0x310, 1 << 24, false), Ok(()));
+        assert_eq!(check(0x300, 0xfd, false), Ok(()));
+        // xAPIC: the destination (APIC ID 1, in MicroV) from ICR high.
+        assert_eq!(check(0x300, 0xc500, false), Err(ApicRefusal::Refused));
+        // x2APIC: the destination in the value (APIC ID 0x100 is no CPU here).
+        assert_eq!(check(0x300, 0x100_0000_c500, true), Ok(()));
+        assert_eq!(check(0x300, 0x1_0000_c500, true), Err(ApicRefusal::Refused));
+        assert_eq!(check(0x20, 0, false), Err(ApicRefusal::Refused));
+        // LVT entries: anything but INIT (and SIPI's encoding).
+        for lvt in [0x2f0, 0x320, 0x350, 0x360, 0x370, 0x500, 0x530] {
+            assert_eq!(check(lvt, 0x1_0700, false), Ok(()), "{lvt:#x} ExtINT");
+            assert_eq!(check(lvt, 0x400, false), Ok(()), "{lvt:#x} NMI");
+            assert_eq!(check(lvt, 0x1_0500, false), Err(ApicRefusal::Refused), "{lvt:#x}");
+            assert_eq!(check(lvt, 0x600, true), Err(ApicRefusal::Refused), "{lvt:#x}");
+        }
+        for bad in [0xb4, 0x301, 0x540, 0xff0] {
+            assert_eq!(check(bad, 0, false), Err(ApicRefusal::BadOffset));
         }
         assert!(sends(0x300) && !sends(0x310));
     }

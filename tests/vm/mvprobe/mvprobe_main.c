@@ -69,7 +69,11 @@
  *    init target=N
  *        Sends OS CPU N an INIT IPI (level assert, as CPU bring-up does)
  *        from the calling CPU (cpu=, default 0): the attack of taking a CPU
- *        away from MicroV (tests/pending/69-attack-init-ipi.sh).
+ *        away from MicroV (tests/e2e/69-attack-init-ipi.sh).
+ *    apic reg=R value=V
+ *        On the calling CPU (cpu=, default 0), with interrupts off: reads
+ *        xAPIC register R, writes V to it, reads it again; prints
+ *        `before=`, `wrote=`, `after=` (xAPIC mode only).
  *
  * Built by `cargo xtask build` against the same kernel headers as microv.ko
  * (with a copy of loaders/linux/microv_abi.h); installed in the machine at
@@ -999,6 +1003,44 @@ static int do_init(struct cmd *c)
 	return 0;
 }
 
+struct apic_args {
+	u32 reg, value, before, after;
+};
+
+static long apic_on_cpu(void *arg)
+{
+	struct apic_args *a = arg;
+	unsigned long flags;
+
+	local_irq_save(flags);
+	a->before = apic_read(a->reg);
+	apic_write(a->reg, a->value);
+	a->after = apic_read(a->reg);
+	local_irq_restore(flags);
+	return 0;
+}
+
+static int do_apic(struct cmd *c)
+{
+	struct apic_args a = {};
+	u64 reg, value;
+	int cpu, err;
+
+	err = cpu_arg(c, &cpu) ?: num(c, "reg", ~0ULL, &reg) ?: num(c, "value", ~0ULL, &value);
+	if (err)
+		return err;
+	if (x2apic_mode || reg >= 0x1000 || reg % 16 || value > 0xffffffffULL) {
+		out("error=needs-xapic-and-a-32-bit-register\n");
+		return -EINVAL;
+	}
+	a.reg = reg;
+	a.value = value;
+	work_on_cpu(cpu, apic_on_cpu, &a);
+	out("op=apic cpu=%d reg=%#x before=%#x wrote=%#x after=%#x\n", cpu, a.reg, a.before,
+	    a.value, a.after);
+	return 0;
+}
+
 static int dispatch(char *line)
 {
 	struct cmd c = {};
@@ -1040,6 +1082,8 @@ static int dispatch(char *line)
 		return do_stoppp(&c);
 	if (!strcmp(c.op, "init"))
 		return do_init(&c);
+	if (!strcmp(c.op, "apic"))
+		return do_apic(&c);
 	out("error=unknown-command %s\n", c.op);
 	return -EINVAL;
 }

@@ -4,7 +4,7 @@
 
 use microv_abi::launch::{MAX_CPUS, PAGE_SIZE};
 use microv_abi::syscall::SysStatus;
-use microv_arch::apic::{self, Icr, ICR_HIGH, ICR_LOW};
+use microv_arch::apic::{self, ICR_HIGH};
 use microv_arch::mapper::{self, MapError};
 use microv_arch::paging::{NO_EXECUTE, PRESENT, WRITABLE};
 use microv_arch::svm::Vmcb;
@@ -73,26 +73,25 @@ pub fn write(offset: u64, value: u64, x2apic: u64) -> SysStatus {
     let Ok(offset) = u32::try_from(offset) else {
         return SysStatus::InvalidArgument;
     };
-    if in_x2apic != (x2apic == 1) || (in_x2apic && offset != ICR_LOW) {
+    if in_x2apic != (x2apic == 1) {
         return SysStatus::InvalidArgument;
     }
-    let icr = match (in_x2apic, offset) {
-        (true, _) => Some(Icr(value)),
-        (false, ICR_LOW) => Some(Icr::from_xapic(value as u32, apic_read(ICR_HIGH))),
-        (false, _) => None,
-    };
-    // Only an IPI needs the sender's ID (no CPUID for every EOI).
-    let sender = match offset {
-        ICR_LOW => ipi_guard::apic_id(&mut instr::cpuid),
-        _ => 0,
-    };
-    match ipi_guard::check_write(offset, icr, in_x2apic, sender, &CPUS) {
+    let checked = ipi_guard::check_write(
+        offset,
+        value,
+        in_x2apic,
+        &mut || apic_read(ICR_HIGH),
+        &mut || ipi_guard::apic_id(&mut instr::cpuid),
+        &CPUS,
+    );
+    match checked {
         Err(ApicRefusal::BadOffset) => SysStatus::InvalidArgument,
         Err(ApicRefusal::Refused) => SysStatus::Refused,
         Ok(()) if in_x2apic => {
-            // SAFETY: ring 0; #GP is recovered from (the ICR's reserved
-            // bits); the command was checked above.
-            match unsafe { asm::microv_wrmsr_safe(apic::X2APIC_ICR, value) } {
+            let msr = apic::X2APIC_FIRST + offset / apic::REGISTER_STRIDE;
+            // SAFETY: ring 0; #GP (a register the x2APIC does not have, or
+            // reserved bits) is recovered from; the value was checked above.
+            match unsafe { asm::microv_wrmsr_safe(msr, value) } {
                 0 => SysStatus::Success,
                 _ => SysStatus::Fault,
             }
