@@ -22,4 +22,5 @@ pub mod msr;
 pub mod paging;
 pub mod svm;
 pub mod vmcb_spans;
+pub mod vmx;
 pub mod xsave;
