@@ -10,6 +10,17 @@
 //!   bits fixed in VMX operation.
 //! - [`controls`]: the VM-execution, VM-exit and VM-entry control bits and
 //!   their adjustment to what the CPU allows.
+//! - [`vmcs`]: typed field encodings, checked while compiling, and the
+//!   [`vmcs::Vmcs`] trait VMREAD/VMWRITE (or a fake) implement;
+//!   [`fields`] lists the fields, [`segment`] groups the guest segment
+//!   registers and converts their access rights from the VMCB layout.
+//! - [`region`]: the VMXON/VMCS region header.
+//! - [`instruction_error`]: how VMX instructions fail, and why.
 
 pub mod caps;
 pub mod controls;
+pub mod fields;
+pub mod instruction_error;
+pub mod region;
+pub mod segment;
+pub mod vmcs;
