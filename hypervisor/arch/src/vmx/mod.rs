@@ -14,13 +14,23 @@
 //!   [`vmcs::Vmcs`] trait VMREAD/VMWRITE (or a fake) implement;
 //!   [`fields`] lists the fields, [`segment`] groups the guest segment
 //!   registers and converts their access rights from the VMCB layout.
+//! - [`ept`]: extended page tables (entries, the mapper format, the EPT
+//!   pointer, capabilities, EPT-violation qualifications); [`invalidate`]:
+//!   INVEPT and INVVPID types and descriptors.
 //! - [`region`]: the VMXON/VMCS region header.
 //! - [`instruction_error`]: how VMX instructions fail, and why.
 
 pub mod caps;
 pub mod controls;
+pub mod ept;
 pub mod fields;
 pub mod instruction_error;
+pub mod invalidate;
 pub mod region;
 pub mod segment;
 pub mod vmcs;
+
+/// Bit `n` of `value`: the decoders read MSRs and qualifications bit by bit.
+const fn bit(value: u64, n: u32) -> bool {
+    value & 1 << n != 0
+}
