@@ -17,12 +17,17 @@
 //! - [`ept`]: extended page tables (entries, the mapper format, the EPT
 //!   pointer, capabilities, EPT-violation qualifications); [`invalidate`]:
 //!   INVEPT and INVVPID types and descriptors.
+//! - [`exit`]: exit reasons and the qualifications of CR, MOV DR and I/O
+//!   exits; [`event`]: injecting events and decoding reported ones, the
+//!   interruptibility and activity states.
 //! - [`region`]: the VMXON/VMCS region header.
 //! - [`instruction_error`]: how VMX instructions fail, and why.
 
 pub mod caps;
 pub mod controls;
 pub mod ept;
+pub mod event;
+pub mod exit;
 pub mod fields;
 pub mod instruction_error;
 pub mod invalidate;
