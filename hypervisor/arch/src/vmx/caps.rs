@@ -3,6 +3,7 @@
 //! operation (A.7, A.8) and whether IA32_FEATURE_CONTROL lets VMXON run
 //! (Vol. 3C 24.7).
 
+use super::bit;
 use crate::msr::feature_control::{LOCK, VMX_OUTSIDE_SMX};
 
 /// The write-back memory type (SDM Vol. 3A 12.3), the only one MicroV
@@ -56,11 +57,11 @@ impl VmxBasic {
         VmxBasic {
             revision_id: (msr & 0x7fff_ffff) as u32,
             region_size: ((msr >> 32) & 0x1fff) as u32,
-            addresses_32bit: msr & 1 << 48 != 0,
+            addresses_32bit: bit(msr, 48),
             memory_type: ((msr >> 50) & 0xf) as u8,
-            ins_outs_info: msr & 1 << 54 != 0,
-            true_controls: msr & 1 << 55 != 0,
-            any_error_code: msr & 1 << 56 != 0,
+            ins_outs_info: bit(msr, 54),
+            true_controls: bit(msr, 55),
+            any_error_code: bit(msr, 56),
         }
     }
 
@@ -110,14 +111,14 @@ impl VmxMisc {
     pub const fn decode(msr: u64) -> VmxMisc {
         VmxMisc {
             preemption_timer_rate: (msr & 0x1f) as u8,
-            exit_stores_lma: msr & 1 << 5 != 0,
-            activity_hlt: msr & 1 << 6 != 0,
-            activity_shutdown: msr & 1 << 7 != 0,
-            activity_wait_for_sipi: msr & 1 << 8 != 0,
+            exit_stores_lma: bit(msr, 5),
+            activity_hlt: bit(msr, 6),
+            activity_shutdown: bit(msr, 7),
+            activity_wait_for_sipi: bit(msr, 8),
             cr3_targets: ((msr >> 16) & 0x1ff) as u16,
             max_msr_list: 512 * (((msr >> 25) & 7) as u32 + 1),
-            vmwrite_exit_info: msr & 1 << 29 != 0,
-            zero_length_injection: msr & 1 << 30 != 0,
+            vmwrite_exit_info: bit(msr, 29),
+            zero_length_injection: bit(msr, 30),
         }
     }
 

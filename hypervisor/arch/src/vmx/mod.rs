@@ -1,6 +1,6 @@
 //! Intel VMX: the pure definitions and decisions a hypervisor on VT-x
 //! needs, host-tested like the rest of this crate. References are to the
-//! Intel SDM, Vol. 3C for chapters (numbered as since 2023: 24 VMX
+//! Intel SDM, Vol. 3C for chapters (numbered as in recent editions: 24 VMX
 //! introduction, 25 the VMCS, 27 VM entries, 28 VM exits, 29 EPT, 31 the
 //! VMX instructions; older editions number them one lower) and Vol. 3D
 //! for appendices A (capability MSRs), B (VMCS encodings) and C (exit

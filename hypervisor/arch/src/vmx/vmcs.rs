@@ -160,7 +160,7 @@ impl<W: Width> Field<W, Writable> {
 }
 
 /// The current VMCS: VMREAD and VMWRITE in the microkernel, a map in tests
-/// ([`fake::FakeVmcs`]). Reached through typed [`Field`]s.
+/// (`fake::FakeVmcs`, feature `fake`). Reached through typed [`Field`]s.
 pub trait Vmcs {
     /// VMREAD: the field `encoding`, zero-extended.
     fn vmread(&mut self, encoding: u32) -> Result<u64, VmFail>;
