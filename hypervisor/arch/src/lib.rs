@@ -23,4 +23,5 @@ pub mod msr;
 pub mod paging;
 pub mod svm;
 pub mod vmcb_spans;
+pub mod vmx;
 pub mod xsave;

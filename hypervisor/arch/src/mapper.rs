@@ -1,8 +1,44 @@
 //! Building 4-level page tables over any memory: MicroV's own tables (in the
-//! microkernel) and nested page tables (in the extension) use the same code,
-//! unit-tested here against fake memory.
+//! microkernel), nested page tables (in the extension) and Intel's extended
+//! page tables use the same code, unit-tested here against fake memory.
+//!
+//! The formats differ only in what makes an entry present ([`Format`]): the
+//! P bit in x86 paging and AMD nested paging, any of the read, write and
+//! execute bits in EPT (SDM Vol. 3C 29.3.2). In all of them bits 51:12 hold
+//! the address and bit 7 marks a 2 MiB or 1 GiB page in a level-2 or
+//! level-3 entry.
 
 use crate::paging::{self, ADDRESS_MASK, ENTRIES, HUGE, PRESENT};
+
+/// What makes an entry of a table format present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// An entry is present if any of these bits is set.
+    pub present: u64,
+    /// Bits added to every entry the mapper writes (leaf or table).
+    pub implied: u64,
+}
+
+impl Format {
+    /// x86-64 4-level paging and AMD nested paging: the P bit, which the
+    /// mapper sets in every entry it writes.
+    pub const PAGING: Format = Format {
+        present: PRESENT,
+        implied: PRESENT,
+    };
+
+    /// True if `entry` is present in this format.
+    pub const fn is_present(self, entry: u64) -> bool {
+        entry & self.present != 0
+    }
+
+    /// True if entries written with `flags` are present: false for EPT
+    /// flags without any permission, which would write an entry that maps
+    /// nothing (and, for a table, one the next walk would replace).
+    const fn makes_present(self, flags: u64) -> bool {
+        self.is_present(flags | self.implied)
+    }
+}
 
 /// Where page tables live.
 pub trait TableMemory {
@@ -10,6 +46,37 @@ pub trait TableMemory {
     fn table(&mut self, pa: u64) -> Option<&mut [u64; ENTRIES]>;
     /// A new zeroed table page; its physical address.
     fn alloc_table(&mut self) -> Option<u64>;
+    /// The format of the tables reached through this memory: x86 paging
+    /// unless it says otherwise (see [`WithFormat`]).
+    fn format(&self) -> Format {
+        Format::PAGING
+    }
+}
+
+/// Any table memory, seen as holding tables of `format`: one pool holds
+/// MicroV's own tables and EPT tables, and the walk must know which it is
+/// building.
+pub struct WithFormat<'a> {
+    mem: &'a mut dyn TableMemory,
+    format: Format,
+}
+
+impl<'a> WithFormat<'a> {
+    pub fn new(mem: &'a mut dyn TableMemory, format: Format) -> Self {
+        WithFormat { mem, format }
+    }
+}
+
+impl TableMemory for WithFormat<'_> {
+    fn table(&mut self, pa: u64) -> Option<&mut [u64; ENTRIES]> {
+        self.mem.table(pa)
+    }
+    fn alloc_table(&mut self) -> Option<u64> {
+        self.mem.alloc_table()
+    }
+    fn format(&self) -> Format {
+        self.format
+    }
 }
 
 /// Why a mapping could not be made.
@@ -21,7 +88,8 @@ pub enum MapError {
     AlreadyMapped,
     /// An entry points outside the table memory.
     BadTable,
-    /// An address is not aligned to the page size, or the level is not 1–3.
+    /// An address is not aligned to the page size, the level is not 1–3,
+    /// or the flags would make an entry that is not present.
     Misaligned,
 }
 
@@ -34,6 +102,7 @@ fn slot_creating(
     level: u32,
     table_flags: u64,
 ) -> Result<&mut u64, MapError> {
+    let format = mem.format();
     let mut table_pa = root_pa;
     let mut current = 4;
     while current > level {
@@ -43,12 +112,12 @@ fn slot_creating(
             .ok_or(MapError::BadTable)?
             .get(index)
             .ok_or(MapError::BadTable)?;
-        table_pa = if entry & PRESENT == 0 {
+        table_pa = if !format.is_present(entry) {
             let new = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
             *mem.table(table_pa)
                 .ok_or(MapError::BadTable)?
                 .get_mut(index)
-                .ok_or(MapError::BadTable)? = new | table_flags | PRESENT;
+                .ok_or(MapError::BadTable)? = new | table_flags | format.implied;
             new
         } else if entry & HUGE != 0 {
             return Err(MapError::AlreadyMapped);
@@ -64,8 +133,9 @@ fn slot_creating(
 }
 
 /// Maps one page of level `level` (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) at `va` to
-/// `pa` with `leaf_flags` (PRESENT, and HUGE for levels 2–3, are added).
-/// Tables created on the way get `table_flags` (PRESENT is added).
+/// `pa` with `leaf_flags` (the format's implied bits, PRESENT in x86
+/// paging, and HUGE for levels 2–3, are added). Tables created on the way
+/// get `table_flags` (and the implied bits).
 pub fn map(
     mem: &mut dyn TableMemory,
     root_pa: u64,
@@ -75,7 +145,11 @@ pub fn map(
     leaf_flags: u64,
     table_flags: u64,
 ) -> Result<(), MapError> {
-    if !(1..=3).contains(&level) {
+    let format = mem.format();
+    if !(1..=3).contains(&level)
+        || !format.makes_present(leaf_flags)
+        || !format.makes_present(table_flags)
+    {
         return Err(MapError::Misaligned);
     }
     let size = paging::span(level);
@@ -83,11 +157,11 @@ pub fn map(
         return Err(MapError::Misaligned);
     }
     let slot = slot_creating(mem, root_pa, va, level, table_flags)?;
-    if *slot & PRESENT != 0 {
+    if format.is_present(*slot) {
         return Err(MapError::AlreadyMapped);
     }
     let huge = if level > 1 { HUGE } else { 0 };
-    *slot = pa | leaf_flags | huge | PRESENT;
+    *slot = pa | leaf_flags | huge | format.implied;
     Ok(())
 }
 
@@ -103,17 +177,19 @@ pub fn link_table(
     table_pa: u64,
     flags: u64,
 ) -> Result<(), MapError> {
+    let format = mem.format();
     if !(2..=3).contains(&level)
         || !va.is_multiple_of(paging::span(level))
         || table_pa & !ADDRESS_MASK != 0
+        || !format.makes_present(flags)
     {
         return Err(MapError::Misaligned);
     }
     let slot = slot_creating(mem, root_pa, va, level, flags)?;
-    if *slot & PRESENT != 0 {
+    if format.is_present(*slot) {
         return Err(MapError::AlreadyMapped);
     }
-    *slot = table_pa | flags | PRESENT;
+    *slot = table_pa | flags | format.implied;
     Ok(())
 }
 
@@ -128,6 +204,7 @@ fn table_for(
     if !(1..=4).contains(&level) {
         return Err(MapError::Misaligned);
     }
+    let format = mem.format();
     let mut table = root_pa;
     let mut current = 4;
     while current > level {
@@ -136,7 +213,7 @@ fn table_for(
             .ok_or(MapError::BadTable)?
             .get(paging::index(va, current))
             .ok_or(MapError::BadTable)?;
-        if e & PRESENT == 0 || e & HUGE != 0 {
+        if !format.is_present(e) || e & HUGE != 0 {
             return Err(MapError::BadTable);
         }
         table = e & ADDRESS_MASK;
@@ -217,11 +294,12 @@ where
 /// Walks the tables for `va`: the physical address it maps to and the leaf
 /// entry's flags, or `None` if it is not mapped.
 pub fn translate(mem: &mut dyn TableMemory, root_pa: u64, va: u64) -> Option<(u64, u64)> {
+    let format = mem.format();
     let mut table_pa = root_pa;
     let mut level = 4;
     loop {
         let entry = *mem.table(table_pa)?.get(paging::index(va, level))?;
-        if entry & PRESENT == 0 {
+        if !format.is_present(entry) {
             return None;
         }
         if level == 1 || entry & HUGE != 0 {
@@ -462,6 +540,51 @@ mod tests {
         assert_eq!(translate(&mut m, root, 0x3000_0000), None);
         assert_eq!(translate(&mut m, root, 0x3000_1000), None);
         assert_eq!(translate(&mut m, root, 0x2000_0000), Some((0x5000, USER | PRESENT)), "untouched");
+    }
+
+    /// A format whose entries are present when any of bits 2:0 is set and
+    /// that adds nothing (as EPT's).
+    const ANY_OF_THREE: Format = Format {
+        present: 0b111,
+        implied: 0,
+    };
+
+    #[test]
+    fn other_formats_decide_presence_from_their_own_bits() {
+        let (mut fake, root) = FakeTables::new(16);
+        assert_eq!(fake.format(), Format::PAGING);
+        let mut m = WithFormat::new(&mut fake, ANY_OF_THREE);
+        // Execute-only (bit 2) is present; nothing is added to the entry.
+        map(&mut m, root, 0x20_0000, 0x40_0000, 2, 0b100, 0b111).unwrap();
+        assert_eq!(
+            translate(&mut m, root, 0x20_1234),
+            Some((0x40_1234, 0b100 | HUGE))
+        );
+        assert_eq!(entry(&mut m, root, 0, 4).map(|e| e & 0xfff), Ok(0b111));
+        map(&mut m, root, 0x1000, 0x5000, 1, 0b001, 0b111).unwrap();
+        assert_eq!(translate(&mut m, root, 0x1008), Some((0x5008, 0b001)));
+        assert_eq!(
+            map(&mut m, root, 0x1000, 0x6000, 1, 0b010, 0b111),
+            Err(MapError::AlreadyMapped)
+        );
+        // Flags that give no permission would write entries that are not
+        // present: refused before anything is written.
+        for (leaf, table) in [(0, 0b111), (0b001, 0), (PRESENT << 3, 0b111)] {
+            assert_eq!(
+                map(&mut m, root, 0x8000_0000, 0x8000_0000, 1, leaf, table),
+                Err(MapError::Misaligned)
+            );
+        }
+        assert_eq!(
+            link_table(&mut m, root, 0x4000_0000, 2, 0x9000, 0),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(translate(&mut m, root, 0x8000_0000), None);
+        link_table(&mut m, root, 0x4000_0000, 2, 0x9000, 0b011).unwrap();
+        // A P bit alone is not presence here: the walk stops at it.
+        replace_entry(&mut m, root, 0x1000, 1, 0x5000 | PRESENT << 3).unwrap();
+        assert_eq!(translate(&mut m, root, 0x1000), None);
+        assert_eq!(fake.budget, 16 - 4, "a PDPT, two PDs and a PT");
     }
 
     #[test]

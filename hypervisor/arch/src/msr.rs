@@ -10,6 +10,8 @@ use crate::cpuid::CpuidResult;
 
 pub const TSC: u32 = 0x0000_0010;
 pub const APIC_BASE: u32 = 0x0000_001B;
+/// Intel: feature control (VMXON allowed inside/outside SMX, lock).
+pub const FEATURE_CONTROL: u32 = 0x0000_003A;
 pub const TSC_ADJUST: u32 = 0x0000_003B;
 pub const SPEC_CTRL: u32 = 0x0000_0048;
 pub const PRED_CMD: u32 = 0x0000_0049;
@@ -26,6 +28,39 @@ pub const LAST_INT_TO_IP: u32 = 0x0000_01DE;
 pub const MTRR_FIRST: u32 = 0x0000_0200;
 pub const PAT: u32 = 0x0000_0277;
 pub const MTRR_DEF_TYPE: u32 = 0x0000_02FF;
+/// Intel: the VMX capability MSRs (SDM Vol. 3D appendix A; decoded in
+/// `vmx::caps` and `vmx::controls`). VMCS revision, region size and
+/// memory type, true-controls support.
+pub const VMX_BASIC: u32 = 0x0000_0480;
+/// Allowed settings of the pin-based, primary processor-based, VM-exit and
+/// VM-entry controls (allowed-0 in bits 31:0, allowed-1 in bits 63:32),
+/// default1 controls forced to 1.
+pub const VMX_PINBASED_CTLS: u32 = 0x0000_0481;
+pub const VMX_PROCBASED_CTLS: u32 = 0x0000_0482;
+pub const VMX_EXIT_CTLS: u32 = 0x0000_0483;
+pub const VMX_ENTRY_CTLS: u32 = 0x0000_0484;
+/// Preemption-timer rate, activity states, CR3-target count, MSR lists.
+pub const VMX_MISC: u32 = 0x0000_0485;
+/// CR0 and CR4 bits fixed in VMX operation: set in FIXED0, must be 1;
+/// clear in FIXED1, must be 0.
+pub const VMX_CR0_FIXED0: u32 = 0x0000_0486;
+pub const VMX_CR0_FIXED1: u32 = 0x0000_0487;
+pub const VMX_CR4_FIXED0: u32 = 0x0000_0488;
+pub const VMX_CR4_FIXED1: u32 = 0x0000_0489;
+/// Highest VMCS field index.
+pub const VMX_VMCS_ENUM: u32 = 0x0000_048A;
+/// Allowed settings of the secondary processor-based controls.
+pub const VMX_PROCBASED_CTLS2: u32 = 0x0000_048B;
+/// EPT and VPID capabilities.
+pub const VMX_EPT_VPID_CAP: u32 = 0x0000_048C;
+/// The same as the four `*_CTLS` above, default1 controls included as
+/// they really are; present where VMX_BASIC bit 55 is set.
+pub const VMX_TRUE_PINBASED_CTLS: u32 = 0x0000_048D;
+pub const VMX_TRUE_PROCBASED_CTLS: u32 = 0x0000_048E;
+pub const VMX_TRUE_EXIT_CTLS: u32 = 0x0000_048F;
+pub const VMX_TRUE_ENTRY_CTLS: u32 = 0x0000_0490;
+/// VM functions allowed.
+pub const VMX_VMFUNC: u32 = 0x0000_0491;
 pub const TSC_DEADLINE: u32 = 0x0000_06E0;
 pub const X2APIC_FIRST: u32 = 0x0000_0800;
 pub const X2APIC_LAST: u32 = 0x0000_08FF;
@@ -152,6 +187,17 @@ pub mod efer {
         }
         bits
     }
+}
+
+/// Bits of [`FEATURE_CONTROL`] (SDM Vol. 4 table 2-2; VMXON's conditions
+/// in Vol. 3C 24.7): the firmware sets them and locks the MSR until reset.
+pub mod feature_control {
+    /// Writes fault until reset; VMXON faults while this is clear.
+    pub const LOCK: u64 = 1 << 0;
+    /// VMXON allowed inside SMX operation (Intel TXT).
+    pub const VMX_INSIDE_SMX: u64 = 1 << 1;
+    /// VMXON allowed outside SMX operation: where MicroV runs.
+    pub const VMX_OUTSIDE_SMX: u64 = 1 << 2;
 }
 
 pub mod vm_cr {
