@@ -1,13 +1,14 @@
 //! End-to-end tests: each executable `tests/e2e/*.sh` runs in its own boot
 //! of the emulated machine and passes when it exits 0. A script can ask for
-//! extra QEMU arguments in its leading comment block (see [`qemu_header`]).
+//! extra QEMU arguments in its leading comment block (see [`qemu_header`]),
+//! or for the emulated Intel machine (`# e2e-cpu: intel`, [`cpu_header`]).
 
 use crate::esp::Boot;
 use crate::initramfs::Add;
 use crate::machine::{self, MachineArgs};
 use crate::prereq::{self, Kernel, Need};
 use crate::util;
-use crate::vm::{self, Outcome};
+use crate::vm::{self, Machine, Outcome};
 use anyhow::{anyhow, Context, Result};
 use clap::ValueEnum;
 use std::fs;
@@ -49,25 +50,47 @@ pub fn scripts(root: &Path, filter: Option<&str>) -> Result<Vec<PathBuf>> {
 }
 
 /// Checks what the scripts' machines need beyond the usual: OVMF if one
-/// boots through UEFI.
-pub fn check_prerequisites(scripts: &[PathBuf]) -> Result<()> {
+/// boots through UEFI, Bochs and GRUB if one runs on the Intel machine.
+pub fn check_prerequisites(args: &MachineArgs, scripts: &[PathBuf]) -> Result<()> {
     let uefi = scripts.iter().any(|s| {
         fs::read_to_string(s).is_ok_and(|text| boot_header(&text) == Ok(Some(Boot::Uefi)))
     });
     if uefi {
         prereq::check(&[Need::Ovmf])?;
     }
+    if scripts
+        .iter()
+        .any(|s| machine_of(args, s) == Machine::Intel)
+    {
+        prereq::check(prereq::INTEL_VM)?;
+    }
     Ok(())
 }
 
+/// The machine a script runs on: the Intel one if the command line says
+/// `--cpu intel` or the script `# e2e-cpu: intel`, else the AMD one (a
+/// script whose header is wrong fails later, in [`run_script`]).
+pub fn machine_of(args: &MachineArgs, script: &Path) -> Machine {
+    if args.machine() == Machine::Intel {
+        return Machine::Intel;
+    }
+    fs::read_to_string(script)
+        .ok()
+        .and_then(|text| cpu_header(&text).ok().flatten())
+        .unwrap_or_default()
+}
+
 /// Runs one script in a fresh machine; the console and the port 0xE9 output
-/// are kept in `target/microv/e2e/<name>.{console,debugcon}.log`.
+/// are kept in `target/microv/e2e/<name>.{console,debugcon}.log` (and
+/// Bochs's log in `<name>.bochs.log`). `echo`: stream the console to stdout
+/// too.
 pub fn run_script(
     root: &Path,
     stage: &Path,
     kernel: &Kernel,
     args: &MachineArgs,
     script: &Path,
+    echo: bool,
 ) -> Result<ScriptResult> {
     let name = script
         .file_name()
@@ -95,30 +118,52 @@ pub fn run_script(
     for (esp, repo) in esp_file_headers(&text).map_err(|why| anyhow!("{name}: {why}"))? {
         cfg.esp_files.push((esp, root.join(repo)));
     }
-    if header.iter().any(|a| vm::is_cpu_option(a))
-        && args.qemu_arg.iter().any(|a| vm::is_cpu_option(a))
-    {
-        eprintln!("[xtask] e2e: {name}: the command line's --qemu-arg=-cpu overrides the script's {QEMU_HEADER} -cpu");
-    }
-    // The script's arguments first, so the command line's come later and win.
-    cfg.qemu_args = header.iter().chain(&args.qemu_arg).cloned().collect();
+    let machine = machine_of(args, script);
+    cpu_header(&text).map_err(|why| anyhow!("{name}: {why}"))?;
+    cfg.machine = machine;
+    cfg.echo = echo;
     cfg.adds = vec![Add {
         host: script.to_path_buf(),
         vm: vm_path,
     }];
     cfg.console_log = Some(logs.join(format!("{name}.console.log")));
     cfg.debugcon = logs.join(format!("{name}.debugcon.log"));
-
-    if header.is_empty() {
-        println!("==== e2e: {name} ====");
+    if machine == Machine::Intel {
+        if let Some(why) = intel_conflict(&text) {
+            return Err(anyhow!("{name}: {why}"));
+        }
+        if !cfg.qemu_args.is_empty() {
+            eprintln!(
+                "[xtask] e2e: {name}: runs on the Intel machine (Bochs): the command line's QEMU arguments do not apply"
+            );
+        }
+        cfg.qemu_args = Vec::new();
+        println!("==== e2e: {name} (Intel machine: Bochs) ====");
     } else {
-        println!("==== e2e: {name} (QEMU: {}) ====", header.join(" "));
+        let command_line = args.qemu_args();
+        if header.iter().any(|a| vm::is_cpu_option(a))
+            && command_line.iter().any(|a| vm::is_cpu_option(a))
+        {
+            eprintln!("[xtask] e2e: {name}: the command line's -cpu overrides the script's {QEMU_HEADER} -cpu");
+        }
+        // The script's arguments first, so the command line's come later and win.
+        cfg.qemu_args = header.iter().chain(&command_line).cloned().collect();
+        if header.is_empty() {
+            println!("==== e2e: {name} ====");
+        } else {
+            println!("==== e2e: {name} (QEMU: {}) ====", header.join(" "));
+        }
     }
     let start = Instant::now();
     let outcome = vm::run(stage, kernel, &cfg)?;
     let secs = start.elapsed().as_secs_f64();
-    let passed = outcome == Outcome::Exited(0);
     let mut detail = format!("{} in {secs:.1} s", outcome.describe());
+    let debugcon = fs::read(&cfg.debugcon).unwrap_or_default();
+    let missing = missing_debugcon_lines(&text, &debugcon);
+    for want in &missing {
+        detail.push_str(&format!("; the port 0xE9 log has no `{want}`"));
+    }
+    let passed = outcome == Outcome::Exited(0) && missing.is_empty();
     if !passed {
         detail.push_str(&format!(
             "; logs: {}/{name}.{{console,debugcon}}.log",
@@ -136,6 +181,19 @@ pub fn run_script(
     })
 }
 
+/// The comment that names text the run's port 0xE9 log must hold once the
+/// machine has stopped (the script cannot read that log itself).
+pub const DEBUGCON_HEADER: &str = "e2e-debugcon-has:";
+
+/// The `# e2e-debugcon-has: TEXT` texts that `debugcon` lacks.
+pub fn missing_debugcon_lines<'a>(script: &'a str, debugcon: &[u8]) -> Vec<&'a str> {
+    let log = String::from_utf8_lossy(debugcon);
+    header_values(script, DEBUGCON_HEADER)
+        .into_iter()
+        .filter(|want| !log.contains(want))
+        .collect()
+}
+
 /// The comment that gives a script extra QEMU arguments.
 pub const QEMU_HEADER: &str = "e2e-qemu:";
 
@@ -144,6 +202,36 @@ pub const SMP_HEADER: &str = "e2e-smp:";
 
 /// The comment that makes a script's machine boot another way.
 pub const BOOT_HEADER: &str = "e2e-boot:";
+
+/// The comment that picks a script's machine: `intel` (Bochs) or `amd`
+/// (QEMU, the default).
+pub const CPU_HEADER: &str = "e2e-cpu:";
+
+/// The machine a script asks for with `# e2e-cpu: intel|amd`, if it asks.
+pub fn cpu_header(script: &str) -> Result<Option<Machine>, String> {
+    match header_value(script, CPU_HEADER) {
+        None => Ok(None),
+        Some(Machine::INTEL) => Ok(Some(Machine::Intel)),
+        Some("amd") => Ok(Some(Machine::Amd)),
+        Some(other) => Err(format!(
+            "`{CPU_HEADER}` wants `intel` or `amd`, not `{other}`"
+        )),
+    }
+}
+
+/// Why a script cannot run on the Intel machine as written: headers that
+/// shape QEMU's machine or its UEFI boot, which Bochs does not have.
+fn intel_conflict(script: &str) -> Option<String> {
+    [
+        QEMU_HEADER,
+        BOOT_HEADER,
+        ESP_CONF_HEADER,
+        ESP_FILE_HEADER,
+    ]
+    .into_iter()
+    .find(|key| !header_values(script, key).is_empty())
+    .map(|key| format!("`{key}` is for the AMD machine (QEMU); the Intel machine (Bochs) has no such setting"))
+}
 
 /// The value of the first `# KEY value` line in a script's leading comment
 /// block, trimmed.
@@ -289,8 +377,12 @@ pub fn qemu_header(script: &str) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{boot_header, esp_file_headers, header_values, qemu_header, smp_header};
+    use super::{
+        boot_header, cpu_header, esp_file_headers, header_values, intel_conflict,
+        missing_debugcon_lines, qemu_header, smp_header,
+    };
     use crate::esp::Boot;
+    use crate::vm::Machine;
 
     fn ok(script: &str) -> Vec<String> {
         qemu_header(script).unwrap_or_else(|e| panic!("{e}"))
@@ -329,6 +421,37 @@ mod tests {
         );
         assert!(esp_file_headers("# e2e-esp-file: no-equals\n").is_err());
         assert!(esp_file_headers("# e2e-esp-file: =tests/a\n").is_err());
+    }
+
+    #[test]
+    fn a_script_can_ask_for_the_intel_machine() {
+        assert_eq!(
+            cpu_header("#!/bin/sh\n# e2e-cpu: intel\n# e2e-smp: 1\n"),
+            Ok(Some(Machine::Intel))
+        );
+        assert_eq!(cpu_header("#!/bin/sh\n# e2e-cpu: amd\n"), Ok(Some(Machine::Amd)));
+        assert_eq!(cpu_header("#!/bin/sh\nset -eu\n# e2e-cpu: intel\n"), Ok(None));
+        assert!(cpu_header("# e2e-cpu: Intel\n").is_err());
+        assert!(cpu_header("# e2e-cpu: EPYC\n").is_err());
+        // QEMU's and UEFI's settings do not apply to Bochs.
+        assert_eq!(intel_conflict("# e2e-cpu: intel\n# e2e-smp: 1\n# e2e-mem: 512M\n"), None);
+        for other in [
+            "# e2e-qemu: -icount shift=0\n",
+            "# e2e-boot: uefi\n",
+            "# e2e-esp-conf: pool = 8M\n",
+        ] {
+            let why = intel_conflict(&format!("# e2e-cpu: intel\n{other}")).expect(other);
+            assert!(why.contains("AMD machine"), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_script_names_what_its_port_e9_log_must_hold() {
+        let script = "#!/bin/sh\n# e2e-debugcon-has: e9: hello\n# e2e-debugcon-has: e9: bye\nset -eu\n";
+        assert!(missing_debugcon_lines(script, b"x\ne9: hello\ne9: bye\n").is_empty());
+        assert_eq!(missing_debugcon_lines(script, b"e9: hello\n"), ["e9: bye"]);
+        assert_eq!(missing_debugcon_lines(script, b""), ["e9: hello", "e9: bye"]);
+        assert!(missing_debugcon_lines("#!/bin/sh\n", b"").is_empty());
     }
 
     #[test]

@@ -62,6 +62,10 @@ sh -c {command}
 status=$?
 echo
 echo "{MARKER} {nonce} status=$status@@"
+# The console's UART may still hold the marker: QEMU's sends at once, Bochs's
+# at the line's baud rate, and the power-off drops what is left. stty sets
+# the console's own settings again once its output has drained (TCSADRAIN).
+stty -F /dev/console "$(stty -F /dev/console -g)" 2>/dev/null
 sync
 poweroff -f
 "#,

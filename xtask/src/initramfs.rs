@@ -13,9 +13,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Modules to install with their dependencies: KVM for AMD, and efivarfs
-/// (a UEFI-booted machine reads microv.efi's report from a UEFI variable).
-const MODULES: &[&str] = &["kvm_amd", "efivarfs"];
+/// Modules to install with their dependencies besides the machine's KVM
+/// module (`kvm_amd` or `kvm_intel`): efivarfs (a UEFI-booted machine reads
+/// microv.efi's report from a UEFI variable).
+const MODULES: &[&str] = &["efivarfs"];
 
 /// `--add HOST_PATH:VM_PATH`: a VM_PATH ending in `/` is a directory to put
 /// the host file or directory into.
@@ -43,11 +44,13 @@ impl std::str::FromStr for Add {
     }
 }
 
-/// Builds the tree in `work/root` and packs it into `work/initramfs.cpio`.
+/// Builds the tree in `work/root` and packs it into `work/initramfs.cpio`,
+/// with Linux's KVM module `kvm_module` for the machine's CPU.
 pub fn build(
     work: &Path,
     stage: &Path,
     kernel: &Kernel,
+    kvm_module: &str,
     adds: &[Add],
     init: &str,
 ) -> Result<PathBuf> {
@@ -72,7 +75,7 @@ pub fn build(
 
     install_stage(stage, &root)?;
     guest::install(stage, kernel, &root)?;
-    install_kernel_modules(kernel, &root)?;
+    install_kernel_modules(kernel, kvm_module, &root)?;
     for add in adds {
         let mut dest = root.join(add.vm.trim_start_matches('/'));
         if add.vm.ends_with('/') {
@@ -121,13 +124,18 @@ fn install_stage(stage: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies the modules in [`MODULES`] and everything they depend on, under
-/// their usual paths, then runs depmod so busybox `modprobe kvm_amd` works.
-fn install_kernel_modules(kernel: &Kernel, root: &Path) -> Result<()> {
+/// Copies `kvm_module`, the modules in [`MODULES`] and everything they
+/// depend on, under their usual paths, then runs depmod so busybox
+/// `modprobe kvm_amd` (or `kvm_intel`) works.
+fn install_kernel_modules(kernel: &Kernel, kvm_module: &str, root: &Path) -> Result<()> {
     let modinfo = prereq::tool("modinfo", "kmod")?;
     let depmod = prereq::tool("depmod", "kmod")?;
     let dest_base = root.join("lib/modules").join(&kernel.version);
-    let mut todo: Vec<String> = MODULES.iter().map(|s| s.to_string()).collect();
+    let mut todo: Vec<String> = MODULES
+        .iter()
+        .chain([&kvm_module])
+        .map(|s| s.to_string())
+        .collect();
     let mut done: Vec<String> = Vec::new();
     while let Some(name) = todo.pop() {
         if done.contains(&name) {

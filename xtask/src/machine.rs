@@ -4,7 +4,7 @@
 use crate::esp::Boot;
 use crate::initramfs::Add;
 use crate::prereq::{self, Kernel};
-use crate::vm::{self, Outcome, VmConfig};
+use crate::vm::{self, Machine, Outcome, VmConfig};
 use crate::{stage, util};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -13,6 +13,11 @@ use std::time::Duration;
 
 #[derive(Args, Clone, Debug)]
 pub struct MachineArgs {
+    /// `intel`: the emulated Intel machine (Bochs, VMX) instead of the AMD
+    /// one (QEMU, SVM). Anything else is a QEMU CPU model that replaces the
+    /// default EPYC,+svm,+npt (like --qemu-arg=-cpu --qemu-arg=MODEL).
+    #[arg(long, value_name = "intel|MODEL")]
+    pub cpu: Option<String>,
     /// Number of virtual CPUs.
     #[arg(long, default_value_t = 2)]
     pub smp: u32,
@@ -55,6 +60,26 @@ pub struct MachineArgs {
     pub esp_file: Vec<(String, PathBuf)>,
 }
 
+impl MachineArgs {
+    /// The machine `--cpu` selects.
+    pub fn machine(&self) -> Machine {
+        match self.cpu.as_deref() {
+            Some(Machine::INTEL) => Machine::Intel,
+            _ => Machine::Amd,
+        }
+    }
+
+    /// The extra QEMU arguments: `--qemu-arg`s, then `-cpu MODEL` for a
+    /// `--cpu` that names a QEMU model (so it wins).
+    pub fn qemu_args(&self) -> Vec<String> {
+        let mut args = self.qemu_arg.clone();
+        if let (Some(model), Machine::Amd) = (&self.cpu, self.machine()) {
+            args.extend(["-cpu".to_string(), model.clone()]);
+        }
+        args
+    }
+}
+
 /// `ESP_PATH=FILE` of `--esp-file`.
 fn esp_file(arg: &str) -> Result<(String, PathBuf), String> {
     match arg.split_once('=') {
@@ -89,6 +114,9 @@ pub fn prepare(root: &Path, args: &MachineArgs, test_hooks: bool) -> Result<(Pat
     if args.boot == Boot::Uefi {
         prereq::check(&[prereq::Need::Ovmf])?;
     }
+    if args.machine() == Machine::Intel {
+        prereq::check(prereq::INTEL_VM)?;
+    }
     let stage = if args.no_build {
         let stage = util::stage_dir(root);
         if !stage.is_dir() {
@@ -108,6 +136,7 @@ pub fn prepare(root: &Path, args: &MachineArgs, test_hooks: bool) -> Result<(Pat
 pub fn config(root: &Path, args: &MachineArgs, command: Vec<String>) -> VmConfig {
     let default_timeout = if command.is_empty() { None } else { Some(600) };
     VmConfig {
+        machine: args.machine(),
         smp: args.smp,
         mem: args.mem.clone(),
         adds: Vec::new(),
@@ -115,9 +144,10 @@ pub fn config(root: &Path, args: &MachineArgs, command: Vec<String>) -> VmConfig
         command,
         insmod: !args.no_insmod,
         append: args.append.clone(),
-        qemu_args: args.qemu_arg.clone(),
+        qemu_args: args.qemu_args(),
         debugcon: util::stage_dir(root).join("debugcon.log"),
         console_log: None,
+        echo: true,
         keep: args.keep,
         boot: args.boot,
         esp_conf: args.esp_conf.clone(),

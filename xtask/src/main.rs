@@ -1,8 +1,10 @@
 //! `cargo xtask`: MicroV's developer harness. Builds the hypervisor, the
 //! driver and the CLI, and runs them in an emulated AMD machine (QEMU TCG
-//! emulates SVM) booted from Debian's kernel.
+//! emulates SVM) or an emulated Intel machine (Bochs emulates VMX) booted
+//! from Debian's kernel.
 
 mod bench;
+mod bochs;
 mod coverage;
 mod demo;
 mod e2e;
@@ -45,9 +47,10 @@ enum Cmd {
         #[arg(long)]
         test_hooks: bool,
     },
-    /// Boot the emulated AMD machine with MicroV installed and run COMMAND in
-    /// it as root; exits with COMMAND's exit status. Without COMMAND, opens
-    /// an interactive shell (Ctrl-A X quits QEMU).
+    /// Boot the emulated AMD machine (or with --cpu intel the Intel one)
+    /// with MicroV installed and run COMMAND in it as root; exits with
+    /// COMMAND's exit status. Without COMMAND, opens an interactive shell
+    /// (Ctrl-A X quits QEMU; AMD machine only).
     Vm(machine::VmArgs),
     /// Unit tests, coverage, and the end-to-end scripts in tests/e2e/.
     Test(testing::TestArgs),

@@ -24,6 +24,11 @@ pub enum Need {
     Headers,
     /// OVMF, the UEFI firmware for `--boot uefi`.
     Ovmf,
+    /// Bochs and its firmware, for the Intel machine (`--cpu intel`).
+    Bochs,
+    /// grub-mkrescue with GRUB's BIOS platform and xorriso: the Intel
+    /// machine boots Linux from a GRUB CD.
+    GrubRescue,
 }
 
 /// OVMF's code and the template of its variable store (Debian's `ovmf`).
@@ -38,6 +43,9 @@ pub const VM: &[Need] = &[
     Need::Kmod,
     Need::Kernel,
 ];
+
+/// What the Intel machine needs on top of [`VM`].
+pub const INTEL_VM: &[Need] = &[Need::Bochs, Need::GrubRescue];
 
 /// The Debian kernel the emulated machine boots and the driver is built for.
 #[derive(Clone, Debug)]
@@ -103,6 +111,37 @@ pub fn check(needs: &[Need]) -> Result<()> {
             Need::Ovmf => {
                 if !Path::new(OVMF_CODE).is_file() || !Path::new(OVMF_VARS).is_file() {
                     missing("ovmf", format!("{OVMF_CODE} or {OVMF_VARS} not found"));
+                }
+            }
+            Need::Bochs => {
+                // Bochs's package needs one of its display packages; the
+                // VNC display the harness uses is in bochs itself, so any
+                // will do: bochs-x is small (apt would otherwise take
+                // bochs-wx and wxWidgets).
+                if find_tool("bochs-bin").is_none() {
+                    missing("bochs bochs-x", "bochs-bin not found".into());
+                }
+                for (file, pkg) in [
+                    (crate::bochs::BIOS, "bochsbios"),
+                    (crate::bochs::VGA_BIOS, "vgabios"),
+                ] {
+                    if !Path::new(file).is_file() {
+                        missing(pkg, format!("{file} not found"));
+                    }
+                }
+            }
+            Need::GrubRescue => {
+                if find_tool("grub-mkrescue").is_none() {
+                    missing("grub-common", "grub-mkrescue not found".into());
+                }
+                if !Path::new(crate::bochs::GRUB_PC).is_dir() {
+                    missing(
+                        "grub-pc-bin",
+                        format!("{} not found", crate::bochs::GRUB_PC),
+                    );
+                }
+                if find_tool("xorriso").is_none() {
+                    missing("xorriso", "xorriso not found".into());
                 }
             }
             Need::Kernel | Need::Headers => {

@@ -4,10 +4,11 @@
 use crate::e2e::{self, ScriptResult};
 use crate::lint;
 use crate::machine::{self, MachineArgs};
+use crate::vm::Machine;
 use crate::{coverage, unit};
 use anyhow::Result;
 use clap::Args;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct TestArgs {
@@ -110,7 +111,9 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<i32> {
 }
 
 /// Builds once (with test hooks), then boots one machine per script. A
-/// build failure fails every script rather than hiding them.
+/// build failure fails every script rather than hiding them. Scripts for the
+/// Intel machine (Bochs, one host thread) run one after another beside the
+/// AMD ones (QEMU, one host thread), their consoles only in their logs.
 fn run_e2e(root: &Path, args: &TestArgs) -> Result<Vec<ScriptResult>> {
     let scripts = e2e::scripts(root, args.filter.as_deref())?;
     if scripts.is_empty() {
@@ -118,7 +121,7 @@ fn run_e2e(root: &Path, args: &TestArgs) -> Result<Vec<ScriptResult>> {
     }
     // --smp defaults to 2, as the scripts expect.
     let machine_args = &args.machine;
-    let prepared = e2e::check_prerequisites(&scripts)
+    let prepared = e2e::check_prerequisites(machine_args, &scripts)
         .and_then(|()| machine::prepare(root, machine_args, true));
     let (stage, kernel) = match prepared {
         Ok(ready) => ready,
@@ -126,32 +129,59 @@ fn run_e2e(root: &Path, args: &TestArgs) -> Result<Vec<ScriptResult>> {
             println!("e2e: cannot prepare the machine: {e:#}");
             return Ok(scripts
                 .iter()
-                .map(|s| ScriptResult {
-                    name: s
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned(),
-                    passed: false,
-                    detail: "build or prerequisites failed".to_string(),
-                })
+                .map(|s| failed(s, "build or prerequisites failed".to_string()))
                 .collect());
         }
     };
-    let mut results = Vec::new();
-    for script in &scripts {
-        match e2e::run_script(root, &stage, &kernel, machine_args, script) {
-            Ok(r) => results.push(r),
-            Err(e) => results.push(ScriptResult {
-                name: script
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-                passed: false,
-                detail: format!("could not run: {e:#}"),
-            }),
-        }
-    }
+    let (intel, amd): (Vec<PathBuf>, Vec<PathBuf>) = scripts
+        .into_iter()
+        .partition(|s| e2e::machine_of(machine_args, s) == Machine::Intel);
+    let run_all = |scripts: &[PathBuf], echo: bool| -> Vec<ScriptResult> {
+        scripts
+            .iter()
+            .map(|script| {
+                e2e::run_script(root, &stage, &kernel, machine_args, script, echo)
+                    .unwrap_or_else(|e| failed(script, format!("could not run: {e:#}")))
+            })
+            .collect()
+    };
+    let mut results = if intel.is_empty() || amd.is_empty() {
+        let mut results = run_all(&amd, true);
+        results.extend(run_all(&intel, true));
+        results
+    } else {
+        println!(
+            "==== e2e: {} script(s) on the Intel machine run beside the AMD ones; their consoles: {}/e2e/NAME.console.log ====",
+            intel.len(),
+            stage.display()
+        );
+        std::thread::scope(|scope| {
+            let beside = scope.spawn(|| run_all(&intel, false));
+            let mut results = run_all(&amd, true);
+            match beside.join() {
+                Ok(more) => results.extend(more),
+                Err(_) => results.extend(
+                    intel
+                        .iter()
+                        .map(|s| failed(s, "the Intel machine's runner panicked".to_string())),
+                ),
+            }
+            results
+        })
+    };
+    results.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(results)
+}
+
+/// A failed script's result with `detail`.
+fn failed(script: &Path, detail: String) -> ScriptResult {
+    ScriptResult {
+        name: script
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        passed: false,
+        detail,
+    }
 }

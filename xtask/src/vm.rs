@@ -1,12 +1,14 @@
 //! Boots Debian's kernel with a generated initramfs in QEMU's emulated AMD
-//! CPU (TCG emulates SVM with nested paging), streams the console, and
-//! returns how the command in the machine ended.
+//! CPU (TCG emulates SVM with nested paging) or in Bochs's emulated Intel
+//! CPU (VMX, `bochs.rs`), streams the console, and returns how the command
+//! in the machine ended.
 
+use crate::bochs;
 use crate::init::{self, InitConfig};
 use crate::initramfs::{self, Add};
 use crate::esp::{self, Boot};
 use crate::prereq::Kernel;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,8 +20,38 @@ use std::time::{Duration, Instant};
 /// How long the machine gets to power off after the command finished.
 const POWEROFF_GRACE: Duration = Duration::from_secs(20);
 
+/// How long a machine whose kernel panicked may go on printing before it is
+/// killed (QEMU stops at once with `-no-reboot`, Bochs when Linux's reboot
+/// ends in a triple fault; this is the backstop).
+const PANIC_GRACE: Duration = Duration::from_secs(10);
+
+/// Which emulated machine runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Machine {
+    /// QEMU's TCG with an AMD CPU (SVM with nested paging).
+    #[default]
+    Amd,
+    /// Bochs with an Intel CPU (VMX with EPT): `--cpu intel`.
+    Intel,
+}
+
+impl Machine {
+    /// The `--cpu` word (and `# e2e-cpu:` value) that selects the Intel
+    /// machine; any other `--cpu` value is a QEMU CPU model.
+    pub const INTEL: &'static str = "intel";
+
+    /// Linux's KVM module for this machine's CPU.
+    pub fn kvm_module(self) -> &'static str {
+        match self {
+            Machine::Amd => "kvm_amd",
+            Machine::Intel => "kvm_intel",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
+    pub machine: Machine,
     pub smp: u32,
     pub mem: String,
     pub adds: Vec<Add>,
@@ -35,6 +67,8 @@ pub struct VmConfig {
     pub debugcon: PathBuf,
     /// Also write the console to this file.
     pub console_log: Option<PathBuf>,
+    /// Stream the console to stdout (off for a run beside another one).
+    pub echo: bool,
     /// Keep the run's temporary directory (initramfs, logs) for debugging.
     pub keep: bool,
     /// How the machine starts Linux.
@@ -101,14 +135,68 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if cfg.machine == Machine::Intel {
+        bochs_fits(cfg)?;
+    }
     let init = init::script(&InitConfig {
         command: &cfg.command,
         insmod: cfg.insmod,
         nonce: &nonce,
     });
-    let cpio = initramfs::build(work.path(), stage, kernel, &cfg.adds, &init)?;
+    let cpio = initramfs::build(
+        work.path(),
+        stage,
+        kernel,
+        cfg.machine.kvm_module(),
+        &cfg.adds,
+        &init,
+    )?;
     let debugcon = work.path().join("debugcon.log");
+    let prepared = Prepared {
+        work: work.path(),
+        stage,
+        kernel,
+        cpio: &cpio,
+        debugcon: &debugcon,
+        nonce: &nonce,
+    };
+    let outcome = match cfg.machine {
+        Machine::Amd => run_qemu(&prepared, cfg)?,
+        Machine::Intel => run_bochs(&prepared, cfg)?,
+    };
 
+    save_debugcon(&debugcon, &cfg.debugcon)?;
+    if cfg.keep {
+        let kept = work.keep();
+        eprintln!("[xtask] kept the run directory: {}", kept.display());
+    }
+    Ok(outcome)
+}
+
+/// What a run has made ready for its machine.
+struct Prepared<'a> {
+    /// The run's own directory.
+    work: &'a Path,
+    stage: &'a Path,
+    kernel: &'a Kernel,
+    /// The initramfs.
+    cpio: &'a Path,
+    /// Where the machine's port 0xE9 output goes (in `work`).
+    debugcon: &'a Path,
+    /// The run's marker nonce.
+    nonce: &'a str,
+}
+
+/// The AMD machine: QEMU loads Linux, or OVMF runs microv.efi, which does.
+fn run_qemu(run: &Prepared, cfg: &VmConfig) -> Result<Outcome> {
+    let Prepared {
+        work,
+        stage,
+        kernel,
+        cpio,
+        debugcon,
+        nonce,
+    } = *run;
     // How Linux comes up: QEMU loads it, or the firmware runs microv.efi
     // from an EFI system partition, which boots it.
     let boot_args: Vec<OsString> = match cfg.boot {
@@ -116,15 +204,15 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
             "-kernel".into(),
             kernel.image.clone().into(),
             "-initrd".into(),
-            cpio.clone().into(),
+            cpio.into(),
             "-append".into(),
             cmdline(cfg).into(),
         ],
         Boot::Uefi => esp::prepare(
-            work.path(),
+            work,
             stage,
             &kernel.image,
-            &cpio,
+            cpio,
             &cmdline(cfg),
             &cfg.esp_conf,
             &cfg.esp_files,
@@ -133,7 +221,7 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
         .map(OsString::from)
         .collect(),
     };
-    let mut qemu = qemu_command(&boot_args, &debugcon, cfg);
+    let mut qemu = qemu_command(&boot_args, debugcon, cfg);
     eprintln!(
         "[xtask] booting {} in QEMU (cpu {}, smp {}, mem {})",
         kernel.image.display(),
@@ -141,14 +229,77 @@ pub fn run(stage: &Path, kernel: &Kernel, cfg: &VmConfig) -> Result<Outcome> {
         cfg.smp,
         cfg.mem
     );
-    let outcome = supervise(&mut qemu, cfg, &nonce)?;
+    let interactive = cfg.command.is_empty();
+    // Without a command the user types into the console; otherwise QEMU must
+    // not touch the terminal (it would switch it to raw mode).
+    qemu.stdin(if interactive {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = qemu
+        .spawn()
+        .context("could not start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    forward(child.stdout.take(), tx.clone(), false);
+    forward(child.stderr.take(), tx, true);
+    supervise(
+        Running {
+            child,
+            console: rx,
+            emulator: "qemu",
+        },
+        cfg,
+        nonce,
+    )
+}
 
-    save_debugcon(&debugcon, &cfg.debugcon)?;
-    if cfg.keep {
-        let kept = work.keep();
-        eprintln!("[xtask] kept the run directory: {}", kept.display());
+/// Fails for what the Intel machine does not have.
+fn bochs_fits(cfg: &VmConfig) -> Result<()> {
+    if cfg.command.is_empty() {
+        bail!("the Intel machine has no interactive console: give it a COMMAND after --");
     }
-    Ok(outcome)
+    if cfg.boot != Boot::Direct {
+        bail!("the Intel machine boots Linux from GRUB only (no --boot uefi)");
+    }
+    if !cfg.qemu_args.is_empty() {
+        bail!(
+            "the Intel machine is Bochs, not QEMU: it takes no QEMU arguments ({})",
+            cfg.qemu_args.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The Intel machine: Bochs boots a GRUB CD made for this run.
+fn run_bochs(run: &Prepared, cfg: &VmConfig) -> Result<Outcome> {
+    let cmdline = format!("{} {}", cmdline(cfg), bochs::EXTRA_CMDLINE);
+    let files = bochs::prepare(
+        run.work,
+        &run.kernel.image,
+        run.cpio,
+        &cmdline,
+        cfg.smp,
+        &cfg.mem,
+    )?;
+    eprintln!(
+        "[xtask] booting {} in Bochs (cpu {}, smp {}, mem {}; GRUB from {})",
+        run.kernel.image.display(),
+        bochs::CPU_MODEL,
+        cfg.smp,
+        cfg.mem,
+        files.iso.display()
+    );
+    let outcome = supervise(bochs::start(&files)?, cfg, run.nonce);
+    let raw = fs::read(&files.stdout).unwrap_or_default();
+    fs::write(run.debugcon, bochs::debugcon_from_stdout(&raw))?;
+    let log = bochs::log_path(&cfg.debugcon);
+    if fs::copy(&files.log, &log).is_ok() {
+        eprintln!("[xtask] Bochs's log: {}", log.display());
+    }
+    outcome
 }
 
 /// Run directories are removed when a run ends, except after Ctrl-C or with
@@ -226,26 +377,23 @@ pub fn is_cpu_option(arg: &str) -> bool {
     arg == "-cpu" || arg == "--cpu"
 }
 
+/// A machine that has started: its emulator, and its console chunk by
+/// chunk (the channel closes when the emulator has exited).
+pub struct Running {
+    pub child: Child,
+    pub console: mpsc::Receiver<Vec<u8>>,
+    /// The emulator's name, for messages.
+    pub emulator: &'static str,
+}
+
 /// Streams the console until the marker appears, the machine dies, or the
 /// timeout expires.
-fn supervise(qemu: &mut Command, cfg: &VmConfig, nonce: &str) -> Result<Outcome> {
-    let interactive = cfg.command.is_empty();
-    // Without a command the user types into the console; otherwise QEMU must
-    // not touch the terminal (it would switch it to raw mode).
-    qemu.stdin(if interactive {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = qemu
-        .spawn()
-        .context("could not start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    forward(child.stdout.take(), tx.clone(), false);
-    forward(child.stderr.take(), tx, true);
-
+fn supervise(running: Running, cfg: &VmConfig, nonce: &str) -> Result<Outcome> {
+    let Running {
+        mut child,
+        console: rx,
+        emulator,
+    } = running;
     let mut log = match &cfg.console_log {
         Some(p) => Some(fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => None,
@@ -256,12 +404,15 @@ fn supervise(qemu: &mut Command, cfg: &VmConfig, nonce: &str) -> Result<Outcome>
     let mut status = None;
     let mut panic = None;
     let mut marker_at = None;
+    let mut panic_at = None;
     loop {
-        // After the marker only the power-off grace period counts.
-        let deadline = match (marker_at, cfg.timeout) {
-            (Some(t), _) => Some(t + POWEROFF_GRACE),
-            (None, Some(limit)) => Some(start + limit),
-            (None, None) => None,
+        // After the marker only the power-off grace period counts, after a
+        // panic only its grace period.
+        let deadline = match (marker_at, panic_at, cfg.timeout) {
+            (Some(t), _, _) => Some(t + POWEROFF_GRACE),
+            (None, Some(t), _) => Some(t + PANIC_GRACE),
+            (None, None, Some(limit)) => Some(start + limit),
+            (None, None, None) => None,
         };
         let chunk = match deadline {
             Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
@@ -270,9 +421,11 @@ fn supervise(qemu: &mut Command, cfg: &VmConfig, nonce: &str) -> Result<Outcome>
         match chunk {
             Ok(bytes) => {
                 let bytes = strip_terminal_resets(&mut escape_carry, bytes);
-                let mut out = std::io::stdout().lock();
-                out.write_all(&bytes)?;
-                out.flush()?;
+                if cfg.echo {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)?;
+                    out.flush()?;
+                }
                 if let Some(log) = log.as_mut() {
                     log.write_all(&bytes)?;
                 }
@@ -290,6 +443,7 @@ fn supervise(qemu: &mut Command, cfg: &VmConfig, nonce: &str) -> Result<Outcome>
                     }
                     if panic.is_none() && text.contains("Kernel panic") {
                         panic = Some(text.trim().to_string());
+                        panic_at = Some(Instant::now());
                     }
                     line.clear();
                 }
@@ -302,15 +456,20 @@ fn supervise(qemu: &mut Command, cfg: &VmConfig, nonce: &str) -> Result<Outcome>
                     eprintln!("[xtask] warning: the machine did not power off; killed it");
                     return Ok(Outcome::Exited(s));
                 }
+                if let Some(p) = panic {
+                    return Ok(Outcome::KernelPanic(p));
+                }
                 return Ok(Outcome::TimedOut(cfg.timeout.unwrap_or_default()));
             }
         }
     }
-    let qemu_status = child.wait().context("waiting for qemu")?;
+    let exit = child
+        .wait()
+        .with_context(|| format!("waiting for {emulator}"))?;
     Ok(match (status, panic) {
         (Some(s), _) => Outcome::Exited(s),
         (None, Some(p)) => Outcome::KernelPanic(p),
-        (None, None) => Outcome::DiedWithoutMarker(format!("qemu exited: {qemu_status}")),
+        (None, None) => Outcome::DiedWithoutMarker(format!("{emulator} exited: {exit}")),
     })
 }
 

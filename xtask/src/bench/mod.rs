@@ -77,6 +77,7 @@ const QUICK_TIMEOUT_S: u64 = 1200;
 /// The bench machine (one CPU, 1 GiB) with these extra QEMU arguments.
 fn bench_machine(timeout: u64, no_build: bool, keep: bool, qemu_arg: Vec<String>) -> MachineArgs {
     MachineArgs {
+        cpu: None,
         smp: SMP,
         mem: "1G".into(),
         timeout: Some(timeout),
