@@ -66,10 +66,13 @@ pub fn run(
     }
 }
 
-/// Linux's kvm_amd, if loaded, may turn SVM on beneath MicroV when it
-/// creates a VM; MicroV hides SVM from it only for modules loaded later.
-fn kvm_amd_loaded(modules: &str) -> bool {
-    modules.lines().any(|l| l.starts_with("kvm_amd "))
+/// Linux's kvm_amd or kvm_intel, if loaded, may turn SVM or VMX on beneath
+/// MicroV when it creates a VM; MicroV hides them only from modules loaded
+/// later.
+fn kvm_loaded(modules: &str) -> bool {
+    modules
+        .lines()
+        .any(|l| l.starts_with("kvm_amd ") || l.starts_with("kvm_intel "))
 }
 
 fn start(opts: &StartOpts, opener: &mut Opener<'_>, out: &mut dyn Write) -> Result<(), CliError> {
@@ -89,7 +92,7 @@ fn start(opts: &StartOpts, opener: &mut Opener<'_>, out: &mut dyn Write) -> Resu
         ));
     }
 
-    if kvm_amd_loaded(&std::fs::read_to_string("/proc/modules").unwrap_or_default()) {
+    if kvm_loaded(&std::fs::read_to_string("/proc/modules").unwrap_or_default()) {
         return Err(CliError::hv(Op::Start, microv_abi::StartError::KvmLoaded));
     }
     let mut dev = open(Op::Start, opener)?;
@@ -156,11 +159,10 @@ mod tests {
     use crate::device::fake::FakeDevice;
 
     #[test]
-    fn recognises_a_loaded_kvm_amd() {
-        assert!(kvm_amd_loaded(
-            "kvm 1 0 - Live 0x0\nkvm_amd 151552 0 - Live 0x0\n"
-        ));
-        assert!(!kvm_amd_loaded("kvm 1 0 - Live 0x0\nkvm_amd_extra 1 0\n"));
+    fn recognises_a_loaded_kvm_amd_or_kvm_intel() {
+        assert!(kvm_loaded("kvm 1 0 - Live 0x0\nkvm_amd 151552 0 - Live 0x0\n"));
+        assert!(kvm_loaded("kvm_intel 409600 0 - Live 0x0\nkvm 1 0 - Live 0x0\n"));
+        assert!(!kvm_loaded("kvm 1 0 - Live 0x0\nkvm_amd_extra 1 0\n"));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 ECX: XSAVE supported.
 pub const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+/// Leaf 1 ECX: Intel VMX.
+pub const LEAF1_ECX_VMX: u32 = 1 << 5;
 /// Leaf 1 ECX: OS enabled XSAVE (mirrors CR4.OSXSAVE).
 pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 /// Leaf 0x8000_0001 ECX: SVM.

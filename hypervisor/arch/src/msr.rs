@@ -293,10 +293,11 @@ pub mod policy {
     /// Every MSR range with a policy of its own, sorted, not overlapping.
     /// `docs/msr-policy.md` gives each row's reason. MSRs not listed get
     /// [`default_rule`].
-    pub const RULES: [Rule; 67] = [
+    pub const RULES: [Rule; 68] = [
         r(TSC, TSC, Pass, Refuse),
         r(KVM_OLD_FIRST, KVM_OLD_LAST, Refuse, Refuse),
         r(APIC_BASE, APIC_BASE, Checked, Emulate),
+        r(FEATURE_CONTROL, FEATURE_CONTROL, Checked, Refuse),
         r(TSC_ADJUST, TSC_ADJUST, Pass, Refuse),
         r(SPEC_CTRL, SPEC_CTRL, Pass, Pass),
         r(PRED_CMD, PRED_CMD, Pass, Pass),

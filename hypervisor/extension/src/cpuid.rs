@@ -1,9 +1,9 @@
-//! What the root VM sees of CPUID: the real CPU, minus SVM (MicroV keeps it
-//! for itself), plus MicroV's hypervisor leaves.
+//! What the root VM sees of CPUID: the real CPU, minus SVM and VMX (MicroV
+//! keeps them for itself), plus MicroV's hypervisor leaves.
 
 pub use microv_arch::cpuid::CpuidResult;
 use microv_arch::cpuid::{
-    EXT1_ECX_SVM, LEAF1_ECX_HYPERVISOR, LEAF_HYPERVISOR, LEAF_HYPERVISOR_MAX, LEAF_HYPERVISOR_TIMING,
+    EXT1_ECX_SVM, LEAF1_ECX_HYPERVISOR, LEAF1_ECX_VMX, LEAF_HYPERVISOR, LEAF_HYPERVISOR_MAX, LEAF_HYPERVISOR_TIMING,
     LEAF_SVM_FEATURES, MICROV_SIGNATURE,
 };
 
@@ -12,7 +12,7 @@ use microv_arch::cpuid::{
 pub fn root_view(leaf: u32, real: CpuidResult, tsc_khz: u32) -> CpuidResult {
     match leaf {
         1 => CpuidResult {
-            ecx: real.ecx | LEAF1_ECX_HYPERVISOR,
+            ecx: (real.ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_VMX,
             ..real
         },
         0x8000_0001 => CpuidResult {
@@ -242,6 +242,8 @@ mod tests {
         assert_eq!(root_view(0x8000_0001, ALL, 2_000_000).ecx & EXT1_ECX_SVM, 0);
         assert_eq!(root_view(0x8000_0001, ALL, 2_000_000).edx, u32::MAX);
         assert_eq!(root_view(LEAF_SVM_FEATURES, ALL, 2_000_000), CpuidResult::default());
+        assert_eq!(root_view(1, ALL, 2_000_000).ecx & LEAF1_ECX_VMX, 0, "VMX hidden");
+        assert_eq!(root_view(1, ALL, 2_000_000).ecx | LEAF1_ECX_VMX, u32::MAX);
         assert_eq!(
             root_view(1, CpuidResult::default(), 2_000_000).ecx,
             LEAF1_ECX_HYPERVISOR
