@@ -85,6 +85,14 @@ start_errors! {
         "end them first (`microv status` lists them with their VMM's pid), then stop",
     EarlyBoot = 27 : "MicroV was started at boot, before Linux (early boot), and runs until the machine restarts",
         "to run without it, boot the OS's own entry instead of microv.efi (see docs/early-boot.md)",
+    VmxUnsupported = 28 : "this CPU has no Intel VMX with EPT, VPID and unrestricted guest",
+        "MicroV needs an Intel CPU with VT-x, EPT and unrestricted guest (Westmere or later), or an AMD CPU with AMD-V and nested paging",
+    VmxDisabled = 29 : "VMX is disabled by the firmware (IA32_FEATURE_CONTROL)",
+        "enable Intel VT-x (Virtualization Technology) in the firmware setup",
+    VmxInUse = 30 : "another hypervisor is using VMX on this CPU (CR4.VMXE is set)",
+        "stop the other hypervisor's VMs (or unload kvm_intel) and try again",
+    VmxNotReady = 31 : "this CPU's Intel VMX is usable, but this MicroV build cannot run on VMX yet (its VMX world switch is not finished)",
+        "run MicroV on an AMD CPU with AMD-V for now; docs/intel-vmx.md says what works on Intel today",
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub const KERNEL_IMAGE_MAGIC: u64 = u64::from_le_bytes(*b"MVKERNEL");
 /// Magic at the start of the extension image ("MVEXTENS").
 pub const EXTENSION_IMAGE_MAGIC: u64 = u64::from_le_bytes(*b"MVEXTENS");
 /// Version of the layouts in this module. Loader and images must agree.
-pub const LAUNCH_VERSION: u32 = 2;
+pub const LAUNCH_VERSION: u32 = 3;
 
 /// How MicroV was started (`id.capabilities`, `microv status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +149,11 @@ c_struct! {
         pub ss_desc: u64,
         pub ds_desc: u64,
         pub es_desc: u64,
+        /// Raw 16-byte GDT descriptors of TR and LDTR (system descriptors;
+        /// zeros for a null selector). Intel VMX needs them: VMSAVE, which
+        /// reads TR and LDTR from the CPU on AMD, does not exist there.
+        pub tr_desc: [u64; 2],
+        pub ldtr_desc: [u64; 2],
     }
 }
 

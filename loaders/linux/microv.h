@@ -83,7 +83,7 @@ long mv_cpu_start(void *instance_and_index);
 int mv_cpu_stop_rendezvous(void *instance);
 long mv_cpu_open_handle(void *instance_and_index);
 long mv_cpu_test_fault(void *instance_and_index);
-int mv_cpu_check_svm(u64 *detail);
+int mv_cpu_check(u64 *detail);
 
 /* microv_main.c: for test modules (tests/vm/mvprobe). */
 u64 microv_test_handle(void);

@@ -18,7 +18,7 @@
 #define MV_BOOT_INFO_MAGIC 0x4e49544f4f42564dULL
 #define MV_KERNEL_IMAGE_MAGIC 0x4c454e52454b564dULL
 #define MV_EXTENSION_IMAGE_MAGIC 0x534e45545845564dULL
-#define MV_LAUNCH_VERSION 0x2ULL
+#define MV_LAUNCH_VERSION 0x3ULL
 #define MV_LANDING_IRET_STACK_WORDS 0x8ULL
 #define MV_MAX_SEGMENTS 0x8ULL
 #define MV_SEGMENT_X 0x1ULL
@@ -96,6 +96,10 @@
 #define MV_ERR_PAGE_TABLE_ISOLATION 25
 #define MV_ERR_VMS_RUNNING 26
 #define MV_ERR_EARLY_BOOT 27
+#define MV_ERR_VMX_UNSUPPORTED 28
+#define MV_ERR_VMX_DISABLED 29
+#define MV_ERR_VMX_IN_USE 30
+#define MV_ERR_VMX_NOT_READY 31
 
 /* States */
 #define MV_HV_STOPPED 0x0ULL
@@ -178,7 +182,9 @@
 #define MVOFF_mv_captured_state_ss_desc 136
 #define MVOFF_mv_captured_state_ds_desc 144
 #define MVOFF_mv_captured_state_es_desc 152
-#define MVSIZE_mv_captured_state 160
+#define MVOFF_mv_captured_state_tr_desc 160
+#define MVOFF_mv_captured_state_ldtr_desc 176
+#define MVSIZE_mv_captured_state 192
 #define MVOFF_mv_promote_frame_gprs 0
 #define MVOFF_mv_promote_frame_rip 128
 #define MVOFF_mv_promote_frame_rsp 136
@@ -211,10 +217,10 @@
 #define MVOFF_mv_cpu_landing_status 40
 #define MVOFF_mv_cpu_landing_detail 48
 #define MVOFF_mv_cpu_landing_captured 56
-#define MVOFF_mv_cpu_landing_promote 216
-#define MVOFF_mv_cpu_landing_fault 456
-#define MVOFF_mv_cpu_landing_iret_stack 504
-#define MVSIZE_mv_cpu_landing 568
+#define MVOFF_mv_cpu_landing_promote 248
+#define MVOFF_mv_cpu_landing_fault 488
+#define MVOFF_mv_cpu_landing_iret_stack 536
+#define MVSIZE_mv_cpu_landing 600
 #define MV_GPR_RAX 0
 #define MV_GPR_RCX 1
 #define MV_GPR_RDX 2
@@ -289,6 +295,8 @@ struct mv_captured_state {
 	__u64 ss_desc;
 	__u64 ds_desc;
 	__u64 es_desc;
+	__u64 tr_desc[2];
+	__u64 ldtr_desc[2];
 };
 _Static_assert(offsetof(struct mv_captured_state, cr0) == 0, "mv_captured_state.cr0");
 _Static_assert(offsetof(struct mv_captured_state, cr3) == 8, "mv_captured_state.cr3");
@@ -314,7 +322,9 @@ _Static_assert(offsetof(struct mv_captured_state, cs_desc) == 128, "mv_captured_
 _Static_assert(offsetof(struct mv_captured_state, ss_desc) == 136, "mv_captured_state.ss_desc");
 _Static_assert(offsetof(struct mv_captured_state, ds_desc) == 144, "mv_captured_state.ds_desc");
 _Static_assert(offsetof(struct mv_captured_state, es_desc) == 152, "mv_captured_state.es_desc");
-_Static_assert(sizeof(struct mv_captured_state) == 160, "sizeof mv_captured_state");
+_Static_assert(offsetof(struct mv_captured_state, tr_desc) == 160, "mv_captured_state.tr_desc");
+_Static_assert(offsetof(struct mv_captured_state, ldtr_desc) == 176, "mv_captured_state.ldtr_desc");
+_Static_assert(sizeof(struct mv_captured_state) == 192, "sizeof mv_captured_state");
 
 struct mv_promote_frame {
 	__u64 gprs[16];
@@ -389,10 +399,10 @@ _Static_assert(offsetof(struct mv_cpu_landing, kernel_entry) == 32, "mv_cpu_land
 _Static_assert(offsetof(struct mv_cpu_landing, status) == 40, "mv_cpu_landing.status");
 _Static_assert(offsetof(struct mv_cpu_landing, detail) == 48, "mv_cpu_landing.detail");
 _Static_assert(offsetof(struct mv_cpu_landing, captured) == 56, "mv_cpu_landing.captured");
-_Static_assert(offsetof(struct mv_cpu_landing, promote) == 216, "mv_cpu_landing.promote");
-_Static_assert(offsetof(struct mv_cpu_landing, fault) == 456, "mv_cpu_landing.fault");
-_Static_assert(offsetof(struct mv_cpu_landing, iret_stack) == 504, "mv_cpu_landing.iret_stack");
-_Static_assert(sizeof(struct mv_cpu_landing) == 568, "sizeof mv_cpu_landing");
+_Static_assert(offsetof(struct mv_cpu_landing, promote) == 248, "mv_cpu_landing.promote");
+_Static_assert(offsetof(struct mv_cpu_landing, fault) == 488, "mv_cpu_landing.fault");
+_Static_assert(offsetof(struct mv_cpu_landing, iret_stack) == 536, "mv_cpu_landing.iret_stack");
+_Static_assert(sizeof(struct mv_cpu_landing) == 600, "sizeof mv_cpu_landing");
 
 struct mv_segment {
 	__u64 offset;

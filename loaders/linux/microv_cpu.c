@@ -10,6 +10,7 @@
 #include <linux/kernel.h>
 #include <linux/bug.h>
 #include <linux/smp.h>
+#include <asm/alternative.h>
 #include <asm/asm.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
@@ -22,11 +23,17 @@
 
 #define MSR_VM_CR_NUM 0xc0010114
 #define VM_CR_SVMDIS (1ULL << 4)
+/* Allowed-1 bits (high half): secondary controls; EPT, VPID, unrestricted guest. */
+#define VMX_PROC_SECONDARY (1ULL << (32 + 31))
+#define VMX_PROC2_NEEDED ((1ULL << (32 + 1)) | (1ULL << (32 + 5)) | (1ULL << (32 + 7)))
+#define CPUID1_ECX_VMX (1U << 5)
 
 /*
- * A hypercall. Without MicroV beneath us `vmmcall` raises #UD; the exception
- * table entry turns that into a return with RAX unchanged, which
- * mv_hypercall_failed_natively() recognises.
+ * A hypercall: `vmmcall` on AMD, `vmcall` on Intel (both three bytes; the
+ * kernel patches the right one in when it loads the module). Without MicroV
+ * beneath us it raises #UD; the exception table entry turns that into a
+ * return with RAX unchanged, which mv_hypercall_failed_natively()
+ * recognises.
  */
 u64 mv_hypercall(u64 call, u64 *r10, u64 *r11, u64 *r12, u64 *r13)
 {
@@ -36,7 +43,8 @@ u64 mv_hypercall(u64 call, u64 *r10, u64 *r11, u64 *r12, u64 *r13)
 	register u64 a13 asm("r13") = *r13;
 	u64 rax = call;
 
-	asm volatile("1: vmmcall\n2:\n" _ASM_EXTABLE(1b, 2b)
+	asm volatile("1: " ALTERNATIVE("vmcall", "vmmcall", X86_FEATURE_VMMCALL) "\n2:\n"
+		     _ASM_EXTABLE(1b, 2b)
 		     : "+a"(rax), "+r"(a10), "+r"(a11), "+r"(a12), "+r"(a13)
 		     :
 		     : "memory");
@@ -52,8 +60,7 @@ bool mv_hypercall_failed_natively(u64 call, u64 status)
 	return status == call;
 }
 
-/* Checks this CPU can run MicroV; returns 0 or an MV_ERR_* code. */
-int mv_cpu_check_svm(u64 *detail)
+static int check_svm(void)
 {
 	u64 vm_cr, efer;
 
@@ -66,6 +73,45 @@ int mv_cpu_check_svm(u64 *detail)
 	rdmsrl(MSR_EFER, efer);
 	if (efer & EFER_SVME)
 		return MV_ERR_SVM_IN_USE;
+	return 0;
+}
+
+/*
+ * VMX as MicroV needs it: enabled outside SMX and locked by the firmware
+ * (Linux locks it at boot too), not in use, with EPT, VPID and unrestricted
+ * guest among the secondary controls. Read with CPUID, not the kernel's
+ * feature flags: those were taken at boot, before any hypervisor.
+ */
+static int check_vmx(void)
+{
+	u64 feat_ctl, procbased, procbased2;
+
+	if (!(cpuid_ecx(1) & CPUID1_ECX_VMX))
+		return MV_ERR_VMX_UNSUPPORTED;
+	if (rdmsrl_safe(MSR_IA32_FEAT_CTL, &feat_ctl) || !(feat_ctl & FEAT_CTL_LOCKED) ||
+	    !(feat_ctl & FEAT_CTL_VMX_ENABLED_OUTSIDE_SMX))
+		return MV_ERR_VMX_DISABLED;
+	if (__read_cr4() & X86_CR4_VMXE)
+		return MV_ERR_VMX_IN_USE;
+	if (rdmsrl_safe(MSR_IA32_VMX_PROCBASED_CTLS, &procbased) ||
+	    !(procbased & VMX_PROC_SECONDARY) ||
+	    rdmsrl_safe(MSR_IA32_VMX_PROCBASED_CTLS2, &procbased2) ||
+	    (procbased2 & VMX_PROC2_NEEDED) != VMX_PROC2_NEEDED)
+		return MV_ERR_VMX_UNSUPPORTED;
+	return 0;
+}
+
+/* Checks this CPU can run MicroV; returns 0 or an MV_ERR_* code. */
+int mv_cpu_check(u64 *detail)
+{
+	int err;
+
+	if (boot_cpu_data.x86_vendor == X86_VENDOR_INTEL)
+		err = check_vmx();
+	else
+		err = check_svm();
+	if (err)
+		return err;
 	if (__read_cr4() & X86_CR4_LA57) {
 		*detail = __read_cr4();
 		return MV_ERR_UNSUPPORTED_CPU_STATE;
@@ -78,6 +124,17 @@ static u64 descriptor(const struct desc_ptr *gdt, u16 sel)
 	if (!(sel & ~7) || (sel & 4) || (sel | 7) > gdt->size)
 		return 0;
 	return *(const u64 *)(gdt->address + (sel & ~7));
+}
+
+/* A 16-byte system descriptor (TSS, LDT), zeros if the selector is null. */
+static void system_descriptor(const struct desc_ptr *gdt, u16 sel, u64 out[2])
+{
+	out[0] = 0;
+	out[1] = 0;
+	if (!(sel & ~7) || (sel & 4) || (sel | 15) > gdt->size)
+		return;
+	out[0] = *(const u64 *)(gdt->address + (sel & ~7));
+	out[1] = *(const u64 *)(gdt->address + (sel & ~7) + 8);
 }
 
 static void capture(struct mv_captured_state *s)
@@ -112,6 +169,8 @@ static void capture(struct mv_captured_state *s)
 	s->ss_desc = descriptor(&gdt, s->ss);
 	s->ds_desc = descriptor(&gdt, s->ds);
 	s->es_desc = descriptor(&gdt, s->es);
+	system_descriptor(&gdt, s->tr, s->tr_desc);
+	system_descriptor(&gdt, s->ldtr, s->ldtr_desc);
 }
 
 long mv_cpu_start(void *p)
@@ -122,7 +181,7 @@ long mv_cpu_start(void *p)
 	u64 status;
 	int err;
 
-	err = mv_cpu_check_svm(&arg->detail);
+	err = mv_cpu_check(&arg->detail);
 	if (err)
 		return err;
 

@@ -13,6 +13,20 @@
 
 #define MSR_EFER_NUM	0xc0000080
 #define EFER_SVME_BIT	12
+#define CPUID_EXT1	0x80000001
+#define EXT1_ECX_SVM_BIT	2
+
+/*
+ * Jumps to \label unless this CPU has AMD SVM (CPUID 0x80000001 ECX bit 2).
+ * Clobbers RAX, RBX, RCX, RDX. On Intel there is no GIF and no EFER.SVME:
+ * the microkernel turns VMX on itself (VMXON).
+ */
+.macro unless_svm label
+	mov eax, CPUID_EXT1
+	cpuid
+	bt ecx, EXT1_ECX_SVM_BIT
+	jnc \label
+.endm
 
 #define CAP(f)	(MVOFF_mv_cpu_landing_captured + MVOFF_mv_captured_state_##f)
 #define PF(f)	(MVOFF_mv_cpu_landing_promote + MVOFF_mv_promote_frame_##f)
@@ -27,8 +41,10 @@ microv_tramp_start:
  * u64 microv_enter(struct mv_cpu_landing *landing)
  *
  * Called with interrupts off and the landing page's captured state filled in
- * by C. Records RSP/RFLAGS/resume RIP, turns on EFER.SVME and clears GIF (so
- * no NMI can reach a Linux handler while CR3 is the hypervisor's), switches to
+ * by C. Records RSP/RFLAGS/resume RIP, on AMD turns on EFER.SVME and clears
+ * GIF (so no NMI can reach a Linux handler while CR3 is the hypervisor's;
+ * Intel has no GIF: an NMI before the microkernel loads its IDT would find
+ * Linux's handler, a window of a few instructions), switches to
  * the hypervisor's page tables and stack and jumps to the microkernel. We come
  * back at microv_resume: as the root VM on success (RAX = 0), or natively
  * through microv_promote with RAX = an MV_ERR_* code.
@@ -51,12 +67,13 @@ microv_enter:
 	pop rax
 	mov [rdi + CAP(rflags)], rax
 
+	unless_svm 1f
 	mov ecx, MSR_EFER_NUM
 	rdmsr
 	bts eax, EFER_SVME_BIT
 	wrmsr
 	clgi
-
+1:
 	mov rax, [rdi + MVOFF_mv_cpu_landing_kernel_cr3]
 	mov rbx, [rdi + MVOFF_mv_cpu_landing_kernel_entry]
 	mov cr3, rax
@@ -87,8 +104,9 @@ microv_resume:
  * is the root's own memory through its own tables, so the hypervisor trusts
  * none of it. Then the root's descriptor tables, the IRET frame on the
  * landing page's own small stack (never the interrupted stack, which may be
- * a user stack), DR7 (breakpoints can now only hit root code), GIF,
- * EFER.SVME off, and IRET into the root's state: the CPU is native again.
+ * a user stack), DR7 (breakpoints can now only hit root code), GIF (AMD),
+ * the root's EFER (SVME off), and IRET into the root's state: the CPU is
+ * native again.
  */
 	.globl microv_promote
 	.type microv_promote, @function
@@ -111,7 +129,9 @@ microv_promote:
 
 	mov rax, [rdi + PF(dr7)]
 	mov dr7, rax
+	unless_svm 1f
 	stgi
+1:
 	mov ecx, MSR_EFER_NUM
 	mov eax, [rdi + PF(efer)]
 	mov edx, [rdi + PF(efer) + 4]

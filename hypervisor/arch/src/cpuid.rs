@@ -24,6 +24,26 @@ pub const fn has_tsc_aux(leaf7_ecx: u32, ext1_edx: u32) -> bool {
 }
 /// Leaf 0x8000_000A: SVM revision and features.
 pub const LEAF_SVM_FEATURES: u32 = 0x8000_000A;
+
+/// The virtualization extension a CPU offers: AMD's SVM, Intel's VMX, or
+/// neither (MicroV picks its world switch from this at run time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Virtualization {
+    Svm,
+    Vmx,
+    None,
+}
+
+/// What `cpuid(leaf, subleaf)` says of the CPU's virtualization extension.
+pub fn virtualization(cpuid: &mut dyn FnMut(u32, u32) -> CpuidResult) -> Virtualization {
+    if cpuid(0x8000_0000, 0).eax >= 0x8000_0001 && cpuid(0x8000_0001, 0).ecx & EXT1_ECX_SVM != 0 {
+        Virtualization::Svm
+    } else if cpuid(1, 0).ecx & LEAF1_ECX_VMX != 0 {
+        Virtualization::Vmx
+    } else {
+        Virtualization::None
+    }
+}
 /// Leaf 0x8000_000A EDX: nested paging.
 pub const SVM_EDX_NP: u32 = 1 << 0;
 /// Leaf 0x8000_0008: address sizes (EAX 7:0 physical bits).
@@ -49,4 +69,25 @@ pub struct CpuidResult {
     pub ebx: u32,
     pub ecx: u32,
     pub edx: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_svm_from_vmx() {
+        let cpu = |ext_max: u32, ext_ecx: u32, l1_ecx: u32| {
+            move |leaf: u32, _| match leaf {
+                0x8000_0000 => CpuidResult { eax: ext_max, ..Default::default() },
+                0x8000_0001 => CpuidResult { ecx: ext_ecx, ..Default::default() },
+                1 => CpuidResult { ecx: l1_ecx, ..Default::default() },
+                _ => CpuidResult::default(),
+            }
+        };
+        assert_eq!(virtualization(&mut cpu(0x8000_0020, EXT1_ECX_SVM, 0)), Virtualization::Svm);
+        assert_eq!(virtualization(&mut cpu(0x8000_0008, 0, LEAF1_ECX_VMX)), Virtualization::Vmx);
+        assert_eq!(virtualization(&mut cpu(0x8000_0000, EXT1_ECX_SVM, 0)), Virtualization::None);
+        assert_eq!(virtualization(&mut cpu(0x8000_0008, 0, 0)), Virtualization::None);
+    }
 }

@@ -1,6 +1,6 @@
 //! Whether this CPU can run MicroV, checked before anything is allocated:
 //! the same conditions, in the same order and with the same error codes, as
-//! the Linux driver's check before a late launch (`mv_cpu_check_svm`).
+//! the Linux driver's check before a late launch (`mv_cpu_check`).
 
 use microv_abi::StartError;
 use microv_arch::cpuid::{CpuidResult, EXT1_ECX_SVM, LEAF_SVM_FEATURES, SVM_EDX_NP};

@@ -16,6 +16,7 @@ use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use microv_abi::launch::{self, ImageHeader, KERNEL_IMAGE_MAGIC};
 use microv_abi::StartError;
+use microv_arch::cpuid::{self, Virtualization};
 
 /// The image header the loader checks (size and checksum filled by the build).
 #[used]
@@ -66,6 +67,15 @@ extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
     let captured = copy.captured;
     if copy.magic != launch::LANDING_MAGIC || copy.launch_version != launch::LAUNCH_VERSION {
         cpu::early_return(landing, &captured, index, bi.promote_entry, StartError::BadImage as u64, 0)
+    }
+    // The world switch is chosen by the CPU; only SVM's exists so far.
+    let refusal = match cpuid::virtualization(&mut microv_arch::instr::cpuid) {
+        Virtualization::Svm => None,
+        Virtualization::Vmx => Some(StartError::VmxNotReady),
+        Virtualization::None => Some(StartError::SvmUnsupported),
+    };
+    if let Some(e) = refusal {
+        cpu::early_return(landing, &captured, index, bi.promote_entry, e as u64, 0)
     }
     if GLOBAL_STATE
         .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)

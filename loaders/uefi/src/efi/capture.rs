@@ -59,6 +59,8 @@ pub fn capture(s: &mut CapturedState) {
     s.ss_desc = descriptor(&s.gdtr, s.ss);
     s.ds_desc = descriptor(&s.gdtr, s.ds);
     s.es_desc = descriptor(&s.gdtr, s.es);
+    s.tr_desc = system_descriptor(&s.gdtr, s.tr);
+    s.ldtr_desc = system_descriptor(&s.gdtr, s.ldtr);
 }
 
 fn xcr0() -> u64 {
@@ -84,6 +86,16 @@ fn table_register(idt: bool) -> DescriptorTableRegister {
         limit: u16::from_le_bytes([l0, l1]),
         base: u64::from_le_bytes(b),
     }
+}
+
+/// The raw 16-byte system descriptor (TSS, LDT) `selector` names, zeros
+/// if none (both halves must lie within the GDT's limit).
+fn system_descriptor(gdtr: &DescriptorTableRegister, selector: u16) -> [u64; 2] {
+    let high = selector.wrapping_add(8);
+    if gdt_index(selector, gdtr.limit).is_none() || gdt_index(high, gdtr.limit).is_none() {
+        return [0; 2];
+    }
+    [descriptor(gdtr, selector), descriptor(gdtr, high)]
 }
 
 /// The raw GDT descriptor `selector` names, 0 if none.
