@@ -15,6 +15,8 @@ use microv_arch::paging::{
 use microv_arch::svm;
 use microv_abi::syscall::EXTENSION_PORTS;
 
+pub mod vmx;
+
 /// Nested-table entries: nested walks are user accesses, so U is required.
 const NPT_FLAGS: u64 = PRESENT | WRITABLE | USER;
 /// Most physical address space mapped for the root (4 TiB with 1 GiB pages,
@@ -147,21 +149,27 @@ pub fn map_on_demand(
 /// exits, except the directions the table marks `Pass`.
 pub fn fill_msrpm(map: &mut [u8; svm::MSRPM_SIZE]) {
     map.fill(0xff);
-    let passes = policy::RULES
-        .iter()
-        .filter(|r| r.read == Action::Pass || r.write == Action::Pass);
-    for rule in passes {
+    for (index, read, write) in passed_msrs() {
         // The read bit of an MSR, then its write bit.
-        let open =
-            u8::from(rule.read == Action::Pass) | (u8::from(rule.write == Action::Pass) << 1);
-        for index in rule.first..=rule.last {
-            if let Some((byte, bit)) = svm::msrpm_position(index) {
-                if let Some(b) = map.get_mut(byte) {
-                    *b &= !(open << bit);
-                }
+        let open = u8::from(read) | (u8::from(write) << 1);
+        if let Some((byte, bit)) = svm::msrpm_position(index) {
+            if let Some(b) = map.get_mut(byte) {
+                *b &= !(open << bit);
             }
         }
     }
+}
+
+/// Every MSR the policy table lets pass in some direction: its index,
+/// whether reads pass, whether writes pass.
+fn passed_msrs() -> impl Iterator<Item = (u32, bool, bool)> {
+    policy::RULES
+        .iter()
+        .filter(|r| r.read == Action::Pass || r.write == Action::Pass)
+        .flat_map(|r| {
+            let (read, write) = (r.read == Action::Pass, r.write == Action::Pass);
+            (r.first..=r.last).map(move |index| (index, read, write))
+        })
 }
 
 /// Sets the I/O permission map's bits for the ports whose every access
