@@ -7,7 +7,7 @@
 //! The MSRs are read by the hardware layer into [`Mtrrs`]; the decisions
 //! here are pure.
 
-use crate::msr::MTRR_FIRST;
+use crate::msr::{MTRR_CAP, MTRR_DEF_TYPE, MTRR_FIRST};
 use crate::paging::{ADDRESS_MASK, PAGE_SIZE};
 
 /// A memory type, as MTRRs, the PAT and EPT leaves encode it (SDM Vol. 3A
@@ -116,6 +116,28 @@ impl Mtrrs {
         fixed: [0; 11],
         variable: [(0, 0); VARIABLE_MAX],
     };
+
+    /// Reads the MTRRs with `rdmsr` (the hardware layer's RDMSR): the
+    /// fixed ranges only where IA32_MTRRCAP has them, the variable pairs up
+    /// to its count (at most [`VARIABLE_MAX`]). Only for a CPU with MTRRs
+    /// (CPUID.01H:EDX bit 12): the MSRs do not exist elsewhere.
+    pub fn read(mut rdmsr: impl FnMut(u32) -> u64) -> Mtrrs {
+        let mut m = Mtrrs {
+            cap: rdmsr(MTRR_CAP),
+            def_type: rdmsr(MTRR_DEF_TYPE),
+            ..Mtrrs::DISABLED
+        };
+        if m.cap & cap::FIXED != 0 {
+            for (value, msr) in m.fixed.iter_mut().zip(FIXED_MSRS) {
+                *value = rdmsr(msr);
+            }
+        }
+        let count = m.variable_count();
+        for (pair, n) in m.variable.iter_mut().take(count).zip(0..) {
+            *pair = (rdmsr(phys_base(n)), rdmsr(phys_base(n) + 1));
+        }
+        m
+    }
 
     /// How many variable ranges are considered.
     pub fn variable_count(&self) -> usize {
@@ -306,6 +328,44 @@ mod tests {
         }
         assert_eq!(phys_base(0), 0x200);
         assert_eq!(phys_base(9) + 1, 0x213);
+    }
+
+    #[test]
+    fn reads_what_the_cpu_has() {
+        let mut read = Vec::new();
+        let m = Mtrrs::read(|msr| {
+            read.push(msr);
+            match msr {
+                0xfe => cap::FIXED | 2,
+                0x2ff => ON | 6,
+                0x250 => WB,
+                0x26f => WP,
+                0x202 => 0x8000_0000,
+                0x203 => 0xf_ffff_8000_0800,
+                _ => 0,
+            }
+        });
+        let mut fixed = [0; 11];
+        (fixed[0], fixed[10]) = (WB, WP);
+        let mut variable = [(0, 0); VARIABLE_MAX];
+        variable[1] = (0x8000_0000, 0xf_ffff_8000_0800);
+        let expected = Mtrrs {
+            cap: cap::FIXED | 2,
+            def_type: ON | 6,
+            fixed,
+            variable,
+        };
+        assert_eq!(m, expected);
+        assert_eq!(read.len(), 2 + 11 + 4);
+        assert_eq!(read[2..13], FIXED_MSRS);
+        assert_eq!(read[13..], [0x200, 0x201, 0x202, 0x203]);
+        // No fixed ranges, no variable ones: the rest is not read.
+        let mut read = 0;
+        let m = Mtrrs::read(|_| {
+            read += 1;
+            0
+        });
+        assert_eq!((m, read), (Mtrrs::DISABLED, 2));
     }
 
     #[test]

@@ -30,9 +30,18 @@ pub fn fill_msr_bitmap(map: &mut [u8; MSR_BITMAP_SIZE]) {
 /// Builds I/O bitmaps A and B: every access to the ports the extension
 /// replays (`docs/io-ports.md`) exits, every other port passes.
 pub fn fill_io_bitmaps(a: &mut [u8; IO_BITMAP_SIZE], b: &mut [u8; IO_BITMAP_SIZE]) {
+    exit_on(a, b, EXTENSION_PORTS);
+}
+
+/// Fills I/O bitmaps A and B so that exactly `ports` exit.
+fn exit_on(
+    a: &mut [u8; IO_BITMAP_SIZE],
+    b: &mut [u8; IO_BITMAP_SIZE],
+    ports: impl Iterator<Item = u16>,
+) {
     a.fill(0);
     b.fill(0);
-    for port in EXTENSION_PORTS {
+    for port in ports {
         let (bitmap, byte, bit) = io_bitmap_position(port);
         let map = match bitmap {
             IoBitmap::A => &mut *a,
@@ -124,5 +133,9 @@ mod tests {
         }
         let set = |m: &[u8; IO_BITMAP_SIZE]| m.iter().map(|x| x.count_ones()).sum::<u32>();
         assert_eq!((set(&a), set(&b)), (8, 0));
+        // Ports from 0x8000 up are bitmap B's.
+        exit_on(&mut a, &mut b, [0x7fff, 0x8000, 0xffff].into_iter());
+        assert_eq!((a[0xfff], b[0], b[0xfff]), (0x80, 0x01, 0x80));
+        assert_eq!((set(&a), set(&b)), (1, 2));
     }
 }
