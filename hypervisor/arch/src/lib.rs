@@ -20,6 +20,7 @@ pub mod descriptor;
 pub mod instr;
 pub mod mapper;
 pub mod msr;
+pub mod mtrr;
 pub mod paging;
 pub mod svm;
 pub mod vmcb_spans;

@@ -5,15 +5,22 @@
 //! the root out of MicroV, so a compromised extension must not be able to
 //! loosen them. Their contents follow the shared policy tables
 //! (`arch::msr::policy`, `abi::syscall::EXTENSION_PORTS`).
+//!
+//! AMD's are here; Intel's are [`ept`] (the same map in EPT entries, with
+//! the MTRRs' memory types) and [`vmx`] (the MSR and I/O bitmaps). Both
+//! maps come from one walk, [`identity`].
 
-use microv_abi::launch::CHUNK_SIZE;
-use microv_arch::mapper::{self, MapError, TableMemory};
-use microv_arch::msr::policy::{self, Action};
-use microv_arch::paging::{
-    ENTRIES, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE, PRESENT, USER, WRITABLE,
-};
-use microv_arch::svm;
 use microv_abi::syscall::EXTENSION_PORTS;
+use microv_arch::mapper::{MapError, TableMemory};
+use microv_arch::msr::policy::{self, Action};
+use microv_arch::paging::{ENTRIES, PRESENT, USER, WRITABLE};
+use microv_arch::svm;
+
+pub mod ept;
+pub mod identity;
+pub mod vmx;
+
+use identity::{Identity, Leaves};
 
 /// Nested-table entries: nested walks are user accesses, so U is required.
 const NPT_FLAGS: u64 = PRESENT | WRITABLE | USER;
@@ -32,20 +39,33 @@ pub fn phys_limit(phys_bits: u32, huge_pages: bool) -> u64 {
     1u64 << phys_bits.clamp(32, cap)
 }
 
+/// AMD's nested-table entries.
+struct Npt;
+
+impl Leaves for Npt {
+    fn table_flags(&self) -> u64 {
+        NPT_FLAGS
+    }
+    fn leaf(&self, _pa: u64, writable: bool) -> u64 {
+        if writable {
+            NPT_FLAGS
+        } else {
+            NPT_FLAGS & !WRITABLE
+        }
+    }
+}
+
 /// Fills the page table every hidden 2 MiB range points to: all 512
 /// entries map one harmless page, so the root reads zeros (or what it wrote
 /// there itself) instead of hypervisor memory, and never faults.
 pub fn fill_hiding_table(table: &mut [u64; ENTRIES], dummy_pa: u64) {
-    for e in table.iter_mut() {
-        *e = dummy_pa | NPT_FLAGS;
-    }
+    identity::fill_hiding_table(table, &Npt, dummy_pa);
 }
 
-/// Builds the root's identity map of `[0, limit)`: 1 GiB pages (or 2 MiB if
-/// `huge_pages` is false) except around `hidden` chunks, which point at
-/// `hiding_table`, and around the `read_only` page (the root's local APIC:
-/// its writes exit so that `ipi_guard` sees every IPI the root sends),
-/// mapped with 4 KiB pages.
+/// Builds the root's nested-table identity map of `[0, limit)`, shaped as
+/// [`Identity`] says: the local APIC's page (`read_only`) loses write
+/// access, every access to a `hidden` chunk reaches the dummy page behind
+/// `hiding_table`.
 pub fn build_npt(
     mem: &mut dyn TableMemory,
     root_pa: u64,
@@ -55,66 +75,19 @@ pub fn build_npt(
     hiding_table: u64,
     read_only: Option<u64>,
 ) -> Result<(), MapError> {
-    let is_hidden = |pa: u64| hidden.iter().any(|&h| h <= pa && pa < h + CHUNK_SIZE);
-    let any_hidden_in = |start: u64, len: u64| {
-        hidden
-            .iter()
-            .any(|&h| h < start + len && start < h + CHUNK_SIZE)
+    let shape = Identity {
+        huge_pages,
+        hidden,
+        hiding_table,
+        read_only,
     };
-    let read_only = read_only.map(|pa| pa & !(PAGE_SIZE - 1));
-    let special_in =
-        |start: u64, len: u64| read_only.is_some_and(|p| start <= p && p < start + len);
-    let mut gib = 0;
-    while gib < limit {
-        if huge_pages && !any_hidden_in(gib, HUGE_PAGE_SIZE) && !special_in(gib, HUGE_PAGE_SIZE) {
-            mapper::map(mem, root_pa, gib, gib, 3, NPT_FLAGS, NPT_FLAGS)?;
-        } else {
-            let mut pa = gib;
-            while pa < gib + HUGE_PAGE_SIZE {
-                if is_hidden(pa) {
-                    mapper::link_table(mem, root_pa, pa, 2, hiding_table, NPT_FLAGS)?;
-                } else if special_in(pa, LARGE_PAGE_SIZE) {
-                    map_small_pages(mem, root_pa, pa, read_only)?;
-                } else {
-                    mapper::map(mem, root_pa, pa, pa, 2, NPT_FLAGS, NPT_FLAGS)?;
-                }
-                pa += LARGE_PAGE_SIZE;
-            }
-        }
-        gib += HUGE_PAGE_SIZE;
-    }
-    Ok(())
+    shape.build(mem, &Npt, root_pa, limit)
 }
 
-/// Maps the 2 MiB at `base` with 4 KiB identity pages, `read_only` without
-/// write access.
-fn map_small_pages(
-    mem: &mut dyn TableMemory,
-    root_pa: u64,
-    base: u64,
-    read_only: Option<u64>,
-) -> Result<(), MapError> {
-    let mut pa = base;
-    while pa < base + LARGE_PAGE_SIZE {
-        let flags = if Some(pa) == read_only {
-            NPT_FLAGS & !WRITABLE
-        } else {
-            NPT_FLAGS
-        };
-        mapper::map(mem, root_pa, pa, pa, 1, flags, NPT_FLAGS)?;
-        pa += PAGE_SIZE;
-    }
-    Ok(())
-}
-
-/// Maps the identity page holding `gpa` after a nested page fault (root
-/// accesses beyond the initial map, such as high PCI BARs on large
-/// machines): a whole 1 GiB page where `huge_pages` allows and no pool
-/// chunk lies in it (so the root cannot use up the pool one fault at a
-/// time: at most one table page per 512 GiB), else 2 MiB. `max_pa` is the
-/// first address the CPU cannot address: false for a `gpa` at or above it.
-/// Pool chunks stay hidden; a page another CPU mapped meanwhile counts as
-/// mapped.
+/// Maps the identity page holding `gpa` after a nested page fault, as
+/// [`Identity::map_on_demand`] does: its 1 GiB where `huge_pages` allows
+/// and no pool chunk lies in it, else its 2 MiB; false for a `gpa` at or
+/// above `max_pa`.
 pub fn map_on_demand(
     mem: &mut dyn TableMemory,
     root_pa: u64,
@@ -124,44 +97,40 @@ pub fn map_on_demand(
     hidden: &[u64],
     hiding_table: u64,
 ) -> Result<bool, MapError> {
-    if gpa >= max_pa {
-        return Ok(false);
-    }
-    let gib = gpa & !(HUGE_PAGE_SIZE - 1);
-    let pool_in_gib = hidden.iter().any(|&h| h >= gib && h < gib + HUGE_PAGE_SIZE);
-    let base = gpa & !(LARGE_PAGE_SIZE - 1);
-    let done = if huge_pages && !pool_in_gib {
-        mapper::map(mem, root_pa, gib, gib, 3, NPT_FLAGS, NPT_FLAGS)
-    } else if hidden.contains(&base) {
-        mapper::link_table(mem, root_pa, base, 2, hiding_table, NPT_FLAGS)
-    } else {
-        mapper::map(mem, root_pa, base, base, 2, NPT_FLAGS, NPT_FLAGS)
+    let shape = Identity {
+        huge_pages,
+        hidden,
+        hiding_table,
+        read_only: None,
     };
-    match done {
-        Ok(()) | Err(MapError::AlreadyMapped) => Ok(true),
-        Err(e) => Err(e),
-    }
+    shape.map_on_demand(mem, &Npt, root_pa, gpa, max_pa)
 }
 
 /// Builds the MSR permission map from the policy table: every access
 /// exits, except the directions the table marks `Pass`.
 pub fn fill_msrpm(map: &mut [u8; svm::MSRPM_SIZE]) {
     map.fill(0xff);
-    let passes = policy::RULES
-        .iter()
-        .filter(|r| r.read == Action::Pass || r.write == Action::Pass);
-    for rule in passes {
+    for (index, read, write) in passed_msrs() {
         // The read bit of an MSR, then its write bit.
-        let open =
-            u8::from(rule.read == Action::Pass) | (u8::from(rule.write == Action::Pass) << 1);
-        for index in rule.first..=rule.last {
-            if let Some((byte, bit)) = svm::msrpm_position(index) {
-                if let Some(b) = map.get_mut(byte) {
-                    *b &= !(open << bit);
-                }
+        let open = u8::from(read) | (u8::from(write) << 1);
+        if let Some((byte, bit)) = svm::msrpm_position(index) {
+            if let Some(b) = map.get_mut(byte) {
+                *b &= !(open << bit);
             }
         }
     }
+}
+
+/// Every MSR the policy table lets pass in some direction: its index,
+/// whether reads pass, whether writes pass.
+fn passed_msrs() -> impl Iterator<Item = (u32, bool, bool)> {
+    policy::RULES
+        .iter()
+        .filter(|r| r.read == Action::Pass || r.write == Action::Pass)
+        .flat_map(|r| {
+            let (read, write) = (r.read == Action::Pass, r.write == Action::Pass);
+            (r.first..=r.last).map(move |index| (index, read, write))
+        })
 }
 
 /// Sets the I/O permission map's bits for the ports whose every access

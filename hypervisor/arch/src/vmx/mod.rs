@@ -20,9 +20,12 @@
 //! - [`exit`]: exit reasons and the qualifications of CR, MOV DR and I/O
 //!   exits; [`event`]: injecting events and decoding reported ones, the
 //!   interruptibility and activity states.
+//! - [`bitmaps`]: where an MSR's or a port's exit bit lives in the MSR
+//!   and I/O bitmaps.
 //! - [`region`]: the VMXON/VMCS region header.
 //! - [`instruction_error`]: how VMX instructions fail, and why.
 
+pub mod bitmaps;
 pub mod caps;
 pub mod controls;
 pub mod ept;
