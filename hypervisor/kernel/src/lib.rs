@@ -39,6 +39,7 @@ pub mod vmcb_check;
 pub mod vmcb_copy;
 pub mod vmx_check;
 pub mod vmx_event;
+pub mod vmx_exit;
 pub mod vmx_state;
 
 #[cfg(feature = "image")]
