@@ -40,6 +40,8 @@ pub mod vmcb_copy;
 pub mod vmx_check;
 pub mod vmx_event;
 pub mod vmx_exit;
+pub mod vmx_host;
+pub mod vmx_root;
 pub mod vmx_state;
 
 #[cfg(feature = "image")]
