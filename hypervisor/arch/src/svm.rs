@@ -253,6 +253,15 @@ pub mod tlb {
 
 /// #VMEXIT codes.
 pub mod exit {
+    /// Reads of CR0–CR15 (plus the register number).
+    pub const CR_READ_BASE: u64 = 0x00;
+    /// Writes of CR0–CR15 (plus the register number).
+    pub const CR_WRITE_BASE: u64 = 0x10;
+    /// Reads of DR0–DR15 (plus the register number).
+    pub const DR_READ_BASE: u64 = 0x20;
+    /// Writes of DR0–DR15 (plus the register number).
+    pub const DR_WRITE_BASE: u64 = 0x30;
+    /// Exception n exits with `EXCEPTION_BASE + n`.
     pub const EXCEPTION_BASE: u64 = 0x40;
     pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
@@ -260,13 +269,19 @@ pub mod exit {
     pub const INIT: u64 = 0x63;
     /// The virtual-interrupt window opened (V_IRQ with the intercept).
     pub const VINTR: u64 = 0x64;
+    pub const RDTSC: u64 = 0x6e;
+    pub const RDPMC: u64 = 0x6f;
     pub const CPUID: u64 = 0x72;
+    pub const RSM: u64 = 0x73;
     pub const IRET: u64 = 0x74;
     pub const INVD: u64 = 0x76;
+    pub const PAUSE: u64 = 0x77;
     pub const HLT: u64 = 0x78;
+    pub const INVLPG: u64 = 0x79;
     pub const INVLPGA: u64 = 0x7a;
     pub const IOIO: u64 = 0x7b;
     pub const MSR: u64 = 0x7c;
+    pub const TASK_SWITCH: u64 = 0x7d;
     pub const SHUTDOWN: u64 = 0x7f;
     pub const VMRUN: u64 = 0x80;
     pub const VMMCALL: u64 = 0x81;
@@ -276,7 +291,11 @@ pub mod exit {
     pub const CLGI: u64 = 0x85;
     pub const SKINIT: u64 = 0x86;
     pub const RDTSCP: u64 = 0x87;
+    pub const WBINVD: u64 = 0x89;
+    pub const MONITOR: u64 = 0x8a;
+    pub const MWAIT: u64 = 0x8b;
     pub const XSETBV: u64 = 0x8d;
+    pub const INVPCID: u64 = 0xa2;
     pub const NPF: u64 = 0x400;
     /// VMRUN found an inconsistent guest state.
     pub const INVALID: u64 = u64::MAX;
@@ -289,6 +308,8 @@ pub mod event {
     pub const TYPE_EXCEPTION: u64 = 3 << 8;
     pub const TYPE_INTERRUPT: u64 = 0;
     pub const TYPE_NMI: u64 = 2 << 8;
+    /// INTn (the return address is the VMCB's next RIP).
+    pub const TYPE_SOFTWARE_INTERRUPT: u64 = 4 << 8;
     /// The event-type field (bits 10:8).
     pub const TYPE_MASK: u64 = 7 << 8;
     /// The NMI's vector.
@@ -312,6 +333,37 @@ pub mod event {
     pub const fn exception_with_code(vector: u8, code: u32) -> u64 {
         VALID | TYPE_EXCEPTION | ERROR_CODE_VALID | vector as u64 | (code as u64) << 32
     }
+}
+
+/// EXITINFO1 of an IOIO exit (APM vol. 2, "IOIO Intercepts").
+pub mod ioio {
+    pub const IN: u64 = 1 << 0;
+    pub const STRING: u64 = 1 << 2;
+    pub const REP: u64 = 1 << 3;
+    pub const SIZE8: u64 = 1 << 4;
+    pub const SIZE16: u64 = 1 << 5;
+    pub const SIZE32: u64 = 1 << 6;
+    pub const ADDR16: u64 = 1 << 7;
+    pub const ADDR32: u64 = 1 << 8;
+    pub const ADDR64: u64 = 1 << 9;
+    /// Bits 12:10: the segment of a string instruction's source (ES 0,
+    /// CS 1, SS 2, DS 3, FS 4, GS 5), with decode assists.
+    pub const SEGMENT_SHIFT: u32 = 10;
+    pub const PORT_SHIFT: u32 = 16;
+}
+
+/// EXITINFO1 of a nested page fault (APM vol. 2, "Nested Page Faults").
+pub mod npf {
+    /// The page was present (a permission fault).
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITE: u64 = 1 << 1;
+    /// A user-mode (CPL 3) access.
+    pub const USER: u64 = 1 << 2;
+    pub const FETCH: u64 = 1 << 4;
+    /// The fault was on the guest's final physical address.
+    pub const FINAL_ADDRESS: u64 = 1 << 32;
+    /// The fault was on a guest page-table access.
+    pub const PAGE_TABLE: u64 = 1 << 33;
 }
 
 /// Exception vectors MicroV injects.

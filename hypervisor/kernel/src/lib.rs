@@ -37,6 +37,12 @@ pub mod stacks;
 pub mod tsc_aux;
 pub mod vmcb_check;
 pub mod vmcb_copy;
+pub mod vmx_check;
+pub mod vmx_event;
+pub mod vmx_exit;
+pub mod vmx_host;
+pub mod vmx_root;
+pub mod vmx_state;
 
 #[cfg(feature = "image")]
 pub mod hw;

@@ -190,6 +190,21 @@ pub const fn adjust(
     }
 }
 
+/// The default1 class of each set (SDM Vol. 3D A.2): reserved controls
+/// that the capability MSRs without TRUE_ report as forced to 1.
+pub mod default1 {
+    pub const PIN: u32 = 0x16;
+    pub const PRIMARY: u32 = 0x0401_e172;
+    pub const EXIT: u32 = 0x0003_6dff;
+    pub const ENTRY: u32 = 0x0000_11ff;
+}
+
+/// A capability MSR's value (what [`adjust`] reads): `must_be_one` in the
+/// low half, `may_be_one` in the high half. For fakes of a CPU.
+pub const fn capability(must_be_one: u32, may_be_one: u32) -> u64 {
+    (may_be_one as u64) << 32 | must_be_one as u64
+}
+
 /// Required and wanted bits of every set of controls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Request {
@@ -279,17 +294,11 @@ pub fn adjust_all(
 mod tests {
     use super::*;
 
-    /// The capability MSR value: `must` forced to 1, `may` allowed to be 1.
-    const fn cap(must: u32, may: u32) -> u64 {
-        (may as u64) << 32 | must as u64
-    }
-
-    /// Default1 classes (SDM Vol. 3D A.3–A.5), forced to 1 by the MSRs
-    /// without TRUE_.
-    const PIN_DEFAULT1: u32 = 0x16;
-    const PRIMARY_DEFAULT1: u32 = 0x0401_e172;
-    const EXIT_DEFAULT1: u32 = 0x0003_6dff;
-    const ENTRY_DEFAULT1: u32 = 0x0000_11ff;
+    use capability as cap;
+    use default1::{
+        ENTRY as ENTRY_DEFAULT1, EXIT as EXIT_DEFAULT1, PIN as PIN_DEFAULT1,
+        PRIMARY as PRIMARY_DEFAULT1,
+    };
 
     #[test]
     fn adjusting_keeps_forced_bits_and_drops_unavailable_wishes() {
