@@ -384,6 +384,34 @@ mod tests {
         }
     }
 
+    /// A VMCS whose every VMWRITE fails (no current VMCS).
+    struct NoVmcs;
+
+    impl Vmcs for NoVmcs {
+        fn vmread(&mut self, _: u32) -> Result<u64, VmFail> {
+            Err(VmFail::Invalid)
+        }
+        fn vmwrite(&mut self, _: u32, _: u64) -> Result<(), VmFail> {
+            Err(VmFail::Invalid)
+        }
+    }
+
+    #[test]
+    fn a_failing_vmwrite_is_reported() {
+        let v = linux();
+        assert_eq!(
+            root_controls(
+                true,
+                &mut skylake(SKYLAKE_SECONDARY),
+                &cpu(),
+                &tables(),
+                &v,
+                &mut NoVmcs
+            ),
+            Err(ControlsError::Vmcs(VmFail::Invalid))
+        );
+    }
+
     #[test]
     fn the_vmcs_is_set_up_for_the_root() {
         let v = linux();

@@ -864,6 +864,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_root_in_real_mode_enters_without_ia32e_mode() {
+        // On its way to a reboot: unpaged, real mode at the reset vector.
+        let mut v = linux();
+        let s = &mut v.save;
+        s.cr0 = cr0::ET | cr0::NE;
+        s.cr4 = 0;
+        s.efer = efer::SVME;
+        s.cs = Segment {
+            selector: 0xf000,
+            attrib: 0x9b,
+            limit: 0xffff,
+            base: 0xf_0000,
+        };
+        s.ss = Segment {
+            selector: 0,
+            attrib: 0x93,
+            limit: 0xffff,
+            base: 0,
+        };
+        (s.rip, s.rflags) = (0xfff0, 2);
+        let mut vmcs = fresh_vmcs();
+        control::ENTRY_CONTROLS
+            .write(&mut vmcs, 0x11ff | entry::IA32E_MODE_GUEST)
+            .unwrap();
+        let mut regs = VsRegs::default();
+        assert_eq!(
+            write_guest(&v.save, &v.control, &mut regs, None, &cpu(), &mut vmcs),
+            Ok(Flush::None)
+        );
+        assert_eq!(control::ENTRY_CONTROLS.read(&mut vmcs), Ok(0x11ff));
+        assert_eq!(guest::CR0.read(&mut vmcs), Ok(0x30), "PE and PG stay off");
+        assert_eq!(guest::CR4.read(&mut vmcs), Ok(1 << 13));
+        assert_eq!(guest::EFER.read(&mut vmcs), Ok(0));
+    }
+
+    #[test]
     fn syscall_msrs_live_in_the_save_area() {
         let mut v = linux();
         for (i, index) in SYSCALL_MSRS.iter().enumerate() {
