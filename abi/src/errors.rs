@@ -91,8 +91,6 @@ start_errors! {
         "enable Intel VT-x (Virtualization Technology) in the firmware setup",
     VmxInUse = 30 : "another hypervisor is using VMX on this CPU (CR4.VMXE is set)",
         "stop the other hypervisor's VMs (or unload kvm_intel) and try again",
-    VmxNotReady = 31 : "this CPU's Intel VMX is usable, but this MicroV build cannot run on VMX yet (its VMX world switch is not finished)",
-        "run MicroV on an AMD CPU with AMD-V for now; docs/intel-vmx.md says what works on Intel today",
 }
 
 #[cfg(test)]

@@ -181,8 +181,22 @@ c_struct! {
         pub dr7: u64,
         pub gdtr: DescriptorTableRegister,
         pub idtr: DescriptorTableRegister,
+        /// Intel only (VMLOAD loads TR and LDTR on AMD): the root's TR and
+        /// LDTR selectors, loaded from `tr_gdt`, a GDT holding copies of
+        /// their descriptors marked available (the root's own TSS
+        /// descriptor is busy, and Linux maps its GDT read-only); the
+        /// trampoline points `tr_gdtr` at it, loads them, then the root's
+        /// GDT. TR = 0: nothing to load.
+        pub tr: u64,
+        pub ldtr: u64,
+        pub tr_gdtr: DescriptorTableRegister,
+        pub tr_gdt: [u64; PROMOTE_GDT_ENTRIES],
     }
 }
+
+/// Slots of [`PromoteFrame::tr_gdt`]: room for the root's TR and LDTR up to
+/// selector 0xF0 (Linux's TSS is at 0x40).
+pub const PROMOTE_GDT_ENTRIES: usize = 32;
 
 /// Indices into [`PromoteFrame::gprs`] (x86 register-number order).
 pub mod gpr {

@@ -99,7 +99,6 @@
 #define MV_ERR_VMX_UNSUPPORTED 28
 #define MV_ERR_VMX_DISABLED 29
 #define MV_ERR_VMX_IN_USE 30
-#define MV_ERR_VMX_NOT_READY 31
 
 /* States */
 #define MV_HV_STOPPED 0x0ULL
@@ -198,7 +197,11 @@
 #define MVOFF_mv_promote_frame_dr7 200
 #define MVOFF_mv_promote_frame_gdtr 208
 #define MVOFF_mv_promote_frame_idtr 224
-#define MVSIZE_mv_promote_frame 240
+#define MVOFF_mv_promote_frame_tr 240
+#define MVOFF_mv_promote_frame_ldtr 248
+#define MVOFF_mv_promote_frame_tr_gdtr 256
+#define MVOFF_mv_promote_frame_tr_gdt 272
+#define MVSIZE_mv_promote_frame 528
 #define MVOFF_mv_fault_record_code 0
 #define MVOFF_mv_fault_record_vector 4
 #define MVOFF_mv_fault_record_error_code 8
@@ -218,9 +221,9 @@
 #define MVOFF_mv_cpu_landing_detail 48
 #define MVOFF_mv_cpu_landing_captured 56
 #define MVOFF_mv_cpu_landing_promote 248
-#define MVOFF_mv_cpu_landing_fault 488
-#define MVOFF_mv_cpu_landing_iret_stack 536
-#define MVSIZE_mv_cpu_landing 600
+#define MVOFF_mv_cpu_landing_fault 776
+#define MVOFF_mv_cpu_landing_iret_stack 824
+#define MVSIZE_mv_cpu_landing 888
 #define MV_GPR_RAX 0
 #define MV_GPR_RCX 1
 #define MV_GPR_RDX 2
@@ -340,6 +343,10 @@ struct mv_promote_frame {
 	__u64 dr7;
 	struct mv_dtr gdtr;
 	struct mv_dtr idtr;
+	__u64 tr;
+	__u64 ldtr;
+	struct mv_dtr tr_gdtr;
+	__u64 tr_gdt[32];
 };
 _Static_assert(offsetof(struct mv_promote_frame, gprs) == 0, "mv_promote_frame.gprs");
 _Static_assert(offsetof(struct mv_promote_frame, rip) == 128, "mv_promote_frame.rip");
@@ -354,7 +361,11 @@ _Static_assert(offsetof(struct mv_promote_frame, es) == 192, "mv_promote_frame.e
 _Static_assert(offsetof(struct mv_promote_frame, dr7) == 200, "mv_promote_frame.dr7");
 _Static_assert(offsetof(struct mv_promote_frame, gdtr) == 208, "mv_promote_frame.gdtr");
 _Static_assert(offsetof(struct mv_promote_frame, idtr) == 224, "mv_promote_frame.idtr");
-_Static_assert(sizeof(struct mv_promote_frame) == 240, "sizeof mv_promote_frame");
+_Static_assert(offsetof(struct mv_promote_frame, tr) == 240, "mv_promote_frame.tr");
+_Static_assert(offsetof(struct mv_promote_frame, ldtr) == 248, "mv_promote_frame.ldtr");
+_Static_assert(offsetof(struct mv_promote_frame, tr_gdtr) == 256, "mv_promote_frame.tr_gdtr");
+_Static_assert(offsetof(struct mv_promote_frame, tr_gdt) == 272, "mv_promote_frame.tr_gdt");
+_Static_assert(sizeof(struct mv_promote_frame) == 528, "sizeof mv_promote_frame");
 
 struct mv_fault_record {
 	__u32 code;
@@ -400,9 +411,9 @@ _Static_assert(offsetof(struct mv_cpu_landing, status) == 40, "mv_cpu_landing.st
 _Static_assert(offsetof(struct mv_cpu_landing, detail) == 48, "mv_cpu_landing.detail");
 _Static_assert(offsetof(struct mv_cpu_landing, captured) == 56, "mv_cpu_landing.captured");
 _Static_assert(offsetof(struct mv_cpu_landing, promote) == 248, "mv_cpu_landing.promote");
-_Static_assert(offsetof(struct mv_cpu_landing, fault) == 488, "mv_cpu_landing.fault");
-_Static_assert(offsetof(struct mv_cpu_landing, iret_stack) == 536, "mv_cpu_landing.iret_stack");
-_Static_assert(sizeof(struct mv_cpu_landing) == 600, "sizeof mv_cpu_landing");
+_Static_assert(offsetof(struct mv_cpu_landing, fault) == 776, "mv_cpu_landing.fault");
+_Static_assert(offsetof(struct mv_cpu_landing, iret_stack) == 824, "mv_cpu_landing.iret_stack");
+_Static_assert(sizeof(struct mv_cpu_landing) == 888, "sizeof mv_cpu_landing");
 
 struct mv_segment {
 	__u64 offset;

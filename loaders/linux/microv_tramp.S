@@ -102,7 +102,7 @@ microv_resume:
  * what VMLOAD covers (FS, GS, TR, LDTR, syscall MSRs). The first thing done
  * here is the switch to the root's page tables: everything read after that
  * is the root's own memory through its own tables, so the hypervisor trusts
- * none of it. Then the root's descriptor tables, the IRET frame on the
+ * none of it. Then the root's descriptor tables (and, on Intel, its TR and LDTR), the IRET frame on the
  * landing page's own small stack (never the interrupted stack, which may be
  * a user stack), DR7 (breakpoints can now only hit root code), GIF (AMD),
  * the root's EFER (SVME off), and IRET into the root's state: the CPU is
@@ -115,6 +115,24 @@ microv_promote:
 	mov cr3, rax
 	lgdt [rdi + PF(gdtr) + 6]
 	lidt [rdi + PF(idtr) + 6]
+	/*
+	 * Intel (tr != 0; VMLOAD did this on AMD): TR and LDTR from the
+	 * frame's own GDT, which holds copies of their descriptors with TR's
+	 * marked available (the root's own is busy, and Linux maps its GDT
+	 * read-only); then the root's GDT again.
+	 */
+	mov rax, [rdi + PF(tr)]
+	test rax, rax
+	jz 2f
+	lea rax, [rdi + PF(tr_gdt)]
+	mov [rdi + PF(tr_gdtr) + 8], rax
+	lgdt [rdi + PF(tr_gdtr) + 6]
+	mov rax, [rdi + PF(tr)]
+	ltr ax
+	mov rax, [rdi + PF(ldtr)]
+	lldt ax
+	lgdt [rdi + PF(gdtr) + 6]
+2:
 	mov rax, [rdi + PF(ds)]
 	mov ds, ax
 	mov rax, [rdi + PF(es)]

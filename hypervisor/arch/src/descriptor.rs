@@ -65,6 +65,37 @@ pub fn decode_code_data(selector: u16, raw: u64) -> Segment {
     }
 }
 
+/// Decodes a 16-byte system descriptor (a 64-bit TSS or LDT) loaded with
+/// `selector`: as a code/data descriptor, plus base bits 63:32 from the
+/// second half. A null selector gives an unusable (attrib 0) segment.
+pub fn decode_system(selector: u16, raw: [u64; 2]) -> Segment {
+    let [low, high] = raw;
+    let mut s = decode_code_data(selector, low);
+    if selector & !3 != 0 {
+        s.base |= (high & 0xffff_ffff) << 32;
+    }
+    s
+}
+
+/// The 16-byte system descriptor for segment `s` (what
+/// [`decode_system`] reads back): base, limit (in pages when G is set) and
+/// attributes.
+pub const fn encode_system(s: &Segment) -> [u64; 2] {
+    let a = s.attrib as u64;
+    let l = if s.attrib & attrib::GRANULARITY != 0 {
+        (s.limit >> 12) as u64
+    } else {
+        s.limit as u64
+    };
+    let low = (l & 0xffff)
+        | ((s.base & 0xff_ffff) << 16)
+        | ((a & 0xff) << 40)
+        | (((l >> 16) & 0xf) << 48)
+        | (((a >> 8) & 0xf) << 52)
+        | (((s.base >> 24) & 0xff) << 56);
+    [low, s.base >> 32]
+}
+
 /// An 8-byte descriptor for MicroV's own GDT.
 pub const fn encode_code_data(attrib: u16) -> u64 {
     let limit: u64 = 0xfffff;
@@ -127,6 +158,21 @@ pub const fn encode_interrupt_gate(handler: u64, selector: u16, ist: u8) -> [u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_a_system_descriptor() {
+        // Linux's busy 64-bit TSS at 0xfffffe0000003000, limit 0x4087.
+        let raw = [0x0000_8b00_3000_4087, 0x0000_0000_ffff_fe00];
+        let tr = decode_system(0x40, raw);
+        assert_eq!(tr.base, 0xffff_fe00_0000_3000);
+        assert_eq!(tr.limit, 0x4087);
+        assert_eq!(tr.attrib, 0x8b);
+        assert_eq!(tr.selector, 0x40);
+        assert_eq!(decode_system(0, raw), Segment::default());
+        assert_eq!(encode_system(&tr), raw);
+        let big = Segment { selector: 0x50, attrib: 0x882, limit: 0xffff_ffff, base: 0x1000 };
+        assert_eq!(decode_system(0x50, encode_system(&big)), big);
+    }
 
     // Linux's __KERNEL_CS descriptor on x86-64 (GDT_ENTRY_INIT(0xa09b, 0, 0xfffff)).
     const LINUX_KERNEL_CS: u64 = 0x00af_9b00_0000_ffff;

@@ -130,6 +130,97 @@ pub unsafe fn vmsave(vmcb_pa: u64) {
     unsafe { asm!("vmsave rax", in("rax") vmcb_pa, options(nostack, preserves_flags)) };
 }
 
+/// The VMX instructions. Each returns RFLAGS as the instruction left it:
+/// `vmx::instruction_error::outcome` tells success, VMfailInvalid (CF) and
+/// VMfailValid (ZF, with the error in the current VMCS).
+pub mod vmx {
+    use core::arch::asm;
+
+    /// An instruction whose one operand is a physical address in memory
+    /// (VMXON, VMCLEAR, VMPTRLD): the address goes on the stack.
+    macro_rules! address_operand {
+        ($(#[$doc:meta])* $name:ident, $insn:literal) => {
+            $(#[$doc])*
+            pub unsafe fn $name(pa: u64) -> u64 {
+                let rflags: u64;
+                // SAFETY: see the function's contract; the instruction
+                // reads its 8-byte operand (the address) from the stack slot.
+                unsafe {
+                    asm!("push {pa}", concat!($insn, " [rsp]"), "pushfq", "pop {fl}", "add rsp, 8",
+                        pa = in(reg) pa, fl = lateout(reg) rflags)
+                };
+                rflags
+            }
+        };
+    }
+
+    address_operand!(
+        /// VMXON with the VMXON region at `pa`.
+        ///
+        /// # Safety
+        /// Ring 0, CR4.VMXE set and CR0/CR4 within the fixed bits,
+        /// IA32_FEATURE_CONTROL allowing VMX; the region is a page MicroV
+        /// owns with the VMCS revision in its first word.
+        vmxon, "vmxon"
+    );
+    address_operand!(
+        /// VMCLEAR of the VMCS at `pa`: written back to memory, inactive.
+        ///
+        /// # Safety
+        /// Ring 0 in VMX root operation; `pa` is a VMCS region MicroV owns.
+        vmclear, "vmclear"
+    );
+    address_operand!(
+        /// VMPTRLD: makes the VMCS at `pa` this CPU's current one.
+        ///
+        /// # Safety
+        /// Ring 0 in VMX root operation; `pa` is a VMCS region MicroV owns
+        /// with the revision in its first word, not current on another CPU.
+        vmptrld, "vmptrld"
+    );
+
+    /// VMXOFF: leaves VMX operation.
+    ///
+    /// # Safety
+    /// Ring 0 in VMX root operation; no VMCS of this CPU is needed again
+    /// before the next VMXON (clear them first).
+    pub unsafe fn vmxoff() -> u64 {
+        let rflags: u64;
+        // SAFETY: see the function's contract.
+        unsafe { asm!("vmxoff", "pushfq", "pop {}", out(reg) rflags) };
+        rflags
+    }
+
+    /// VMREAD of field `encoding` from the current VMCS: (value, RFLAGS).
+    ///
+    /// # Safety
+    /// Ring 0 in VMX root operation.
+    pub unsafe fn vmread(encoding: u32) -> (u64, u64) {
+        let (value, rflags): (u64, u64);
+        // SAFETY: see the function's contract; VMREAD only reads the VMCS.
+        unsafe {
+            asm!("vmread {v}, {e}", "pushfq", "pop {fl}",
+                e = in(reg) u64::from(encoding), v = lateout(reg) value, fl = lateout(reg) rflags)
+        };
+        (value, rflags)
+    }
+
+    /// VMWRITE of `value` into field `encoding` of the current VMCS.
+    ///
+    /// # Safety
+    /// Ring 0 in VMX root operation; the value is one the caller means the
+    /// CPU to use at the next VM entry.
+    pub unsafe fn vmwrite(encoding: u32, value: u64) -> u64 {
+        let rflags: u64;
+        // SAFETY: see the function's contract.
+        unsafe {
+            asm!("vmwrite {e}, {v}", "pushfq", "pop {fl}",
+                e = in(reg) u64::from(encoding), v = in(reg) value, fl = lateout(reg) rflags)
+        };
+        rflags
+    }
+}
+
 /// Writes one byte to an I/O port.
 ///
 /// # Safety

@@ -132,7 +132,7 @@ pub fn dispatch(
                 0
             };
             out(
-                hv.start_mode_capability() | capability::AMD_SVM | test,
+                hv.start_mode_capability() | hv.vendor_capability() | test,
                 0,
                 0,
                 0,
@@ -193,6 +193,8 @@ pub fn dispatch(
             }
             _ => done(Status::InvalidArgument),
         },
+        // Micro VMs run on SVM only so far (docs/intel-vmx.md).
+        Hypercall::VmCreate if hv.is_vmx() => done(Status::NotImplemented),
         Hypercall::VmCreate => match host.vm_create() {
             Ok(vm) => out(vm, 0, 0, 0),
             Err(s) => done(s),
@@ -357,6 +359,24 @@ mod tests {
             );
         }
         assert_eq!(a.r10 & capability::TEST_HOOKS != 0, TEST_HOOKS);
+        assert_eq!(a.r10 & (capability::AMD_SVM | capability::INTEL_VMX), capability::AMD_SVM);
+        hv.set_vmx(true);
+        let Outcome::Done(Status::Success, a) =
+            call(&hv, &mut host, Hypercall::IdCapabilities, USER, Args::default())
+        else {
+            panic!()
+        };
+        assert_eq!(a.r10 & (capability::AMD_SVM | capability::INTEL_VMX), capability::INTEL_VMX);
+    }
+
+    #[test]
+    fn micro_vms_wait_for_vmx() {
+        let (hv, mut host) = (HvState::new(), FakeHost::default());
+        hv.set_vmx(true);
+        let handle = open(&hv, &mut host);
+        let r = call(&hv, &mut host, Hypercall::VmCreate, KERNEL, Args { r10: handle, ..Args::default() });
+        assert_eq!(r, Outcome::Done(Status::NotImplemented, Args::default()));
+        assert!(host.vm_calls.is_empty());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct HvState {
     /// The root's local APIC page (read-only in its nested tables); 0
     /// until the first CPU read it.
     apic_page: AtomicU64,
+    /// Nonzero when the CPU is Intel's (VMX; AMD's SVM otherwise).
+    vmx: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -38,6 +40,26 @@ impl HvState {
             exits: [ZERO_ROW; MAX_CPUS],
             vcpus: crate::guest::Vcpus::new(),
             apic_page: AtomicU64::new(0),
+            vmx: AtomicU64::new(0),
+        }
+    }
+
+    /// Records which virtualization extension MicroV runs on.
+    pub fn set_vmx(&self, vmx: bool) {
+        self.vmx.store(u64::from(vmx), Ordering::Relaxed);
+    }
+
+    /// True when MicroV runs on Intel VMX.
+    pub fn is_vmx(&self) -> bool {
+        self.vmx.load(Ordering::Relaxed) != 0
+    }
+
+    /// `id.capabilities`' vendor bit: Intel VMX or AMD SVM.
+    pub fn vendor_capability(&self) -> u64 {
+        if self.is_vmx() {
+            microv_abi::hypercall::capability::INTEL_VMX
+        } else {
+            microv_abi::hypercall::capability::AMD_SVM
         }
     }
 

@@ -3,13 +3,60 @@
 
 use microv_abi::launch::{gpr, CapturedState, DescriptorTableRegister, PromoteFrame};
 use microv_abi::StartError;
-use microv_arch::descriptor::{attrib, decode_code_data, Segment};
+use microv_abi::launch::PROMOTE_GDT_ENTRIES;
+use microv_arch::descriptor::{attrib, decode_code_data, decode_system, encode_system, Segment};
 use microv_arch::msr::efer;
 use microv_arch::svm::SaveArea;
 
 const CR4_LA57: u64 = 1 << 12;
 /// DR6's value after reset.
 const DR6_INIT: u64 = 0xffff_0ff0;
+
+/// What VMSAVE reads from the CPU on AMD, read with RDMSR where there is
+/// no VMSAVE (Intel), before MicroV loads its own values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmsaveMsrs {
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub kernel_gs_base: u64,
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub sfmask: u64,
+    pub sysenter_cs: u64,
+    pub sysenter_esp: u64,
+    pub sysenter_eip: u64,
+}
+
+/// A data segment's attributes for FS or GS, whose descriptors the loader
+/// does not capture: in 64-bit mode only the base (an MSR) and
+/// presence matter; read/write, accessed, present, the selector's RPL.
+const fn fs_gs_attrib(selector: u16) -> u16 {
+    attrib::PRESENT | attrib::S | 0x3 | ((selector & 3) << 5)
+}
+
+/// Fills what VMSAVE fills on AMD: FS, GS, TR and LDTR (TR and LDTR from
+/// the descriptors the loader captured) and the syscall and SYSENTER MSRs.
+pub fn vmsave_equivalent(c: &CapturedState, m: &VmsaveMsrs, save: &mut SaveArea) {
+    let data = |selector: u16, base: u64| Segment {
+        selector,
+        attrib: if selector & !3 == 0 { 0 } else { fs_gs_attrib(selector) },
+        limit: if selector & !3 == 0 { 0 } else { u32::MAX },
+        base,
+    };
+    save.fs = data(c.fs, m.fs_base);
+    save.gs = data(c.gs, m.gs_base);
+    save.tr = decode_system(c.tr, c.tr_desc);
+    save.ldtr = decode_system(c.ldtr, c.ldtr_desc);
+    save.kernel_gs_base = m.kernel_gs_base;
+    save.star = m.star;
+    save.lstar = m.lstar;
+    save.cstar = m.cstar;
+    save.sfmask = m.sfmask;
+    save.sysenter_cs = m.sysenter_cs;
+    save.sysenter_esp = m.sysenter_esp;
+    save.sysenter_eip = m.sysenter_eip;
+}
 
 /// Fills the parts of the root vCPU's save area that VMSAVE does not:
 /// CS/SS/DS/ES, descriptor tables, control registers, flags, stack and
@@ -91,6 +138,38 @@ pub fn promote_frame(save: &SaveArea, gprs: &[u64; 16]) -> PromoteFrame {
     frame.gdtr = dtr(&save.gdtr);
     frame.idtr = dtr(&save.idtr);
     frame
+}
+
+/// Adds to `frame` what VMLOAD loads on AMD and Intel has no instruction
+/// for: TR and LDTR, as copies of their descriptors (TR's marked available,
+/// as LTR needs) in the frame's own small GDT. False if a selector lies
+/// beyond that GDT (the CPU cannot be handed back then).
+pub fn promote_tr_ldtr(save: &SaveArea, frame: &mut PromoteFrame) -> bool {
+    for (seg, is_tr) in [(&save.tr, true), (&save.ldtr, false)] {
+        let index = usize::from(seg.selector >> 3);
+        if seg.selector & !3 == 0 {
+            continue;
+        }
+        if index + 1 >= PROMOTE_GDT_ENTRIES || seg.selector & 4 != 0 {
+            return false;
+        }
+        let mut copy = *seg;
+        if is_tr {
+            copy.attrib = copy.attrib & !0xf | attrib::TYPE_TSS_AVAILABLE;
+        }
+        let [low, high] = encode_system(&copy);
+        if let Some(slots) = frame.tr_gdt.get_mut(index..index + 2) {
+            slots.copy_from_slice(&[low, high]);
+        }
+    }
+    frame.tr = u64::from(save.tr.selector);
+    frame.ldtr = u64::from(save.ldtr.selector);
+    frame.tr_gdtr = DescriptorTableRegister {
+        pad: [0; 3],
+        limit: (PROMOTE_GDT_ENTRIES * 8 - 1) as u16,
+        base: 0,
+    };
+    true
 }
 
 /// The frame for returning to the loader before any state was changed
@@ -210,6 +289,59 @@ mod tests {
         assert_eq!(f.gdtr, c.gdtr);
         assert_eq!(f.idtr, c.idtr);
         assert_eq!(f.dr7, 0x400);
+    }
+
+    #[test]
+    fn fills_what_vmsave_would() {
+        let mut c = linux_state();
+        c.tr = 0x40;
+        c.tr_desc = [0x0000_8b00_3000_4087, 0xffff_fe00];
+        c.gs = 0x2b;
+        let m = VmsaveMsrs {
+            gs_base: 0xffff_8880_1234_0000,
+            kernel_gs_base: 7,
+            star: 1,
+            lstar: 2,
+            cstar: 3,
+            sfmask: 4,
+            sysenter_cs: 0x10,
+            sysenter_esp: 5,
+            sysenter_eip: 6,
+            ..VmsaveMsrs::default()
+        };
+        let mut save = save_area();
+        vmsave_equivalent(&c, &m, &mut save);
+        assert_eq!(save.tr.base, 0xffff_fe00_0000_3000);
+        assert_eq!((save.tr.selector, save.tr.attrib, save.tr.limit), (0x40, 0x8b, 0x4087));
+        assert_eq!(save.ldtr, Segment::default());
+        assert_eq!(save.fs, Segment::default(), "a null FS is unusable");
+        assert_eq!(save.gs.base, 0xffff_8880_1234_0000);
+        assert_eq!(save.gs.attrib, attrib::PRESENT | attrib::S | 0x3 | (3 << 5));
+        assert_eq!(
+            [save.kernel_gs_base, save.star, save.lstar, save.cstar, save.sfmask],
+            [7, 1, 2, 3, 4]
+        );
+        assert_eq!([save.sysenter_cs, save.sysenter_esp, save.sysenter_eip], [0x10, 5, 6]);
+    }
+
+    #[test]
+    fn tr_and_ldtr_go_into_the_frames_own_gdt() {
+        let mut save = save_area();
+        save.tr = decode_system(0x40, [0x0000_8b00_3000_4087, 0xffff_fe00]);
+        let mut frame = PromoteFrame::zeroed();
+        assert!(promote_tr_ldtr(&save, &mut frame));
+        assert_eq!(frame.tr, 0x40);
+        assert_eq!(frame.ldtr, 0);
+        assert_eq!(frame.tr_gdt[8], 0x0000_8900_3000_4087, "available, not busy");
+        assert_eq!(frame.tr_gdt[9], 0xffff_fe00);
+        assert_eq!(frame.tr_gdtr.limit, 255);
+        save.ldtr = decode_system(0x50, [0x0000_8200_1000_00ff, 0]);
+        assert!(promote_tr_ldtr(&save, &mut frame));
+        assert_eq!((frame.ldtr, frame.tr_gdt[10]), (0x50, 0x0000_8200_1000_00ff));
+        save.tr.selector = 0xf8;
+        assert!(!promote_tr_ldtr(&save, &mut frame), "beyond the frame's GDT");
+        save.tr.selector = 0x44;
+        assert!(!promote_tr_ldtr(&save, &mut frame), "an LDT selector");
     }
 
     #[test]

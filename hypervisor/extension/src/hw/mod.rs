@@ -190,6 +190,8 @@ fn bootstrap(cpu: u64, root_vs: u64, cpu_count: u64) -> ! {
     if let Some(base) = sys::msr_read(microv_arch::msr::APIC_BASE) {
         HV.set_apic_base(base);
     }
+    let vmx = microv_arch::cpuid::virtualization(&mut instr::cpuid);
+    HV.set_vmx(vmx == microv_arch::cpuid::Virtualization::Vmx);
     // SAFETY: the microkernel created this CPU's root state for it; nothing
     // else refers to its VMCB on this CPU.
     root_vm::configure_vmcb(unsafe { vmcb(root_vs) });

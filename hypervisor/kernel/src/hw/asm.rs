@@ -16,7 +16,7 @@ use microv_arch::msr;
 use microv_arch::xsave::HOST_XCR0;
 
 use super::cpu::PromoteRegs;
-use super::percpu::{PerCpu, SwitchArgs};
+use super::percpu::{PerCpu, SwitchArgs, VmxSwitchArgs};
 
 /// Bit *i* set once CPU *i* entered: a second entry with the same landing
 /// page (which would share its stack) halts instead.
@@ -159,6 +159,66 @@ microv_enter_extension:
 3:
     .endm
 
+    // ---- load_guest_gprs REGS / store_guest_gprs REGS: RCX, RDX, RBX, RBP
+    // and R8–R15 from or to a register page (RAX, RSI, RDI and RSP are each
+    // switch's own business) ----
+    .macro load_guest_gprs regs
+    mov rcx, [\regs + {r_rcx}]
+    mov rdx, [\regs + {r_rdx}]
+    mov rbx, [\regs + {r_rbx}]
+    mov rbp, [\regs + {r_rbp}]
+    mov r8,  [\regs + {r_r8}]
+    mov r9,  [\regs + {r_r9}]
+    mov r10, [\regs + {r_r10}]
+    mov r11, [\regs + {r_r11}]
+    mov r12, [\regs + {r_r12}]
+    mov r13, [\regs + {r_r13}]
+    mov r14, [\regs + {r_r14}]
+    mov r15, [\regs + {r_r15}]
+    .endm
+    .macro store_guest_gprs regs
+    mov [\regs + {r_rcx}], rcx
+    mov [\regs + {r_rdx}], rdx
+    mov [\regs + {r_rbx}], rbx
+    mov [\regs + {r_rbp}], rbp
+    mov [\regs + {r_r8}], r8
+    mov [\regs + {r_r9}], r9
+    mov [\regs + {r_r10}], r10
+    mov [\regs + {r_r11}], r11
+    mov [\regs + {r_r12}], r12
+    mov [\regs + {r_r13}], r13
+    mov [\regs + {r_r14}], r14
+    mov [\regs + {r_r15}], r15
+    .endm
+
+    // ---- save_guest_fpu ARGS, REGS_OFF, FPU_OFF: the guest's XCR0 and FPU
+    // state into its register page and XSAVE area, then MicroV's own ----
+    // Records XCR0 as the CPU has it (an emulator without the XSETBV
+    // intercept lets the guest change it directly), saves under it plus
+    // SSE (see load_guest_fpu). Clobbers RAX, RCX, RDX, RSI, R8.
+    .macro save_guest_fpu args, regs, fpu
+    mov rsi, [\args + \regs]
+    xor ecx, ecx
+    xgetbv
+    mov dword ptr [rsi + {r_xcr0}], eax
+    mov dword ptr [rsi + {r_xcr0} + 4], edx
+    test eax, {xcr0_sse}
+    jnz 4f
+    or eax, {xcr0_sse}
+    xsetbv
+4:
+    mov r8, [\args + \fpu]
+    mov eax, -1
+    mov edx, -1
+    xsave64 [r8]
+    xor ecx, ecx
+    mov eax, {host_xcr0}
+    xor edx, edx
+    xsetbv
+    fninit
+    ldmxcsr [rip + microv_host_mxcsr]
+    .endm
+
     // ---- world switch: microv_world_switch(&SwitchArgs) ----
     .globl microv_world_switch
 microv_world_switch:
@@ -172,18 +232,7 @@ microv_world_switch:
     load_guest_fpu rdi, {sa_xcr0}, {sa_fpu}
     mov rsi, [rdi + {sa_regs}]
     mov rax, [rdi + {sa_vmcb}]
-    mov rcx, [rsi + {r_rcx}]
-    mov rdx, [rsi + {r_rdx}]
-    mov rbx, [rsi + {r_rbx}]
-    mov rbp, [rsi + {r_rbp}]
-    mov r8,  [rsi + {r_r8}]
-    mov r9,  [rsi + {r_r9}]
-    mov r10, [rsi + {r_r10}]
-    mov r11, [rsi + {r_r11}]
-    mov r12, [rsi + {r_r12}]
-    mov r13, [rsi + {r_r13}]
-    mov r14, [rsi + {r_r14}]
-    mov r15, [rsi + {r_r15}]
+    load_guest_gprs rsi
     mov rdi, [rsi + {r_rdi}]
     mov rsi, [rsi + {r_rsi}]
     // IF is what masks host interrupts in a guest with V_INTR_MASKING
@@ -214,19 +263,8 @@ microv_world_switch:
     push rdi
     mov rdi, [rsp + 8]
     mov rdi, [rdi + {sa_regs}]
-    mov [rdi + {r_rcx}], rcx
-    mov [rdi + {r_rdx}], rdx
-    mov [rdi + {r_rbx}], rbx
-    mov [rdi + {r_rbp}], rbp
+    store_guest_gprs rdi
     mov [rdi + {r_rsi}], rsi
-    mov [rdi + {r_r8}], r8
-    mov [rdi + {r_r9}], r9
-    mov [rdi + {r_r10}], r10
-    mov [rdi + {r_r11}], r11
-    mov [rdi + {r_r12}], r12
-    mov [rdi + {r_r13}], r13
-    mov [rdi + {r_r14}], r14
-    mov [rdi + {r_r15}], r15
     pop rax
     mov [rdi + {r_rdi}], rax
     pop rdi
@@ -235,27 +273,76 @@ microv_world_switch:
     // (QEMU 7.2's TCG) lets the guest change XCR0 directly, and the guest
     // must get back what it set. Then save its FPU state under that XCR0
     // and switch to MicroV's own.
-    mov rsi, [rdi + {sa_regs}]
-    xor ecx, ecx
-    xgetbv
-    mov dword ptr [rsi + {r_xcr0}], eax
-    mov dword ptr [rsi + {r_xcr0} + 4], edx
-    // Save under the guest's XCR0 plus SSE (see the restore above).
-    test eax, {xcr0_sse}
-    jnz 3f
-    or eax, {xcr0_sse}
-    xsetbv
-3:
-    mov r8, [rdi + {sa_fpu}]
-    mov eax, -1
-    mov edx, -1
-    xsave64 [r8]
-    xor ecx, ecx
-    mov eax, {host_xcr0}
-    xor edx, edx
-    xsetbv
-    fninit
-    ldmxcsr [rip + microv_host_mxcsr]
+    save_guest_fpu rdi, {sa_regs}, {sa_fpu}
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+
+    // ---- VMX world switch: microv_vmx_world_switch(&VmxSwitchArgs) ----
+    // VMLAUNCH (first entry of this VMCS) or VMRESUME; the exit arrives at
+    // microv_vmx_exit on the stack this call set as the VMCS's host RSP
+    // (the pushed RDI on top). VMX keeps neither RAX nor CR2 in the VMCS:
+    // RAX travels in the register page (`vmx_state` put it there), CR2 in
+    // the arguments. Host RFLAGS after an exit: IF clear.
+    .globl microv_vmx_world_switch
+microv_vmx_world_switch:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi
+    load_guest_fpu rdi, {va_xcr0}, {va_fpu}
+    mov rax, {vmcs_host_rsp}
+    vmwrite rax, rsp
+    jbe 5f
+    mov rax, [rdi + {va_cr2}]
+    mov cr2, rax
+    mov rsi, [rdi + {va_regs}]
+    load_guest_gprs rsi
+    cmp qword ptr [rdi + {va_launched}], 0
+    mov rax, [rsi + {r_rax}]
+    mov rdi, [rsi + {r_rdi}]
+    mov rsi, [rsi + {r_rsi}]
+    je 6f
+    vmresume
+    jmp 5f
+6:
+    vmlaunch
+5:
+    // VMfail (the VMWRITE above or the entry): RSP is this call's; report
+    // RFLAGS and put MicroV's registers back (the guest's got no further).
+    pushfq
+    pop rax
+    bts rax, 63
+    mov rdi, [rsp]
+    mov [rdi + {va_fail}], rax
+    jmp 7f
+
+    .globl microv_vmx_exit
+microv_vmx_exit:
+    push rdi
+    push rax
+    mov rdi, [rsp + 16]
+    mov rax, [rdi + {va_regs}]
+    store_guest_gprs rax
+    mov [rax + {r_rsi}], rsi
+    pop rcx
+    mov [rax + {r_rax}], rcx
+    pop rcx
+    mov [rax + {r_rdi}], rcx
+    mov rcx, cr2
+    mov [rdi + {va_cr2}], rcx
+    mov qword ptr [rdi + {va_fail}], 0
+7:
+    mov rdi, [rsp]
+    save_guest_fpu rdi, {va_regs}, {va_fpu}
+    pop rdi
     pop r15
     pop r14
     pop r13
@@ -282,8 +369,13 @@ microv_promote_final:
     mov cr4, rax
     mov rax, [r8 + {pr_cr0}]
     mov cr0, rax
+    // AMD: what VMLOAD covers (TR, GS, FS, LDTR, syscall MSRs) last. Intel
+    // (no VMCB: 0) loaded the MSRs before; the trampoline loads TR/LDTR.
     mov rax, [r8 + {pr_vmcb}]
+    test rax, rax
+    jz 8f
     vmload rax
+8:
     mov rdi, [r8 + {pr_landing}]
     mov rcx, [r8 + {pr_entry}]
     mov rax, [r8 + {pr_cr3}]
@@ -498,6 +590,14 @@ microv_host_mxcsr:
     xstate_bv = const XSTATE_BV_OFFSET,
     dr7_init = const super::cpu::DR7_INIT,
     dr7_flush = const super::cpu::DR7_INIT | (1 << 16),
+    va_regs = const offset_of!(VmxSwitchArgs, regs),
+    va_fpu = const offset_of!(VmxSwitchArgs, fpu),
+    va_xcr0 = const offset_of!(VmxSwitchArgs, xcr0),
+    va_cr2 = const offset_of!(VmxSwitchArgs, cr2),
+    r_rax = const reg(gpr::RAX),
+    va_launched = const offset_of!(VmxSwitchArgs, launched),
+    va_fail = const offset_of!(VmxSwitchArgs, fail_rflags),
+    vmcs_host_rsp = const microv_arch::vmx::fields::host::RSP.encoding(),
 );
 
 extern "C" {
@@ -509,6 +609,11 @@ extern "C" {
     pub fn microv_enter_extension(kind: u64, index: u64, a: u64, b: u64) -> !;
     /// Runs a vCPU until its next #VMEXIT.
     pub fn microv_world_switch(args: *mut SwitchArgs);
+    /// Runs the current VMCS's vCPU until its next VM exit (or a VMfail,
+    /// reported in `fail_rflags`).
+    pub fn microv_vmx_world_switch(args: *mut VmxSwitchArgs);
+    /// The VMCS's host RIP: where every VM exit arrives.
+    pub fn microv_vmx_exit();
     /// Loads the root's checked state and jumps to the trampoline.
     pub fn microv_promote_final(regs: *const PromoteRegs) -> !;
     /// RDMSR that returns 1 instead of faulting on #GP.

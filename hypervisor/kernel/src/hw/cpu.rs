@@ -37,7 +37,12 @@ use crate::root;
 use crate::tsc_aux::{self, TscAux};
 use crate::vmcb_check::{self, Owner, RootTables};
 use crate::vmcb_copy::copy_spans;
-use microv_arch::cpuid::LEAF_SVM_FEATURES;
+use microv_arch::cpuid::{self, Virtualization, LEAF_SVM_FEATURES};
+use crate::vmx_host::HostState;
+use microv_arch::vmx::caps::CR4_VMXE;
+
+/// The busy bit of a TSS descriptor's type (bit 41 of its low half).
+const TSS_BUSY: u64 = 1 << 41;
 
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
 const SFMASK: u64 = 0x4_7700;
@@ -174,7 +179,11 @@ pub fn global_init(bi: &'static BootInfo, bi_va: u64) -> Result<(), StartError> 
         .init(total, reserved)
         .map_err(|_| StartError::PoolTooSmall)?;
     mem.harden(bi).map_err(|_| StartError::OutOfMemory)?;
-    super::root_vm::build(&mut mem, bi)?;
+    if is_vmx() {
+        super::root_vm::build_vmx(&mut mem, bi)?;
+    } else {
+        super::root_vm::build(&mut mem, bi)?;
+    }
 
     let ext = &bi.extension;
     for seg in ext.segments.iter().take(ext.segment_count as usize) {
@@ -318,11 +327,17 @@ pub fn bring_up(
     // Capture what VMSAVE covers (FS, GS, TR, LDTR, syscall MSRs) exactly
     // as the OS had it into the private VMCB; the rest comes from the
     // captured state. Then the extension's shadow gets a copy to start from.
-    // SAFETY: EFER.SVME is set (trampoline); the private VMCB is ours.
-    unsafe { instr::vmsave(root.vmcb_pa) };
+    let vmx = is_vmx();
+    if !vmx {
+        // SAFETY: EFER.SVME is set (trampoline); the private VMCB is ours.
+        unsafe { instr::vmsave(root.vmcb_pa) };
+    }
     // SAFETY: the private VMCB is mapped only in the microkernel, and this
     // CPU's root state is not running; no other reference exists.
     let vmcb = unsafe { &mut *(root.vmcb_va as *mut Vmcb) };
+    if vmx {
+        root::vmsave_equivalent(&captured, &vmsave_msrs(), &mut vmcb.save);
+    }
     if let Err((e, detail)) = root::root_save_area(&captured, &mut vmcb.save, 0) {
         refuse(bi, landing, &captured, index, entry, e as u64, detail)
     }
@@ -354,6 +369,8 @@ pub fn bring_up(
             root_started: false,
             leaving: false,
             in_exception: false,
+            vmx: None,
+            nmi_pending: false,
             gdt: [0; selector::GDT_ENTRIES],
             gdtr: [0; 16],
             idtr: [0; 16],
@@ -370,7 +387,22 @@ pub fn bring_up(
     // From here the CPU runs on MicroV's own state; failures go through
     // `fail`, which promotes the root vCPU state built above. The root's own
     // values are safe in that state (VMSAVE and the captured state above).
-    load_host_state(pc, &limits, pages.host_vmcb.pa, pages.hsave.pa);
+    load_host_state(pc, &limits, pages.host_vmcb.pa, pages.hsave.pa, vmx);
+    if vmx {
+        // The VMXON region and the root's VMCS take the two pages AMD uses
+        // for its host save areas.
+        let caps = super::vmx::caps();
+        let cr4 = caps.cr4.adjust(cpu_state::host_cr4(&limits) | CR4_VMXE);
+        let host = vmx_host_state(pc, pages.idt.va, cr4);
+        // SAFETY: the private VMCB, complete; read only here.
+        let root_vmcb = unsafe { &*(pc.root.vmcb_va as *const Vmcb) };
+        let vmxon = (pages.host_vmcb.va, pages.host_vmcb.pa);
+        let vmcs = (pages.hsave.va, pages.hsave.pa);
+        match super::vmx::start(index, &caps, vmxon, vmcs, root_vmcb, &host) {
+            Ok(state) => pc.vmx = Some(state),
+            Err((e, detail)) => fail(pc, e, detail),
+        }
+    }
     if bi.injected_failure_cpu() == Some(index) {
         fail(pc, StartError::InjectedFailure, index)
     }
@@ -390,7 +422,7 @@ pub fn bring_up(
 /// Loads MicroV's own CPU state: control registers, XCR0, DR7, descriptor
 /// tables, segment bases, PAT and syscall MSRs; then saves it as the host
 /// state VMRUN returns to.
-fn load_host_state(pc: &PerCpu, limits: &Limits, host_vmcb_pa: u64, hsave_pa: u64) {
+fn load_host_state(pc: &PerCpu, limits: &Limits, host_vmcb_pa: u64, hsave_pa: u64, vmx: bool) {
     // SAFETY: ring 0; DR7 = 0x400 disarms every breakpoint.
     unsafe { instr::write_dr7(DR7_INIT) };
     // SAFETY: ring 0; protected mode with paging as now, MicroV's flags.
@@ -402,29 +434,105 @@ fn load_host_state(pc: &PerCpu, limits: &Limits, host_vmcb_pa: u64, hsave_pa: u6
     // SAFETY: the GDT, IDT and TSS in `pc` were built for this CPU and
     // stay mapped; the selectors match them.
     unsafe { asm::microv_load_host_segments(pc.gdtr.as_ptr(), pc.idtr.as_ptr()) };
-    let syscall_cs =
-        (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32);
     let msrs = [
-        (msr::EFER, cpu_state::HOST_EFER),
+        (msr::EFER, host_efer(vmx)),
         (msr::GS_BASE, pc.self_va),
-        (msr::KERNEL_GS_BASE, 0),
         (msr::FS_BASE, 0),
         (msr::PAT, msr::PAT_DEFAULT),
-        (msr::STAR, syscall_cs),
-        (msr::LSTAR, asm::microv_syscall_entry as *const () as u64),
-        (msr::CSTAR, 0),
-        (msr::SFMASK, SFMASK),
     ];
-    for (index, value) in msrs {
+    for (index, value) in msrs.into_iter().chain(host_syscall_msrs()) {
         // SAFETY: ring 0; each is an architectural MSR given MicroV's own
-        // valid value (EFER keeps LME/LMA/SVME as they are).
+        // valid value (EFER keeps LME/LMA, and SVME on AMD, as they are).
         unsafe { instr::wrmsr(index, value) };
+    }
+    if vmx {
+        return;
     }
     // SAFETY: EFER.SVME is set; the page is this CPU's host VMCB.
     unsafe { instr::vmsave(host_vmcb_pa) };
     // SAFETY: ring 0; the page is this CPU's host save area.
     unsafe { instr::wrmsr(msr::VM_HSAVE_PA, hsave_pa) };
 }
+
+/// True on a CPU with Intel VMX (the world switch is VMX's there).
+pub fn is_vmx() -> bool {
+    cpuid::virtualization(&mut instr::cpuid) == Virtualization::Vmx
+}
+
+/// MicroV's EFER: long mode, SYSCALL, NX, and SVME where SVM is used.
+fn host_efer(vmx: bool) -> u64 {
+    if vmx {
+        cpu_state::HOST_EFER & !msr::efer::SVME
+    } else {
+        cpu_state::HOST_EFER
+    }
+}
+
+/// MicroV's syscall MSRs (its gate for the extension), which VMX does not
+/// switch: loaded at bring-up, and again after every VM exit on Intel.
+fn host_syscall_msrs() -> [(u32, u64); 5] {
+    let syscall_cs =
+        (u64::from(selector::USER_BASE) << 48) | (u64::from(selector::KERNEL_CODE) << 32);
+    [
+        (msr::KERNEL_GS_BASE, 0),
+        (msr::STAR, syscall_cs),
+        (msr::LSTAR, asm::microv_syscall_entry as *const () as u64),
+        (msr::CSTAR, 0),
+        (msr::SFMASK, SFMASK),
+    ]
+}
+
+/// What VMSAVE would read on AMD, read with RDMSR before MicroV loads its
+/// own values (Intel).
+fn vmsave_msrs() -> root::VmsaveMsrs {
+    // SAFETY: ring 0; architectural MSRs of every x86-64 CPU; reading
+    // them has no effect.
+    let read = |index| unsafe { instr::rdmsr(index) };
+    root::VmsaveMsrs {
+        fs_base: read(msr::FS_BASE),
+        gs_base: read(msr::GS_BASE),
+        kernel_gs_base: read(msr::KERNEL_GS_BASE),
+        star: read(msr::STAR),
+        lstar: read(msr::LSTAR),
+        cstar: read(msr::CSTAR),
+        sfmask: read(msr::SFMASK),
+        sysenter_cs: read(msr::SYSENTER_CS),
+        sysenter_esp: read(msr::SYSENTER_ESP),
+        sysenter_eip: read(msr::SYSENTER_EIP),
+    }
+}
+
+/// The host state every VM exit loads: MicroV's, as `load_host_state`
+/// left it (its RSP is set before each entry).
+fn vmx_host_state(pc: &PerCpu, idt_va: u64, cr4: u64) -> HostState {
+    // SAFETY: ring 0; reading CR3 has no effect.
+    let cr3 = unsafe { instr::read_cr3() };
+    HostState {
+        cr0: cpu_state::HOST_CR0,
+        cr3,
+        cr4,
+        cs: selector::KERNEL_CODE,
+        ss: selector::KERNEL_DATA,
+        ds: selector::KERNEL_DATA,
+        es: selector::KERNEL_DATA,
+        fs: 0,
+        gs: 0,
+        tr: selector::TSS,
+        fs_base: 0,
+        gs_base: pc.self_va,
+        tr_base: &pc.tss as *const _ as u64,
+        gdtr_base: pc.gdt.as_ptr() as u64,
+        idtr_base: idt_va,
+        sysenter_cs: 0,
+        sysenter_esp: 0,
+        sysenter_eip: 0,
+        efer: host_efer(true),
+        pat: msr::PAT_DEFAULT,
+        rsp: 0,
+        rip: asm::microv_vmx_exit as *const () as u64,
+    }
+}
+
 
 /// This CPU's GDT, TSS (with the I/O bitmap that lets ring 3 reach
 /// [`EXTENSION_PORTS`]) and IDT (every exception on IST 1, whose top is `ist_top`).
@@ -516,6 +624,10 @@ pub fn run(pc: &mut PerCpu, id: u64) -> Result<core::convert::Infallible, SysSta
             promote_or_halt(pc, None)
         }
     } else {
+        // Guests run on SVM only so far: never VMRUN on an Intel CPU.
+        if pc.vmx.is_some() {
+            return Err(SysStatus::InvalidArgument);
+        }
         let vm = vs.vm.ok_or(SysStatus::InvalidArgument)?;
         if !vs::claim(id, pc.index) {
             return Err(SysStatus::Busy);
@@ -597,6 +709,50 @@ fn switch(vs: &vs::Vs, pc: &PerCpu, xcr0: u64) -> u64 {
     exit_code
 }
 
+/// One VM entry on Intel: the private VMCB into the VMCS, the run, the exit
+/// back into the private VMCB and out to the shadow; the exit code. A
+/// state VMX cannot enter ends as an invalid-state exit (the extension
+/// stops MicroV), with the reason in the log.
+fn vmx_switch(pc: &mut PerCpu, vs: &vs::Vs, xcr0: u64) -> u64 {
+    let Some(mut state) = pc.vmx else {
+        return exit::INVALID;
+    };
+    let host_msrs = host_syscall_msrs();
+    let tss_slot = pc.gdt.as_mut_ptr().wrapping_add(usize::from(selector::TSS >> 3));
+    let reload = || {
+        // SAFETY: this CPU's GDT slot of its own TSS, in its PerCpu page;
+        // nothing else touches it during the world switch.
+        unsafe { *tss_slot &= !TSS_BUSY };
+        // SAFETY: ring 0; MicroV's TSS descriptor, just marked available.
+        unsafe {
+            core::arch::asm!("ltr {0:x}", in(reg) selector::TSS, options(nostack, preserves_flags))
+        };
+    };
+    if pc.nmi_pending && super::vmx::deliver_nmi(vs.vmcb_va) {
+        pc.nmi_pending = false;
+    }
+    let result = super::vmx::run(
+        &mut state,
+        vs.vmcb_va,
+        vs.regs_va,
+        vs.fpu_va,
+        xcr0,
+        &host_msrs,
+        &reload,
+    );
+    pc.vmx = Some(state);
+    match result {
+        Ok(code) => {
+            copy_out(vs, &vmcb_spans::CONTROL_EXIT);
+            code
+        }
+        Err(e) => {
+            e.log(pc.index);
+            exit::INVALID
+        }
+    }
+}
+
 /// Runs this CPU's root vCPU state once.
 fn run_root(pc: &mut PerCpu, id: u64, vs: &vs::Vs) -> Result<u64, SysStatus> {
     let xcr0 = regs_xcr0(vs);
@@ -617,7 +773,11 @@ fn run_root(pc: &mut PerCpu, id: u64, vs: &vs::Vs) -> Result<u64, SysStatus> {
         // The loader's call returns as soon as the root runs: say so first.
         landing_of(pc).set_running(1);
     }
-    let exit_code = switch(vs, pc, xcr0);
+    let exit_code = if pc.vmx.is_some() {
+        vmx_switch(pc, vs, xcr0)
+    } else {
+        switch(vs, pc, xcr0)
+    };
     if first_root_run && exit_code != exit::INVALID {
         // The root ran: its RAX is its own now, not the loader's status.
         pc.root_started = true;
@@ -762,12 +922,32 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
     // exit): the root gets its own TSC_AUX back.
     pc.tsc_aux.enter_root(&mut TscAuxMsr);
     let landing = landing_of(pc);
-    landing.set_promote(root::promote_frame(&save, &regs.gprs));
+    let mut frame = root::promote_frame(&save, &regs.gprs);
+    if pc.vmx.is_some() && !root::promote_tr_ldtr(&save, &mut frame) {
+        log!(
+            "cpu {}: the root's TR {:#x} or LDTR {:#x} lies beyond what MicroV can load on Intel; halting",
+            pc.index,
+            save.tr.selector,
+            save.ldtr.selector
+        );
+        instr::halt_forever()
+    }
+    landing.set_promote(frame);
     landing.set_running(0);
     leaving(pc.index);
     log!("cpu {}: handing the CPU back to the root", pc.index);
-    // SAFETY: ring 0; the host save area is not needed once this CPU leaves.
-    unsafe { instr::wrmsr(msr::VM_HSAVE_PA, 0) };
+    let vmcb_pa = match pc.vmx {
+        Some(state) => {
+            leave_vmx(&state, &save);
+            0
+        }
+        None => {
+            // SAFETY: ring 0; the host save area is not needed once this
+            // CPU leaves.
+            unsafe { instr::wrmsr(msr::VM_HSAVE_PA, 0) };
+            pc.root.vmcb_pa
+        }
+    };
     let out = PromoteRegs {
         xcr0: regs.xcr0,
         fpu: pc.root.fpu_va,
@@ -775,7 +955,7 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
         cr2: save.cr2,
         cr4: save.cr4,
         cr0: save.cr0,
-        vmcb_pa: pc.root.vmcb_pa,
+        vmcb_pa,
         landing: pc.landing,
         entry: pc.promote_entry,
         cr3: save.cr3,
@@ -792,6 +972,31 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
     // final sequence cannot fault; the FPU area and VMCB are this CPU's root
     // vCPU state; `entry` is MicroV's private trampoline copy.
     unsafe { asm::microv_promote_final(&out) }
+}
+
+/// Intel: leaves VMX operation (the root's VMCS written back, VMX off; CR4
+/// loses VMXE with the root's CR4 next) and loads what VMLOAD loads on AMD
+/// but the trampoline does not: FS and GS bases, the syscall and SYSENTER
+/// MSRs. From here no host code uses GS or the syscall gate.
+fn leave_vmx(state: &super::vmx::VmxState, save: &SaveArea) {
+    super::vmx::leave(state.root_vmcs_pa);
+    let msrs = [
+        (msr::FS_BASE, save.fs.base),
+        (msr::GS_BASE, save.gs.base),
+        (msr::KERNEL_GS_BASE, save.kernel_gs_base),
+        (msr::STAR, save.star),
+        (msr::LSTAR, save.lstar),
+        (msr::CSTAR, save.cstar),
+        (msr::SFMASK, save.sfmask),
+        (msr::SYSENTER_CS, save.sysenter_cs),
+        (msr::SYSENTER_ESP, save.sysenter_esp),
+        (msr::SYSENTER_EIP, save.sysenter_eip),
+    ];
+    for (index, value) in msrs {
+        // SAFETY: ring 0; the root's own values of architectural MSRs,
+        // which held them before MicroV (checked canonical by VM entry).
+        unsafe { instr::wrmsr(index, value) };
+    }
 }
 
 /// MicroV cannot go on on this CPU: record why, make every CPU leave at its

@@ -9,6 +9,7 @@ mod mm;
 mod percpu;
 mod root_apic;
 mod root_vm;
+mod vmx;
 mod syscall;
 mod vs;
 
@@ -68,10 +69,9 @@ extern "C" fn microv_kernel_main(landing_va: u64, index: u64, bi_va: u64) -> ! {
     if copy.magic != launch::LANDING_MAGIC || copy.launch_version != launch::LAUNCH_VERSION {
         cpu::early_return(landing, &captured, index, bi.promote_entry, StartError::BadImage as u64, 0)
     }
-    // The world switch is chosen by the CPU; only SVM's exists so far.
+    // The world switch is chosen by the CPU (`cpu::is_vmx`).
     let refusal = match cpuid::virtualization(&mut microv_arch::instr::cpuid) {
-        Virtualization::Svm => None,
-        Virtualization::Vmx => Some(StartError::VmxNotReady),
+        Virtualization::Svm | Virtualization::Vmx => None,
         Virtualization::None => Some(StartError::SvmUnsupported),
     };
     if let Some(e) = refusal {

@@ -61,6 +61,11 @@ pub struct PerCpu {
     pub leaving: bool,
     /// Set while the exception handler runs: a nested fault halts.
     pub in_exception: bool,
+    /// Intel: this CPU's VMX state (None on AMD).
+    pub vmx: Option<super::vmx::VmxState>,
+    /// Intel: an NMI arrived in host mode; the root gets it at its next
+    /// entry that can take one.
+    pub nmi_pending: bool,
     pub gdt: [u64; selector::GDT_ENTRIES],
     pub gdtr: [u8; 16],
     pub idtr: [u8; 16],
@@ -83,6 +88,22 @@ pub struct SwitchArgs {
     pub fpu: *mut u8,
     /// The guest's XCR0, checked: loaded before its FPU state and VMRUN.
     pub xcr0: u64,
+}
+
+/// What `microv_vmx_world_switch` takes and gives back (offsets used by the
+/// assembly).
+#[repr(C)]
+pub struct VmxSwitchArgs {
+    pub regs: *mut microv_abi::syscall::VsRegs,
+    pub fpu: *mut u8,
+    /// The guest's XCR0, checked: loaded before its FPU state.
+    pub xcr0: u64,
+    /// The guest's CR2: in before the entry, out after the exit.
+    pub cr2: u64,
+    /// Nonzero once the current VMCS was launched (VMRESUME, not VMLAUNCH).
+    pub launched: u64,
+    /// 0 after a VM exit; after a VMfail, RFLAGS with bit 63 set.
+    pub fail_rflags: u64,
 }
 
 /// Where every CPU's data and exception stack are, for `from_stack`.

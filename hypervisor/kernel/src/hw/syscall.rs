@@ -15,6 +15,9 @@ use super::percpu::{self, PerCpu};
 use super::vs;
 use crate::fault::{self, ExceptionFrame};
 
+/// The NMI's vector.
+const NMI_VECTOR: u64 = 2;
+
 /// Registers at `syscall`, as the gate pushes them.
 #[repr(C)]
 pub struct SyscallFrame {
@@ -198,6 +201,12 @@ extern "C" fn microv_exception(frame: &mut ExceptionFrame) {
     let Some(pc) = (unsafe { percpu::from_stack(frame as *const ExceptionFrame as u64) }) else {
         microv_arch::instr::halt_forever()
     };
+    if frame.vector == NMI_VECTOR && pc.vmx.is_some() {
+        // VMX root operation does not hold NMIs (no GIF): one that arrives
+        // in host mode is the root's, delivered at its next entry.
+        pc.nmi_pending = true;
+        return;
+    }
     if pc.in_exception || pc.leaving {
         // A fault while handling a fault, or during promotion: going on
         // could only repeat it. This CPU stops here; the others carry on.
