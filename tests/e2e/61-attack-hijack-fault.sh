@@ -1,11 +1,12 @@
 #!/bin/sh
+# e2e-cpu: amd intel
 # Attack: hijack a failure-time promotion. As in 60-attack-hijack-stop.sh
 # (fake TSS with IST1 on a page the root owns, fake GS base, then CR4.OSXSAVE
 # cleared, CR0.TS set or a DR7 breakpoint on the promotion code), but CPU 1
 # then makes the test extension fault (hv.test_fault, a page fault in ring
 # 3), so MicroV fails and hands the CPUs back. The CPU must come back native
 # with exactly the state the root had (its fake TR and GS base, its CR0/CR4/
-# DR7), the re-executed vmmcall raising #UD as on bare metal; no register
+# DR7), the re-executed hypercall (vmmcall, or vmcall on Intel) raising #UD as on bare metal; no register
 # may hold hypervisor data and the fake pages stay untouched. MicroV stops
 # everywhere with a fault record; Linux is healthy, the workload checksums
 # are unchanged, and MicroV starts again. Needs the test extension.

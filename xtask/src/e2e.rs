@@ -60,24 +60,24 @@ pub fn check_prerequisites(args: &MachineArgs, scripts: &[PathBuf]) -> Result<()
     }
     if scripts
         .iter()
-        .any(|s| machine_of(args, s) == Machine::Intel)
+        .any(|s| machines_of(args, s).contains(&Machine::Intel))
     {
         prereq::check(prereq::INTEL_VM)?;
     }
     Ok(())
 }
 
-/// The machine a script runs on: the Intel one if the command line says
-/// `--cpu intel` or the script `# e2e-cpu: intel`, else the AMD one (a
+/// The machines a script runs on: the Intel one if the command line says
+/// `--cpu intel`, else those its `# e2e-cpu:` names, else the AMD one (a
 /// script whose header is wrong fails later, in [`run_script`]).
-pub fn machine_of(args: &MachineArgs, script: &Path) -> Machine {
+pub fn machines_of(args: &MachineArgs, script: &Path) -> Vec<Machine> {
     if args.machine() == Machine::Intel {
-        return Machine::Intel;
+        return vec![Machine::Intel];
     }
     fs::read_to_string(script)
         .ok()
         .and_then(|text| cpu_header(&text).ok().flatten())
-        .unwrap_or_default()
+        .unwrap_or_else(|| vec![Machine::Amd])
 }
 
 /// Runs one script in a fresh machine; the console and the port 0xE9 output
@@ -90,19 +90,21 @@ pub fn run_script(
     kernel: &Kernel,
     args: &MachineArgs,
     script: &Path,
+    machine: Machine,
     echo: bool,
 ) -> Result<ScriptResult> {
-    let name = script
+    let file_name = script
         .file_name()
         .context("script without a name")?
         .to_string_lossy()
         .into_owned();
+    let name = run_name(&file_name, machine, &machines_of(args, script));
     let logs = stage.join("e2e");
     fs::create_dir_all(&logs)?;
     let text =
         fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
     let header = qemu_header(&text).map_err(|why| anyhow!("{name}: {why}"))?;
-    let vm_path = format!("/tests/{name}");
+    let vm_path = format!("/tests/{file_name}");
     let mut cfg = machine::config(root, args, vec![vm_path.clone()]);
     if let Some(smp) = smp_header(&text).map_err(|why| anyhow!("{name}: {why}"))? {
         cfg.smp = smp;
@@ -118,7 +120,6 @@ pub fn run_script(
     for (esp, repo) in esp_file_headers(&text).map_err(|why| anyhow!("{name}: {why}"))? {
         cfg.esp_files.push((esp, root.join(repo)));
     }
-    let machine = machine_of(args, script);
     cpu_header(&text).map_err(|why| anyhow!("{name}: {why}"))?;
     cfg.machine = machine;
     cfg.echo = echo;
@@ -203,19 +204,44 @@ pub const SMP_HEADER: &str = "e2e-smp:";
 /// The comment that makes a script's machine boot another way.
 pub const BOOT_HEADER: &str = "e2e-boot:";
 
-/// The comment that picks a script's machine: `intel` (Bochs) or `amd`
-/// (QEMU, the default).
+/// The comment that picks a script's machines: `intel` (Bochs), `amd`
+/// (QEMU, the default), or both (`amd intel`: the script runs on each).
 pub const CPU_HEADER: &str = "e2e-cpu:";
 
-/// The machine a script asks for with `# e2e-cpu: intel|amd`, if it asks.
-pub fn cpu_header(script: &str) -> Result<Option<Machine>, String> {
-    match header_value(script, CPU_HEADER) {
-        None => Ok(None),
-        Some(Machine::INTEL) => Ok(Some(Machine::Intel)),
-        Some("amd") => Ok(Some(Machine::Amd)),
-        Some(other) => Err(format!(
-            "`{CPU_HEADER}` wants `intel` or `amd`, not `{other}`"
-        )),
+/// The machines a script asks for with `# e2e-cpu: amd|intel [...]`, if it
+/// asks.
+pub fn cpu_header(script: &str) -> Result<Option<Vec<Machine>>, String> {
+    let Some(value) = header_value(script, CPU_HEADER) else {
+        return Ok(None);
+    };
+    let mut machines = Vec::new();
+    for word in value.split_whitespace() {
+        let machine = match word {
+            Machine::INTEL => Machine::Intel,
+            "amd" => Machine::Amd,
+            other => {
+                return Err(format!(
+                    "`{CPU_HEADER}` wants `amd`, `intel` or both, not `{other}`"
+                ))
+            }
+        };
+        if !machines.contains(&machine) {
+            machines.push(machine);
+        }
+    }
+    if machines.is_empty() {
+        return Err(format!("`{CPU_HEADER}` names no machine"));
+    }
+    Ok(Some(machines))
+}
+
+/// The name a script's results and logs go by on `machine`: its file name,
+/// with `@intel` added for the Intel run of a script that runs on both.
+pub fn run_name(name: &str, machine: Machine, machines: &[Machine]) -> String {
+    if machine == Machine::Intel && machines.len() > 1 {
+        format!("{name}@{}", Machine::INTEL)
+    } else {
+        name.to_string()
     }
 }
 
@@ -378,7 +404,7 @@ pub fn qemu_header(script: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::{
-        boot_header, cpu_header, esp_file_headers, header_values, intel_conflict,
+        boot_header, cpu_header, run_name, esp_file_headers, header_values, intel_conflict,
         missing_debugcon_lines, qemu_header, smp_header,
     };
     use crate::esp::Boot;
@@ -427,9 +453,18 @@ mod tests {
     fn a_script_can_ask_for_the_intel_machine() {
         assert_eq!(
             cpu_header("#!/bin/sh\n# e2e-cpu: intel\n# e2e-smp: 1\n"),
-            Ok(Some(Machine::Intel))
+            Ok(Some(vec![Machine::Intel]))
         );
-        assert_eq!(cpu_header("#!/bin/sh\n# e2e-cpu: amd\n"), Ok(Some(Machine::Amd)));
+        assert_eq!(cpu_header("#!/bin/sh\n# e2e-cpu: amd\n"), Ok(Some(vec![Machine::Amd])));
+        assert_eq!(
+            cpu_header("#!/bin/sh\n# e2e-cpu: amd intel amd\n"),
+            Ok(Some(vec![Machine::Amd, Machine::Intel]))
+        );
+        assert!(cpu_header("# e2e-cpu: \n").is_err());
+        let both = [Machine::Amd, Machine::Intel];
+        assert_eq!(run_name("61-a.sh", Machine::Intel, &both), "61-a.sh@intel");
+        assert_eq!(run_name("61-a.sh", Machine::Amd, &both), "61-a.sh");
+        assert_eq!(run_name("98-i.sh", Machine::Intel, &[Machine::Intel]), "98-i.sh");
         assert_eq!(cpu_header("#!/bin/sh\nset -eu\n# e2e-cpu: intel\n"), Ok(None));
         assert!(cpu_header("# e2e-cpu: Intel\n").is_err());
         assert!(cpu_header("# e2e-cpu: EPYC\n").is_err());

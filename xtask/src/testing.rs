@@ -133,21 +133,26 @@ fn run_e2e(root: &Path, args: &TestArgs) -> Result<Vec<ScriptResult>> {
                 .collect());
         }
     };
-    let (intel, amd): (Vec<PathBuf>, Vec<PathBuf>) = scripts
-        .into_iter()
-        .partition(|s| e2e::machine_of(machine_args, s) == Machine::Intel);
-    let run_all = |scripts: &[PathBuf], echo: bool| -> Vec<ScriptResult> {
+    let on = |machine: Machine| -> Vec<PathBuf> {
+        scripts
+            .iter()
+            .filter(|s| e2e::machines_of(machine_args, s).contains(&machine))
+            .cloned()
+            .collect()
+    };
+    let (intel, amd) = (on(Machine::Intel), on(Machine::Amd));
+    let run_all = |scripts: &[PathBuf], machine: Machine, echo: bool| -> Vec<ScriptResult> {
         scripts
             .iter()
             .map(|script| {
-                e2e::run_script(root, &stage, &kernel, machine_args, script, echo)
+                e2e::run_script(root, &stage, &kernel, machine_args, script, machine, echo)
                     .unwrap_or_else(|e| failed(script, format!("could not run: {e:#}")))
             })
             .collect()
     };
     let mut results = if intel.is_empty() || amd.is_empty() {
-        let mut results = run_all(&amd, true);
-        results.extend(run_all(&intel, true));
+        let mut results = run_all(&amd, Machine::Amd, true);
+        results.extend(run_all(&intel, Machine::Intel, true));
         results
     } else {
         println!(
@@ -156,8 +161,8 @@ fn run_e2e(root: &Path, args: &TestArgs) -> Result<Vec<ScriptResult>> {
             stage.display()
         );
         std::thread::scope(|scope| {
-            let beside = scope.spawn(|| run_all(&intel, false));
-            let mut results = run_all(&amd, true);
+            let beside = scope.spawn(|| run_all(&intel, Machine::Intel, false));
+            let mut results = run_all(&amd, Machine::Amd, true);
             match beside.join() {
                 Ok(more) => results.extend(more),
                 Err(_) => results.extend(

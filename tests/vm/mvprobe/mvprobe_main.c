@@ -93,6 +93,7 @@
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
 #include <linux/workqueue.h>
+#include <asm/alternative.h>
 #include <asm/apic.h>
 #include <asm/asm.h>
 #include <asm/debugreg.h>
@@ -208,7 +209,8 @@ static const char *handle_error(int err)
 	return err == -ENOENT ? "no-export" : err == -ENODEV ? "not-running" : "ok";
 }
 
-/* A hypercall; without MicroV, vmmcall raises #UD and RAX comes back as is. */
+/* A hypercall (vmmcall on AMD, vmcall on Intel); without MicroV it raises
+ * #UD and RAX comes back as is. */
 static u64 hypercall(u64 call, u64 *r10, u64 *r11, u64 *r12, u64 *r13)
 {
 	register u64 a10 asm("r10") = *r10;
@@ -217,7 +219,8 @@ static u64 hypercall(u64 call, u64 *r10, u64 *r11, u64 *r12, u64 *r13)
 	register u64 a13 asm("r13") = *r13;
 	u64 rax = call;
 
-	asm volatile("1: vmmcall\n2:\n" _ASM_EXTABLE(1b, 2b)
+	asm volatile("1: " ALTERNATIVE("vmcall", "vmmcall", X86_FEATURE_VMMCALL) "\n2:\n"
+		     _ASM_EXTABLE(1b, 2b)
 		     : "+a"(rax), "+r"(a10), "+r"(a11), "+r"(a12), "+r"(a13)
 		     :
 		     : "memory");

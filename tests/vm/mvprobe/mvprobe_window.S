@@ -20,6 +20,8 @@
  * RDI R8..R15), 8 bytes each.
  */
 #include <linux/linkage.h>
+#include <asm/alternative.h>
+#include <asm/cpufeatures.h>
 
 #define W_PROBE_IDTR	0
 #define W_RW_GDTR	16
@@ -158,7 +160,8 @@ mvp_window_run:
 	mov rdi, [rdi + W_IN + 56]
 	.globl mvp_window_call
 mvp_window_call:
-	vmmcall
+	/* vmmcall on AMD, vmcall on Intel (both three bytes). */
+	ALTERNATIVE "vmcall", "vmmcall", X86_FEATURE_VMMCALL
 	/* The hypercall returned: record the registers as they came back. */
 	push rdi
 	mov rdi, [rip + mvp_cur]

@@ -54,9 +54,23 @@ const EXT_STACK_PAGES: u64 = EXTENSION_STACK_SIZE / PAGE_SIZE;
 const MAX_FPU_PAGES: u64 = 4;
 /// DR7 with every breakpoint disabled.
 pub const DR7_INIT: u64 = 0x400;
-/// How long a CPU waits at the stop rendezvous for the others (TSC ticks;
-/// about a second on current CPUs).
+/// How long a CPU waits at the stop rendezvous for the others when the TSC
+/// frequency is unknown (TSC ticks; about a second on current CPUs).
 const STOP_TIMEOUT_TICKS: u64 = 3_000_000_000;
+
+/// How long a CPU waits at the stop rendezvous for the others: a second of
+/// TSC ticks at the frequency the loader measured (an emulator's TSC may
+/// run far slower than a real CPU's), else [`STOP_TIMEOUT_TICKS`].
+fn stop_timeout_ticks() -> u64 {
+    match TSC_KHZ.load(Ordering::Relaxed) {
+        0 => STOP_TIMEOUT_TICKS,
+        khz => khz.saturating_mul(1000),
+    }
+}
+
+/// The TSC frequency from the boot info (kHz; 0 unknown), kept at start so
+/// the stop path reads it without a lock.
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
 
 /// CPUs in MicroV: entered (bring-up counts, so a stop cannot leave a CPU
 /// behind that is still being brought up) and not yet left.
@@ -169,6 +183,7 @@ pub fn global_init(bi: &'static BootInfo, bi_va: u64) -> Result<(), StartError> 
         ring.size = bi.log_size;
     }
     percpu::set_kernel_stacks(POOL_VA + bi.stacks_offset, u64::from(bi.cpu_count));
+    TSC_KHZ.store(bi.tsc_khz, Ordering::Relaxed);
     let mut mem = MEMORY.lock();
     mem.boot = bi;
     // SAFETY: ring 0; the trampoline switched to MicroV's tables.
@@ -853,9 +868,10 @@ pub fn stop(pc: &mut PerCpu, id: u64) -> SysStatus {
         log!("cpu {}: root state cannot be loaded: {:?}", pc.index, e);
         return SysStatus::InvalidArgument;
     }
+    let timeout = stop_timeout_ticks();
     let start = instr::rdtsc();
     let outcome = STOP.arrive_and_wait(&|| IN_MICROV.load(Ordering::Acquire), &mut || {
-        instr::rdtsc().wrapping_sub(start) > STOP_TIMEOUT_TICKS
+        instr::rdtsc().wrapping_sub(start) > timeout
     });
     match outcome {
         Outcome::Leave => {
@@ -961,11 +977,12 @@ fn promote_or_halt(pc: &mut PerCpu, together: Option<u64>) -> ! {
         cr3: save.cr3,
     };
     if let Some(n) = together {
+        let timeout = stop_timeout_ticks();
         let start = instr::rdtsc();
         // After the commit there is no way back: a CPU that never arrives
         // (it halted) only delays the others by the timeout.
         let _ = READY.arrive_and_wait(&|| n, &mut || {
-            instr::rdtsc().wrapping_sub(start) > STOP_TIMEOUT_TICKS
+            instr::rdtsc().wrapping_sub(start) > timeout
         });
     }
     // SAFETY: every value was checked above (check_promotable), so the
