@@ -225,20 +225,6 @@ pub fn write_guest(
     cpu: &VmxCpu,
     vmcs: &mut dyn Vmcs,
 ) -> Result<Flush, EntryError> {
-    write_guest_since(save, control, regs, redeliver, cpu, None, vmcs)
-}
-
-/// As [`write_guest`], writing only what differs from `last` (what the
-/// VMCS holds: [`after_exit`]).
-pub fn write_guest_since(
-    save: &SaveArea,
-    control: &Control,
-    regs: &mut VsRegs,
-    redeliver: Option<&Vectoring>,
-    cpu: &VmxCpu,
-    last: Option<&GuestState>,
-    vmcs: &mut dyn Vmcs,
-) -> Result<Flush, EntryError> {
     let flush = match control.tlb_control {
         tlb::DO_NOTHING => Flush::None,
         tlb::FLUSH_ALL => Flush::All,
@@ -251,7 +237,7 @@ pub fn write_guest_since(
     };
     let state = translate(save, control, kept, redeliver, cpu)?;
     vmx_check::check_guest(&state, cpu).map_err(EntryError::Guest)?;
-    write_changed(&state, last, vmcs)?;
+    write(&state, vmcs)?;
     if let Some(rax) = regs.gprs.get_mut(gpr::RAX) {
         *rax = save.rax;
     }
@@ -397,97 +383,49 @@ pub fn vmx_segment(s: &Segment) -> VmxSegment {
 
 /// Writes `state` into the current VMCS.
 pub fn write(state: &GuestState, vmcs: &mut dyn Vmcs) -> Result<(), VmFail> {
-    write_changed(state, None, vmcs)
-}
-
-/// Writes the fields of `state` that differ from `last`, the state the
-/// VMCS holds (as [`after_exit`] translated it); every field if `last` is
-/// `None`. After an exit the CPU left the guest's state in the VMCS, so
-/// only what the extension changed (RIP past an instruction, an injected
-/// event, an emulated register) costs a VMWRITE.
-pub fn write_changed(
-    state: &GuestState,
-    last: Option<&GuestState>,
-    vmcs: &mut dyn Vmcs,
-) -> Result<(), VmFail> {
-    macro_rules! put {
-        ($field:expr, $($name:ident).+) => {
-            if last.is_none_or(|l| l.$($name).+ != state.$($name).+) {
-                $field.write(vmcs, state.$($name).+)?;
-            }
-        };
+    guest::CR0.write(vmcs, state.cr0)?;
+    guest::CR3.write(vmcs, state.cr3)?;
+    guest::CR4.write(vmcs, state.cr4)?;
+    control::CR0_READ_SHADOW.write(vmcs, state.cr0_shadow)?;
+    control::CR4_READ_SHADOW.write(vmcs, state.cr4_shadow)?;
+    guest::DR7.write(vmcs, state.dr7)?;
+    guest::DEBUGCTL.write(vmcs, state.debugctl)?;
+    guest::EFER.write(vmcs, state.efer)?;
+    guest::PAT.write(vmcs, state.pat)?;
+    guest::RSP.write(vmcs, state.rsp)?;
+    guest::RIP.write(vmcs, state.rip)?;
+    guest::RFLAGS.write(vmcs, state.rflags)?;
+    for (s, f) in segments(state) {
+        f.selector.write(vmcs, s.selector)?;
+        f.base.write(vmcs, s.base)?;
+        f.limit.write(vmcs, s.limit)?;
+        f.access_rights.write(vmcs, s.rights)?;
     }
-    put!(guest::CR0, cr0);
-    put!(guest::CR3, cr3);
-    put!(guest::CR4, cr4);
-    put!(control::CR0_READ_SHADOW, cr0_shadow);
-    put!(control::CR4_READ_SHADOW, cr4_shadow);
-    put!(guest::DR7, dr7);
-    put!(guest::DEBUGCTL, debugctl);
-    put!(guest::EFER, efer);
-    put!(guest::PAT, pat);
-    put!(guest::RSP, rsp);
-    put!(guest::RIP, rip);
-    put!(guest::RFLAGS, rflags);
-    let old = last.map(segments);
-    for (i, (s, f)) in segments(state).into_iter().enumerate() {
-        let before = old.as_ref().and_then(|o| o.get(i)).map(|(seg, _)| **seg);
-        if before != Some(*s) {
-            f.selector.write(vmcs, s.selector)?;
-            f.base.write(vmcs, s.base)?;
-            f.limit.write(vmcs, s.limit)?;
-            f.access_rights.write(vmcs, s.rights)?;
-        }
-    }
-    put!(guest::GDTR_BASE, gdtr_base);
-    put!(guest::GDTR_LIMIT, gdtr_limit);
-    put!(guest::IDTR_BASE, idtr_base);
-    put!(guest::IDTR_LIMIT, idtr_limit);
-    put!(guest::SYSENTER_CS, sysenter_cs);
-    put!(guest::SYSENTER_ESP, sysenter_esp);
-    put!(guest::SYSENTER_EIP, sysenter_eip);
-    put!(guest::INTERRUPTIBILITY, interruptibility);
-    put!(guest::ACTIVITY_STATE, activity);
-    put!(guest::PENDING_DEBUG_EXCEPTIONS, pending_debug);
-    if last.is_none_or(|l| l.ia32e != state.ia32e) {
-        let entry_controls = control::ENTRY_CONTROLS.read(vmcs)?;
-        let ia32e = if state.ia32e {
-            entry::IA32E_MODE_GUEST
-        } else {
-            0
-        };
-        control::ENTRY_CONTROLS.write(vmcs, entry_controls & !entry::IA32E_MODE_GUEST | ia32e)?;
-    }
+    guest::GDTR_BASE.write(vmcs, state.gdtr_base)?;
+    guest::GDTR_LIMIT.write(vmcs, state.gdtr_limit)?;
+    guest::IDTR_BASE.write(vmcs, state.idtr_base)?;
+    guest::IDTR_LIMIT.write(vmcs, state.idtr_limit)?;
+    guest::SYSENTER_CS.write(vmcs, state.sysenter_cs)?;
+    guest::SYSENTER_ESP.write(vmcs, state.sysenter_esp)?;
+    guest::SYSENTER_EIP.write(vmcs, state.sysenter_eip)?;
+    guest::INTERRUPTIBILITY.write(vmcs, state.interruptibility)?;
+    guest::ACTIVITY_STATE.write(vmcs, state.activity)?;
+    guest::PENDING_DEBUG_EXCEPTIONS.write(vmcs, state.pending_debug)?;
+    let entry_controls = control::ENTRY_CONTROLS.read(vmcs)?;
+    let ia32e = if state.ia32e {
+        entry::IA32E_MODE_GUEST
+    } else {
+        0
+    };
+    control::ENTRY_CONTROLS.write(vmcs, entry_controls & !entry::IA32E_MODE_GUEST | ia32e)?;
     match state.injection {
         Some(i) => {
             control::ENTRY_INTERRUPTION_INFO.write(vmcs, i.info)?;
             control::ENTRY_EXCEPTION_ERROR_CODE.write(vmcs, i.error_code)?;
             control::ENTRY_INSTRUCTION_LENGTH.write(vmcs, i.instruction_length)
         }
-        // Every VM exit clears the valid bit: nothing to write after one.
-        None if last.is_some_and(|l| l.injection.is_none()) => Ok(()),
         None => control::ENTRY_INTERRUPTION_INFO.write(vmcs, 0),
     }
-}
-
-/// The state the VMCS holds after an exit, as [`translate`] gives it for
-/// the save area `read_exit` just filled (no event pending: the exit
-/// consumed it): what the next entry's [`write_changed`] compares with.
-pub fn after_exit(
-    save: &SaveArea,
-    control: &Control,
-    cpu: &VmxCpu,
-    vmcs: &mut dyn Vmcs,
-) -> Result<GuestState, EntryError> {
-    let kept = Kept {
-        interruptibility: guest::INTERRUPTIBILITY.read(vmcs)?,
-        pending_debug: guest::PENDING_DEBUG_EXCEPTIONS.read(vmcs)?,
-    };
-    let quiet = Control {
-        event_inj: 0,
-        ..*control
-    };
-    translate(save, &quiet, kept, None, cpu)
 }
 
 /// The eight segment registers with their fields.
@@ -653,59 +591,6 @@ pub(crate) mod tests {
 
     fn field(vmcs: &FakeVmcs, encoding: u32) -> u64 {
         vmcs.fields[&encoding]
-    }
-
-    #[test]
-    fn only_what_changed_since_the_exit_is_written() {
-        let cpu = cpu();
-        let mut v = linux();
-        let mut regs = VsRegs::default();
-        let mut vmcs = fresh_vmcs();
-        write_guest(&v.save, &v.control, &mut regs, None, &cpu, &mut vmcs).unwrap();
-        let last = after_exit(&v.save, &v.control, &cpu, &mut vmcs).unwrap();
-        // Mark every field: whatever write_changed leaves alone keeps it.
-        let marked: Vec<u32> = vmcs.fields.keys().copied().collect();
-        for e in &marked {
-            vmcs.fields.insert(*e, 0xdead);
-        }
-        guest::INTERRUPTIBILITY.write(&mut vmcs, 0).unwrap();
-        guest::PENDING_DEBUG_EXCEPTIONS.write(&mut vmcs, 0).unwrap();
-        // The extension moved RIP past an instruction and injects #GP.
-        v.save.rip += 2;
-        v.control.event_inj = svm_event::exception_with_code(13, 0);
-        write_guest_since(&v.save, &v.control, &mut regs, None, &cpu, Some(&last), &mut vmcs)
-            .unwrap();
-        assert_eq!(field(&vmcs, guest::RIP.encoding()), v.save.rip);
-        assert_ne!(field(&vmcs, control::ENTRY_INTERRUPTION_INFO.encoding()), 0xdead);
-        for untouched in [
-            guest::CR0.encoding(),
-            guest::CR3.encoding(),
-            guest::RSP.encoding(),
-            guest::CS_SELECTOR.encoding(),
-            guest::TR_BASE.encoding(),
-            guest::GDTR_BASE.encoding(),
-            control::ENTRY_CONTROLS.encoding(),
-        ] {
-            assert_eq!(field(&vmcs, untouched), 0xdead, "{untouched:#x} rewritten");
-        }
-        // With nothing to inject after an exit, the (cleared) field stays.
-        v.control.event_inj = 0;
-        vmcs.fields.insert(control::ENTRY_INTERRUPTION_INFO.encoding(), 0xdead);
-        write_guest_since(&v.save, &v.control, &mut regs, None, &cpu, Some(&last), &mut vmcs)
-            .unwrap();
-        assert_eq!(field(&vmcs, control::ENTRY_INTERRUPTION_INFO.encoding()), 0xdead);
-        // A changed segment is written whole.
-        v.save.ds = v.save.ss;
-        write_guest_since(&v.save, &v.control, &mut regs, None, &cpu, Some(&last), &mut vmcs)
-            .unwrap();
-        assert_eq!(field(&vmcs, guest::DS_SELECTOR.encoding()), 0x18);
-        assert_ne!(field(&vmcs, guest::DS_ACCESS_RIGHTS.encoding()), 0xdead);
-        assert_ne!(field(&vmcs, guest::DS_BASE.encoding()), 0xdead);
-        // Without a last state everything is written, the entry controls too.
-        control::ENTRY_CONTROLS.write(&mut vmcs, 0x11ff).unwrap();
-        write(&last, &mut vmcs).unwrap();
-        assert_eq!(field(&vmcs, control::ENTRY_CONTROLS.encoding()), 0x13ff);
-        assert_eq!(field(&vmcs, guest::CR3.encoding()), v.save.cr3);
     }
 
     #[test]

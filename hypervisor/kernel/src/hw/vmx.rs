@@ -25,7 +25,7 @@ use crate::vmx_event::Vectoring;
 use crate::vmx_exit;
 use crate::vmx_host::{self, HostState};
 use crate::vmx_root::{self, RootTables};
-use crate::vmx_state::{self, EntryError, GuestState, VmxCpu};
+use crate::vmx_state::{self, EntryError, VmxCpu};
 
 /// The current VMCS, through VMREAD and VMWRITE.
 pub struct HwVmcs;
@@ -115,9 +115,6 @@ pub struct VmxState {
     /// The event the last exit interrupted, delivered again at the next
     /// entry.
     pub redeliver: Option<Vectoring>,
-    /// The guest state the VMCS holds since the last exit: the next entry
-    /// writes only what differs (None: write everything).
-    pub last: Option<GuestState>,
 }
 
 /// What the logic modules need to know of this CPU's VMX.
@@ -184,7 +181,6 @@ pub fn start(
         launched: false,
         cpu,
         redeliver: None,
-        last: None,
     })
 }
 
@@ -238,17 +234,8 @@ pub fn run(
         let v = unsafe { &*vmcb };
         // SAFETY: as above, for the register page.
         let r = unsafe { &mut *regs };
-        let last = state.last.take();
-        vmx_state::write_guest_since(
-            &v.save,
-            &v.control,
-            r,
-            state.redeliver.as_ref(),
-            &state.cpu,
-            last.as_ref(),
-            &mut HwVmcs,
-        )
-        .map_err(RunError::Entry)?;
+        vmx_state::write_guest(&v.save, &v.control, r, state.redeliver.as_ref(), &state.cpu, &mut HwVmcs)
+            .map_err(RunError::Entry)?;
         for index in vmx_state::SYSCALL_MSRS {
             if let Some(value) = vmx_state::syscall_msr(&v.save, index) {
                 // SAFETY: ring 0; the root's own value of a syscall MSR,
@@ -293,7 +280,6 @@ pub fn run(
     let record = vmx_exit::read_exit(&mut HwVmcs, &state.cpu, &mut v.save, &mut v.control, r)
         .map_err(RunError::Exit)?;
     state.redeliver = record.vectoring;
-    state.last = vmx_state::after_exit(&v.save, &v.control, &state.cpu, &mut HwVmcs).ok();
     Ok(v.control.exit_code)
 }
 
