@@ -80,7 +80,7 @@ start_errors! {
     StopRefused = 24 : "not every CPU joined the stop in time (MicroV waited about a second for all of them); nothing changed, MicroV keeps running on every CPU",
         "run `microv stop` again; if it keeps being refused, look for a CPU stuck with interrupts off (`dmesg`) and see `microv log`",
     PageTableIsolation = 25 : "kernel page-table isolation (pti=on) is active; MicroV's hand-back path needs the kernel mapped in every page table",
-        "boot without pti=on (AMD CPUs are not affected by Meltdown and do not need it)",
+        "boot with pti=off (AMD CPUs are not affected by Meltdown and do not need it; on an Intel CPU that is, pti=off gives up the kernel's Meltdown protection)",
     VmsRunning = 26 : "micro VMs are running; stopping MicroV would pull the hypervisor from under them",
         "end them first (`microv status` lists them with their VMM's pid), then stop",
     EarlyBoot = 27 : "MicroV was started at boot, before Linux (early boot), and runs until the machine restarts",

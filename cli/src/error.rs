@@ -226,7 +226,7 @@ mod tests {
             e.render(),
             "microv: start failed: kernel page-table isolation (pti=on) is active; MicroV's \
              hand-back path needs the kernel mapped in every page table\n\
-             hint: boot without pti=on (AMD CPUs are not affected by Meltdown and do not need it)\n"
+             hint: boot with pti=off (AMD CPUs are not affected by Meltdown and do not need it; on an Intel CPU that is, pti=off gives up the kernel's Meltdown protection)\n"
         );
         // A CPU that stayed behind while others left is not a refusal.
         let e = CliError::ioctl_failed(
