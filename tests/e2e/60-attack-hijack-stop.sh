@@ -1,5 +1,4 @@
 #!/bin/sh
-# e2e-cpu: amd intel
 # Attack: hijack the promotion path with hv.stop_pp. On CPU 1, with
 # interrupts off, the root kernel (mvprobe) loads TR with a fake TSS whose
 # IST1 points at a page it owns, points MSR GS_BASE at a fake per-CPU page,
