@@ -98,11 +98,16 @@ pub fn handle(
     hv: &HvState,
     host: &mut dyn Host,
 ) -> Action {
-    let kind = match exit {
-        Exit::NestedFault { gpa, write: true, .. } if gpa & !0xfff == hv.apic_page() => {
-            ExitKind::ApicWrite
-        }
-        _ => exit.kind(),
+    // A write to the root's APIC page is emulated (root_apic) and counted
+    // as its own kind.
+    let apic_write = matches!(
+        exit,
+        Exit::NestedFault { gpa, write: true, .. } if gpa & !0xfff == hv.apic_page()
+    );
+    let kind = if apic_write {
+        ExitKind::ApicWrite
+    } else {
+        exit.kind()
     };
     hv.count_exit(cpu, kind);
     // An event whose delivery the exit interrupted must be delivered again.
@@ -197,7 +202,7 @@ pub fn handle(
             host.log(format_args!("cpu {cpu}: ignored INIT signal"));
             Action::Resume
         }
-        Exit::NestedFault { gpa, write: true, .. } if gpa & !0xfff == hv.apic_page() => {
+        Exit::NestedFault { gpa, .. } if apic_write => {
             crate::root_apic::xapic_write(vmcb, gprs, gpa, cpu, host);
             Action::Resume
         }

@@ -116,8 +116,16 @@ pub fn xapic_write(
         ));
         return;
     }
+    let reg = |n: usize| match n {
+        gpr::RAX => vmcb.save.rax,
+        gpr::RSP => vmcb.save.rsp,
+        _ => gprs.gprs.get(n).copied().unwrap_or(0),
+    };
+    // Linux's stores fit in the first 8 bytes: the next 8 are fetched (a
+    // second walk of the root's tables) only for a longer instruction.
     let mut bytes = [0u8; 16];
     let mut valid = 0;
+    let mut store = Err(Unsupported::Truncated);
     if vmcb.save.cs.attrib & CS_L != 0 {
         for half in 0..2 {
             let (word, n) = host.root_fetch(rip.wrapping_add(8 * half as u64));
@@ -125,17 +133,12 @@ pub fn xapic_write(
                 dst.copy_from_slice(&word.to_le_bytes());
             }
             valid += n;
-            if n < 8 {
+            store = decode_store(bytes.get(..valid).unwrap_or_default(), &reg);
+            if n < 8 || store != Err(Unsupported::Truncated) {
                 break;
             }
         }
     }
-    let reg = |n: usize| match n {
-        gpr::RAX => vmcb.save.rax,
-        gpr::RSP => vmcb.save.rsp,
-        _ => gprs.gprs.get(n).copied().unwrap_or(0),
-    };
-    let store = decode_store(bytes.get(..valid).unwrap_or_default(), &reg);
     let offset = (gpa & (apic::PAGE_SIZE - 1)) as u32;
     let Ok(store) = store else {
         host.log(format_args!(

@@ -171,12 +171,6 @@ fn lvt_allowed(entry: Icr) -> bool {
     !matches!(entry.delivery_mode(), DeliveryMode::Init | DeliveryMode::Startup)
 }
 
-/// True if a write to `offset` sends an IPI (xAPIC: the ICR's low half;
-/// the high half, [`microv_arch::apic::ICR_HIGH`], only sets the destination).
-pub const fn sends(offset: u32) -> bool {
-    offset == ICR_LOW
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +263,5 @@ mod tests {
         for bad in [0xb4, 0x301, 0x540, 0xff0] {
             assert_eq!(check(bad, 0, false), Err(ApicRefusal::BadOffset));
         }
-        assert!(sends(0x300) && !sends(0x310));
     }
 }
